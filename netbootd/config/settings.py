@@ -1,0 +1,92 @@
+"""Daemon settings (netbootd.toml): frozen, every field with a sane default.
+
+`Settings()` with no arguments is a working configuration: all interfaces, standard ports,
+iPXE binaries from Debian's ipxe package, machines and files under /etc/netbootd.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+DEFAULT_IPXE_DIR = Path("/usr/lib/ipxe")
+
+
+@attrs.frozen
+class IpxeBinaries:
+    """TFTP/HTTP name of the iPXE binary chainloaded per architecture ("" = do not answer)."""
+
+    bios: str = "undionly.kpxe"
+    efi32: str = ""  # Debian ships no 32-bit EFI iPXE
+    efi64: str = "snponly.efi"  # uses the firmware's NIC driver (SNP): works on every UEFI NIC
+    arm32: str = ""
+    arm64: str = ""  # Debian's ipxe package is x86 only; configure e.g. "arm64/snponly.efi"
+
+    def for_arch(self, arch: str) -> str:
+        return str(getattr(self, arch))
+
+    def names(self) -> set[str]:
+        return {n for n in attrs.astuple(self) if n}
+
+
+@attrs.frozen
+class DhcpSettings:
+    enabled: bool = True
+    port: int = 67
+    proxy_port: int = 4011  # PXE boot-server discovery (EFI PXE sends its REQUEST here)
+    interfaces: tuple[str, ...] = ()  # empty: every interface
+
+
+@attrs.frozen
+class TftpSettings:
+    enabled: bool = True
+    port: int = 69
+    listen: str = ""  # empty: all addresses
+    root: Path | None = None  # extra files served over TFTP (besides the iPXE binaries)
+    ipxe_dir: Path = DEFAULT_IPXE_DIR
+    max_transfers: int = 256
+    timeout: float = 1.0  # seconds before a block is retransmitted (RFC 2349 may change it)
+    retries: int = 5
+    max_blksize: int = 1468  # cap: fits a 1500-byte MTU without IP fragmentation
+
+
+@attrs.frozen
+class HttpSettings:
+    enabled: bool = True
+    port: int = 80
+    listen: str = ""  # empty: all addresses
+    # The base URL machines should use ("http://boot.example:8080"). Empty: built from the
+    # address the machine reached us on (DHCP: the receiving interface; HTTP: the Host header).
+    public_url: str = ""
+
+
+@attrs.frozen
+class RegistrySettings:
+    allowed: tuple[str, ...] = ("ghcr.io",)
+    insecure: tuple[str, ...] = ()  # registries reached over plain HTTP
+    auth_file: Path | None = None  # Docker config.json with credentials
+    architecture: str = "amd64"  # platform picked from multi-arch indexes
+    cache_max_bytes: int = 20 * 1024**3
+
+
+@attrs.frozen
+class LogSettings:
+    format: str = "text"  # "text" or "json"
+    level: str = "info"
+
+
+@attrs.frozen
+class Settings:
+    advertise: str = ""  # IPv4 address put in siaddr/URLs; empty: the receiving interface's address
+    machines_dir: Path = Path("/etc/netbootd/machines")
+    files_root: Path = Path("/etc/netbootd/files")
+    state_dir: Path = Path("/var/lib/netbootd")
+    cache_dir: Path = Path("/var/cache/netbootd")
+    ipxe: IpxeBinaries = IpxeBinaries()
+    dhcp: DhcpSettings = DhcpSettings()
+    tftp: TftpSettings = TftpSettings()
+    http: HttpSettings = HttpSettings()
+    registry: RegistrySettings = RegistrySettings()
+    log: LogSettings = LogSettings()
+    source: Path | None = None  # the file these came from, for messages

@@ -1,0 +1,88 @@
+"""Resolve client-chosen file names to regular files under configured roots, safely.
+
+Shared by TFTP and HTTP `/files`: whatever a client sends, the result is a regular file
+inside one of the roots, or an error. Symlinks are allowed only when they stay inside the root.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class FileError(Exception):
+    """Base: the client asked for something it cannot have."""
+
+
+class FileNotFound(FileError):
+    pass
+
+
+class AccessDenied(FileError):
+    pass
+
+
+def clean_name(name: str) -> str:
+    """Validate a client-supplied relative name and return it without leading slashes.
+
+    TFTP clients often send "/undionly.kpxe"; a leading slash means "the root", not the host's /.
+    Refused: NUL bytes, backslashes (Windows-style traversal), '..' components, empty names.
+    """
+    if "\x00" in name or "\\" in name:
+        raise AccessDenied("illegal character in file name")
+    stripped = name.lstrip("/")
+    parts = [p for p in stripped.split("/") if p not in ("", ".")]
+    if not parts:
+        raise FileNotFound("empty file name")
+    if any(p == ".." for p in parts):
+        raise AccessDenied("'..' in file name")
+    return "/".join(parts)
+
+
+def resolve_under(root: Path, name: str) -> Path:
+    """Return the real path of regular file `name` under `root`.
+
+    The check is on the fully resolved path, so a symlink pointing outside the root is refused
+    even when the name itself looks harmless.
+    """
+    rel = clean_name(name)
+    real_root = Path(os.path.realpath(root))
+    candidate = Path(os.path.realpath(real_root / rel))
+    if candidate != real_root and real_root not in candidate.parents:
+        raise AccessDenied("path leaves the served root")
+    try:
+        st = candidate.stat()
+    except FileNotFoundError:
+        raise FileNotFound(rel) from None
+    except (PermissionError, NotADirectoryError):
+        raise AccessDenied(rel) from None
+    except OSError:
+        raise FileNotFound(rel) from None
+    if not stat.S_ISREG(st.st_mode):
+        # directories, devices, FIFOs, sockets
+        raise AccessDenied("not a regular file")
+    return candidate
+
+
+def open_under(root: Path, name: str):
+    """Open the regular file `name` under `root` for binary reading.
+
+    Opened with O_NOFOLLOW|O_NONBLOCK after resolution so a file swapped for a FIFO or device
+    between the check and the open cannot block the reactor; re-checked with fstat.
+    """
+    path = resolve_under(root, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFound(name) from None
+    except OSError:
+        raise AccessDenied(name) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AccessDenied("not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -1,0 +1,172 @@
+"""Structured logging on twisted.logger.
+
+Code logs events with fields: `log.info("answered", mac=..., arch=..., offered=...)`.
+The message is a plain sentence; the fields carry the facts. Two renderings:
+- text (a terminal): `2026-11-22T10:00:00Z info dhcp answered mac=52:54:00:12:34:56 arch=efi64`
+- json (journald, containers): one JSON object per line with every field.
+
+Any field whose name is in SECRET_FIELDS is never rendered (Ignition contents, credentials).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    formatEvent,
+    globalLogBeginner,
+)
+from zope.interface import implementer
+
+SECRET_FIELDS = frozenset({"password", "token", "secret", "authorization", "ignition", "credentials"})
+
+# twisted.logger's own bookkeeping keys: not user fields.
+_INTERNAL = frozenset(
+    {
+        "log_logger",
+        "log_level",
+        "log_namespace",
+        "log_source",
+        "log_format",
+        "log_time",
+        "log_failure",
+        "log_system",
+        "log_text",
+        "log_io",
+        "log_legacy",
+        "log_trace",
+        "log_flattened",
+        "log_id",
+        "log_timestamp",
+        "format",
+        "message",
+        "system",
+        "time",
+        "isError",
+        "why",
+        "failure",
+        "log_stack",
+    }
+)
+
+
+def get_logger(namespace: str) -> Logger:
+    return Logger(namespace=namespace)
+
+
+def _fields(event: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in event.items():
+        if key in _INTERNAL or key.startswith("log_") or key in SECRET_FIELDS:
+            continue
+        out[key] = value
+    return out
+
+
+def _message(event: dict[str, Any]) -> str:
+    if event.get("log_format") is None and "message" in event:
+        # legacy twisted.python.log events
+        return " ".join(str(m) for m in event["message"])
+    text = formatEvent(event)
+    return text
+
+
+def _short_namespace(event: dict[str, Any]) -> str:
+    ns = event.get("log_namespace") or "-"
+    return ns.removeprefix("netbootd.")
+
+
+def _level(event: dict[str, Any]) -> str:
+    level = event.get("log_level")
+    return level.name if isinstance(level, type(LogLevel.info)) else "info"
+
+
+def _render_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in " \"=\n"):
+        return json.dumps(text)
+    return text
+
+
+def format_text(event: dict[str, Any]) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time())))
+    parts = [f"{ts}Z", _level(event), _short_namespace(event), _message(event)]
+    parts += [f"{k}={_render_value(v)}" for k, v in _fields(event).items()]
+    failure = event.get("log_failure")
+    line = " ".join(parts)
+    if failure is not None:
+        line += "\n" + failure.getTraceback()
+    return line
+
+
+def format_json(event: dict[str, Any]) -> str:
+    record: dict[str, Any] = {
+        "time": round(event.get("log_time", time.time()), 3),
+        "level": _level(event),
+        "component": _short_namespace(event),
+        "msg": _message(event),
+    }
+    for k, v in _fields(event).items():
+        record[k] = v if isinstance(v, (int, float, bool, type(None))) else str(v)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, separators=(",", ":"))
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    def __init__(self, stream: IO[str], fmt: str = "text") -> None:
+        self._stream = stream
+        self._format = format_json if fmt == "json" else format_text
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        try:
+            self._stream.write(self._format(event) + "\n")
+            self._stream.flush()
+        except Exception:  # a log line must never take the daemon down
+            pass
+
+
+def start_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None = None) -> None:
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    observer = FilteringLogObserver(LineObserver(stream or sys.stderr, fmt), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+
+
+class RateLimiter:
+    """Allow at most `burst` events per `period` seconds per key; counts what it suppressed.
+
+    Used so a flood of garbage packets cannot flood the journal: the first few are logged,
+    then one summary line per period says how many were suppressed.
+    """
+
+    def __init__(self, burst: int = 5, period: float = 60.0, clock=time.monotonic) -> None:
+        self.burst = burst
+        self.period = period
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        start, count = self._windows.get(key, (now, 0))
+        if now - start >= self.period:
+            start, count = now, 0
+        count += 1
+        self._windows[key] = (start, count)
+        if count <= self.burst:
+            return True
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        return False
+
+    def take_suppressed(self, key: str) -> int:
+        return self.suppressed.pop(key, 0)
