@@ -1,0 +1,204 @@
+"""The proxy-DHCP controller: a decoded request + where it arrived → the answer to send (or none).
+
+Pure: no sockets, no clock. The protocol (protocol.py) decodes and hands requests here; this
+module classifies the client, asks the boot core what it gets, and builds the reply packet and
+its destination. Policy is in overridable methods, so tests can subclass it.
+
+What goes on the wire (reference.md §1; byte-checked against ../shared/captures):
+- port 67: DISCOVER → OFFER, REQUEST → ACK (with the same content). iPXE and EDK2 ignore an ACK
+  that names a server they did not select, so answering REQUEST costs nothing and serves firmware
+  that does read proxy ACKs. Destination: giaddr:67 for a relayed request, else
+  255.255.255.255:68 out of the receiving interface. The broadcast flag is set in the reply (as
+  dnsmasq does and every captured firmware accepted): the client has no address yet, and a relay
+  must broadcast our answer onto the client's segment since yiaddr is 0.
+- port 4011 (PXE boot-server discovery): REQUEST/INFORM → ACK with siaddr, sname and file,
+  unicast back to the sender's address and port; flags copied.
+- always: yiaddr 0, siaddr = boot server address, option 54 = same, option 60 `PXEClient`
+  (`HTTPClient` for HTTP boot), option 97 echoed if sent, xid/chaddr/giaddr/ciaddr copied.
+- BIOS (arch 0) on 67: option 43 with discovery control 8 ("boot the file in this offer").
+- EFI PXE on 67: no file (the firmware then asks on 4011, where it gets the file).
+- A URL too long for the 128-byte `file` field goes in option 67 instead (iPXE and EDK2 HTTP boot
+  both read it); a TFTP name that long is refused (a configuration error, logged).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+import attrs
+
+from netbootd.dhcp import codec
+from netbootd.dhcp.classify import classify_reason
+from netbootd.dhcp.metrics import ANSWERS, DROPPED, REQUESTS
+from netbootd.logs import get_logger
+from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
+
+BROADCAST = "255.255.255.255"
+CLIENT_PORT = 68
+RELAY_PORT = 67
+
+_DHCP_TYPES = {codec.DISCOVER: codec.OFFER, codec.REQUEST: codec.ACK}
+_PROXY_TYPES = {codec.REQUEST: codec.ACK, codec.INFORM: codec.ACK}
+
+
+class Core(Protocol):
+    """The one method of netbootd.core.BootCore the DHCP edge needs."""
+
+    def offer(self, client: Client, server_ip: str) -> Offer | None: ...
+
+
+@attrs.frozen
+class Arrival:
+    """Where a request came from and what we know about where it arrived."""
+
+    port: int  # the local UDP port it arrived on (for logs)
+    proxy: bool  # True: the PXE boot-server port (4011); False: the DHCP port (67)
+    source: tuple[str, int]
+    server_ip: str  # the address to advertise: siaddr, option 54, sname, URLs
+
+
+@attrs.frozen
+class Answer:
+    payload: bytes
+    dest: tuple[str, int]
+    broadcast: bool  # must leave through the interface the request came in on
+
+
+class DhcpController:
+    def __init__(self, core: Core, *, client_port: int = CLIENT_PORT, relay_port: int = RELAY_PORT) -> None:
+        self.core = core
+        self.client_port = client_port
+        self.relay_port = relay_port
+        self.log = get_logger("netbootd.dhcp")
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def answer(self, request: codec.Packet, arrival: Arrival) -> Answer | None:
+        reply_type = (_PROXY_TYPES if arrival.proxy else _DHCP_TYPES).get(request.msgtype)
+        if reply_type is None:
+            self.refuse("msgtype", request, arrival, msgtype=request.msgtype_name)
+            return None
+        client, why = classify_reason(request.options, request.mac)
+        if client is None:
+            self.refuse(why, request, arrival)
+            return None
+        REQUESTS.labels(client.firmware.value, client.arch.value, request.msgtype_name).inc()
+        offer = self.decide(client, arrival)
+        if offer is None:
+            ANSWERS.labels(client.firmware.value, "none").inc()
+            self.log.info(
+                "not answered: no boot offer for this machine",
+                mac=client.mac,
+                arch=client.arch.value,
+                firmware=client.firmware.value,
+                uuid=client.uuid,
+                port=arrival.port,
+            )
+            return None
+        try:
+            reply = self.build(request, client, offer, arrival, reply_type)
+            payload = codec.encode(reply)
+        except codec.FieldTooLong as exc:
+            DROPPED.labels("bootfile-too-long").inc()
+            self.log.error(
+                "not answered: {problem}",
+                problem=str(exc),
+                mac=client.mac,
+                offered=offer.describe(),
+                machine=offer.machine,
+            )
+            return None
+        ANSWERS.labels(client.firmware.value, offer.kind.value).inc()
+        dest, broadcast = self.destination(request, arrival)
+        self._log_answer(client, offer, reply, request, arrival)
+        return Answer(payload, dest, broadcast)
+
+    # -- policy (overridable) ----------------------------------------------------------------
+
+    def decide(self, client: Client, arrival: Arrival) -> Offer | None:
+        return self.core.offer(client, arrival.server_ip)
+
+    def file_in_reply(self, client: Client, arrival: Arrival) -> bool:
+        """EFI PXE gets its file over 4011 only: a file in the 67 OFFER makes EDK2 skip the 4011
+        exchange in some builds and confuses others; the captured, working exchange has none."""
+        return arrival.proxy or client.firmware is not Firmware.EFI_PXE
+
+    def build(
+        self, request: codec.Packet, client: Client, offer: Offer, arrival: Arrival, reply_type: int
+    ) -> codec.Reply:
+        server = arrival.server_ip
+        http = client.firmware is Firmware.HTTP_BOOT
+        options: list[tuple[int, bytes]] = [
+            (codec.OPT_SERVER_ID, _ip_bytes(server)),
+            (codec.OPT_VENDOR_CLASS, b"HTTPClient" if http else b"PXEClient"),
+        ]
+        uuid = request.options.get(codec.OPT_CLIENT_UUID)
+        if uuid is not None:
+            options.append((codec.OPT_CLIENT_UUID, uuid))
+        with_file = self.file_in_reply(client, arrival)
+        if not arrival.proxy:
+            if client.arch is Arch.BIOS and not http and with_file:
+                vendor = codec.pxe_options(
+                    [(codec.PXE_DISCOVERY_CONTROL, bytes([codec.DISCOVERY_USE_BOOTFILE]))]
+                )
+                options.append((codec.OPT_VENDOR, vendor))
+        else:
+            # PXE spec: a boot server echoes the boot item (type, layer) the client asked for.
+            item = codec.parse_pxe_options(request.options.get(codec.OPT_VENDOR, b"")).get(
+                codec.PXE_BOOT_ITEM
+            )
+            if item is not None and len(item) == 4:
+                options.append((codec.OPT_VENDOR, codec.pxe_options([(codec.PXE_BOOT_ITEM, item)])))
+        file = ""
+        if with_file:
+            file = offer.bootfile
+            if len(file.encode("utf-8")) >= codec.FILE_LEN and offer.kind is not OfferKind.TFTP:
+                # URLs only: both iPXE and EDK2 HTTP boot read option 67 before the file field.
+                options.append((codec.OPT_BOOTFILE, file.encode("utf-8")))
+                file = ""
+        return codec.Reply(
+            msgtype=reply_type,
+            xid=request.xid,
+            chaddr=request.chaddr,
+            flags=request.flags if arrival.proxy else request.flags | 0x8000,
+            ciaddr=request.ciaddr,
+            yiaddr="0.0.0.0",
+            siaddr=server,
+            giaddr=request.giaddr,
+            sname=server if arrival.proxy else "",
+            file=file,
+            options=tuple(options),
+        )
+
+    def destination(self, request: codec.Packet, arrival: Arrival) -> tuple[tuple[str, int], bool]:
+        if arrival.proxy:
+            return arrival.source, False
+        if request.giaddr != "0.0.0.0":
+            return (request.giaddr, self.relay_port), False
+        return (BROADCAST, self.client_port), True
+
+    def refuse(self, reason: str, request: codec.Packet, arrival: Arrival, **fields: object) -> None:
+        DROPPED.labels(reason).inc()
+        self.log.debug("not answered: {reason}", reason=reason, mac=request.mac, port=arrival.port, **fields)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _log_answer(
+        self, client: Client, offer: Offer, reply: codec.Reply, request: codec.Packet, arrival: Arrival
+    ) -> None:
+        self.log.info(
+            "answered",
+            mac=client.mac,
+            arch=client.arch.value,
+            firmware=client.firmware.value,
+            offered=offer.describe(),
+            file_sent=bool(reply.file) or any(code == codec.OPT_BOOTFILE for code, _ in reply.options),
+            machine=offer.machine,
+            port=arrival.port,
+            relay=None if request.giaddr == "0.0.0.0" else request.giaddr,
+        )
+
+
+def _ip_bytes(text: str) -> bytes:
+    return socket.inet_aton(text)

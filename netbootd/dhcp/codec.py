@@ -1,0 +1,353 @@
+"""BOOTP/DHCP wire format: our strict wrapper over `dpkt.dhcp`.
+
+dpkt unpacks the fixed BOOTP header well, but on its own it accepts a wrong magic cookie, silently
+cuts option data that runs past the end of the packet (or raises IndexError/struct.error, depending
+on where the packet ends), does not join split options (RFC 3396), does not pad replies to the BOOTP
+minimum, and truncates `file`/`sname` without a word. This module fixes all of that:
+
+- `decode(data)` → a frozen `Packet`, or raises `MalformedPacket(reason)`; it never raises anything
+  else, whatever the bytes. `reason` is one of `REASONS` (a metric label, so the set is closed).
+- `encode(packet)` → bytes: options longer than 255 bytes are split (RFC 3396), the packet is
+  padded to 300 bytes, and a `file`/`sname` that does not fit raises `FieldTooLong`.
+- `pxe_options` / `parse_pxe_options`: option 43 PXE sub-options (PXE 2.1 spec).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import types
+from collections.abc import Iterable, Mapping
+
+import attrs
+import dpkt.dhcp
+
+BOOTREQUEST = 1
+BOOTREPLY = 2
+MAGIC = b"\x63\x82\x53\x63"
+
+HEADER_LEN = 236  # fixed BOOTP header, up to and excluding the magic cookie
+MIN_BOOTP = 300  # RFC 951 packet size; some relays and ROMs drop anything shorter
+# Largest datagram we accept. A DHCP client may announce a bigger maximum (option 57), but no PXE
+# ROM or iPXE sends a request larger than an Ethernet frame's UDP payload (captures: 340..412
+# bytes), and everything bigger than a 1500-byte MTU is either a fragment bomb or garbage. 1500
+# (rather than the exact 1472) leaves slack for relays that append option 82 to a full packet.
+MAX_PACKET = 1500
+# A legitimate request carries 8..25 options (captures: at most 11). Hundreds of tiny options are
+# only ever an attempt to make the parser work hard.
+MAX_OPTIONS = 128
+FILE_LEN = 128
+SNAME_LEN = 64
+
+# DHCP message types (option 53)
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+MSGTYPE_NAMES = {
+    DISCOVER: "discover",
+    OFFER: "offer",
+    REQUEST: "request",
+    DECLINE: "decline",
+    ACK: "ack",
+    NAK: "nak",
+    RELEASE: "release",
+    INFORM: "inform",
+}
+
+OPT_PAD = 0
+OPT_VENDOR = 43
+OPT_OVERLOAD = 52
+OPT_MSGTYPE = 53
+OPT_SERVER_ID = 54
+OPT_VENDOR_CLASS = 60
+OPT_BOOTFILE = 67
+OPT_USER_CLASS = 77
+OPT_CLIENT_ARCH = 93
+OPT_CLIENT_NDI = 94
+OPT_CLIENT_UUID = 97
+OPT_IPXE = 175
+OPT_END = 255
+
+# PXE option 43 sub-options
+PXE_DISCOVERY_CONTROL = 6
+PXE_BOOT_ITEM = 71
+# Discovery control bit 3: "if a boot file name is present in the offer, download it directly"
+# (no boot server discovery, no menu): what a proxy that already knows the file wants.
+DISCOVERY_USE_BOOTFILE = 0x08
+
+# Every reason `decode` can give (metric label values).
+REASONS = (
+    "truncated",  # shorter than the fixed header + magic cookie
+    "oversized",  # longer than MAX_PACKET
+    "bad-cookie",  # not DHCP (plain BOOTP has no cookie; we only speak DHCP)
+    "bad-option",  # an option length runs past the end of its field
+    "option-bomb",  # more than MAX_OPTIONS options
+    "duplicate-msgtype",  # option 53 more than once: ambiguous, refuse
+    "no-msgtype",  # option 53 missing or not one byte
+    "wrong-op",  # BOOTREPLY where a request was expected (or the reverse)
+    "bad-hardware",  # htype/hlen other than Ethernet (1/6)
+)
+
+
+class MalformedPacket(Exception):
+    """The bytes are not a DHCP packet we accept; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class FieldTooLong(ValueError):
+    """A value does not fit its fixed BOOTP field (`file` 128 bytes, `sname` 64, both NUL-terminated)."""
+
+
+def _ip(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+def _ip_int(text: str) -> int:
+    return int.from_bytes(socket.inet_aton(text), "big")
+
+
+@attrs.frozen
+class Packet:
+    """One decoded DHCP packet (request or reply).
+
+    `options` maps option code → value; repeated instances are concatenated (RFC 3396) and
+    options carried in `file`/`sname` under option 52 (overload) are merged in.
+    `sname`/`file` are the NUL-terminated field contents (empty when overloaded).
+    """
+
+    op: int
+    htype: int
+    hlen: int
+    hops: int
+    xid: int
+    secs: int
+    flags: int
+    ciaddr: str
+    yiaddr: str
+    siaddr: str
+    giaddr: str
+    chaddr: bytes  # the hlen significant bytes
+    sname: bytes
+    file: bytes
+    msgtype: int
+    options: Mapping[int, bytes] = attrs.field(converter=lambda m: types.MappingProxyType(dict(m)))
+
+    @property
+    def mac(self) -> str:
+        return ":".join(f"{b:02x}" for b in self.chaddr[:6])
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & 0x8000)
+
+    @property
+    def msgtype_name(self) -> str:
+        return MSGTYPE_NAMES.get(self.msgtype, str(self.msgtype))
+
+
+class _Bootp(dpkt.dhcp.DHCP):
+    """dpkt's DHCP with its lenient option parser switched off: header fields only."""
+
+    def unpack(self, buf: bytes) -> None:
+        dpkt.Packet.unpack(self, buf)  # fixed header; the rest stays in self.data
+
+
+def _scan_options(field: bytes, out: dict[int, bytearray], state: list[int], where: str) -> None:
+    """Parse one options area into `out` (concatenating repeats). state = [option count, msgtype seen]."""
+    i = 0
+    n = len(field)
+    while i < n:
+        code = field[i]
+        if code == OPT_PAD:
+            i += 1
+            continue
+        if code == OPT_END:
+            return  # anything after END is padding
+        if i + 1 >= n:
+            raise MalformedPacket("bad-option", f"option {code} has no length byte in {where}")
+        length = field[i + 1]
+        end = i + 2 + length
+        if end > n:
+            raise MalformedPacket("bad-option", f"option {code} length {length} runs past the end of {where}")
+        state[0] += 1
+        if state[0] > MAX_OPTIONS:
+            raise MalformedPacket("option-bomb", f"more than {MAX_OPTIONS} options")
+        if code == OPT_MSGTYPE:
+            state[1] += 1
+            if state[1] > 1:
+                raise MalformedPacket("duplicate-msgtype")
+        value = field[i + 2 : end]
+        if code in out:
+            out[code] += value  # RFC 3396: split options are concatenated in order
+        else:
+            out[code] = bytearray(value)
+        i = end
+    # No END option: tolerated (several ROMs end exactly at the last option).
+
+
+def decode(data: bytes, *, op: int = BOOTREQUEST) -> Packet:
+    """Parse a DHCP packet of the given op; raise MalformedPacket for anything else.
+
+    This is the only entry point for untrusted bytes; it raises nothing but MalformedPacket.
+    """
+    try:
+        return _decode(bytes(data), op)
+    except MalformedPacket:
+        raise
+    except Exception as exc:  # dpkt/struct/index errors on hostile input: same outcome, a drop
+        raise MalformedPacket("bad-option", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _decode(data: bytes, op: int) -> Packet:
+    if len(data) > MAX_PACKET:
+        raise MalformedPacket("oversized", f"{len(data)} bytes")
+    if len(data) < HEADER_LEN + 4:
+        raise MalformedPacket("truncated", f"{len(data)} bytes")
+    if data[HEADER_LEN : HEADER_LEN + 4] != MAGIC:
+        raise MalformedPacket("bad-cookie")
+    hdr = _Bootp(data)
+    if hdr.op != op:
+        raise MalformedPacket("wrong-op", f"op {hdr.op}")
+    if hdr.hrd != 1 or hdr.hln != 6:
+        raise MalformedPacket("bad-hardware", f"htype {hdr.hrd} hlen {hdr.hln}")
+    options: dict[int, bytearray] = {}
+    state = [0, 0]
+    _scan_options(data[HEADER_LEN + 4 :], options, state, "options")
+    sname, file = hdr.sname, hdr.file
+    overload = options.get(OPT_OVERLOAD)
+    if overload is not None and len(overload) == 1 and overload[0] in (1, 2, 3):
+        # RFC 2131 §4.1: the options field first, then `file`, then `sname`.
+        if overload[0] & 1:
+            _scan_options(file, options, state, "file")
+            file = b""
+        if overload[0] & 2:
+            _scan_options(sname, options, state, "sname")
+            sname = b""
+    msgtype = options.get(OPT_MSGTYPE)
+    if msgtype is None or len(msgtype) != 1:
+        raise MalformedPacket("no-msgtype")
+    return Packet(
+        op=hdr.op,
+        htype=hdr.hrd,
+        hlen=hdr.hln,
+        hops=hdr.hops,
+        xid=hdr.xid,
+        secs=hdr.secs,
+        flags=hdr.flags,
+        ciaddr=_ip(hdr.ciaddr),
+        yiaddr=_ip(hdr.yiaddr),
+        siaddr=_ip(hdr.siaddr),
+        giaddr=_ip(hdr.giaddr),
+        chaddr=hdr.chaddr[: hdr.hln],
+        sname=sname.split(b"\0", 1)[0],
+        file=file.split(b"\0", 1)[0],
+        msgtype=msgtype[0],
+        options={k: bytes(v) for k, v in options.items()},
+    )
+
+
+@attrs.frozen
+class Reply:
+    """A BOOTREPLY to build. `options` excludes 53 (from `msgtype`) and END; order is kept."""
+
+    msgtype: int
+    xid: int
+    chaddr: bytes
+    flags: int = 0
+    ciaddr: str = "0.0.0.0"
+    yiaddr: str = "0.0.0.0"
+    siaddr: str = "0.0.0.0"
+    giaddr: str = "0.0.0.0"
+    sname: str = ""
+    file: str = ""
+    options: tuple[tuple[int, bytes], ...] = ()
+
+
+def _field(value: str, size: int, name: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) >= size:  # keep room for the terminating NUL firmware looks for
+        raise FieldTooLong(f"{name} is {len(raw)} bytes; the BOOTP {name} field holds at most {size - 1}")
+    if b"\0" in raw:
+        raise FieldTooLong(f"{name} contains a NUL byte")
+    return raw
+
+
+def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
+    """TLV-encode options, splitting values over 255 bytes into consecutive instances (RFC 3396)."""
+    out = bytearray()
+    for code, value in options:
+        if not 0 < code < 255:
+            raise ValueError(f"option code {code} cannot be encoded")
+        if not value:
+            out += bytes((code, 0))
+            continue
+        for start in range(0, len(value), 255):
+            chunk = value[start : start + 255]
+            out += bytes((code, len(chunk)))
+            out += chunk
+    return bytes(out)
+
+
+_HDR = struct.Struct("!BBBBIHHIIII16s64s128s4s")
+
+
+def encode(reply: Reply) -> bytes:
+    """Bytes of a BOOTREPLY: header, cookie, 53 first, the options, END, padded to 300 bytes."""
+    sname = _field(reply.sname, SNAME_LEN, "sname")
+    file = _field(reply.file, FILE_LEN, "file")
+    if len(reply.chaddr) > 16:
+        raise ValueError("chaddr longer than 16 bytes")
+    head = _HDR.pack(
+        BOOTREPLY,
+        1,
+        len(reply.chaddr) if reply.chaddr else 6,
+        0,  # hops: 0 from servers (RFC 2131 table 3); relays keep their own count
+        reply.xid,
+        0,  # secs: 0 from servers
+        reply.flags,
+        _ip_int(reply.ciaddr),
+        _ip_int(reply.yiaddr),
+        _ip_int(reply.siaddr),
+        _ip_int(reply.giaddr),
+        reply.chaddr,
+        sname,
+        file,
+        MAGIC,
+    )
+    body = bytes((OPT_MSGTYPE, 1, reply.msgtype)) + encode_options(reply.options) + b"\xff"
+    packet = head + body
+    if len(packet) < MIN_BOOTP:
+        packet += b"\0" * (MIN_BOOTP - len(packet))
+    return packet
+
+
+def pxe_options(sub: Iterable[tuple[int, bytes]]) -> bytes:
+    """Option 43 contents with PXE sub-options, terminated by 255 as the PXE spec (and dnsmasq) does."""
+    out = bytearray()
+    for code, value in sub:
+        if len(value) > 255 or not 0 < code < 255:
+            raise ValueError(f"PXE sub-option {code} cannot be encoded")
+        out += bytes((code, len(value))) + value
+    out.append(OPT_END)
+    return bytes(out)
+
+
+def parse_pxe_options(data: bytes) -> dict[int, bytes]:
+    """Option 43 sub-options; lenient (stops at a length that runs past the end). Never raises."""
+    out: dict[int, bytes] = {}
+    i = 0
+    while i < len(data):
+        code = data[i]
+        if code == OPT_PAD:
+            i += 1
+            continue
+        if code == OPT_END or i + 1 >= len(data):
+            break
+        length = data[i + 1]
+        if i + 2 + length > len(data):
+            break
+        out[code] = data[i + 2 : i + 2 + length]
+        i += 2 + length
+    return out

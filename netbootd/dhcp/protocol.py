@@ -1,0 +1,229 @@
+"""Thin Twisted protocols for UDP 67 and 4011: decode, drop and count garbage, hand to the controller.
+
+Why our own UDP port class: a proxy must know which interface a broadcast DISCOVER arrived on (to
+advertise that interface's address and to send the broadcast answer back out of it), and the only
+per-packet way to learn that on one wildcard socket is IP_PKTINFO, read with recvmsg(). Twisted's
+`udp.Port` only calls recvfrom()/sendto(), so `PktinfoPort` subclasses it and overrides `doRead`
+(recvmsg + ancillary data) and adds `sendFrom` (sendmsg + IP_PKTINFO), keeping everything else
+(reactor registration, bind errors, stopListening) from Twisted. It works with Twisted's POSIX
+reactors (epoll, poll, select), which is what netbootd runs on (Linux).
+
+One wildcard socket per port rather than one per interface (SO_BINDTODEVICE): interfaces that
+appear later just work, and `dhcp.interfaces` is enforced by filtering on the receiving interface.
+
+Sockets set SO_REUSEADDR so a DHCP server on the same host can bind 67 too: dnsmasq does the same
+when run with `--bind-interfaces` (or `--bind-dynamic`); both then receive every broadcast.
+Never SO_REUSEPORT: it load-balances datagrams between the sockets, so each server would see only
+part of the clients.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+
+import attrs
+from twisted.internet import udp
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python import log as legacy_log
+
+from netbootd.dhcp import codec
+from netbootd.dhcp.answer import Answer, Arrival, DhcpController
+from netbootd.dhcp.metrics import DROPPED
+from netbootd.logs import RateLimiter, get_logger
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11's socket module lacks it
+SIOCGIFADDR = 0x8915
+_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
+READ_SIZE = codec.MAX_PACKET + 1  # one byte more than we accept, so oversize is seen
+
+
+@attrs.frozen
+class PacketInfo:
+    """IP_PKTINFO of a received datagram."""
+
+    ifindex: int
+    local: str  # ipi_addr: the destination address in the IP header (ours, or a broadcast address)
+    spec_dst: str  # ipi_spec_dst: the local address the kernel would reply from
+
+
+def parse_pktinfo(ancdata: Iterable[tuple[int, int, bytes]]) -> PacketInfo | None:
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
+            ifindex, spec_dst, addr = _PKTINFO.unpack_from(data)
+            return PacketInfo(ifindex, socket.inet_ntoa(addr), socket.inet_ntoa(spec_dst))
+    return None
+
+
+class PktinfoPort(udp.Port):
+    """A udp.Port that reports IP_PKTINFO with each datagram and can send out of a given interface."""
+
+    def createInternetSocket(self) -> socket.socket:
+        skt = super().createInternetSocket()
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        skt.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        return skt
+
+    def doRead(self) -> None:
+        read = 0
+        recvmsg = self.socket.recvmsg
+        protocol = self.protocol
+        while read < self.maxThroughput:
+            try:
+                data, ancdata, flags, addr = recvmsg(self.maxPacketSize, _CMSG_SPACE)
+            except OSError as se:
+                if se.args[0] in udp._sockErrReadIgnore or se.args[0] in udp._sockErrReadRefuse:
+                    return
+                raise
+            read += len(data) or 1
+            try:
+                protocol.packetReceived(data, addr, parse_pktinfo(ancdata), bool(flags & socket.MSG_TRUNC))
+            except BaseException:
+                legacy_log.err()
+
+    def sendFrom(self, datagram: bytes, addr: tuple[str, int], ifindex: int = 0, source: str = "") -> None:
+        """sendmsg with IP_PKTINFO: out of interface `ifindex` (0: routing decides), from `source`."""
+        spec_dst = socket.inet_aton(source) if source else b"\0\0\0\0"
+        cmsg = (socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0"))
+        self.socket.sendmsg([datagram], [cmsg], 0, addr)
+
+
+class InterfaceAddresses:
+    """ifindex → (name, primary IPv4 address), from if_indextoname + SIOCGIFADDR, cached for `ttl` s.
+
+    The cache keeps the per-packet cost of a boot storm at one dict lookup; the TTL picks up
+    readdressed interfaces without a restart.
+    """
+
+    def __init__(self, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._cache: dict[int, tuple[float, str | None, str | None]] = {}
+        self._sock: socket.socket | None = None
+
+    def lookup(self, ifindex: int) -> tuple[str | None, str | None]:
+        now = self._clock()
+        hit = self._cache.get(ifindex)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+        name = address = None
+        try:
+            name = socket.if_indextoname(ifindex)
+            address = self._ioctl_address(name)
+        except OSError:
+            pass
+        self._cache[ifindex] = (now + self.ttl, name, address)
+        return name, address
+
+    def _ioctl_address(self, name: str) -> str | None:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            res = fcntl.ioctl(self._sock.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None  # no IPv4 address on this interface
+        return socket.inet_ntoa(res[20:24])
+
+
+class DhcpProtocol(DatagramProtocol):
+    """One UDP port (67 or 4011). Decodes, filters, asks the controller, sends what it returns."""
+
+    def __init__(
+        self,
+        controller: DhcpController,
+        *,
+        proxy: bool,
+        advertise: str = "",
+        interfaces: Iterable[str] = (),
+        addresses: InterfaceAddresses | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.controller = controller
+        self.proxy = proxy
+        self.advertise = advertise
+        self.interfaces = frozenset(interfaces)
+        self.addresses = addresses or InterfaceAddresses()
+        self.limiter = limiter or RateLimiter(burst=5, period=60.0)
+        self.log = get_logger("netbootd.dhcp")
+        self.port = 0
+
+    def startProtocol(self) -> None:
+        try:
+            self.port = self.transport.getHost().port
+        except Exception:
+            self.port = 0
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """Plain transports (no IP_PKTINFO): used by tests with fake transports."""
+        self.packetReceived(datagram, addr, None, False)
+
+    def packetReceived(
+        self, datagram: bytes, addr: tuple[str, int], info: PacketInfo | None, truncated: bool
+    ) -> None:
+        try:
+            self._received(datagram, addr, info, truncated)
+        except Exception:
+            DROPPED.labels("internal").inc()
+            self.log.failure("internal error handling a DHCP packet", source=addr[0], size=len(datagram))
+
+    def _received(
+        self, datagram: bytes, addr: tuple[str, int], info: PacketInfo | None, truncated: bool
+    ) -> None:
+        try:
+            if truncated:
+                raise codec.MalformedPacket("oversized", "truncated by the socket buffer")
+            request = codec.decode(datagram)
+        except codec.MalformedPacket as exc:
+            self.malformed(exc, addr, len(datagram))
+            return
+        local_ip = ""
+        ifindex = 0
+        if info is not None:
+            ifindex = info.ifindex
+            name, if_address = self.addresses.lookup(ifindex)
+            if self.interfaces and name not in self.interfaces:
+                DROPPED.labels("interface").inc()
+                return
+            # Unicast to us (relay, 4011): the address the sender used. Broadcast: the interface's.
+            local_ip = info.local if info.local == info.spec_dst else (if_address or "")
+        else:
+            host = getattr(self.transport.getHost(), "host", "")
+            local_ip = host if host not in ("", "0.0.0.0") else ""
+        server_ip = self.advertise or local_ip
+        if not server_ip:
+            DROPPED.labels("no-address").inc()
+            self.log.debug("not answered: no IPv4 address on the receiving interface", ifindex=ifindex)
+            return
+        arrival = Arrival(port=self.port, proxy=self.proxy, source=addr, server_ip=server_ip)
+        answer = self.controller.answer(request, arrival)
+        if answer is not None:
+            self.send(answer, ifindex, local_ip)
+
+    def send(self, answer: Answer, ifindex: int, local_ip: str) -> None:
+        try:
+            send_from = getattr(self.transport, "sendFrom", None)
+            if send_from is None:
+                self.transport.write(answer.payload, answer.dest)
+            else:
+                send_from(answer.payload, answer.dest, ifindex if answer.broadcast else 0, local_ip)
+        except OSError as exc:
+            DROPPED.labels("send-error").inc()
+            if self.limiter.allow("send-error"):
+                self.log.warn("could not send a DHCP answer: {error}", error=str(exc), dest=answer.dest[0])
+
+    def malformed(self, exc: codec.MalformedPacket, addr: tuple[str, int], size: int) -> None:
+        DROPPED.labels(exc.reason).inc()
+        if self.limiter.allow(exc.reason):
+            self.log.warn(
+                "dropped malformed DHCP packet",
+                reason=exc.reason,
+                detail=exc.detail,
+                source=f"{addr[0]}:{addr[1]}",
+                size=size,
+                suppressed=self.limiter.take_suppressed(exc.reason),
+            )
