@@ -1,0 +1,56 @@
+"""TFTP edge: a read-only server for chainloading iPXE (RFC 1350, 2347, 2348, 2349, 7440).
+
+`listen_tftp(reactor, settings, files)` is the only entry point the wiring needs; `files` is
+anything with `open_tftp(name, client_ip) -> BinaryIO` (the boot core, or `TftpFiles`).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.internet.error import CannotListenError
+
+from netbootd.config.settings import Settings, TftpSettings
+from netbootd.tftp.server import FileResolver, TftpServer
+
+__all__ = ["TftpListenError", "TftpServer", "listen_tftp"]
+
+
+class TftpListenError(CannotListenError):
+    """The TFTP port could not be bound; `str()` says why and what to do."""
+
+    def __init__(self, interface: str, port: int, socketError: Any, message: str) -> None:
+        super().__init__(interface, port, socketError)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _explain(interface: str, port: int, err: BaseException | None) -> str:
+    where = f"UDP {interface or '0.0.0.0'}:{port}"
+    code = getattr(err, "errno", None)
+    if code == errno.EACCES:
+        why = "permission denied"
+        if port < 1024:
+            why = f"permission denied: port {port} needs root or CAP_NET_BIND_SERVICE (or set tftp.port)"
+    elif code == errno.EADDRINUSE:
+        why = "address already in use: is another TFTP server (tftpd-hpa, dnsmasq, ...) running?"
+    elif code == errno.EADDRNOTAVAIL:
+        why = "address not available on this host: check tftp.listen"
+    else:
+        why = str(err) if err is not None else "unknown error"
+    return f"cannot listen for TFTP on {where}: {why}"
+
+
+def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileResolver) -> Any:
+    """Start the TFTP server; returns the IListeningPort (stopListening() ends all transfers)."""
+    tftp = settings.tftp if isinstance(settings, Settings) else settings
+    server = TftpServer(reactor, tftp, files)
+    try:
+        return reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192)
+    except CannotListenError as e:
+        raise TftpListenError(
+            tftp.listen, tftp.port, e.socketError, _explain(tftp.listen, tftp.port, e.socketError)
+        ) from e

@@ -1,0 +1,188 @@
+"""The port-69 listener: requests in, a `TransferSession` per accepted read request.
+
+Thin on purpose: parse, refuse what cannot be served (with an ERROR packet, from this port),
+ask the resolver for an open file, and hand the transfer to a session on its own port.
+Nothing raises out of `datagramReceived`; malformed input is counted and logged rate-limited.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Protocol
+
+from twisted.internet.protocol import DatagramProtocol
+
+from netbootd.config.settings import TftpSettings
+from netbootd.core.files import AccessDenied, FileNotFound
+from netbootd.logs import RateLimiter, get_logger
+from netbootd.tftp import codec, metrics
+from netbootd.tftp.session import TransferSession, file_size
+
+log = get_logger("netbootd.tftp")
+
+
+class FileResolver(Protocol):
+    """What the server asks for files (the boot core, or `netbootd.tftp.files.TftpFiles`)."""
+
+    def open_tftp(self, name: str, client_ip: str) -> BinaryIO:
+        """An open binary file for `name`; raises FileNotFound / AccessDenied."""
+        ...
+
+
+class TftpServer(DatagramProtocol):
+    """Listens for RRQ/WRQ; one `TransferSession` per transfer, at most `max_transfers` at once."""
+
+    noisy = False  # no "Starting protocol" log line per transfer
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: TftpSettings,
+        files: FileResolver,
+        *,
+        drop_every: int = 0,
+        log_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.files = files
+        # test hook passed to every session: drop every Nth outgoing packet
+        self.drop_every = drop_every
+        self.sessions: dict[tuple[str, int], TransferSession] = {}
+        self._limiter = log_limiter or RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        try:
+            self._handle(data, (addr[0], addr[1]))
+        except Exception:
+            metrics.DROPPED_PACKETS.labels("internal").inc()
+            if self._limiter.allow("internal"):
+                log.failure(
+                    "tftp request handling failed",
+                    client=str(addr),
+                    suppressed=self._limiter.take_suppressed("internal"),
+                )
+
+    def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            packet = codec.parse(data)
+        except codec.MalformedPacket as e:
+            metrics.DROPPED_PACKETS.labels(e.reason).inc()
+            self._log_limited(
+                "malformed", "tftp malformed packet", client=addr[0], reason=e.reason, detail=e.detail[:100]
+            )
+            if e.opcode in (codec.OP_RRQ, codec.OP_WRQ):
+                self._refuse(addr, "malformed", codec.ERR_ILLEGAL_OP, "malformed request")
+            return
+        if isinstance(packet, codec.ReadRequest):
+            self._read_request(packet, addr)
+        elif isinstance(packet, codec.WriteRequest):
+            self._log_limited("refused", "tftp write request refused", client=addr[0], file=packet.filename)
+            self._refuse(addr, "write_request", codec.ERR_ACCESS, "read-only server: writing is not allowed")
+        else:
+            # ACK/DATA/ERROR/OACK belong on a transfer port; stale packets of a finished transfer
+            metrics.DROPPED_PACKETS.labels("unexpected").inc()
+
+    def _read_request(self, request: codec.ReadRequest, addr: tuple[str, int]) -> None:
+        if addr in self.sessions:
+            # the client repeated its request (our first answer was slow or lost): the running
+            # session retransmits on its own timer
+            metrics.DROPPED_PACKETS.labels("duplicate_request").inc()
+            return
+        if request.mode not in ("octet", "netascii"):
+            self._log_limited("refused", "tftp mode refused", client=addr[0], mode=request.mode)
+            self._refuse(addr, "bad_mode", codec.ERR_ILLEGAL_OP, f"unsupported mode {request.mode[:20]!r}")
+            return
+        if len(self.sessions) >= self.settings.max_transfers:
+            self._log_limited(
+                "busy", "tftp request refused: too many transfers", client=addr[0], file=request.filename
+            )
+            self._refuse(
+                addr,
+                "busy",
+                codec.ERR_UNDEFINED,
+                f"server busy: {len(self.sessions)} transfers in progress, try again later",
+            )
+            return
+        try:
+            fileobj = self.files.open_tftp(request.filename, addr[0])
+        except FileNotFound:
+            self._log_limited("refused", "tftp file not found", client=addr[0], file=request.filename)
+            self._refuse(addr, "not_found", codec.ERR_NOT_FOUND, "File not found")
+            return
+        except AccessDenied as e:
+            self._log_limited(
+                "refused", "tftp access denied", client=addr[0], file=request.filename, why=str(e)
+            )
+            self._refuse(addr, "access_denied", codec.ERR_ACCESS, "Access violation")
+            return
+        except Exception:
+            log.failure("tftp file lookup failed", client=addr[0], file=request.filename)
+            self._refuse(addr, "internal", codec.ERR_UNDEFINED, "internal error")
+            return
+        self._start_session(request, addr, fileobj)
+
+    def _start_session(self, request: codec.ReadRequest, addr: tuple[str, int], fileobj: BinaryIO) -> None:
+        session = TransferSession(
+            addr,
+            request,
+            fileobj,
+            file_size(fileobj),
+            self.settings,
+            self.reactor,
+            on_done=self._session_done,
+            drop_every=self.drop_every,
+        )
+        self.sessions[addr] = session
+        metrics.TRANSFERS_STARTED.inc()
+        metrics.ACTIVE_TRANSFERS.inc()
+        log.debug(
+            "tftp transfer starting",
+            client=f"{addr[0]}:{addr[1]}",
+            file=request.filename,
+            mode=request.mode,
+            options=",".join(f"{k}={v}" for k, v in request.options.items()) or "-",
+        )
+        try:
+            # startProtocol() runs inside: connect, negotiate, first packet
+            self.reactor.listenUDP(0, session, interface=self.settings.listen, maxPacketSize=2048)
+        except Exception:
+            log.failure("tftp cannot open a transfer port", client=addr[0])
+            if not session.finished:
+                session._finish("internal", None, stop_port=False)  # closes the file, calls _session_done
+            self._reply(addr, codec.encode_error(codec.ERR_UNDEFINED, "cannot open a transfer port"))
+
+    def _session_done(self, session: TransferSession, outcome: str) -> None:
+        if self.sessions.get(session.client) is session:
+            del self.sessions[session.client]
+            metrics.ACTIVE_TRANSFERS.dec()
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _refuse(self, addr: tuple[str, int], reason: str, code: int, message: str) -> None:
+        metrics.REQUESTS_REFUSED.labels(reason).inc()
+        self._reply(addr, codec.encode_error(code, message))
+
+    def _reply(self, addr: tuple[str, int], packet: bytes) -> None:
+        try:
+            self.transport.write(packet, addr)
+        except Exception:  # noqa: S110 - unreachable client: nothing else to do
+            pass
+
+    def _log_limited(self, key: str, message: str, **fields: Any) -> None:
+        if self._limiter.allow(key):
+            suppressed = self._limiter.take_suppressed(key)
+            if suppressed:
+                fields["suppressed"] = suppressed
+            log.info(message, **fields)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def stopProtocol(self) -> None:
+        self.abort_all()
+
+    def abort_all(self) -> None:
+        """End every transfer (shutdown): clients get an ERROR, ports and files are freed."""
+        for session in list(self.sessions.values()):
+            session.abort()

@@ -1,0 +1,481 @@
+"""One TFTP read transfer, on its own ephemeral UDP port.
+
+The port-69 listener (`server.py`) binds a `TransferSession` with `reactor.listenUDP(0, session)`;
+the session `connect()`s its socket to the client (so the kernel drops packets from any other
+transfer ID), negotiates options, and sends the file, owning retransmission on the clock it was
+given (an `IReactorTime`: the reactor in production, `task.Clock` in tests).
+
+Sending follows RFC 7440 (windowsize 1 is plain RFC 1350 lock-step):
+- blocks are numbered with unbounded integers inside; the wire carries `block & 0xFFFF`, so a
+  file longer than 65535 blocks rolls over to block 0 (what tftp-hpa, curl, atftp and iPXE expect).
+- the OACK, when sent, is "block 0" of the transfer: its ACK is ACK 0.
+- an ACK of block k (base <= k <= last sent) acknowledges everything up to k; the next window
+  starts at k + 1 (if k is inside the window, the client saw a gap: RFC 7440 resend).
+- any other ACK (a duplicate of the ACK before the window, or stale) is ignored: only the timer
+  retransmits, so duplicate ACKs can never make a window go out twice (Sorcerer's Apprentice).
+- after `retries` timeouts without progress the transfer is abandoned and its port and file freed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+import attrs
+from twisted.internet.protocol import DatagramProtocol
+
+from netbootd.config.settings import TftpSettings
+from netbootd.logs import get_logger
+from netbootd.tftp import codec, metrics
+
+log = get_logger("netbootd.tftp")
+
+DEFAULT_BLKSIZE = 512
+# Windows are bounded so that a session never buffers more than this (blocks are kept until
+# acknowledged, for retransmission), whatever the client asks for.
+MAX_WINDOWSIZE = 64
+MAX_WINDOW_BYTES = 256 * 1024
+# read-ahead: the file is read in chunks of about this size (a multiple of blksize)
+READ_CHUNK = 64 * 1024
+IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux
+IPV4_UDP_TFTP_OVERHEAD = 20 + 8 + 4
+
+
+@attrs.frozen
+class Negotiated:
+    """The transfer parameters agreed with the client, and the OACK that says so."""
+
+    blksize: int = DEFAULT_BLKSIZE
+    windowsize: int = 1
+    timeout: float = 1.0
+    tsize: int | None = None
+    oack: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def _int_option(value: str) -> int | None:
+    value = value.strip()
+    if not value or len(value) > 10 or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
+def blksize_cap(settings: TftpSettings, path_mtu: int | None = None) -> int:
+    """Largest blksize granted: the configured cap, within RFC 2348, within the path MTU."""
+    cap = max(codec.MIN_BLKSIZE, min(settings.max_blksize, codec.MAX_BLKSIZE))
+    if path_mtu:
+        cap = min(cap, max(DEFAULT_BLKSIZE, path_mtu - IPV4_UDP_TFTP_OVERHEAD))
+    return cap
+
+
+def negotiate(
+    options: Mapping[str, str],
+    settings: TftpSettings,
+    size: int | None,
+    mode: str = "octet",
+    path_mtu: int | None = None,
+) -> Negotiated:
+    """RFC 2347/2348/2349/7440 negotiation (option names already lower case).
+
+    Invalid or out-of-range values make the server ignore that option (RFC 2347 allows a
+    server to leave out any option it does not accept); unknown options are ignored.
+    Values are answered in the order the client sent them.
+    """
+    blksize = DEFAULT_BLKSIZE
+    windowsize = 1
+    timeout = float(settings.timeout)
+    tsize = None
+    oack: dict[str, str] = {}
+    # blksize first: windowsize's byte bound depends on it
+    if "blksize" in options:
+        value = _int_option(options["blksize"])
+        if value is not None and value >= codec.MIN_BLKSIZE:
+            blksize = min(value, blksize_cap(settings, path_mtu))
+    for name, raw in options.items():
+        value = _int_option(raw)
+        if value is None:
+            continue
+        if name == "blksize":
+            if value >= codec.MIN_BLKSIZE:
+                oack[name] = str(blksize)
+        elif name == "tsize":
+            # netascii: the size on the wire is only known after conversion; like tftp-hpa,
+            # tsize is not offered then.
+            if mode == "octet" and size is not None:
+                tsize = size
+                oack[name] = str(size)
+        elif name == "timeout":
+            if 1 <= value <= 255:
+                timeout = float(value)
+                oack[name] = str(value)
+        elif name == "windowsize":
+            if 1 <= value <= codec.MAX_WINDOWSIZE:
+                windowsize = max(1, min(value, MAX_WINDOWSIZE, MAX_WINDOW_BYTES // blksize))
+                oack[name] = str(windowsize)
+    return Negotiated(blksize, windowsize, timeout, tsize, oack)
+
+
+class _Source:
+    """Blocks of `blksize` bytes from a file, read ahead in chunks; a short block ends it.
+
+    netascii: LF becomes CR LF and a bare CR becomes CR NUL (RFC 764); the mapping is per
+    byte, so chunks are translated independently.
+    """
+
+    def __init__(self, fileobj: BinaryIO, blksize: int, netascii: bool) -> None:
+        self._file = fileobj
+        self._blksize = blksize
+        self._netascii = netascii
+        self._chunk = max(1, READ_CHUNK // blksize) * blksize
+        self._buf: bytes = b""
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self._eof = False
+
+    def _read_chunk(self) -> bytes:
+        want = self._chunk
+        parts = []
+        while want > 0:
+            data = self._file.read(want)
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            want -= len(data)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._netascii:
+            data = data.replace(b"\r", b"\r\x00").replace(b"\n", b"\r\n")
+        return data
+
+    def block(self) -> memoryview:
+        blksize = self._blksize
+        if len(self._buf) - self._pos < blksize and not self._eof:
+            rest = self._buf[self._pos :]
+            while len(rest) < blksize and not self._eof:
+                rest += self._read_chunk()
+            self._buf = rest
+            self._view = memoryview(rest)
+            self._pos = 0
+        start = self._pos
+        self._pos = min(start + blksize, len(self._buf))
+        return self._view[start : self._pos]
+
+    def close(self) -> None:
+        self._view = memoryview(b"")
+        self._buf = b""
+        self._file.close()
+
+
+# outcome values passed to the `on_done` callback
+COMPLETED = "completed"
+
+
+class TransferSession(DatagramProtocol):
+    """Sends one file to one client. Create, then `reactor.listenUDP(0, session)`."""
+
+    noisy = False  # no "Starting protocol" log line per transfer
+
+    def __init__(
+        self,
+        client: tuple[str, int],
+        request: codec.ReadRequest,
+        fileobj: BinaryIO,
+        size: int | None,
+        settings: TftpSettings,
+        clock: Any,
+        on_done: Callable[[TransferSession, str], None] | None = None,
+        drop_every: int = 0,
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.size = size
+        self.settings = settings
+        self.clock = clock
+        self.on_done = on_done
+        # Test hook: silently drop every Nth outgoing packet (0: never) to exercise retransmission.
+        self.drop_every = drop_every
+        self._file = fileobj
+        self._source: _Source | None = None
+        self.negotiated = Negotiated(timeout=float(settings.timeout))
+        self.outcome: str | None = None  # set once finished: "completed" or a failure reason
+        self.started_at = 0.0
+        self.bytes_sent = 0  # unique payload bytes
+        self.retransmits = 0
+        self._out_count = 0
+        # window state (see module docstring); block 0 is the OACK
+        self._window: list[bytes] = []
+        self._base = 1
+        self._sent_upto = 0
+        self._last_block: int | None = None
+        self._retries = 0
+        self._last_send = 0.0
+        self._timer: Any = None
+        self._send: Callable[[bytes], Any] = self._send_via_transport
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def startProtocol(self) -> None:
+        try:
+            self._start()
+        except Exception:
+            log.failure("tftp session failed to start", client=self.client[0], file=self.request.filename)
+            self._finish("internal", (codec.ERR_UNDEFINED, "internal error"))
+
+    def _start(self) -> None:
+        host, port = self.client
+        self.transport.connect(host, port)
+        sock = getattr(self.transport, "socket", None)
+        path_mtu = None
+        if sock is not None:
+            try:
+                path_mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+            except OSError:
+                path_mtu = None
+            # the hot path: a connected socket's send(), without Twisted's per-call checks
+            self._sock_send = sock.send
+            self._send = self._send_via_socket
+        self.started_at = self.clock.seconds()
+        req = self.request
+        self.negotiated = neg = negotiate(req.options, self.settings, self.size, req.mode, path_mtu)
+        self._source = _Source(self._file, neg.blksize, netascii=req.mode == "netascii")
+        if neg.oack:
+            self._base = 0
+            self._window = [codec.encode_oack(neg.oack)]
+        else:
+            self._base = 1
+            self._fill()
+        self._send_window()
+
+    def stopProtocol(self) -> None:
+        # the port went away under us (reactor shutdown without the server stopping us first)
+        if not self.finished:
+            self._finish("shutdown", None, stop_port=False)
+
+    def abort(self, reason: str = "shutdown", message: str = "server shutting down") -> None:
+        """End the transfer now (server shutdown): tell the client, free port and file."""
+        self._finish(reason, (codec.ERR_UNDEFINED, message))
+
+    def _finish(self, outcome: str, error: tuple[int, str] | None = None, stop_port: bool = True) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        if error is not None:
+            try:
+                self._send_raw(codec.encode_error(*error))
+            except Exception:  # noqa: S110 - best effort: the transfer ends either way
+                pass
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        try:
+            if self._source is not None:
+                self._source.close()
+            else:
+                self._file.close()
+        except Exception:
+            log.failure("closing file failed", file=self.request.filename)
+        self._window = []
+        if stop_port and self.transport is not None:
+            try:
+                self.transport.stopListening()
+            except Exception:
+                log.failure("closing transfer port failed")
+        self._log_and_count(outcome)
+        if self.on_done is not None:
+            try:
+                self.on_done(self, outcome)
+            except Exception:
+                log.failure("tftp on_done callback failed")
+
+    def _log_and_count(self, outcome: str) -> None:
+        duration = max(self.clock.seconds() - self.started_at, 1e-6)
+        neg = self.negotiated
+        fields = dict(
+            client=f"{self.client[0]}:{self.client[1]}",
+            file=self.request.filename,
+            mode=self.request.mode,
+            size=self.size if self.size is not None else -1,
+            sent=self.bytes_sent,
+            options=",".join(f"{k}={v}" for k, v in self.request.options.items()) or "-",
+            blksize=neg.blksize,
+            windowsize=neg.windowsize,
+            retransmits=self.retransmits,
+            duration=round(duration, 3),
+            mbps=round(self.bytes_sent / duration / 1e6, 2),
+        )
+        if outcome == COMPLETED:
+            metrics.TRANSFERS_COMPLETED.inc()
+            log.info("tftp transfer completed", **fields)
+        else:
+            metrics.TRANSFERS_FAILED.labels(outcome).inc()
+            log.warn("tftp transfer failed", reason=outcome, **fields)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        try:
+            if len(data) >= 4 and data[1] == codec.OP_ACK and data[0] == 0:
+                self._on_ack((data[2] << 8) | data[3])
+                return
+            try:
+                packet = codec.parse(data)
+            except codec.MalformedPacket as e:
+                metrics.DROPPED_PACKETS.labels(e.reason).inc()
+                return
+            if isinstance(packet, codec.Error):
+                log.info(
+                    "tftp client sent an error",
+                    client=self.client[0],
+                    file=self.request.filename,
+                    code=packet.code,
+                    error=packet.message,
+                )
+                self._finish("client_error")
+            else:
+                metrics.DROPPED_PACKETS.labels("unexpected").inc()
+        except Exception:
+            log.failure("tftp session error", client=self.client[0], file=self.request.filename)
+            self._finish("internal", (codec.ERR_UNDEFINED, "internal error"))
+
+    def connectionRefused(self) -> None:
+        # ICMP port unreachable: the client's socket is gone
+        self._finish("client_unreachable")
+
+    def _on_ack(self, wire_block: int) -> None:
+        if self.outcome is not None:
+            return
+        base = self._base
+        offset = (wire_block - base) & 0xFFFF
+        if offset > self._sent_upto - base:
+            # duplicate of the ACK before this window, or stale: the timer handles loss
+            return
+        acked = base + offset
+        del self._window[: offset + 1]
+        self._base = acked + 1
+        self._retries = 0
+        if acked == self._last_block:
+            self._finish(COMPLETED)
+            return
+        if acked == 0:
+            self._fill()  # OACK acknowledged: the first window
+        elif self._last_block is None:
+            self._fill()
+        self._send_window()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Read blocks until the window is full or the last block is in it."""
+        window = self._window
+        want = self.negotiated.windowsize
+        if self._last_block is not None or len(window) >= want:
+            return
+        source = self._source
+        assert source is not None
+        blksize = self.negotiated.blksize
+        header = codec.data_header
+        block = self._base + len(window)
+        added = 0
+        while len(window) < want:
+            payload = source.block()
+            window.append(header(block) + payload)
+            added += len(payload)
+            if len(payload) < blksize:
+                self._last_block = block
+                break
+            block += 1
+        self.bytes_sent += added
+
+    def _send_window(self) -> None:
+        send = self._send
+        sent = 0
+        for packet in self._window:
+            send(packet)
+            sent += len(packet) - 4
+            if self.outcome is not None:  # the send failed and ended the transfer
+                return
+        self._sent_upto = self._base + len(self._window) - 1
+        self._last_send = self.clock.seconds()
+        if sent and self._base > 0:
+            metrics.BYTES_SENT.inc(sent)
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.negotiated.timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.outcome is not None:
+            return
+        try:
+            timeout = self.negotiated.timeout
+            due = self._last_send + timeout
+            now = self.clock.seconds()
+            if now < due:
+                self._timer = self.clock.callLater(due - now, self._on_timer)
+                return
+            self._retries += 1
+            if self._retries > self.settings.retries:
+                self._finish("timeout", (codec.ERR_UNDEFINED, "timed out waiting for ACK"))
+                return
+            self.retransmits += 1
+            metrics.RETRANSMISSIONS.inc()
+            self._send_window()
+        except Exception:
+            log.failure("tftp retransmission failed", client=self.client[0])
+            self._finish("internal", (codec.ERR_UNDEFINED, "internal error"))
+
+    def _dropped_by_hook(self) -> bool:
+        self._out_count += 1
+        return self._out_count % self.drop_every == 0
+
+    def _send_via_socket(self, packet: bytes) -> None:
+        if self.drop_every and self._dropped_by_hook():
+            return
+        try:
+            self._sock_send(packet)
+        except OSError as e:
+            self._send_failed(e)
+
+    def _send_via_transport(self, packet: bytes) -> None:
+        if self.drop_every and self._dropped_by_hook():
+            return
+        try:
+            self.transport.write(packet)
+        except OSError as e:
+            self._send_failed(e)
+
+    def _send_failed(self, e: OSError) -> None:
+        if e.errno in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
+            return  # like a lost packet: the timer retransmits
+        if e.errno == errno.ECONNREFUSED:
+            self._finish("client_unreachable")
+            return
+        self._finish("send_error")
+
+    def _send_raw(self, packet: bytes) -> None:
+        """Send outside the drop hook (ERROR packets)."""
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            sock.send(packet)
+        elif self.transport is not None:
+            self.transport.write(packet)
+
+
+def file_size(fileobj: BinaryIO) -> int | None:
+    """Size in bytes of an open file, or None when it cannot be known (a pipe, a stream)."""
+    try:
+        return os.fstat(fileobj.fileno()).st_size
+    except Exception:  # noqa: S110 - not a real file: try seeking
+        pass
+    try:
+        pos = fileobj.tell()
+        end = fileobj.seek(0, os.SEEK_END)
+        fileobj.seek(pos)
+        return end - pos
+    except Exception:
+        return None
