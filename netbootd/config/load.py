@@ -1,0 +1,636 @@
+"""Read netbootd.toml and the machines directory into frozen objects, collecting every error.
+
+Steps, kept apart so each is testable: find files → read TOML → parse into the model
+(errors carry file, line, key) → build a `Catalog`. A file that fails keeps its last good
+version when a previous catalog is given (hot reload), so one bad edit never takes a machine
+off the network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from netbootd.config.errors import ConfigError, ConfigInvalid, find_line
+from netbootd.config.machines import KIND_KEYS, OTHER_BOOT_KEYS, Boot, BootKind, Catalog, Machine
+from netbootd.config.settings import Settings
+from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
+from netbootd.config.typed import build
+from netbootd.images.reference import ReferenceError, disallowed_message, parse_reference, registry_allowed
+from netbootd.model import mac_hyphen, normalize_mac, normalize_uuid
+
+DEFAULT_CONFIG = Path("/etc/netbootd/netbootd.toml")
+DEFAULT_NAME = "default"
+PROFILES_DIR = "profiles"
+
+_TOML_POS = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+@attrs.frozen
+class TomlFile:
+    path: Path
+    text: str
+    data: dict[str, Any]
+
+    def line(self, key: str) -> int:
+        return find_line(self.text, key)
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.line(key) if key else 0, key, message)
+
+
+def read_toml(path: Path) -> TomlFile | ConfigError:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return ConfigError(path, 0, "", f"cannot read file: {exc.strerror or exc}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ConfigError(path, 0, "", f"not UTF-8 text (byte {exc.start})")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_POS.search(str(exc))
+        line = int(match.group(1)) if match else 0
+        return ConfigError(path, line, "", f"invalid TOML: {_TOML_POS.sub('', str(exc)).strip()}")
+    return TomlFile(path, text, data)
+
+
+# ---------------------------------------------------------------- netbootd.toml
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from `path`; with None, /etc/netbootd/netbootd.toml if present, else defaults.
+
+    Relative paths in the file are relative to the file's own directory.
+    Raises ConfigInvalid listing every problem.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Settings()
+        path = DEFAULT_CONFIG
+    toml = read_toml(path)
+    if isinstance(toml, ConfigError):
+        raise ConfigInvalid([toml])
+    errors: list[ConfigError] = []
+    settings = build(Settings, toml.data, "", path, toml.line, errors)
+    settings = attrs.evolve(settings, source=path)
+    errors += _check_settings(settings, toml)
+    if errors:
+        raise ConfigInvalid(errors)
+    return settings
+
+
+def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
+    errors = []
+    for key, port in (
+        ("dhcp.port", s.dhcp.port),
+        ("dhcp.proxy_port", s.dhcp.proxy_port),
+        ("tftp.port", s.tftp.port),
+        ("http.port", s.http.port),
+    ):
+        if not 0 <= port <= 65535:
+            errors.append(toml.error(key, f"expected a port number 0..65535, got {port}"))
+    if s.advertise:
+        try:
+            ipaddress.IPv4Address(s.advertise)
+        except ValueError:
+            errors.append(toml.error("advertise", f"expected an IPv4 address, got {s.advertise!r}"))
+    if s.http.public_url and not re.match(r"^https?://[^/\s]+/?$", s.http.public_url):
+        errors.append(toml.error("http.public_url", "expected a base URL such as http://boot.example:8080"))
+    if s.log.format not in ("text", "json"):
+        errors.append(toml.error("log.format", f"expected \"text\" or \"json\", got {s.log.format!r}"))
+    if s.log.level not in ("debug", "info", "warn", "error", "critical"):
+        errors.append(toml.error("log.level", "expected one of debug, info, warn, error, critical"))
+    if not 8 <= s.tftp.max_blksize <= 65464:
+        errors.append(toml.error("tftp.max_blksize", "expected 8..65464 (RFC 2348)"))
+    if s.tftp.max_transfers < 1:
+        errors.append(toml.error("tftp.max_transfers", "expected at least 1"))
+    for name in attrs.astuple(s.ipxe):
+        if name and ("\\" in name or ".." in name.split("/")):
+            errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))
+    return errors
+
+
+# ---------------------------------------------------------------- machines directory
+
+
+def machine_file_name(stem: str) -> str | None:
+    """The MAC (colon form) a machine file stands for; None if the stem is not a MAC."""
+    try:
+        return normalize_mac(stem)
+    except ValueError:
+        return None
+
+
+def is_ignored_name(name: str) -> bool:
+    """Names the loader and the watcher skip: hidden files, ConfigMap internals (`..data`,
+    `..2026_11_22...`), editors' swap and backup files. Only *.toml counts."""
+    return name.startswith(".") or not name.endswith(".toml")
+
+
+@attrs.frozen
+class _Source:
+    """A machine or profile file's raw parts, before merging."""
+
+    file: TomlFile
+    data: dict[str, Any]
+
+
+_MACHINE_KEYS = {"profile", "uuid", "ipxe_binary", "vars", "boot", "ignition", "booty", "signed_urls"}
+_PROFILE_KEYS = _MACHINE_KEYS - {"profile", "uuid"}
+_BOOTY_KEYS: dict[str, type] = {
+    "action": str,
+    "compressed": bool,
+    "sourceImage": str,
+    "destinationDevice": str,
+    "growPartition": int,
+    "lvmRootName": str,
+    "dryRun": bool,
+    "dropToShell": bool,
+    "wipeDevice": bool,
+    "sourceDevice": str,
+    "destinationAddress": str,
+    "address": str,
+    "gateway": str,
+    "nameserver": str,
+}
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Loader:
+    def __init__(self, settings: Settings, machines_dir: Path) -> None:
+        self.settings = settings
+        self.dir = machines_dir
+        self.errors: list[ConfigError] = []
+        self.profiles: dict[str, _Source | None] = {}  # None: the profile file is broken
+
+    # -- helpers
+
+    def _check_keys(self, toml: TomlFile, data: dict[str, Any], allowed: set[str], what: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.errors.append(
+                    toml.error(key, f"unknown key in a {what}; expected one of: {', '.join(sorted(allowed))}")
+                )
+
+    def profile(self, name: str) -> _Source | None:
+        if name not in self.profiles:
+            path = self.dir / PROFILES_DIR / f"{name}.toml"
+            toml = read_toml(path) if path.is_file() else None
+            if isinstance(toml, ConfigError):
+                self.errors.append(toml)
+                self.profiles[name] = None
+            elif toml is None:
+                self.profiles[name] = None
+            else:
+                before = len(self.errors)
+                self._check_keys(toml, toml.data, _PROFILE_KEYS, "profile")
+                self.profiles[name] = _Source(toml, toml.data) if len(self.errors) == before else None
+        return self.profiles[name]
+
+    # -- one machine
+
+    def machine(self, path: Path, name: str, mac: str | None) -> Machine | None:
+        toml = read_toml(path)
+        if isinstance(toml, ConfigError):
+            self.errors.append(toml)
+            return None
+        before = len(self.errors)
+        data = toml.data
+        self._check_keys(toml, data, _MACHINE_KEYS, "machine file")
+
+        profile_src = None
+        profile_name = data.get("profile")
+        if profile_name is not None:
+            if not isinstance(profile_name, str) or not _VAR_NAME.match(profile_name.replace("-", "_")):
+                self.errors.append(toml.error("profile", "expected a profile name (profiles/<name>.toml)"))
+            else:
+                profile_src = self.profile(profile_name)
+                if profile_src is None:
+                    path_hint = self.dir / PROFILES_DIR / f"{profile_name}.toml"
+                    if not path_hint.is_file():
+                        self.errors.append(
+                            toml.error("profile", f"profile {profile_name!r} does not exist (no {path_hint})")
+                        )
+                    else:
+                        self.errors.append(
+                            toml.error("profile", f"profile {profile_name!r} has errors (see {path_hint})")
+                        )
+
+        uuid = None
+        if "uuid" in data:
+            try:
+                uuid = normalize_uuid(str(data["uuid"]))
+            except ValueError:
+                self.errors.append(toml.error("uuid", "expected an SMBIOS UUID like 4c4c4544-0042-..."))
+
+        layers = [s for s in (profile_src, _Source(toml, data)) if s is not None]
+        boot = self._boot(layers)
+        vars_ = self._vars(layers)
+        ignition = self._ignition(layers)
+        booty = self._booty(layers)
+        ipxe_binary = self._string(layers, "ipxe_binary")
+        signed = self._bool(layers, "signed_urls", True)
+
+        if len(self.errors) != before or boot is None:
+            return None
+        machine = Machine(
+            name=name,
+            source=path,
+            boot=boot,
+            mac=mac,
+            uuid=uuid,
+            profile=profile_name,
+            vars=vars_,
+            ignition=ignition,
+            booty=booty,
+            ipxe_binary=ipxe_binary,
+            signed_urls=signed,
+        )
+        self._check_templates(machine, layers)
+        return machine if len(self.errors) == before else None
+
+    @staticmethod
+    def _owner(layers: list[_Source], key: str) -> _Source:
+        for src in reversed(layers):
+            if key in src.data:
+                return src
+        return layers[-1]
+
+    def _string(self, layers: list[_Source], key: str) -> str:
+        src = self._owner(layers, key)
+        value = src.data.get(key, "")
+        if not isinstance(value, str):
+            self.errors.append(src.file.error(key, "expected a string"))
+            return ""
+        return value
+
+    def _bool(self, layers: list[_Source], key: str, default: bool) -> bool:
+        src = self._owner(layers, key)
+        value = src.data.get(key, default)
+        if not isinstance(value, bool):
+            self.errors.append(src.file.error(key, "expected true or false"))
+            return default
+        return value
+
+    def _vars(self, layers: list[_Source]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for src in layers:
+            table = src.data.get("vars", {})
+            if not isinstance(table, dict):
+                self.errors.append(src.file.error("vars", "expected a table of name = value"))
+                continue
+            for key, value in table.items():
+                where = f"vars.{key}"
+                if not _VAR_NAME.match(key):
+                    self.errors.append(src.file.error(where, "variable names are letters, digits and _"))
+                elif key in BUILTINS or key == "file":
+                    self.errors.append(src.file.error(where, f"{key!r} is a built-in variable; pick another name"))
+                elif isinstance(value, (str, int, float, bool)) and not isinstance(value, bool):
+                    out[key] = str(value)
+                elif isinstance(value, bool):
+                    out[key] = "true" if value else "false"
+                else:
+                    self.errors.append(src.file.error(where, "expected a string, number or boolean"))
+        return out
+
+    def _boot(self, layers: list[_Source]) -> Boot | None:
+        # Merge [boot] tables: the machine's keys override the profile's. If the machine picks
+        # a boot kind, the profile's kind key is dropped, so `local = true` overrides a profile's kernel.
+        merged: dict[str, tuple[Any, _Source]] = {}
+        for src in layers:
+            table = src.data.get("boot")
+            if table is None:
+                continue
+            if not isinstance(table, dict):
+                self.errors.append(src.file.error("boot", "expected a [boot] table"))
+                return None
+            if any(k in KIND_KEYS for k in table):
+                merged = {k: v for k, v in merged.items() if k not in KIND_KEYS}
+            for key, value in table.items():
+                if key not in KIND_KEYS and key not in OTHER_BOOT_KEYS:
+                    known = ", ".join(sorted({*KIND_KEYS, *OTHER_BOOT_KEYS}))
+                    self.errors.append(src.file.error(f"boot.{key}", f"unknown key; expected one of: {known}"))
+                    continue
+                merged[key] = (value, src)
+        last = layers[-1]
+        kinds = [k for k in merged if k in KIND_KEYS]
+        if not kinds:
+            self.errors.append(
+                last.file.error(
+                    "boot",
+                    "no boot defined: set one of boot.kernel, boot.image, boot.efi, boot.script, "
+                    "boot.chain, boot.local = true or boot.ignore = true (here or in the profile)",
+                )
+            )
+            return None
+        if len(kinds) > 1:
+            src = merged[kinds[1]][1]
+            self.errors.append(
+                src.file.error(f"boot.{kinds[1]}", f"choose one boot kind; found {' and '.join(kinds)}")
+            )
+            return None
+        kind_key = kinds[0]
+        kind = KIND_KEYS[kind_key]
+        value, src = merged[kind_key]
+        where = f"boot.{kind_key}"
+        fields: dict[str, Any] = {"kind": kind}
+
+        def extra_keys_forbidden(*keys: str) -> bool:
+            bad = [k for k in keys if k in merged]
+            for k in bad:
+                self.errors.append(merged[k][1].file.error(f"boot.{k}", f"not used with boot.{kind_key}"))
+            return bool(bad)
+
+        if kind in (BootKind.LOCAL, BootKind.IGNORE):
+            if value is not True:
+                self.errors.append(src.file.error(where, "expected true"))
+                return None
+            if extra_keys_forbidden("initrds", "cmdline"):
+                return None
+        elif kind is BootKind.KERNEL:
+            fields["kernel"] = self._location(value, src, where)
+            initrds, isrc = merged.get("initrds", ([], src))
+            if not isinstance(initrds, list) or not all(isinstance(i, str) for i in initrds):
+                self.errors.append(isrc.file.error("boot.initrds", "expected a list of URLs or file paths"))
+                return None
+            fields["initrds"] = tuple(self._location(i, isrc, "boot.initrds") for i in initrds)
+            fields["cmdline"] = self._template(merged, "cmdline")
+        elif kind is BootKind.IMAGE:
+            if extra_keys_forbidden("initrds"):
+                return None
+            fields["image"] = self._image(value, src, where)
+            fields["cmdline"] = self._template(merged, "cmdline")
+        elif kind is BootKind.EFI:
+            if extra_keys_forbidden("initrds", "cmdline"):
+                return None
+            fields["efi"] = self._location(value, src, where)
+        elif kind is BootKind.SCRIPT:
+            if extra_keys_forbidden("initrds", "cmdline"):
+                return None
+            fields["script"] = self._template(merged, "script")
+        elif kind is BootKind.CHAIN:
+            if extra_keys_forbidden("initrds", "cmdline"):
+                return None
+            fields["chain"] = self._template(merged, "chain")
+        try:
+            return Boot(**fields)
+        except TypeError:
+            return None
+
+    def _template(self, merged: dict[str, tuple[Any, _Source]], key: str):
+        if key not in merged:
+            return None
+        value, src = merged[key]
+        if not isinstance(value, str):
+            self.errors.append(src.file.error(f"boot.{key}", "expected a string"))
+            return None
+        try:
+            return compile_template(value)
+        except TemplateError as exc:
+            self.errors.append(src.file.error(f"boot.{key}", str(exc)))
+            return None
+
+    def _location(self, value: Any, src: _Source, where: str) -> str:
+        """A URL, or a path that must exist under the files root."""
+        if not isinstance(value, str) or not value.strip():
+            self.errors.append(src.file.error(where, "expected a URL or a path under the files root"))
+            return ""
+        if re.match(r"^(https?|tftp)://", value):
+            return value
+        if "://" in value:
+            self.errors.append(src.file.error(where, f"unsupported URL scheme in {value!r}; use http(s)://"))
+            return ""
+        rel = value.lstrip("/")
+        parts = rel.split("/")
+        target = self.settings.files_root / rel
+        if ".." in parts or not target.is_file():
+            self.errors.append(
+                src.file.error(where, f"{value!r} is not a URL and not a file under {self.settings.files_root}")
+            )
+            return ""
+        return rel
+
+    def _image(self, value: Any, src: _Source, where: str):
+        if not isinstance(value, str):
+            self.errors.append(src.file.error(where, "expected an OCI image reference like ghcr.io/org/image:tag"))
+            return None
+        try:
+            ref = parse_reference(value)
+        except ReferenceError as exc:
+            self.errors.append(src.file.error(where, str(exc)))
+            return None
+        if not registry_allowed(ref.registry, self.settings.registry.allowed):
+            self.errors.append(src.file.error(where, disallowed_message(ref.registry, self.settings.registry.allowed)))
+            return None
+        return ref
+
+    def _ignition(self, layers: list[_Source]) -> bytes | None:
+        src = self._owner(layers, "ignition")
+        table = src.data.get("ignition")
+        if table is None:
+            return None
+        if not isinstance(table, dict) or set(table) - {"file", "inline"} or len(table) != 1:
+            self.errors.append(src.file.error("ignition", 'expected [ignition] with file = "path" or inline = "..."'))
+            return None
+        if "file" in table:
+            path = self.dir / str(table["file"])
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                self.errors.append(src.file.error("ignition.file", f"cannot read {path}: {exc.strerror or exc}"))
+                return None
+            key = "ignition.file"
+        else:
+            raw = str(table["inline"]).encode()
+            key = "ignition.inline"
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.errors.append(src.file.error(key, f"Ignition config is not valid JSON: {exc}"))
+            return None
+        version = doc.get("ignition", {}).get("version") if isinstance(doc, dict) else None
+        if not isinstance(version, str) or not re.match(r"^\d+\.\d+\.\d+", version):
+            self.errors.append(src.file.error(key, 'Ignition config needs "ignition": {"version": "3.x.y"}'))
+            return None
+        return raw
+
+    def _booty(self, layers: list[_Source]) -> dict[str, object] | None:
+        src = self._owner(layers, "booty")
+        table = src.data.get("booty")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            self.errors.append(src.file.error("booty", "expected a [booty] table"))
+            return None
+        ok = True
+        for key, value in table.items():
+            want = _BOOTY_KEYS.get(key)
+            if want is None:
+                ok = False
+                self.errors.append(
+                    src.file.error(f"booty.{key}", f"unknown BOOTy key; expected one of: {', '.join(_BOOTY_KEYS)}")
+                )
+            elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                ok = False
+                self.errors.append(src.file.error(f"booty.{key}", f"expected {want.__name__}"))
+        action = table.get("action")
+        required = {"writeImage": ("sourceImage", "destinationDevice"), "readImage": ("sourceDevice", "destinationAddress")}
+        if action not in required:
+            self.errors.append(src.file.error("booty.action", 'expected "writeImage" or "readImage"'))
+            return None
+        for key in required[str(action)]:
+            if key not in table:
+                ok = False
+                self.errors.append(src.file.error("booty", f"action {action} needs booty.{key}"))
+        return dict(table) if ok else None
+
+    def _check_templates(self, machine: Machine, layers: list[_Source]) -> None:
+        """Render every template once against a sample context: unknown variables and
+        missing files are load-time errors, never surprises at boot time."""
+        from netbootd.core.context import sample_context  # the core owns the context's shape
+
+        ctx = sample_context(machine)
+        root = self.settings.files_root
+
+        def file_url(rel: str) -> str:
+            rel = str(rel).lstrip("/")
+            if ".." in rel.split("/") or not (root / rel).is_file():
+                raise FileNotFoundError(f"file({rel!r}): no such file under {root}")
+            return f"{ctx['server']}/files/{rel}"
+
+        for key in ("cmdline", "script", "chain"):
+            template = getattr(machine.boot, key)
+            if template is None:
+                continue
+            try:
+                render(template, ctx, file_url)
+            except TemplateError as exc:
+                src = self._owner([s for s in layers if "boot" in s.data and key in s.data["boot"]] or layers, "boot")
+                self.errors.append(src.file.error(f"boot.{key}", str(exc)))
+
+
+@attrs.frozen
+class LoadResult:
+    machines: dict[str, Machine]  # by file stem (canonical dash form, or "default")
+    errors: list[ConfigError]
+    failed: set[str]  # file stems that exist but did not load
+    directory_ok: bool = True  # False: the directory itself is gone or unreadable
+
+
+def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadResult:
+    """Load every machine file. Pure with respect to state: no previous catalog involved."""
+    directory = machines_dir or settings.machines_dir
+    loader = _Loader(settings, directory)
+    machines: dict[str, Machine] = {}
+    failed: set[str] = set()
+    seen_macs: dict[str, Path] = {}
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        loader.errors.append(ConfigError(directory, 0, "", "machines directory does not exist (create it)"))
+        return LoadResult(machines, loader.errors, failed, directory_ok=False)
+    except OSError as exc:
+        loader.errors.append(ConfigError(directory, 0, "", f"machines directory unreadable: {exc.strerror or exc}"))
+        return LoadResult(machines, loader.errors, failed, directory_ok=False)
+    for path in entries:
+        if is_ignored_name(path.name) or not path.is_file():
+            continue
+        stem = path.name[: -len(".toml")]
+        if stem == DEFAULT_NAME:
+            mac, name = None, DEFAULT_NAME
+        else:
+            mac = machine_file_name(stem)
+            if mac is None:
+                loader.errors.append(
+                    ConfigError(
+                        path,
+                        0,
+                        "",
+                        "file name is not a MAC address: name machine files like 52-54-00-12-34-56.toml "
+                        "(or 52:54:00:12:34:56.toml), or default.toml",
+                    )
+                )
+                continue
+            name = mac_hyphen(mac)
+            if mac in seen_macs:
+                loader.errors.append(ConfigError(path, 0, "", f"same MAC as {seen_macs[mac].name}; keep one file"))
+                failed.add(name)
+                continue
+            seen_macs[mac] = path
+        machine = loader.machine(path, name, mac)
+        if machine is None:
+            failed.add(name)
+        else:
+            machines[name] = machine
+    # Profiles that no machine uses are still checked (a CI pipeline wants to know).
+    profiles_dir = directory / PROFILES_DIR
+    if profiles_dir.is_dir():
+        for path in sorted(profiles_dir.iterdir()):
+            if not is_ignored_name(path.name) and path.is_file():
+                loader.profile(path.name[: -len(".toml")])
+    # Duplicate UUIDs would make /ipxe/<uuid> ambiguous.
+    by_uuid: dict[str, Machine] = {}
+    for name, machine in list(machines.items()):
+        if machine.uuid:
+            other = by_uuid.get(machine.uuid)
+            if other is not None:
+                loader.errors.append(
+                    ConfigError(machine.source, find_line(machine.source.read_text(), "uuid"), "uuid",
+                                f"UUID {machine.uuid} is also used by {other.source.name}")
+                )
+                failed.add(name)
+                del machines[name]
+            else:
+                by_uuid[machine.uuid] = machine
+    return LoadResult(machines, _dedupe(loader.errors), failed)
+
+
+def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
+    seen = set()
+    out = []
+    for e in errors:
+        if e not in seen:
+            seen.add(e)
+            out.append(e)
+    return out
+
+
+def build_catalog(result: LoadResult, previous: Catalog | None = None) -> Catalog:
+    """The catalog to serve: the fresh good files, plus the last good version of any file that
+    failed this time (hot reload keeps a broken edit from taking a machine off the network)."""
+    if not result.directory_ok and previous is not None:
+        return attrs.evolve(previous, errors=tuple(result.errors))
+    files = dict(result.machines)
+    if previous is not None:
+        for name in result.failed:
+            if name in previous.files:
+                files[name] = previous.files[name]
+    machines = {m.mac: m for m in files.values() if m.mac}
+    by_uuid = {m.uuid: m for m in files.values() if m.uuid}
+    return Catalog(
+        machines=machines,
+        by_uuid=by_uuid,
+        default=files.get(DEFAULT_NAME),
+        errors=tuple(result.errors),
+        files=files,
+    )
+
+
+def check(settings_path: Path | None, machines_dir: Path | None) -> list[ConfigError]:
+    """Every error in a configuration (for `netbootd check`)."""
+    try:
+        settings = load_settings(settings_path)
+    except ConfigInvalid as exc:
+        return exc.errors
+    return load_machines(settings, machines_dir).errors
+
+

@@ -1,0 +1,97 @@
+"""The machine model: what one machine (or the default, or a profile) boots.
+
+Frozen and fully validated; built by `netbootd.config.load` from the machines directory.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import attrs
+import jinja2
+
+from netbootd.images.reference import ImageRef
+
+
+class BootKind(enum.Enum):
+    KERNEL = "kernel"  # kernel + initrds + command line
+    IMAGE = "image"  # OCI image whose kernel/initrd/squashfs (or UKI) layers are used
+    EFI = "efi"  # an EFI binary or UKI (UEFI HTTP boot, or chained by iPXE)
+    SCRIPT = "script"  # a raw iPXE script
+    CHAIN = "chain"  # iPXE chains to a URL
+    LOCAL = "local"  # boot from local disk (iPXE `exit`)
+    IGNORE = "ignore"  # no answer at all
+
+
+# The key in [boot] that selects each kind; exactly one is allowed.
+KIND_KEYS = {
+    "kernel": BootKind.KERNEL,
+    "image": BootKind.IMAGE,
+    "efi": BootKind.EFI,
+    "script": BootKind.SCRIPT,
+    "chain": BootKind.CHAIN,
+    "local": BootKind.LOCAL,
+    "ignore": BootKind.IGNORE,
+}
+OTHER_BOOT_KEYS = {"initrds", "cmdline"}
+
+
+def _freeze(mapping: Mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+@attrs.frozen
+class Boot:
+    kind: BootKind
+    kernel: str = ""  # URL, or a path under the files root
+    initrds: tuple[str, ...] = ()
+    cmdline: jinja2.Template | None = None
+    image: ImageRef | None = None
+    efi: str = ""  # URL or path under the files root
+    script: jinja2.Template | None = None
+    chain: jinja2.Template | None = None
+
+
+@attrs.frozen
+class Machine:
+    """One effective machine configuration (profile already merged in)."""
+
+    name: str  # "52-54-00-12-34-56" or "default"
+    source: Path
+    boot: Boot
+    mac: str | None = None  # colon form; None for the default
+    uuid: str | None = None
+    profile: str | None = None
+    vars: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze)
+    ignition: bytes | None = None  # validated JSON, served verbatim
+    booty: Mapping[str, object] | None = attrs.field(
+        default=None, converter=lambda m: None if m is None else _freeze(m)
+    )
+    ipxe_binary: str = ""  # per-machine TFTP binary (under the TFTP root); "" = the arch default
+    signed_urls: bool = True  # issue 8; the schema accepts it now
+
+    @property
+    def answers(self) -> bool:
+        return self.boot.kind is not BootKind.IGNORE
+
+
+@attrs.frozen
+class Catalog:
+    """Everything the core knows about machines, swapped atomically on reload."""
+
+    machines: Mapping[str, Machine] = attrs.field(factory=dict, converter=_freeze)  # by MAC
+    by_uuid: Mapping[str, Machine] = attrs.field(factory=dict, converter=_freeze)
+    default: Machine | None = None
+    errors: tuple = ()  # tuple[ConfigError, ...] of the last load
+    files: Mapping[str, Machine] = attrs.field(factory=dict, converter=_freeze)  # by file name stem
+
+    def find(self, mac: str | None = None, uuid: str | None = None) -> Machine | None:
+        """The machine's own config (by MAC, then UUID), else the default, else None."""
+        if mac and mac in self.machines:
+            return self.machines[mac]
+        if uuid and uuid in self.by_uuid:
+            return self.by_uuid[uuid]
+        return self.default

@@ -1,0 +1,63 @@
+"""Templates in command lines, iPXE scripts and chain URLs.
+
+Jinja2's sandbox with StrictUndefined: `{{ hostname }}`, `{{ ignition_url }}`, `{{ file("kairos/config.yaml") }}`.
+The `{{ }}` syntax matters: iPXE scripts use `${var}` themselves, so `string.Template` is out.
+An unknown variable is an error at load time (the template is rendered once against a sample
+context), never an empty string at boot time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+
+# Names every template can use; machine variables ([vars]) are added beside them.
+BUILTINS = (
+    "mac",  # 52:54:00:12:34:56
+    "mac_hyphen",  # 52-54-00-12-34-56
+    "uuid",  # SMBIOS UUID, "" when unknown
+    "arch",  # bios, efi32, efi64, arm32, arm64
+    "buildarch",  # iPXE's name: i386, x86_64, arm64
+    "server",  # base URL of netbootd as this machine reaches it
+    "machine",  # the config that answered: file stem or "default"
+    "ignition_url",
+    "booty_url",
+    "beacon_url",
+    "kernel_url",
+    "initrd_urls",
+    "squashfs_url",  # image boots with a squashfs layer; "" otherwise
+    "vars",
+)
+
+
+class TemplateError(ValueError):
+    pass
+
+
+_ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,  # output is a kernel command line or a script, not HTML
+    keep_trailing_newline=True,
+)
+
+
+def compile_template(text: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
+
+
+def render(template: jinja2.Template, context: Mapping[str, Any], file_url: Callable[[str], str]) -> str:
+    try:
+        return template.render(**context, file=file_url)
+    except jinja2.UndefinedError as exc:
+        known = ", ".join(sorted(k for k in context if k != "vars"))
+        raise TemplateError(f"{exc.message}; known variables: {known}") from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(str(exc)) from None
+    except (FileNotFoundError, PermissionError, ValueError) as exc:
+        raise TemplateError(str(exc)) from None

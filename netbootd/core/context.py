@@ -1,0 +1,55 @@
+"""The variables a machine's templates see. Built here so load-time validation and
+boot-time rendering use exactly the same names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netbootd.config.machines import BootKind, Machine
+from netbootd.core import urls
+from netbootd.model import Arch, mac_hyphen
+
+SAMPLE_BASE = "http://192.0.2.1"  # TEST-NET-1: only ever used to validate templates
+
+
+def boot_context(machine: Machine, mac: str | None, uuid: str | None, arch: Arch, base: str) -> dict[str, Any]:
+    mac = mac or machine.mac
+    uuid = uuid or machine.uuid
+    boot = machine.boot
+    if boot.kind is BootKind.IMAGE and boot.image is not None:
+        kernel = urls.image_layer_url(base, boot.image, urls.KERNEL_MEDIA)
+        initrds = [urls.image_layer_url(base, boot.image, urls.INITRD_MEDIA)]
+        squashfs = urls.image_layer_url(base, boot.image, urls.SQUASHFS_MEDIA)
+    else:
+        kernel = urls.location_url(base, boot.kernel) if boot.kernel else ""
+        initrds = [urls.location_url(base, i) for i in boot.initrds]
+        squashfs = ""
+    ctx: dict[str, Any] = {
+        "mac": mac or "",
+        "mac_hyphen": mac_hyphen(mac) if mac else "",
+        "uuid": uuid or "",
+        "arch": arch.value,
+        "buildarch": arch.ipxe_buildarch,
+        "server": base,
+        "machine": machine.name,
+        "ignition_url": urls.ignition_url(base, mac, uuid),
+        "booty_url": urls.booty_url(base),
+        "beacon_url": urls.beacon_url(base, mac, uuid),
+        "kernel_url": kernel,
+        "initrd_urls": " ".join(initrds),
+        "squashfs_url": squashfs,
+        "vars": dict(machine.vars),
+    }
+    ctx.update(machine.vars)  # load-time validation keeps vars from shadowing built-ins
+    return ctx
+
+
+def sample_context(machine: Machine) -> dict[str, Any]:
+    """A context with plausible values, to render templates once at load time."""
+    return boot_context(
+        machine,
+        machine.mac or "00:00:5e:00:53:01",  # RFC 7042 documentation MAC
+        machine.uuid or "00000000-0000-0000-0000-000000000000",
+        Arch.EFI64,
+        SAMPLE_BASE,
+    )

@@ -1,0 +1,172 @@
+"""The boot-decision core: every edge asks it what a machine gets; none decides on its own.
+
+All answers come from an in-memory `Catalog` swapped atomically on reload, so a decision
+is a dictionary lookup and never blocks the reactor, however many machines boot at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import BinaryIO
+
+import attrs
+
+from netbootd.config.machines import BootKind, Catalog, Machine
+from netbootd.config.settings import Settings
+from netbootd.core import files, ipxe, urls
+from netbootd.core.context import boot_context
+from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
+
+
+@attrs.frozen
+class Decision:
+    offer: Offer | None
+    reason: str  # why not, or what was chosen (for logs and `netbootd explain`)
+    machine: Machine | None = None
+
+
+class NoScript(Exception):
+    """This machine gets no script (ignored, unknown, or nothing to give this arch)."""
+
+
+class BootCore:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or Catalog()
+
+    def replace_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix
+
+    # ------------------------------------------------------------------ lookups
+
+    def find(self, mac: str | None = None, uuid: str | None = None) -> Machine | None:
+        return self.catalog.find(mac, uuid)
+
+    def base_url(self, host: str) -> str:
+        return urls.base_url(self.settings.http.public_url, host, self.settings.http.port)
+
+    def file_url(self, base: str):
+        root = self.settings.files_root
+
+        def url(rel: str) -> str:
+            rel = str(rel).lstrip("/")
+            files.resolve_under(root, rel)  # raises if it is gone or outside the root
+            return urls.file_url(base, rel)
+
+        return url
+
+    def efi_url(self, machine: Machine, base: str) -> str:
+        if machine.boot.kind is BootKind.EFI:
+            return urls.location_url(base, machine.boot.efi)
+        if machine.boot.kind is BootKind.IMAGE and machine.boot.image is not None:
+            return urls.image_layer_url(base, machine.boot.image, urls.UKI_MEDIA)
+        return ""
+
+    # ------------------------------------------------------------------ DHCP
+
+    def decide(self, client: Client, server_ip: str) -> Decision:
+        machine = self.find(client.mac, client.uuid)
+        if machine is None:
+            return Decision(None, "unknown machine and no default.toml")
+        kind = machine.boot.kind
+        if kind is BootKind.IGNORE:
+            return Decision(None, f"{machine.name}: boot.ignore = true", machine)
+        base = self.base_url(server_ip)
+        if client.firmware is Firmware.IPXE:
+            url = urls.script_url(base, client.mac, client.uuid, client.arch.value)
+            return self._offer(OfferKind.IPXE_SCRIPT, url, machine)
+        if kind is BootKind.LOCAL:
+            # Not answering lets the firmware move on to the next boot device at once;
+            # chainloading iPXE only to `exit` would cost a TFTP transfer.
+            return Decision(None, f"{machine.name}: boot.local = true (firmware boots the next device)", machine)
+        if kind is BootKind.EFI and client.arch is Arch.BIOS:
+            return Decision(None, f"{machine.name}: boot.efi needs UEFI firmware, client is BIOS", machine)
+        binary = machine.ipxe_binary or self.settings.ipxe.for_arch(client.arch.value)
+        if client.firmware is Firmware.HTTP_BOOT:
+            if kind is BootKind.EFI:
+                return self._offer(OfferKind.HTTP_EFI, self.efi_url(machine, base), machine)
+            if not binary:
+                return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
+            return self._offer(OfferKind.HTTP_EFI, urls.binary_url(base, binary), machine)
+        if not binary:
+            return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
+        return self._offer(OfferKind.TFTP, binary, machine)
+
+    @staticmethod
+    def _offer(kind: OfferKind, bootfile: str, machine: Machine) -> Decision:
+        return Decision(Offer(kind, bootfile, machine.name), f"{machine.name}: {kind.value}", machine)
+
+    def offer(self, client: Client, server_ip: str) -> Offer | None:
+        return self.decide(client, server_ip).offer
+
+    # ------------------------------------------------------------------ TFTP
+
+    def open_tftp(self, name: str, client_ip: str = "") -> BinaryIO:
+        """The configured iPXE binaries come from the iPXE directory; everything else
+        (per-machine binaries included) from the TFTP root. Raises files.FileError."""
+        clean = files.clean_name(name)
+        if clean in self.settings.ipxe.names():
+            return files.open_under(self.settings.tftp.ipxe_dir, clean)
+        if self.settings.tftp.root is None:
+            raise files.FileNotFound(clean)
+        return files.open_under(self.settings.tftp.root, clean)
+
+    def binary_path(self, name: str):
+        """An iPXE binary for HTTP (only the configured names)."""
+        clean = files.clean_name(name)
+        if clean in self.settings.ipxe.names():
+            return files.resolve_under(self.settings.tftp.ipxe_dir, clean)
+        if self.settings.tftp.root is not None:
+            return files.resolve_under(self.settings.tftp.root, clean)
+        raise files.FileNotFound(clean)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def script(self, mac: str | None, uuid: str | None, arch: Arch, host: str) -> str:
+        machine = self.find(mac, uuid)
+        if machine is None:
+            raise NoScript("unknown machine and no default.toml")
+        if not machine.answers:
+            raise NoScript(f"{machine.name}: boot.ignore = true")
+        if machine.boot.kind is BootKind.EFI and arch is Arch.BIOS:
+            raise NoScript(f"{machine.name}: boot.efi needs UEFI firmware, client is BIOS")
+        base = self.base_url(host)
+        ctx = boot_context(machine, mac, uuid, arch, base)
+        return ipxe.render_script(machine, ctx, self.file_url(base), self.efi_url(machine, base))
+
+    def ignition(self, mac: str | None, uuid: str | None) -> bytes | None:
+        machine = self.find(mac, uuid)
+        if machine is None or not machine.answers:
+            return None
+        return machine.ignition
+
+    def booty(self, mac: str) -> bytes | None:
+        machine = self.find(mac, None)
+        if machine is None or not machine.answers or machine.booty is None:
+            return None
+        return json.dumps(dict(machine.booty)).encode()
+
+    def httpboot(self, identities: list[str], host: str) -> tuple[int, dict[str, str]]:
+        """boot-operator's /httpboot contract (reference.md §3), machine found by MAC among
+        the X-Forwarded-For entries (IPs carry no identity here: netbootd keeps no leases)."""
+        from netbootd.model import normalize_mac
+
+        base = self.base_url(host)
+        body: dict[str, str] = {"ClientIPs": ",".join(identities)}
+        for ident in identities:
+            try:
+                mac = normalize_mac(ident)
+            except ValueError:
+                continue
+            machine = self.catalog.machines.get(mac)
+            if machine is not None and machine.answers and self.efi_url(machine, base):
+                if machine.uuid:
+                    body["SystemUUID"] = machine.uuid
+                body["UKIURL"] = self.efi_url(machine, base)
+                return 200, body
+        default = self.catalog.default
+        if default is not None and default.answers and self.efi_url(default, base):
+            body["UKIURL"] = self.efi_url(default, base)
+            return 200, body
+        return 500, {"error": "no machine matches " + (body["ClientIPs"] or "(no X-Forwarded-For)")
+                     + " and default.toml has no boot.efi or image"}

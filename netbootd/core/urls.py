@@ -1,0 +1,76 @@
+"""The URLs netbootd hands to machines. One place, so every edge agrees on them."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlencode
+
+from netbootd.images.reference import ImageRef
+
+# OCI layer media types (reference.md §3). The legacy gardenlinux names are tried after these.
+KERNEL_MEDIA = "application/vnd.ironcore.image.kernel"
+INITRD_MEDIA = "application/vnd.ironcore.image.initramfs"
+SQUASHFS_MEDIA = "application/vnd.ironcore.image.squashfs"
+UKI_MEDIA = "application/vnd.ironcore.image.uki"
+
+
+_HAS_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d+$")
+
+
+def base_url(public_url: str, host: str, port: int) -> str:
+    """'http://10.0.0.2' (port 80 implied) or 'http://10.0.0.2:8080', or the configured public URL.
+
+    `host` is an address (DHCP: the receiving interface) or an HTTP Host header, which may
+    already carry the port the client used.
+    """
+    if public_url:
+        return public_url.rstrip("/")
+    if _HAS_PORT.match(host):
+        return f"http://{host}"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"http://{host}" if port == 80 else f"http://{host}:{port}"
+
+
+def ident_query(mac: str | None, uuid: str | None) -> dict[str, str]:
+    # The dash form needs no escaping in a URL and is what operators grep their logs for.
+    return {"mac": mac.replace(":", "-")} if mac else ({"uuid": uuid} if uuid else {})
+
+
+def script_url(base: str, mac: str | None, uuid: str | None, arch: str) -> str:
+    return f"{base}/ipxe?{urlencode({**ident_query(mac, uuid), 'arch': arch})}"
+
+
+def ignition_url(base: str, mac: str | None, uuid: str | None) -> str:
+    return f"{base}/ignition?{urlencode(ident_query(mac, uuid))}"
+
+
+def beacon_url(base: str, mac: str | None, uuid: str | None) -> str:
+    return f"{base}/beacon?{urlencode(ident_query(mac, uuid))}"
+
+
+def booty_url(base: str) -> str:
+    return f"{base}/booty"
+
+
+def file_url(base: str, rel: str) -> str:
+    return f"{base}/files/{quote(rel.lstrip('/'))}"
+
+
+def binary_url(base: str, name: str) -> str:
+    """An iPXE binary over HTTP (UEFI HTTP-boot clients chainload it this way)."""
+    return f"{base}/boot/{quote(name)}"
+
+
+def location_url(base: str, location: str) -> str:
+    """A config location: URLs pass through, paths under the files root become /files URLs."""
+    return location if "://" in location else file_url(base, location)
+
+
+def image_layer_url(base: str, ref: ImageRef, media_type: str) -> str:
+    query = {
+        "imageName": f"{ref.registry}/{ref.repository}",
+        "version": ref.digest or ref.tag or "latest",
+        "layerName": media_type,
+    }
+    return f"{base}/image?{urlencode(query)}"

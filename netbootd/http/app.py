@@ -1,0 +1,274 @@
+"""The HTTP edge: Klein routes that translate requests into calls on the boot core.
+
+Routes (see README.md): /ipxe, /ipxe/<mac-or-uuid>, /ignition, /ignition/<mac-or-uuid>,
+/httpboot, /booty/<mac>.bty, /files/<path>, /boot/<ipxe binary>, /beacon, /healthz, /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import attrs
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web import server
+
+from netbootd import metrics as core_metrics
+from netbootd.config.templates import TemplateError
+from netbootd.core import BootCore, NoScript
+from netbootd.core import files as core_files
+from netbootd.http import metrics
+from netbootd.http.files import FileResource
+from netbootd.logs import get_logger
+from netbootd.model import Arch, normalize_mac, normalize_uuid
+
+log = get_logger("netbootd.http")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_AUTHORITY = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$")
+_PLATFORM_ARCH = {
+    ("pcbios", "i386"): Arch.BIOS,
+    ("pcbios", "x86_64"): Arch.BIOS,
+    ("efi", "i386"): Arch.EFI32,
+    ("efi", "x86_64"): Arch.EFI64,
+    ("efi", "arm32"): Arch.ARM32,
+    ("efi", "arm64"): Arch.ARM64,
+}
+
+
+def _arg(request, name: str) -> str:
+    values = request.args.get(name.encode())
+    if not values:
+        return ""
+    try:
+        return values[0].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise HttpError(400, f"parameter {name} is not UTF-8") from None
+
+
+def _identity(text: str) -> tuple[str | None, str | None]:
+    """A path or query id: a MAC (any form) or an SMBIOS UUID."""
+    try:
+        return normalize_mac(text), None
+    except ValueError:
+        pass
+    try:
+        return None, normalize_uuid(text)
+    except ValueError:
+        raise HttpError(400, f"{text!r} is neither a MAC address nor a UUID") from None
+
+
+def _query_identity(request) -> tuple[str | None, str | None]:
+    mac_text, uuid_text = _arg(request, "mac"), _arg(request, "uuid")
+    mac = uuid = None
+    if mac_text:
+        try:
+            mac = normalize_mac(mac_text)
+        except ValueError:
+            raise HttpError(400, f"mac={mac_text!r} is not a MAC address") from None
+    if uuid_text:
+        try:
+            uuid = normalize_uuid(uuid_text)
+        except ValueError:
+            uuid = None  # iPXE sends an empty or odd ${uuid} on some firmware: the MAC decides then
+    if not mac and not uuid:
+        raise HttpError(400, "give mac=<MAC> or uuid=<UUID>")
+    return mac, uuid
+
+
+def _arch(request) -> Arch:
+    text = _arg(request, "arch")
+    if text:
+        try:
+            return Arch(text)
+        except ValueError:
+            raise HttpError(400, f"arch={text!r}; expected one of {', '.join(a.value for a in Arch)}") from None
+    platform, buildarch = _arg(request, "platform"), _arg(request, "buildarch")
+    if platform or buildarch:
+        arch = _PLATFORM_ARCH.get((platform, buildarch))
+        if arch is None:
+            raise HttpError(400, f"unknown platform/buildarch {platform}/{buildarch}")
+        return arch
+    return Arch.EFI64  # boot-operator's clients send no arch; UEFI is the common case
+
+
+def _text(request, body: str, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    request.setHeader(b"content-type", content_type.encode())
+    return body.encode()
+
+
+def _json(request, doc: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+@attrs.frozen
+class BootApp:
+    core: BootCore
+    health: Callable[[], dict[str, Any]] = lambda: {"status": "ok"}
+
+    app: ClassVar[Klein] = Klein()
+
+    def host(self, request) -> str:
+        """How this client reached us: its Host header, checked, else the socket's address."""
+        header = (request.getHeader(b"host") or b"").decode("latin-1").strip()
+        if header and _AUTHORITY.match(header):
+            return header
+        local = request.getHost()
+        return f"{local.host}:{local.port}"
+
+    @app.handle_errors(HttpError)
+    def _http_error(self, request, failure):
+        err = failure.value
+        request.setResponseCode(err.status)
+        return _text(request, err.message + "\n")
+
+    # -------------------------------------------------------------- iPXE
+
+    @app.route("/ipxe", methods=["GET"])
+    def ipxe_stub_or_query(self, request):
+        if not request.args:
+            base = self.core.base_url(self.host(request))
+            from netbootd.core.ipxe import chain_stub
+
+            return _text(request, chain_stub(base))
+        mac, uuid = _query_identity(request)
+        return self._script(request, mac, uuid, _arch(request))
+
+    @app.route("/ipxe/<ident>", methods=["GET"])
+    def ipxe_by_id(self, request, ident: str):
+        mac, uuid = _identity(ident)
+        return self._script(request, mac, uuid, _arch(request))
+
+    def _script(self, request, mac, uuid, arch: Arch):
+        try:
+            script = self.core.script(mac, uuid, arch, self.host(request))
+        except NoScript as exc:
+            log.info("no script", mac=mac or "", uuid=uuid or "", arch=arch.value, reason=str(exc))
+            raise HttpError(404, f"no boot script for this machine: {exc}") from None
+        except (TemplateError, core_files.FileError) as exc:
+            log.error("script failed", mac=mac or "", uuid=uuid or "", error=str(exc))
+            raise HttpError(500, f"the machine's configuration failed to render: {exc}") from None
+        machine = self.core.find(mac, uuid)
+        log.info("script sent", mac=mac or "", uuid=uuid or "", arch=arch.value,
+                 machine=machine.name if machine else "", kind=machine.boot.kind.value if machine else "")
+        return _text(request, script)
+
+    # -------------------------------------------------------------- Ignition
+
+    @app.route("/ignition", methods=["GET"])
+    def ignition_query(self, request):
+        return self._ignition(request, *_query_identity(request))
+
+    @app.route("/ignition/<ident>", methods=["GET"])
+    def ignition_by_id(self, request, ident: str):
+        return self._ignition(request, *_identity(ident))
+
+    def _ignition(self, request, mac, uuid):
+        body = self.core.ignition(mac, uuid)
+        if body is None:
+            raise HttpError(404, "no Ignition config for this machine")
+        log.info("ignition sent", mac=mac or "", uuid=uuid or "", size=len(body))
+        request.setHeader(b"content-type", b"application/json")
+        return body
+
+    # -------------------------------------------------------------- DHCP-extension JSON, BOOTy
+
+    @app.route("/httpboot", methods=["GET"])
+    def httpboot(self, request):
+        idents = []
+        for header in request.requestHeaders.getRawHeaders(b"x-forwarded-for", []):
+            idents += [p.strip() for p in header.decode("latin-1").split(",") if p.strip()]
+        if _arg(request, "mac"):
+            idents.append(_arg(request, "mac"))
+        status, body = self.core.httpboot(idents, self.host(request))
+        return _json(request, body, status)
+
+    @app.route("/booty/<name>", methods=["GET"])
+    def booty(self, request, name: str):
+        if not name.endswith(".bty"):
+            raise HttpError(404, "BOOTy configs are named <mac>.bty")
+        mac, _ = _identity(name[: -len(".bty")])
+        if mac is None:
+            raise HttpError(400, "BOOTy configs are named by MAC address")
+        body = self.core.booty(mac)
+        if body is None:
+            raise HttpError(404, "no BOOTy config for this machine")
+        log.info("booty sent", mac=mac)
+        request.setHeader(b"content-type", b"application/json")
+        return body
+
+    # -------------------------------------------------------------- files
+
+    @app.route("/files/<path:rel>", methods=["GET"])
+    def files(self, request, rel: str):
+        try:
+            path = core_files.resolve_under(self.core.settings.files_root, rel)
+        except core_files.AccessDenied as exc:
+            raise HttpError(403, f"refused: {exc}") from None
+        except core_files.FileNotFound:
+            raise HttpError(404, f"no file {rel!r} under the files root") from None
+        return FileResource(path)
+
+    @app.route("/boot/<path:name>", methods=["GET"])
+    def binaries(self, request, name: str):
+        try:
+            path = self.core.binary_path(name)
+        except core_files.AccessDenied as exc:
+            raise HttpError(403, f"refused: {exc}") from None
+        except core_files.FileNotFound:
+            raise HttpError(404, f"no boot binary {name!r} (configured: {sorted(self.core.settings.ipxe.names())})") from None
+        return FileResource(path)
+
+    # -------------------------------------------------------------- progress and health
+
+    @app.route("/beacon", methods=["GET"])
+    def beacon(self, request):
+        mac, uuid = _query_identity(request)
+        stage = _arg(request, "stage") or "unknown"
+        if not re.match(r"^[a-z][a-z0-9-]{0,31}$", stage):
+            raise HttpError(400, "stage is a short lower-case word")
+        core_metrics.boot_beacons.labels(stage).inc()
+        machine = self.core.find(mac, uuid)
+        log.info("boot progress", mac=mac or "", uuid=uuid or "", stage=stage,
+                 machine=machine.name if machine else "")
+        return _text(request, "ok\n")
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request):
+        return _json(request, self.health())
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest()
+
+
+_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image"}
+
+
+class MetricsSite(server.Site):
+    """A Site that counts requests and bytes per route (first path segment, bounded set)."""
+
+    def log(self, request) -> None:
+        segment = request.path.split(b"/")[1].decode("latin-1", "replace") if request.path else ""
+        route = segment if segment in _ROUTES else "other"
+        metrics.requests.labels(route, str(request.code)).inc()
+        metrics.bytes_sent.labels(route).inc(request.sentLength or 0)
+
+
+def make_site(core: BootCore, health: Callable[[], dict[str, Any]]) -> server.Site:
+    site = MetricsSite(BootApp(core, health).app.resource())
+    site.displayTracebacks = False  # never show internals to a client
+    return site

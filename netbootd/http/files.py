@@ -1,0 +1,61 @@
+"""Serving one regular file: Range, HEAD, Last-Modified, ETag, Content-Type, Content-Length.
+
+twisted.web.static.File does Range/HEAD/Last-Modified/Content-Length and streams with a
+producer; it has no ETag, and guesses types for boot files poorly, so both are added here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.web import http, static
+from twisted.web.resource import Resource
+
+CONTENT_TYPES = {
+    ".efi": "application/efi",  # EDK2 HTTP boot decides the image type from this
+    ".ipxe": "text/plain",
+    ".ign": "application/json",
+    ".json": "application/json",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".iso": "application/octet-stream",
+    ".img": "application/octet-stream",
+    ".squashfs": "application/octet-stream",
+    ".cpio": "application/octet-stream",
+    ".gz": "application/octet-stream",  # an initrd.gz must not be sent as Content-Encoding
+    ".xz": "application/octet-stream",
+    ".zst": "application/octet-stream",
+    ".kpxe": "application/octet-stream",
+    ".pxe": "application/octet-stream",
+}
+
+
+def etag_for(path: Path) -> str:
+    st = os.stat(path)
+    return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+class FileResource(Resource):
+    """One file on disk. `path` was already resolved safely by the core."""
+
+    isLeaf = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = path
+
+    def render(self, request):
+        try:
+            etag = etag_for(self._path)
+        except OSError:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"file disappeared\n"
+        if request.setETag(etag.encode()) == http.CACHED:
+            return b""
+        inner = static.File(str(self._path), defaultType="application/octet-stream")
+        inner.contentTypes = {**inner.contentTypes, **CONTENT_TYPES}
+        inner.encoding = None
+        inner.contentEncodings = {}  # never claim Content-Encoding: the client wants the bytes as stored
+        return inner.render(request)

@@ -1,0 +1,129 @@
+"""The only wiring: settings → core → edges and listeners, plus reload.
+
+Nothing else knows how the pieces connect; each edge gets the core and its settings.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import time
+from typing import Any
+
+from twisted.internet.error import CannotListenError
+
+from netbootd import metrics
+from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.settings import Settings
+from netbootd.config.watch import DirectoryWatcher
+from netbootd.core import BootCore
+from netbootd.logs import get_logger
+
+log = get_logger("netbootd.service")
+
+
+class StartupError(Exception):
+    """A listener could not start; the message says what to do."""
+
+
+def bind_error(proto: str, port: int, setting: str, exc: Exception) -> StartupError:
+    err = getattr(exc, "socketError", exc)
+    code = getattr(err, "errno", None)
+    if code == errno.EACCES:
+        return StartupError(
+            f"cannot bind {proto} port {port}: ports below 1024 need root or CAP_NET_BIND_SERVICE "
+            f"(run as root, use systemd/netbootd.service, or set {setting} to a higher port)"
+        )
+    if code == errno.EADDRINUSE:
+        return StartupError(f"cannot bind {proto} port {port}: another program holds it (find it with `ss -lnp`, or set {setting})")
+    if code == errno.EADDRNOTAVAIL:
+        return StartupError(f"cannot bind {proto} port {port}: the listen address is not on this host (check {setting})")
+    return StartupError(f"cannot bind {proto} port {port}: {err}")
+
+
+class Netbootd:
+    def __init__(self, settings: Settings, reactor) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.core = BootCore(settings)
+        self.ports: list[Any] = []
+        self.watcher: DirectoryWatcher | None = None
+        self.last_reload = 0.0
+        self.started = time.time()
+        self.reload("start")
+
+    # ------------------------------------------------------------------ configuration
+
+    def reload(self, why: str = "") -> None:
+        result = load_machines(self.settings)
+        catalog = build_catalog(result, self.core.catalog if self.last_reload else None)
+        self.core.replace_catalog(catalog)
+        self.last_reload = time.time()
+        metrics.config_errors.set(len(result.errors))
+        metrics.machines.set(len(catalog.files))
+        metrics.config_reloads.labels("errors" if result.errors else "ok").inc()
+        for err in result.errors:
+            log.error("config error", file=str(err.file), line=err.line, key=err.key, error=err.message)
+        kept = sorted(n for n in result.failed if n in catalog.files)
+        log.info(
+            "configuration loaded",
+            why=why,
+            machines=len(catalog.files),
+            errors=len(result.errors),
+            kept_last_good=",".join(kept) if kept else "",
+        )
+
+    def health(self) -> dict[str, Any]:
+        catalog = self.core.catalog
+        return {
+            "status": "degraded" if catalog.errors else "ok",
+            "machines": len(catalog.files),
+            "default": catalog.default is not None,
+            "config_errors": [str(e) for e in catalog.errors],
+            "last_reload": round(self.last_reload, 3),
+            "uptime": round(time.time() - self.started, 1),
+        }
+
+    # ------------------------------------------------------------------ listeners
+
+    def start(self) -> None:
+        """Start every enabled listener; raises StartupError with an actionable message."""
+        s = self.settings
+        try:
+            if s.http.enabled:
+                from netbootd.http.app import make_site
+
+                site = make_site(self.core, self.health)
+                try:
+                    self.ports.append(self.reactor.listenTCP(s.http.port, site, interface=s.http.listen))
+                except CannotListenError as exc:
+                    raise bind_error("TCP", s.http.port, "http.port", exc) from None
+            if s.tftp.enabled:
+                from netbootd.tftp import listen_tftp
+
+                self.ports.append(listen_tftp(self.reactor, s, self.core))
+            if s.dhcp.enabled:
+                from netbootd.dhcp import listen_dhcp
+
+                self.ports.extend(listen_dhcp(self.reactor, s, self.core))
+        except BaseException:
+            self.stop()
+            raise
+        self.watcher = DirectoryWatcher(self.reactor, s.machines_dir, self.reload)
+        self.watcher.start()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload, "SIGHUP"))
+        log.info(
+            "listening",
+            http=s.http.port if s.http.enabled else "off",
+            tftp=s.tftp.port if s.tftp.enabled else "off",
+            dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
+            machines_dir=str(s.machines_dir),
+        )
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
