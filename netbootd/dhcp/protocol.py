@@ -151,12 +151,14 @@ class DhcpProtocol(DatagramProtocol):
         self.limiter = limiter or RateLimiter(burst=5, period=60.0)
         self.log = get_logger("netbootd.dhcp")
         self.port = 0
+        self._bound_ip = ""
 
     def startProtocol(self) -> None:
-        try:
-            self.port = self.transport.getHost().port
-        except Exception:
-            self.port = 0
+        host = getattr(self.transport, "getHost", None)
+        address = host() if host is not None else None
+        self.port = getattr(address, "port", 0)
+        bound = getattr(address, "host", "")
+        self._bound_ip = bound if bound not in ("", "0.0.0.0") else ""
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """Plain transports (no IP_PKTINFO): used by tests with fake transports."""
@@ -192,8 +194,7 @@ class DhcpProtocol(DatagramProtocol):
             # Unicast to us (relay, 4011): the address the sender used. Broadcast: the interface's.
             local_ip = info.local if info.local == info.spec_dst else (if_address or "")
         else:
-            host = getattr(self.transport.getHost(), "host", "")
-            local_ip = host if host not in ("", "0.0.0.0") else ""
+            local_ip = self._bound_ip  # plain transport: only a specifically bound address is known
         server_ip = self.advertise or local_ip
         if not server_ip:
             DROPPED.labels("no-address").inc()

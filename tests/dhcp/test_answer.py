@@ -1,0 +1,237 @@
+"""netbootd.dhcp.answer: our answers, byte by byte against what the captured firmware accepted."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+from netbootd.dhcp import codec
+from netbootd.dhcp.answer import Arrival, DhcpController
+from netbootd.model import Offer, OfferKind
+from tests.dhcp.conftest import BOOT_SERVER, FakeCore, capture_files, read_capture, requires_captures
+
+
+def answered_pairs():
+    """(request, the captured boot server's answer) for every request the proxy answered."""
+    pairs = []
+    for path in capture_files():
+        last = None
+        for d in read_capture(path):
+            if d.payload[:1] == b"\x01" and d.dport in (67, 4011):
+                last = d
+            elif d.src == BOOT_SERVER and last is not None and d.payload[4:8] == last.payload[4:8]:
+                pairs.append((last, d))
+    return pairs
+
+
+def arrival_for(d, server_ip=BOOT_SERVER):
+    return Arrival(port=d.dport, proxy=d.dport == 4011, source=(d.src, d.sport), server_ip=server_ip)
+
+
+def counter(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@requires_captures
+def test_captures_have_answers_of_every_kind():
+    kinds = {(a.dport, codec.decode(r.payload).options.get(77) == b"iPXE") for r, a in answered_pairs()}
+    assert kinds == {(68, True), (68, False), (4011, False)}
+
+
+@requires_captures
+@pytest.mark.parametrize("pair", answered_pairs(), ids=lambda p: f"{p[0].capture}#{p[0].index}")
+def test_answer_matches_what_firmware_accepted(pair):
+    req_d, theirs_d = pair
+    request = codec.decode(req_d.payload)
+    answer = DhcpController(FakeCore()).answer(request, arrival_for(req_d))
+    assert answer is not None
+    ours, theirs = answer.payload, theirs_d.payload
+    # The whole fixed header: op htype hlen hops xid | flags ciaddr yiaddr siaddr giaddr chaddr sname file.
+    # Only `secs` (bytes 8-9) differs: dnsmasq echoes it, we send 0 as RFC 2131 says.
+    assert ours[:8] == theirs[:8]
+    assert ours[10:240] == theirs[10:240]
+    assert len(ours) == len(theirs) == 300
+    mine = codec.decode(ours, op=codec.BOOTREPLY)
+    other = codec.decode(theirs, op=codec.BOOTREPLY)
+    assert mine.yiaddr == "0.0.0.0"
+    assert mine.siaddr == BOOT_SERVER
+    assert mine.broadcast == other.broadcast
+    for code in (53, 54, 60, 97):
+        assert mine.options[code] == other.options[code], code
+    if 43 in other.options:
+        sub = codec.parse_pxe_options(other.options[43])
+        assert codec.parse_pxe_options(mine.options[43])[6] == sub[6] == b"\x08"
+    else:
+        assert 43 not in mine.options
+    assert set(mine.options) <= set(other.options)
+    # Where it goes: the broadcast/unicast the firmware received.
+    assert answer.dest == (theirs_d.dst, theirs_d.dport)
+    assert answer.broadcast == (theirs_d.dst == "255.255.255.255")
+
+
+@requires_captures
+def test_efi_pxe_offer_has_no_file_but_4011_ack_does():
+    pairs = [p for p in answered_pairs() if p[0].capture.startswith("proxy-uefi-edk2")]
+    ctl = DhcpController(FakeCore())
+    files = {}
+    for req_d, _ in pairs:
+        request = codec.decode(req_d.payload)
+        if 77 in request.options:
+            continue  # the chained iPXE
+        reply = codec.decode(ctl.answer(request, arrival_for(req_d)).payload, op=codec.BOOTREPLY)
+        files[req_d.dport] = (reply.file, reply.sname)
+    assert files == {67: (b"", b""), 4011: (b"snponly.efi", BOOT_SERVER.encode())}
+
+
+def discover(
+    options: dict[int, bytes], *, msgtype=codec.DISCOVER, giaddr="0.0.0.0", flags=0, ciaddr="0.0.0.0"
+):
+    return codec.Packet(
+        op=1,
+        htype=1,
+        hlen=6,
+        hops=0,
+        xid=0xABCD,
+        secs=3,
+        flags=flags,
+        ciaddr=ciaddr,
+        yiaddr="0.0.0.0",
+        siaddr="0.0.0.0",
+        giaddr=giaddr,
+        chaddr=bytes.fromhex("525400aabbcc"),
+        sname=b"",
+        file=b"",
+        msgtype=msgtype,
+        options={53: bytes([msgtype]), **options},
+    )
+
+
+BIOS_PXE = {60: b"PXEClient:Arch:00000:UNDI:002001", 93: b"\x00\x00", 97: b"\x00" + bytes(range(16))}
+EFI_PXE = {60: b"PXEClient:Arch:00007:UNDI:003000", 93: b"\x00\x07"}
+HTTP = {60: b"HTTPClient:Arch:00016:UNDI:003000", 93: b"\x00\x10"}
+ON_67 = Arrival(port=67, proxy=False, source=("0.0.0.0", 68), server_ip="192.0.2.1")
+ON_4011 = Arrival(port=4011, proxy=True, source=("192.0.2.50", 4011), server_ip="192.0.2.1")
+
+
+def reply_of(ctl, request, arrival=ON_67):
+    answer = ctl.answer(request, arrival)
+    return answer, (codec.decode(answer.payload, op=codec.BOOTREPLY) if answer else None)
+
+
+def test_bios_pxe_gets_tftp_file_and_discovery_control():
+    answer, reply = reply_of(DhcpController(FakeCore()), discover(BIOS_PXE))
+    assert reply.msgtype == codec.OFFER
+    assert reply.file == b"undionly.kpxe"
+    assert reply.siaddr == "192.0.2.1"
+    assert reply.options[54] == bytes([192, 0, 2, 1])
+    assert reply.options[43] == b"\x06\x01\x08\xff"
+    assert reply.options[97] == BIOS_PXE[97]
+    assert reply.xid == 0xABCD
+    assert reply.chaddr == bytes.fromhex("525400aabbcc")
+    assert reply.broadcast
+    assert answer.dest == ("255.255.255.255", 68)
+
+
+def test_bios_on_4011_is_answered_with_boot_item_echo():
+    item = b"\x80\x00\x00\x00"
+    request = discover(
+        {**BIOS_PXE, 43: codec.pxe_options([(71, item)])}, msgtype=codec.REQUEST, ciaddr="192.0.2.50"
+    )
+    answer, reply = reply_of(DhcpController(FakeCore()), request, ON_4011)
+    assert reply.msgtype == codec.ACK
+    assert reply.file == b"undionly.kpxe"
+    assert reply.sname == b"192.0.2.1"
+    assert reply.ciaddr == "192.0.2.50"
+    assert codec.parse_pxe_options(reply.options[43]) == {71: item}
+    assert answer.dest == ("192.0.2.50", 4011)
+    assert not answer.broadcast
+    assert not reply.broadcast  # flags copied on 4011
+
+
+def test_request_on_67_gets_ack():
+    _, reply = reply_of(
+        DhcpController(FakeCore()), discover({**BIOS_PXE, 77: b"iPXE"}, msgtype=codec.REQUEST)
+    )
+    assert reply.msgtype == codec.ACK
+    assert reply.file == b"http://192.0.2.1:8080/E.ipxe"
+
+
+def test_http_boot_gets_url_and_httpclient():
+    _, reply = reply_of(DhcpController(FakeCore()), discover(HTTP))
+    assert reply.file == b"http://192.0.2.1:8080/ipxe.efi"
+    assert reply.options[60] == b"HTTPClient"
+    assert 43 not in reply.options
+    assert 97 not in reply.options  # not sent, not echoed
+
+
+def test_relayed_request_goes_to_giaddr():
+    answer, reply = reply_of(DhcpController(FakeCore()), discover(EFI_PXE, giaddr="198.51.100.1"))
+    assert answer.dest == ("198.51.100.1", 67)
+    assert not answer.broadcast
+    assert reply.giaddr == "198.51.100.1"
+    assert reply.broadcast  # so the relay broadcasts it onto the client's segment
+
+
+def test_long_url_goes_to_option_67():
+    class LongCore:
+        def offer(self, client, server_ip):
+            return Offer(OfferKind.IPXE_SCRIPT, "http://192.0.2.1/ipxe?" + "x" * 300, "m")
+
+    _, reply = reply_of(DhcpController(LongCore()), discover({**BIOS_PXE, 77: b"iPXE"}))
+    assert reply.file == b""
+    assert reply.options[67] == b"http://192.0.2.1/ipxe?" + b"x" * 300
+
+
+def test_long_tftp_name_is_refused_not_truncated():
+    class LongCore:
+        def offer(self, client, server_ip):
+            return Offer(OfferKind.TFTP, "d/" * 70, "m")
+
+    before = counter("netbootd_dhcp_dropped_total", reason="bootfile-too-long")
+    assert DhcpController(LongCore()).answer(discover(BIOS_PXE), ON_67) is None
+    assert counter("netbootd_dhcp_dropped_total", reason="bootfile-too-long") == before + 1
+
+
+def test_core_declines():
+    core = FakeCore(answer=False)
+    before = counter("netbootd_dhcp_answers_total", firmware="efi-pxe", kind="none")
+    assert DhcpController(core).answer(discover(EFI_PXE), ON_67) is None
+    assert counter("netbootd_dhcp_answers_total", firmware="efi-pxe", kind="none") == before + 1
+    assert core.calls[0][1] == "192.0.2.1"
+
+
+def test_metrics_per_request_and_answer():
+    labels = {"firmware": "efi-pxe", "arch": "efi64", "msgtype": "discover"}
+    before = counter("netbootd_dhcp_requests_total", **labels)
+    answers = counter("netbootd_dhcp_answers_total", firmware="efi-pxe", kind="tftp")
+    DhcpController(FakeCore()).answer(discover(EFI_PXE), ON_67)
+    assert counter("netbootd_dhcp_requests_total", **labels) == before + 1
+    assert counter("netbootd_dhcp_answers_total", firmware="efi-pxe", kind="tftp") == answers + 1
+
+
+@pytest.mark.parametrize(
+    ("msgtype", "arrival"),
+    [(codec.RELEASE, ON_67), (codec.INFORM, ON_67), (codec.DECLINE, ON_67), (codec.DISCOVER, ON_4011)],
+)
+def test_other_message_types_are_not_answered(msgtype, arrival):
+    before = counter("netbootd_dhcp_dropped_total", reason="msgtype")
+    assert DhcpController(FakeCore()).answer(discover(BIOS_PXE, msgtype=msgtype), arrival) is None
+    assert counter("netbootd_dhcp_dropped_total", reason="msgtype") == before + 1
+
+
+def test_non_pxe_client_is_ignored_and_core_not_asked():
+    core = FakeCore()
+    assert DhcpController(core).answer(discover({60: b"MSFT 5.0"}), ON_67) is None
+    assert core.calls == []
+
+
+def test_answer_is_logged(capture_log):
+    DhcpController(FakeCore()).answer(discover(BIOS_PXE, giaddr="198.51.100.1"), ON_67)
+    (event,) = [e for e in capture_log if e.get("log_format") == "answered"]
+    assert event["mac"] == "52:54:00:aa:bb:cc"
+    assert event["firmware"] == "bios-pxe"
+    assert event["arch"] == "bios"
+    assert event["offered"] == "tftp undionly.kpxe"
+    assert event["machine"] == "default"
+    assert event["port"] == 67
+    assert event["relay"] == "198.51.100.1"
