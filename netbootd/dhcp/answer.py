@@ -84,11 +84,12 @@ class DhcpController:
             self.refuse(why, request, arrival)
             return None
         REQUESTS.labels(client.firmware.value, client.arch.value, request.msgtype_name).inc()
-        offer = self.decide(client, arrival)
+        offer, why = self.decide(client, arrival)
         if offer is None:
             ANSWERS.labels(client.firmware.value, "none").inc()
             self.log.info(
-                "not answered: no boot offer for this machine",
+                "not answered: {why}",
+                why=why or "the boot core has no offer for this machine",
                 mac=client.mac,
                 arch=client.arch.value,
                 firmware=client.firmware.value,
@@ -116,8 +117,13 @@ class DhcpController:
 
     # -- policy (overridable) ----------------------------------------------------------------
 
-    def decide(self, client: Client, arrival: Arrival) -> Offer | None:
-        return self.core.offer(client, arrival.server_ip)
+    def decide(self, client: Client, arrival: Arrival) -> tuple[Offer | None, str]:
+        """The core's offer and, when the core can say (BootCore.decide), why / why not."""
+        explain = getattr(self.core, "decide", None)
+        if explain is not None:
+            decision = explain(client, arrival.server_ip)
+            return decision.offer, decision.reason
+        return self.core.offer(client, arrival.server_ip), ""
 
     def file_in_reply(self, client: Client, arrival: Arrival) -> bool:
         """EFI PXE gets its file over 4011 only: a file in the 67 OFFER makes EDK2 skip the 4011

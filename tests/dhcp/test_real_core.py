@@ -1,0 +1,71 @@
+"""The DHCP edge with the real netbootd.core.BootCore and a machines directory loaded from TOML."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.settings import HttpSettings, Settings
+from netbootd.core import BootCore
+from netbootd.dhcp import codec
+from netbootd.dhcp.answer import Arrival, DhcpController
+from tests.dhcp.conftest import BOOT_SERVER, client_requests, requires_captures
+
+
+@pytest.fixture
+def core(tmp_path):
+    machines = tmp_path / "machines"
+    (machines / "profiles").mkdir(parents=True)
+    (tmp_path / "files").mkdir()
+    (machines / "default.toml").write_text('[boot]\nchain = "http://boot.example/menu.ipxe"\n')
+    (machines / "52-54-00-99-99-99.toml").write_text("[boot]\nignore = true\n")
+    settings = Settings(machines_dir=machines, files_root=tmp_path / "files", http=HttpSettings(port=8080))
+    result = load_machines(settings)
+    assert result.errors == []
+    return BootCore(settings, build_catalog(result))
+
+
+def answer(core, payload, port, mac=None):
+    request = codec.decode(payload)
+    if mac is not None:
+        request = attrs.evolve(request, chaddr=bytes.fromhex(mac.replace(":", "")))
+    arrival = Arrival(port=port, proxy=port == 4011, source=("10.77.0.145", port), server_ip=BOOT_SERVER)
+    result = DhcpController(core).answer(request, arrival)
+    return None if result is None else codec.decode(result.payload, op=codec.BOOTREPLY)
+
+
+@requires_captures
+def test_captured_firmware_against_real_core(core):
+    seen = {}
+    for d in client_requests():
+        request = codec.decode(d.payload)
+        reply = answer(core, d.payload, d.dport)
+        assert reply is not None, d
+        key = (request.options[60][:10], request.options.get(77), d.dport)
+        seen[key] = (reply.file.decode(), reply.options[60])
+    # iPXE (BIOS or EFI): the script URL on the advertised address, with mac and arch
+    assert seen[(b"PXEClient:", b"iPXE", 67)][0].startswith(
+        f"http://{BOOT_SERVER}:8080/ipxe?mac=52-54-00-77-00-10"
+    )
+    # EDK2 PXE: nothing on 67, snponly.efi on 4011
+    assert seen[(b"PXEClient:", None, 67)] == ("", b"PXEClient")
+    assert seen[(b"PXEClient:", None, 4011)] == ("snponly.efi", b"PXEClient")
+    # HTTP boot: an IP-literal URL of the EFI iPXE binary
+    assert seen[(b"HTTPClient", None, 67)] == (f"http://{BOOT_SERVER}:8080/boot/snponly.efi", b"HTTPClient")
+
+
+@requires_captures
+def test_ignored_machine_gets_no_answer_and_the_reason_is_logged(core, capture_log):
+    d = next(d for d in client_requests() if d.dport == 67)
+    assert answer(core, d.payload, 67, mac="52:54:00:99:99:99") is None
+    (event,) = [e for e in capture_log if str(e.get("log_format", "")).startswith("not answered")]
+    assert "boot.ignore" in event["why"]
+
+
+def test_bios_pxe_rom_gets_undionly(core):
+    opts = b"\x35\x01\x01\x3c\x20PXEClient:Arch:00000:UNDI:002001\x5d\x02\x00\x00\xff"
+    head = bytes([1, 1, 6, 0]) + b"\0" * 24 + bytes.fromhex("525400123456") + b"\0" * 202
+    reply = answer(core, head + codec.MAGIC + opts, 67)
+    assert reply.file == b"undionly.kpxe"
+    assert codec.parse_pxe_options(reply.options[43])[6] == b"\x08"
