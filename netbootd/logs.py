@@ -132,7 +132,7 @@ class LineObserver:
         try:
             self._stream.write(self._format(event) + "\n")
             self._stream.flush()
-        except Exception:  # a log line must never take the daemon down
+        except Exception:  # noqa: S110 - a log line must never take the daemon down
             pass
 
 

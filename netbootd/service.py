@@ -35,7 +35,9 @@ def bind_error(proto: str, port: int, setting: str, exc: Exception) -> StartupEr
             f"(run as root, use systemd/netbootd.service, or set {setting} to a higher port)"
         )
     if code == errno.EADDRINUSE:
-        return StartupError(f"cannot bind {proto} port {port}: another program holds it (find it with `ss -lnp`, or set {setting})")
+        return StartupError(
+            f"cannot bind {proto} port {port}: another program holds it (find it with `ss -lnp`, or set {setting})"
+        )
     if code == errno.EADDRNOTAVAIL:
         return StartupError(f"cannot bind {proto} port {port}: the listen address is not on this host (check {setting})")
     return StartupError(f"cannot bind {proto} port {port}: {err}")
@@ -67,7 +69,7 @@ class Netbootd:
         kept = sorted(n for n in result.failed if n in catalog.files)
         log.info(
             "configuration loaded",
-            why=why,
+            trigger=why,
             machines=len(catalog.files),
             errors=len(result.errors),
             kept_last_good=",".join(kept) if kept else "",

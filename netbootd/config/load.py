@@ -193,6 +193,11 @@ class _Loader:
             else:
                 before = len(self.errors)
                 self._check_keys(toml, toml.data, _PROFILE_KEYS, "profile")
+                boot = toml.data.get("boot", {})
+                for key in boot if isinstance(boot, dict) else ():
+                    if key not in KIND_KEYS and key not in OTHER_BOOT_KEYS:
+                        known = ", ".join(sorted({*KIND_KEYS, *OTHER_BOOT_KEYS}))
+                        self.errors.append(toml.error(f"boot.{key}", f"unknown key; expected one of: {known}"))
                 self.profiles[name] = _Source(toml, toml.data) if len(self.errors) == before else None
         return self.profiles[name]
 
@@ -232,6 +237,8 @@ class _Loader:
             except ValueError:
                 self.errors.append(toml.error("uuid", "expected an SMBIOS UUID like 4c4c4544-0042-..."))
 
+        if profile_name is not None and profile_src is None:
+            return None  # the profile's error says it all; "no boot defined" would only add noise
         layers = [s for s in (profile_src, _Source(toml, data)) if s is not None]
         boot = self._boot(layers)
         vars_ = self._vars(layers)
@@ -303,8 +310,9 @@ class _Loader:
         return out
 
     def _boot(self, layers: list[_Source]) -> Boot | None:
-        # Merge [boot] tables: the machine's keys override the profile's. If the machine picks
-        # a boot kind, the profile's kind key is dropped, so `local = true` overrides a profile's kernel.
+        # Merge [boot] tables: the machine's keys override the profile's. A machine that picks
+        # another boot kind drops the profile's [boot] whole, so `local = true` overrides a
+        # profile's kernel, initrds and cmdline alike.
         merged: dict[str, tuple[Any, _Source]] = {}
         for src in layers:
             table = src.data.get("boot")
@@ -313,8 +321,10 @@ class _Loader:
             if not isinstance(table, dict):
                 self.errors.append(src.file.error("boot", "expected a [boot] table"))
                 return None
-            if any(k in KIND_KEYS for k in table):
-                merged = {k: v for k, v in merged.items() if k not in KIND_KEYS}
+            new_kinds = {k for k in table if k in KIND_KEYS}
+            old_kinds = {k for k in merged if k in KIND_KEYS}
+            if new_kinds and new_kinds != old_kinds:
+                merged = {}
             for key, value in table.items():
                 if key not in KIND_KEYS and key not in OTHER_BOOT_KEYS:
                     known = ", ".join(sorted({*KIND_KEYS, *OTHER_BOOT_KEYS}))

@@ -1,8 +1,11 @@
 """TFTP packets: bytes from the wire → small frozen objects, and back.
 
-Parsing of the request packets (RRQ/WRQ, the only ones with a real grammar) is done by tftpy's
-packet classes; every exception they raise on bad input (UnicodeDecodeError, struct.error,
+The file name and mode of request packets (RRQ/WRQ) are parsed by tftpy's packet classes, as
+are OACKs; every exception they raise on bad input (UnicodeDecodeError, struct.error,
 TftpException, IndexError, ...) becomes one `MalformedPacket`. Everything else is hand-coded:
+
+- request options: tftpy refuses empty option values (RFC 2090 `multicast` has one), so a
+  whole request would be refused for an option we would merely ignore.
 
 - ACK is 4 bytes and the one packet the server receives on its hot path: a slice and
   `int.from_bytes` instead of tftpy's factory (which formats debug strings eagerly on every call).
@@ -111,14 +114,42 @@ _HEADER = struct.Struct("!HH")
 _pack_header = _HEADER.pack
 
 
+def _parse_options(rest: bytes, opcode: int) -> dict[str, str]:
+    """RFC 2347 options after the mode: NUL-terminated name/value pairs.
+
+    Not tftpy's `decode_options`: it refuses empty values, which RFC 2090's `multicast`
+    option uses, so a client asking for multicast would get its whole request refused.
+    Names are lower-cased; names and values are decoded leniently (an option we do not
+    know is ignored whatever its bytes); trailing NUL padding (seen from some ROMs) is allowed.
+    """
+    if not rest:
+        return {}
+    fields = rest.split(b"\x00")
+    if fields[-1]:
+        raise MalformedPacket("bad_request", "unterminated option", opcode)
+    fields.pop()
+    options: dict[str, str] = {}
+    for i in range(0, len(fields), 2):
+        name = fields[i]
+        if not name:
+            if any(fields[i:]):
+                raise MalformedPacket("bad_request", "empty option name", opcode)
+            break  # padding
+        if i + 1 >= len(fields):
+            raise MalformedPacket("bad_request", "option without a value", opcode)
+        options[name.decode("ascii", "replace").lower()] = fields[i + 1].decode("ascii", "replace")
+    return options
+
+
 def _parse_request(data: bytes, opcode: int) -> ReadRequest | WriteRequest:
     cls = TftpPacketRRQ if opcode == OP_RRQ else TftpPacketWRQ
-    # Lenient about one real-world quirk: some ROMs pad the request with extra NUL bytes,
-    # which tftpy would read as an empty option name. One terminator is enough.
-    if data.endswith(b"\x00\x00"):
-        data = data.rstrip(b"\x00") + b"\x00"
+    # tftpy parses the file name and mode; the options are ours (see _parse_options)
+    name_end = data.find(b"\x00", 2)
+    mode_end = data.find(b"\x00", name_end + 1) if name_end >= 0 else -1
+    if mode_end < 0:
+        raise MalformedPacket("bad_request", "file name and mode not NUL-terminated", opcode)
     packet = cls()
-    packet.buffer = data
+    packet.buffer = data[: mode_end + 1]
     try:
         packet.decode()
     except Exception as e:  # tftpy raises UnicodeDecodeError, struct.error, TftpException, ...
@@ -127,9 +158,7 @@ def _parse_request(data: bytes, opcode: int) -> ReadRequest | WriteRequest:
         raise MalformedPacket("bad_request", "empty file name", opcode)
     if not packet.mode:
         raise MalformedPacket("bad_request", "empty mode", opcode)
-    options: dict[str, str] = {}
-    for name, value in packet.options.items():
-        options[name.lower()] = value
+    options = _parse_options(data[mode_end + 1 :], opcode)
     if opcode == OP_RRQ:
         return ReadRequest(packet.filename, packet.mode, options)
     return WriteRequest(packet.filename, packet.mode, options)

@@ -1,0 +1,287 @@
+"""Every HTTP route, over real HTTP on loopback, against `netbootd serve` in a subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+
+import httpx
+import pytest
+
+from tests.conftest import wait_for
+
+IGN = '{"ignition": {"version": "3.4.0"}, "passwd": {"users": [{"name": "core"}]}}'
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    d = daemon_factory()
+    m = d.machines
+    (d.files / "os").mkdir()
+    (d.files / "os" / "vmlinuz").write_bytes(os.urandom(100_000))
+    (d.files / "os" / "initrd.img").write_bytes(b"initrd" * 1000)
+    (d.files / "uki.efi").write_bytes(b"MZ" + os.urandom(5000))
+    (m / "profiles" / "worker.toml").write_text(
+        textwrap.dedent(
+            """
+            [vars]
+            role = "worker"
+            [boot]
+            kernel = "os/vmlinuz"
+            initrds = ["os/initrd.img", "http://mirror.example/extra.img"]
+            cmdline = "console=ttyS0 role={{ role }} host={{ hostname }} ign={{ ignition_url }}"
+            [ignition]
+            inline = '''%s'''
+            """
+            % IGN
+        )
+    )
+    (m / "52-54-00-12-34-56.toml").write_text(
+        'profile = "worker"\nuuid = "4C4C4544-0042-4810-8056-B4C04F395931"\n[vars]\nhostname = "w1"\n'
+    )
+    (m / "52-54-00-12-34-57.toml").write_text('[boot]\nefi = "uki.efi"\n')
+    (m / "52-54-00-12-34-58.toml").write_text("[boot]\nignore = true\n")
+    (m / "52-54-00-12-34-59.toml").write_text(
+        textwrap.dedent(
+            """
+            [boot]
+            local = true
+            [booty]
+            action = "writeImage"
+            sourceImage = "http://img.example/ubuntu.img"
+            destinationDevice = "/dev/sda"
+            growPartition = 1
+            """
+        )
+    )
+    return d.start()
+
+
+def test_script_by_mac_uuid_and_query(daemon):
+    r = daemon.get("/ipxe/52-54-00-12-34-56")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    script = r.text
+    assert script.startswith("#!ipxe\n")
+    base = daemon.url
+    assert (
+        f"kernel --name kernel {base}/files/os/vmlinuz initrd=initrd0 initrd=initrd1 console=ttyS0 role=worker host=w1 "
+        f"ign={base}/ignition?mac=52-54-00-12-34-56 || goto failed" in script
+    )
+    assert f"initrd --name initrd0 {base}/files/os/initrd.img || goto failed" in script
+    assert "initrd --name initrd1 http://mirror.example/extra.img || goto failed" in script
+    assert f"imgfetch --name beacon {base}/beacon?mac=52-54-00-12-34-56&stage=loaded" in script
+    assert script.index("initrd --name initrd1") < script.index("boot ||")
+    # the same machine by UUID (any case), by colon MAC in the query, and by iPXE's platform/buildarch
+    assert daemon.get("/ipxe/4c4c4544-0042-4810-8056-b4c04f395931").status_code == 200
+    assert "host=w1" in daemon.get("/ipxe?mac=52:54:00:12:34:56&arch=bios").text
+    assert "host=w1" in daemon.get("/ipxe?mac=52:54:00:12:34:56&uuid=&buildarch=x86_64&platform=efi").text
+
+
+def test_chain_stub(daemon):
+    r = daemon.get("/ipxe")
+    assert r.status_code == 200
+    assert f"chain --replace --autofree {daemon.url}/ipxe?mac=${{mac:uristring}}" in r.text
+
+
+def test_script_404s_and_400s(daemon):
+    r = daemon.get("/ipxe/52-54-00-12-34-58")  # ignore = true
+    assert r.status_code == 404 and "boot.ignore" in r.text
+    r = daemon.get("/ipxe/52-54-00-99-99-99")  # unknown, no default
+    assert r.status_code == 404 and "no default.toml" in r.text
+    assert daemon.get("/ipxe/not-a-mac").status_code == 400
+    assert daemon.get("/ipxe?mac=zz").status_code == 400
+    assert daemon.get("/ipxe?mac=52:54:00:12:34:56&arch=sparc").status_code == 400
+
+
+def test_efi_machine_script_chains_its_binary(daemon):
+    r = daemon.get("/ipxe?mac=52-54-00-12-34-57&arch=efi64")
+    assert f"chain --autofree {daemon.url}/files/uki.efi" in r.text
+    r = daemon.get("/ipxe?mac=52-54-00-12-34-57&arch=bios")
+    assert r.status_code == 404 and "needs UEFI" in r.text
+
+
+def test_local_boot_script_exits(daemon):
+    r = daemon.get("/ipxe/52-54-00-12-34-59")
+    assert r.status_code == 200 and r.text.rstrip().endswith("exit")
+
+
+def test_ignition(daemon):
+    for path in (
+        "/ignition/4c4c4544-0042-4810-8056-b4c04f395931",
+        "/ignition/4C4C4544-0042-4810-8056-B4C04F395931",
+        "/ignition?mac=52:54:00:12:34:56",
+        "/ignition/52-54-00-12-34-56",
+    ):
+        r = daemon.get(path)
+        assert r.status_code == 200, path
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["ignition"]["version"] == "3.4.0"
+    r = daemon.get("/ignition?mac=52:54:00:12:34:57")  # machine without Ignition
+    assert r.status_code == 404 and "no Ignition" in r.text
+    assert daemon.get("/ignition/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert daemon.get("/ignition?mac=").status_code == 400
+
+
+def test_httpboot_json(daemon):
+    r = daemon.get("/httpboot", headers={"X-Forwarded-For": "10.0.0.5, 52:54:00:12:34:57"})
+    assert r.status_code == 200
+    assert r.json() == {"ClientIPs": "10.0.0.5,52:54:00:12:34:57", "UKIURL": f"{daemon.url}/files/uki.efi"}
+    r = daemon.get("/httpboot", headers={"X-Forwarded-For": "10.0.0.9"})
+    assert r.status_code == 500 and "no machine matches 10.0.0.9" in r.json()["error"]
+
+
+def test_booty(daemon):
+    r = daemon.get("/booty/52-54-00-12-34-59.bty")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "action": "writeImage",
+        "sourceImage": "http://img.example/ubuntu.img",
+        "destinationDevice": "/dev/sda",
+        "growPartition": 1,
+    }
+    assert daemon.get("/booty/52-54-00-12-34-56.bty").status_code == 404
+    assert daemon.get("/booty/52-54-00-12-34-59.json").status_code == 404
+
+
+def test_files_full_range_head_etag(daemon):
+    data = (daemon.files / "os" / "vmlinuz").read_bytes()
+    r = daemon.get("/files/os/vmlinuz")
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-length"] == str(len(data))
+    etag = r.headers["etag"]
+    assert "last-modified" in r.headers
+    r = daemon.get("/files/os/vmlinuz", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == data[100:200]
+    assert r.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    r = daemon.get("/files/os/vmlinuz", headers={"Range": "bytes=-10"})
+    assert r.status_code == 206 and r.content == data[-10:]
+    r = httpx.head(daemon.url + "/files/os/vmlinuz")
+    assert r.status_code == 200 and r.headers["content-length"] == str(len(data)) and r.content == b""
+    r = daemon.get("/files/os/vmlinuz", headers={"If-None-Match": etag})
+    assert r.status_code == 304
+    assert daemon.get("/files/uki.efi").headers["content-type"] == "application/efi"
+
+
+def test_files_with_curl(daemon, tmp_path):
+    out = tmp_path / "k"
+    subprocess.run(["curl", "-sfo", str(out), "-r", "0-999", daemon.url + "/files/os/vmlinuz"], check=True)
+    assert out.read_bytes() == (daemon.files / "os" / "vmlinuz").read_bytes()[:1000]
+    subprocess.run(["curl", "-sfo", str(out), daemon.url + "/files/os/initrd.img"], check=True)
+    got = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert got == hashlib.sha256((daemon.files / "os" / "initrd.img").read_bytes()).hexdigest()
+
+
+def test_files_never_leave_the_root(daemon, tmp_path):
+    secret = daemon.root / "secret.txt"
+    secret.write_text("top secret")
+    (daemon.files / "link-out").symlink_to(secret)
+    (daemon.files / "link-in").symlink_to(daemon.files / "os" / "vmlinuz")
+    assert daemon.get("/files/link-in").status_code == 200
+    for path in ("/files/link-out", "/files/../secret.txt", "/files/%2e%2e/secret.txt",
+                 "/files/os/..%2f..%2fsecret.txt", "/files/os", "/files/nothing", "/files/%00"):
+        r = daemon.get(path)
+        assert r.status_code in (400, 403, 404), path
+        assert "top secret" not in r.text
+    # curl --path-as-is sends the dots unnormalised
+    out = subprocess.run(["curl", "-s", "--path-as-is", daemon.url + "/files/../secret.txt"],
+                         capture_output=True, text=True)
+    assert "top secret" not in out.stdout
+
+
+def test_beacon_health_metrics(daemon):
+    assert daemon.get("/beacon?mac=52-54-00-12-34-56&stage=loaded").text == "ok\n"
+    assert daemon.get("/beacon?mac=52-54-00-12-34-56&stage=Bad Stage").status_code == 400
+    health = daemon.get("/healthz").json()
+    assert health["status"] == "ok" and health["machines"] == 4 and health["config_errors"] == []
+    text = daemon.get("/metrics").text
+    assert 'netbootd_boot_beacons_total{stage="loaded"} 1.0' in text
+    assert 'netbootd_http_requests_total{route="healthz",status="200"}' in text
+    assert "netbootd_machines 4.0" in text
+    assert "netbootd_config_errors 0.0" in text
+    assert "boot progress" in daemon.log() and "stage=loaded" in daemon.log()
+
+
+def _script(daemon, mac="52-54-00-12-34-57"):
+    r = daemon.get(f"/ipxe/{mac}")
+    return r.status_code, r.text
+
+
+def test_hot_reload_edit_in_place(daemon):
+    path = daemon.machines / "52-54-00-12-34-57.toml"
+    path.write_text('[boot]\nchain = "http://other.example/next"\n')
+    wait_for(lambda: "http://other.example/next" in _script(daemon)[1], timeout=1.0)
+
+
+def test_hot_reload_rename_on_save(daemon):
+    tmp = daemon.machines / ".52-54-00-12-34-57.toml.swp"
+    tmp.write_text('[boot]\nchain = "http://renamed.example/"\n')
+    os.rename(tmp, daemon.machines / "52-54-00-12-34-57.toml")
+    wait_for(lambda: "renamed.example" in _script(daemon)[1], timeout=1.0)
+
+
+def test_hot_reload_new_and_deleted_machine(daemon):
+    mac = "52-54-00-aa-bb-cc"
+    assert _script(daemon, mac)[0] == 404
+    (daemon.machines / f"{mac.upper()}.toml").write_text('[boot]\nchain = "http://new.example/"\n')
+    wait_for(lambda: _script(daemon, mac)[0] == 200, timeout=1.0)
+    (daemon.machines / f"{mac.upper()}.toml").unlink()
+    wait_for(lambda: _script(daemon, mac)[0] == 404, timeout=1.0)
+
+
+def test_hot_reload_broken_edit_keeps_old_version(daemon):
+    path = daemon.machines / "52-54-00-12-34-57.toml"
+    path.write_text("[boot\nefi = \n")
+    wait_for(lambda: daemon.get("/healthz").json()["status"] == "degraded", timeout=1.0)
+    health = daemon.get("/healthz").json()
+    assert any("52-54-00-12-34-57.toml:1: invalid TOML" in e for e in health["config_errors"])
+    assert "netbootd_config_errors 1.0" in daemon.get("/metrics").text
+    assert "files/uki.efi" in _script(daemon)[1]  # the last good version still serves
+    assert "host=w1" in _script(daemon, "52-54-00-12-34-56")[1]  # others unaffected
+    path.write_text('[boot]\nchain = "http://fixed.example/"\n')
+    wait_for(lambda: "fixed.example" in _script(daemon)[1], timeout=1.0)
+    assert daemon.get("/healthz").json()["status"] == "ok"
+
+
+def test_hot_reload_configmap_symlink_swap(daemon_factory):
+    """Kubernetes mounts a ConfigMap as `key -> ..data/key`, `..data -> ..<timestamp>/`, and
+    updates it by writing a new timestamped dir and renaming a new `..data` over the old one."""
+    d = daemon_factory()
+    m = d.machines
+    v1 = m / "..2026_11_22_10_00_00.1"
+    v1.mkdir()
+    (v1 / "52-54-00-12-34-57.toml").write_text('[boot]\nchain = "http://v1.example/"\n')
+    (m / "..data").symlink_to(v1.name)
+    (m / "52-54-00-12-34-57.toml").symlink_to("..data/52-54-00-12-34-57.toml")
+    d.start()
+    assert "v1.example" in _script(d)[1]
+    v2 = m / "..2026_11_22_10_05_00.2"
+    v2.mkdir()
+    (v2 / "52-54-00-12-34-57.toml").write_text('[boot]\nchain = "http://v2.example/"\n')
+    (m / "..data_tmp").symlink_to(v2.name)
+    os.rename(m / "..data_tmp", m / "..data")
+    shutil.rmtree(v1)
+    wait_for(lambda: "v2.example" in _script(d)[1], timeout=1.0)
+
+
+def test_sighup_reloads(daemon):
+    before = daemon.log().count("configuration loaded")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log().count("configuration loaded") > before)
+    assert "trigger=SIGHUP" in daemon.log()
+
+
+def test_json_logs(daemon_factory):
+    d = daemon_factory()
+    (d.machines / "52-54-00-12-34-57.toml").write_text('[boot]\nchain = "http://x.example/"\n')
+    d.start("--log-format", "json")
+    d.get("/ipxe/52-54-00-12-34-57")
+    lines = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+    sent = [rec for rec in lines if rec["msg"] == "script sent"]
+    assert sent and sent[0]["mac"] == "52:54:00:12:34:57" and sent[0]["component"] == "http"
