@@ -103,11 +103,19 @@ class Netbootd:
             if s.tftp.enabled:
                 from netbootd.tftp import listen_tftp
 
-                self.ports.append(listen_tftp(self.reactor, s, self.core))
+                try:
+                    self.ports.append(listen_tftp(self.reactor, s, self.core))
+                except CannotListenError as exc:  # the edge's message already says what to do
+                    raise StartupError(str(exc)) from None
             if s.dhcp.enabled:
                 from netbootd.dhcp import listen_dhcp
 
-                self.ports.extend(listen_dhcp(self.reactor, s, self.core))
+                from netbootd.dhcp import DhcpBindError
+
+                try:
+                    self.ports.extend(listen_dhcp(self.reactor, s, self.core))
+                except (DhcpBindError, OSError) as exc:
+                    raise StartupError(str(exc)) from None
         except BaseException:
             self.stop()
             raise
