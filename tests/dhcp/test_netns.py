@@ -1,0 +1,247 @@
+"""Real sockets in network namespaces the tests create: netbootd's DHCP edge runs in a subprocess
+inside a "server" namespace, PXE clients / relays in a "client" namespace, joined by a veth pair.
+
+    client ns  nbc<id> (no address, or 10.77.0.145 / relay 10.78.0.1)  <--veth-->  nbs<id> 10.77.0.2  server ns
+
+Nothing here touches the host's own interfaces; every process started is stopped by its PID and
+the namespaces are deleted in `finally`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SERVER = HERE / "netns_server.py"
+CLIENT = HERE / "netns_client.py"
+SERVER_IP = "10.77.0.2"
+CLIENT_IP = "10.77.0.145"
+RELAY_IP = "10.78.0.1"  # giaddr: a routed subnet behind the client namespace
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
+]
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+
+
+class Topology:
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
+        self.srv, self.cli = f"nbd-s{tag}", f"nbd-c{tag}"
+        self.srv_if, self.cli_if = f"nbs{tag}", f"nbc{tag}"
+
+    def up(self) -> None:
+        sh("ip", "netns", "add", self.srv)
+        sh("ip", "netns", "add", self.cli)
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.srv_if,
+            "netns",
+            self.srv,
+            "type",
+            "veth",
+            "peer",
+            self.cli_if,
+            "netns",
+            self.cli,
+        )
+        for ns, iface in ((self.srv, self.srv_if), (self.cli, self.cli_if)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", iface, "up")
+        sh("ip", "-n", self.srv, "addr", "add", f"{SERVER_IP}/24", "dev", self.srv_if)
+
+    def client_addresses(self) -> None:
+        sh("ip", "-n", self.cli, "addr", "add", f"{CLIENT_IP}/24", "dev", self.cli_if)
+        sh("ip", "-n", self.cli, "addr", "add", f"{RELAY_IP}/24", "dev", self.cli_if)
+        sh("ip", "-n", self.srv, "route", "add", "10.78.0.0/24", "via", CLIENT_IP)
+
+    def down(self) -> None:
+        for ns in (self.srv, self.cli):
+            sh("ip", "netns", "del", ns, check=False)
+
+    def client(self, *args: str, expect: int = 1) -> list[dict]:
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.cli, sys.executable, str(CLIENT), *args, "--expect", str(expect)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+class Process:
+    """A process started in a namespace; stopped by its own PID."""
+
+    def __init__(self, argv: list[str], ready: str | None = None, log: Path | None = None) -> None:
+        self.log = log
+        stderr = log.open("w") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        if ready:
+            deadline = time.monotonic() + 30
+            line = ""
+            while time.monotonic() < deadline and ready not in line:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{argv[4:6]} exited: {self.stderr()}")
+                if select.select([self.proc.stdout], [], [], 0.5)[0]:
+                    line = self.proc.stdout.readline()
+            if ready not in line:
+                self.stop()
+                raise RuntimeError(f"{argv} did not get ready: {self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.log.read_text() if self.log and self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM to this PID only
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for_log(proc: Process, text: str) -> None:
+    deadline = time.monotonic() + 30
+    while text not in proc.stderr():
+        assert proc.proc.poll() is None, proc.stderr()
+        assert time.monotonic() < deadline, f"no {text!r} in: {proc.stderr()}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def topo():
+    t = Topology()
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
+@pytest.fixture
+def machines(tmp_path):
+    d = tmp_path / "machines"
+    (d / "profiles").mkdir(parents=True)
+    (d / "default.toml").write_text('[boot]\nchain = "http://boot.example/menu.ipxe"\n')
+    (d / "52-54-00-99-99-99.toml").write_text("[boot]\nignore = true\n")
+    return d
+
+
+def start_netbootd(topo: Topology, machines: Path, tmp_path: Path, *extra: str) -> Process:
+    argv = ["ip", "netns", "exec", topo.srv, sys.executable, str(SERVER), "--machines", str(machines), *extra]
+    return Process(argv, ready="READY", log=tmp_path / "netbootd.log")
+
+
+@pytest.fixture
+def netbootd(topo, machines, tmp_path):
+    proc = start_netbootd(topo, machines, tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_addressless_client_gets_broadcast_offer(topo, netbootd):
+    (offer,) = topo.client("discover", "--iface", topo.cli_if, "--arch", "0", "--mac", "52:54:00:00:00:31")
+    assert (offer["src"], offer["sport"], offer["dst"], offer["dport"]) == (
+        SERVER_IP,
+        67,
+        "255.255.255.255",
+        68,
+    )
+    assert offer["eth_dst"] == "ffffffffffff"
+    assert offer["yiaddr"] == "0.0.0.0"
+    assert offer["siaddr"] == SERVER_IP  # the receiving interface's address
+    assert offer["file"] == "undionly.kpxe"
+    assert offer["chaddr"] == "525400000031"
+    assert offer["flags"] & 0x8000
+    assert offer["options"]["53"] == "02"
+    assert offer["options"]["54"] == "0a4d0002"
+    assert bytes.fromhex(offer["options"]["60"]) == b"PXEClient"
+    assert offer["options"]["97"] == "00" + bytes(range(16)).hex()
+    assert offer["options"]["43"] == "060108ff"
+    assert offer["len"] >= 300
+    assert "answered" in netbootd.stderr()
+
+
+def test_efi_offer_then_4011_ack(topo, netbootd):
+    (offer,) = topo.client("discover", "--iface", topo.cli_if, "--arch", "7")
+    assert offer["file"] == "" and offer["siaddr"] == SERVER_IP
+    topo.client_addresses()  # the firmware now has its lease from the site's DHCP server
+    (ack,) = topo.client("proxy", "--server", SERVER_IP, "--bind", CLIENT_IP, "--arch", "7")
+    assert (ack["src"], ack["sport"]) == (SERVER_IP, 4011)
+    assert ack["options"]["53"] == "05"
+    assert (ack["siaddr"], ack["sname"], ack["file"]) == (SERVER_IP, SERVER_IP, "snponly.efi")
+    assert ack["options"]["54"] == "0a4d0002"
+
+
+def test_relayed_request_is_answered_to_giaddr(topo, netbootd):
+    topo.client_addresses()
+    (offer,) = topo.client("relay", "--server", SERVER_IP, "--bind", RELAY_IP, "--arch", "0")
+    assert (offer["src"], offer["sport"], offer["dst"], offer["dport"]) == (SERVER_IP, 67, RELAY_IP, 67)
+    assert offer["giaddr"] == RELAY_IP
+    assert offer["file"] == "undionly.kpxe"
+    assert offer["siaddr"] == SERVER_IP
+
+
+def test_ignored_machine_gets_nothing(topo, netbootd):
+    replies = topo.client("discover", "--iface", topo.cli_if, "--mac", "52:54:00:99:99:99", "--wait", "2")
+    assert replies == []
+    assert "boot.ignore" in netbootd.stderr()
+
+
+def test_interfaces_setting_filters(topo, machines, tmp_path):
+    proc = start_netbootd(topo, machines, tmp_path, "--interfaces", "nonexistent0")
+    try:
+        assert topo.client("discover", "--iface", topo.cli_if, "--wait", "2") == []
+    finally:
+        proc.stop()
+
+
+@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed")
+@pytest.mark.parametrize("first", ["netbootd", "dnsmasq"])
+def test_coexists_with_dnsmasq_bind_interfaces(topo, machines, tmp_path, first):
+    dnsmasq_argv = [
+        "ip", "netns", "exec", topo.srv, shutil.which("dnsmasq"),
+        "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+        f"--interface={topo.srv_if}", "--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h",
+        f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+        "--user=root", "--group=root", "--log-facility=-", "--log-dhcp",
+    ]  # fmt: skip
+    procs: list[Process] = []
+    try:
+        for which in (first, "dnsmasq" if first == "netbootd" else "netbootd"):
+            if which == "netbootd":
+                procs.append(start_netbootd(topo, machines, tmp_path))
+            else:
+                procs.append(Process(dnsmasq_argv, log=tmp_path / "dnsmasq.log"))
+                wait_for_log(procs[-1], "DHCP, IP range")  # logged once its DHCP socket is bound
+        replies = topo.client("discover", "--iface", topo.cli_if, "--arch", "0", expect=2)
+        by_yiaddr = {r["yiaddr"] != "0.0.0.0": r for r in replies}
+        assert set(by_yiaddr) == {True, False}, replies
+        lease, proxy = by_yiaddr[True], by_yiaddr[False]
+        assert lease["yiaddr"].startswith("10.77.0.") and lease["options"]["53"] == "02"
+        assert "60" not in lease["options"] and lease["file"] == ""  # address only
+        assert proxy["file"] == "undionly.kpxe" and bytes.fromhex(proxy["options"]["60"]) == b"PXEClient"
+        assert proxy["siaddr"] == SERVER_IP
+    finally:
+        for p in reversed(procs):
+            p.stop()
