@@ -108,9 +108,7 @@ class Netbootd:
                 except CannotListenError as exc:  # the edge's message already says what to do
                     raise StartupError(str(exc)) from None
             if s.dhcp.enabled:
-                from netbootd.dhcp import listen_dhcp
-
-                from netbootd.dhcp import DhcpBindError
+                from netbootd.dhcp import DhcpBindError, listen_dhcp
 
                 try:
                     self.ports.extend(listen_dhcp(self.reactor, s, self.core))

@@ -36,10 +36,9 @@ def daemon(daemon_factory):
             initrds = ["os/initrd.img", "http://mirror.example/extra.img"]
             cmdline = "console=ttyS0 role={{ role }} host={{ hostname }} ign={{ ignition_url }}"
             [ignition]
-            inline = '''%s'''
+            inline = '''IGN'''
             """
-            % IGN
-        )
+        ).replace("IGN", IGN)
     )
     (m / "52-54-00-12-34-56.toml").write_text(
         'profile = "worker"\nuuid = "4C4C4544-0042-4810-8056-B4C04F395931"\n[vars]\nhostname = "w1"\n'
