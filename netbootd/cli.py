@@ -150,7 +150,7 @@ def cmd_serve(args) -> int:
         log.critical("{error}", error=str(exc))
         print(f"netbootd: {exc}", file=sys.stderr)
         return 1
-    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.shutdown)
     reactor.run()
     return 0
 

@@ -10,6 +10,7 @@ import signal
 import time
 from typing import Any
 
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
 from netbootd import metrics
@@ -18,6 +19,7 @@ from netbootd.config.settings import Settings
 from netbootd.config.watch import DirectoryWatcher
 from netbootd.core import BootCore
 from netbootd.logs import get_logger
+from netbootd.sdnotify import Notifier
 
 log = get_logger("netbootd.service")
 
@@ -49,7 +51,12 @@ class Netbootd:
         self.reactor = reactor
         self.core = BootCore(settings)
         self.ports: list[Any] = []
+        self.site: Any = None
+        self.http_port: Any = None
+        self.tftp_port: Any = None
         self.watcher: DirectoryWatcher | None = None
+        self.notifier = Notifier()
+        self.watchdog: task.LoopingCall | None = None
         self.last_reload = 0.0
         self.started = time.time()
         self.reload("start")
@@ -57,6 +64,8 @@ class Netbootd:
     # ------------------------------------------------------------------ configuration
 
     def reload(self, why: str = "") -> None:
+        if self.ports:
+            self.notifier.reloading()
         result = load_machines(self.settings)
         catalog = build_catalog(result, self.core.catalog if self.last_reload else None)
         self.core.replace_catalog(catalog)
@@ -74,6 +83,20 @@ class Netbootd:
             errors=len(result.errors),
             kept_last_good=",".join(kept) if kept else "",
         )
+        if self.ports:
+            self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`."""
+        catalog = self.core.catalog
+        errors = f", {len(catalog.errors)} config error(s)" if catalog.errors else ""
+        s = self.settings
+        edges = [
+            f"dhcp {s.dhcp.port}+{s.dhcp.proxy_port}" if s.dhcp.enabled else "",
+            f"tftp {s.tftp.port}" if s.tftp.enabled else "",
+            f"http {s.http.port}" if s.http.enabled else "",
+        ]
+        return f"serving {len(catalog.files)} machine config(s){errors}; " + ", ".join(e for e in edges if e)
 
     def health(self) -> dict[str, Any]:
         catalog = self.core.catalog
@@ -95,16 +118,18 @@ class Netbootd:
             if s.http.enabled:
                 from netbootd.http.app import make_site
 
-                site = make_site(self.core, self.health)
+                self.site = make_site(self.core, self.health)
                 try:
-                    self.ports.append(self.reactor.listenTCP(s.http.port, site, interface=s.http.listen))
+                    self.http_port = self.reactor.listenTCP(s.http.port, self.site, interface=s.http.listen)
                 except CannotListenError as exc:
                     raise bind_error("TCP", s.http.port, "http.port", exc) from None
+                self.ports.append(self.http_port)
             if s.tftp.enabled:
                 from netbootd.tftp import listen_tftp
 
                 try:
-                    self.ports.append(listen_tftp(self.reactor, s, self.core))
+                    self.tftp_port = listen_tftp(self.reactor, s, self.core)
+                    self.ports.append(self.tftp_port)
                 except CannotListenError as exc:  # the edge's message already says what to do
                     raise StartupError(str(exc)) from None
             if s.dhcp.enabled:
@@ -127,8 +152,52 @@ class Netbootd:
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
             machines_dir=str(s.machines_dir),
         )
+        if self.notifier.watchdog_interval:
+            self.watchdog = task.LoopingCall(self.notifier.watchdog)
+            self.watchdog.clock = self.reactor
+            self.watchdog.start(self.notifier.watchdog_interval, now=True)
+        self.notifier.ready(self.status_line())
+
+    def _busy(self) -> tuple[int, int]:
+        http = len(self.site.active) if self.site is not None else 0
+        server = getattr(self.tftp_port, "protocol", None)
+        tftp = len(getattr(server, "sessions", ()))
+        return http, tftp
+
+    @defer.inlineCallbacks
+    def shutdown(self):
+        """SIGTERM: take no new work, let running transfers finish for `shutdown_grace` seconds,
+        then close what is left. Returned Deferred holds the reactor's shutdown until done."""
+        self.notifier.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        # New connections and DHCP requests stop here; open HTTP connections carry on.
+        for port in [p for p in self.ports if p is not self.tftp_port]:
+            yield port.stopListening()
+        draining = getattr(getattr(self.tftp_port, "protocol", None), "drain", None)
+        if callable(draining):
+            draining()  # the TFTP server refuses new requests but keeps running transfers
+        deadline = self.reactor.seconds() + self.settings.shutdown_grace
+        http, tftp = self._busy()
+        if http or tftp:
+            log.info("waiting for running transfers", http=http, tftp=tftp, grace=self.settings.shutdown_grace)
+        while any(self._busy()) and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, 0.1, lambda: None)
+        http, tftp = self._busy()
+        if http or tftp:
+            log.warn("grace period over, closing transfers", http=http, tftp=tftp)
+        for request in list(self.site.active if self.site is not None else ()):
+            request.channel.transport.abortConnection()
+        if self.tftp_port is not None:
+            yield self.tftp_port.stopListening()
+        if self.watchdog is not None and self.watchdog.running:
+            self.watchdog.stop()
+        self.ports = []
+        log.info("stopped")
 
     def stop(self) -> None:
+        """Immediate stop (startup failure, tests)."""
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

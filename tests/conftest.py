@@ -27,7 +27,9 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class Daemon:
     """`python -m netbootd serve` on loopback ports, with a config directory the test writes."""
 
-    def __init__(self, root: Path, extra_settings: str = "", dhcp: bool = False, tftp: bool = False) -> None:
+    def __init__(
+        self, root: Path, extra_settings: str = "", top_settings: str = "", dhcp: bool = False, tftp: bool = False
+    ) -> None:
         self.root = root
         self.machines = root / "machines"
         self.files = root / "files"
@@ -38,7 +40,8 @@ class Daemon:
         self.tftp_port = free_port(socket.SOCK_DGRAM)
         self.config = root / "netbootd.toml"
         self.config.write_text(
-            textwrap.dedent(
+            top_settings
+            + textwrap.dedent(
                 f"""
                 machines_dir = "machines"
                 files_root = "files"
@@ -64,13 +67,14 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, *args: str) -> Daemon:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Daemon:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "netbootd", "serve", "--config", str(self.config), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.root,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

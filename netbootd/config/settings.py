@@ -89,4 +89,5 @@ class Settings:
     http: HttpSettings = HttpSettings()
     registry: RegistrySettings = RegistrySettings()
     log: LogSettings = LogSettings()
+    shutdown_grace: float = 30.0  # seconds SIGTERM waits for running downloads before closing them
     source: Path | None = None  # the file these came from, for messages

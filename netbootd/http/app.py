@@ -259,7 +259,17 @@ _ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "
 
 
 class MetricsSite(server.Site):
-    """A Site that counts requests and bytes per route (first path segment, bounded set)."""
+    """A Site that counts requests and bytes per route (first path segment, bounded set), and
+    knows which requests are still running (graceful shutdown waits for them)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.active: set = set()
+
+    def getResourceFor(self, request):
+        self.active.add(request)
+        request.notifyFinish().addBoth(lambda _: self.active.discard(request))
+        return super().getResourceFor(request)
 
     def log(self, request) -> None:
         segment = request.path.split(b"/")[1].decode("latin-1", "replace") if request.path else ""
