@@ -155,6 +155,21 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from netbootd.status import status
+
+    url = args.url
+    if not url:
+        try:
+            settings = load_settings(Path(args.config) if args.config else None)
+        except ConfigInvalid as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        host = settings.http.listen if settings.http.listen not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{host}:{settings.http.port}"
+    return status(url, args.mac, args.watch)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netbootd", description="Network-boot server: proxy DHCP, TFTP, HTTP.")
     p.add_argument("--version", action="version", version=f"netbootd {__version__}")
@@ -176,6 +191,13 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--server", help="address to put in URLs (default: advertise)")
     explain.add_argument("--show-secrets", action="store_true", help="print Ignition contents")
     explain.set_defaults(func=cmd_explain)
+
+    st = sub.add_parser("status", help="the boot timeline of a running netbootd (all machines, or one)")
+    st.add_argument("mac", nargs="?")
+    st.add_argument("--url", help="netbootd's HTTP address (default: from --config)")
+    st.add_argument("--config", help="netbootd.toml")
+    st.add_argument("--watch", nargs="?", type=float, const=2.0, help="refresh every N seconds (default 2)")
+    st.set_defaults(func=cmd_status)
     return p
 
 

@@ -57,6 +57,7 @@ class Netbootd:
         self.watcher: DirectoryWatcher | None = None
         self.notifier = Notifier()
         self.watchdog: task.LoopingCall | None = None
+        self.progress: task.LoopingCall | None = None
         self.last_reload = 0.0
         self.started = time.time()
         self.reload("start")
@@ -152,6 +153,10 @@ class Netbootd:
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
             machines_dir=str(s.machines_dir),
         )
+        if self.site is not None:
+            self.progress = task.LoopingCall(self.site.log_progress)
+            self.progress.clock = self.reactor
+            self.progress.start(10.0, now=False)
         if self.notifier.watchdog_interval:
             self.watchdog = task.LoopingCall(self.notifier.watchdog)
             self.watchdog.clock = self.reactor
@@ -191,8 +196,9 @@ class Netbootd:
             request.channel.transport.abortConnection()
         if self.tftp_port is not None:
             yield self.tftp_port.stopListening()
-        if self.watchdog is not None and self.watchdog.running:
-            self.watchdog.stop()
+        for loop in (self.watchdog, self.progress):
+            if loop is not None and loop.running:
+                loop.stop()
         self.ports = []
         log.info("stopped")
 

@@ -15,6 +15,7 @@ from netbootd.config.machines import BootKind, Catalog, Machine
 from netbootd.config.settings import Settings
 from netbootd.core import files, ipxe, urls
 from netbootd.core.context import boot_context
+from netbootd.core.timeline import Timeline
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
 
@@ -33,6 +34,7 @@ class BootCore:
     def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
         self.settings = settings
         self.catalog = catalog or Catalog()
+        self.timeline = Timeline()  # what each machine's boot has done so far (edges report to it)
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix

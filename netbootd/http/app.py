@@ -161,6 +161,10 @@ class BootApp:
             log.error("script failed", mac=mac or "", uuid=uuid or "", error=str(exc))
             raise HttpError(500, f"the machine's configuration failed to render: {exc}") from None
         machine = self.core.find(mac, uuid)
+        ip = request.getClientAddress().host
+        if mac:
+            self.core.timeline.learn(mac, ip)
+        self.core.timeline.record("script", mac=mac, ip=ip, arch=arch.value, machine=machine.name if machine else None)
         log.info("script sent", mac=mac or "", uuid=uuid or "", arch=arch.value,
                  machine=machine.name if machine else "", kind=machine.boot.kind.value if machine else "")
         return _text(request, script)
@@ -179,6 +183,7 @@ class BootApp:
         body = self.core.ignition(mac, uuid)
         if body is None:
             raise HttpError(404, "no Ignition config for this machine")
+        self.core.timeline.record("ignition", mac=mac, ip=request.getClientAddress().host, size=len(body))
         log.info("ignition sent", mac=mac or "", uuid=uuid or "", size=len(body))
         request.setHeader(b"content-type", b"application/json")
         return body
@@ -240,10 +245,22 @@ class BootApp:
         if not re.match(r"^[a-z][a-z0-9-]{0,31}$", stage):
             raise HttpError(400, "stage is a short lower-case word")
         core_metrics.boot_beacons.labels(stage).inc()
+        self.core.timeline.record("beacon", mac=mac, ip=request.getClientAddress().host, beacon=stage)
         machine = self.core.find(mac, uuid)
         log.info("boot progress", mac=mac or "", uuid=uuid or "", stage=stage,
                  machine=machine.name if machine else "")
         return _text(request, "ok\n")
+
+    @app.route("/machines", methods=["GET"])
+    def machines(self, request):
+        return _json(request, {"machines": self.core.timeline.summary()})
+
+    @app.route("/machines/<ident>", methods=["GET"])
+    def machine(self, request, ident: str):
+        entry = self.core.timeline.machine(ident)
+        if entry is None:
+            raise HttpError(404, f"netbootd has seen nothing of {ident}")
+        return _json(request, entry)
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request):
@@ -255,30 +272,76 @@ class BootApp:
         return generate_latest()
 
 
-_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image"}
+_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines"}
+_TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
 
 
 class MetricsSite(server.Site):
-    """A Site that counts requests and bytes per route (first path segment, bounded set), and
-    knows which requests are still running (graceful shutdown waits for them)."""
+    """A Site that counts requests and bytes per route (first path segment, bounded set), files
+    downloads into the boot timeline, and knows which requests are still running (graceful
+    shutdown waits for them; large ones log their progress)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.active: set = set()
+    def __init__(self, resource, core: BootCore | None = None, **kwargs) -> None:
+        super().__init__(resource, **kwargs)
+        self.core = core
+        self.active: dict = {}  # request -> start time
 
     def getResourceFor(self, request):
-        self.active.add(request)
-        request.notifyFinish().addBoth(lambda _: self.active.discard(request))
+        self.active[request] = self.reactor.seconds()
+        request.notifyFinish().addBoth(lambda _: self.active.pop(request, None))
         return super().getResourceFor(request)
 
-    def log(self, request) -> None:
+    @staticmethod
+    def route_of(request) -> str:
         segment = request.path.split(b"/")[1].decode("latin-1", "replace") if request.path else ""
-        route = segment if segment in _ROUTES else "other"
+        return segment if segment in _ROUTES else "other"
+
+    def log(self, request) -> None:
+        route = self.route_of(request)
         metrics.requests.labels(route, str(request.code)).inc()
         metrics.bytes_sent.labels(route).inc(request.sentLength or 0)
+        if self.core is not None and route in _TRANSFER_ROUTES and request.code in (200, 206):
+            started = self.active.get(request)
+            seconds = max(self.reactor.seconds() - started, 1e-6) if started else None
+            ip = request.getClientAddress().host
+            size = request.sentLength or 0
+            mac = self.core.timeline.record(
+                "http",
+                ip=ip,
+                path=request.path.decode("latin-1", "replace")[:200],
+                bytes=size,
+                seconds=round(seconds, 3) if seconds else None,
+                mbps=round(size / seconds / 1e6, 1) if seconds else None,
+            )
+            if size >= PROGRESS_MIN_BYTES:
+                log.info("download finished", mac=mac or "", client=ip, path=request.path.decode("latin-1", "replace")[:200],
+                         bytes=size, seconds=round(seconds or 0, 1))
+
+    def log_progress(self) -> None:
+        """Called periodically: one line per large download still running."""
+        now = self.reactor.seconds()
+        for request, started in list(self.active.items()):
+            sent = request.sentLength or 0
+            if sent < PROGRESS_MIN_BYTES:
+                continue
+            length = request.responseHeaders.getRawHeaders(b"content-length", [b"0"])[0]
+            total = int(length) if length.isdigit() else 0
+            ip = request.getClientAddress().host
+            elapsed = max(now - started, 1e-6)
+            log.info(
+                "download progress",
+                mac=(self.core.timeline.mac_for(ip) if self.core else None) or "",
+                client=ip,
+                path=request.path.decode("latin-1", "replace")[:200],
+                sent=sent,
+                total=total,
+                percent=round(100 * sent / total, 1) if total else None,
+                mbps=round(sent / elapsed / 1e6, 1),
+            )
 
 
-def make_site(core: BootCore, health: Callable[[], dict[str, Any]]) -> server.Site:
-    site = MetricsSite(BootApp(core, health).app.resource())
+def make_site(core: BootCore, health: Callable[[], dict[str, Any]]) -> MetricsSite:
+    site = MetricsSite(BootApp(core, health).app.resource(), core=core)
     site.displayTracebacks = False  # never show internals to a client
     return site

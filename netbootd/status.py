@@ -1,0 +1,66 @@
+"""`netbootd status [MAC] [--watch]`: the boot timeline of a running daemon, as a terminal table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import httpx
+
+
+def _age(now: float, t: float | None) -> str:
+    if not t:
+        return "-"
+    d = max(0.0, now - t)
+    return f"{d:.0f}s ago" if d < 120 else (f"{d / 60:.0f}m ago" if d < 7200 else f"{d / 3600:.0f}h ago")
+
+
+def _details(event: dict[str, Any]) -> str:
+    skip = {"time", "stage", "ip"}
+    return " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+
+
+def render_summary(doc: dict[str, Any], now: float) -> str:
+    rows = [("MAC", "IP", "STAGE", "LAST SEEN", "EVENTS")]
+    for m in doc.get("machines", []):
+        rows.append((m["mac"], m.get("ip") or "-", m.get("stage") or "-", _age(now, m.get("last_seen")), str(m["events"])))
+    if len(rows) == 1:
+        return "netbootd has seen no machine yet\n"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
+
+
+def render_machine(doc: dict[str, Any], now: float) -> str:
+    lines = [f"{doc['mac']}  ip {doc.get('ip') or '-'}  stage {doc.get('stage') or '-'}"]
+    start = doc["events"][0]["time"] if doc.get("events") else now
+    for e in doc.get("events", []):
+        stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        lines.append(f"  {stamp}  +{e['time'] - start:7.2f}s  {e['stage']:<9} {_details(e)}")
+    return "\n".join(lines) + "\n"
+
+
+def status(url: str, mac: str | None, watch: float | None) -> int:
+    while True:
+        path = f"/machines/{mac}" if mac else "/machines"
+        try:
+            r = httpx.get(url.rstrip("/") + path, timeout=5)
+        except httpx.HTTPError as exc:
+            print(f"netbootd status: cannot reach {url}: {exc} (is netbootd running? pass --url)", file=sys.stderr)
+            return 2
+        if r.status_code == 404 and mac:
+            text = f"netbootd has seen nothing of {mac} yet\n"
+        elif r.status_code != 200:
+            print(f"netbootd status: {url}{path} answered {r.status_code}: {r.text.strip()}", file=sys.stderr)
+            return 2
+        else:
+            text = render_machine(r.json(), time.time()) if mac else render_summary(r.json(), time.time())
+        if watch is None:
+            sys.stdout.write(text)
+            return 0
+        sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + url + "\n" + text)
+        sys.stdout.flush()
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return 0
