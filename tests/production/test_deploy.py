@@ -73,9 +73,10 @@ def test_systemd_unit_essentials():
 
 
 def test_containerfile_references_exist():
-    parser = DockerfileParser(fileobj=open(REPO / "Containerfile", "rb"))  # noqa: SIM115
-    instructions = parser.structure
-    assert parser.baseimage.startswith("debian:12")
+    with open(REPO / "Containerfile", "rb") as f:
+        parser = DockerfileParser(fileobj=f)
+        instructions = parser.structure
+        assert parser.baseimage.startswith("debian:12")
     copies = [i["value"].split() for i in instructions if i["instruction"] == "COPY"]
     assert copies
     for parts in copies:
