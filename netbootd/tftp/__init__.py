@@ -51,6 +51,4 @@ def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileReso
     try:
         return reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192)
     except CannotListenError as e:
-        raise TftpListenError(
-            tftp.listen, tftp.port, e.socketError, _explain(tftp.listen, tftp.port, e.socketError)
-        ) from e
+        raise TftpListenError(tftp.listen, tftp.port, e.socketError, _explain(tftp.listen, tftp.port, e.socketError)) from e

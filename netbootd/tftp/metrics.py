@@ -20,9 +20,7 @@ REQUESTS_REFUSED = Counter(
     "TFTP requests answered with an ERROR instead of a transfer",
     ["reason"],  # not_found, access_denied, write_request, bad_mode, busy, malformed, internal
 )
-BYTES_SENT = Counter(
-    "netbootd_tftp_bytes_sent", "Payload bytes sent in DATA packets (retransmissions included)"
-)
+BYTES_SENT = Counter("netbootd_tftp_bytes_sent", "Payload bytes sent in DATA packets (retransmissions included)")
 ACTIVE_TRANSFERS = Gauge("netbootd_tftp_active_transfers", "TFTP transfers in progress")
 DROPPED_PACKETS = Counter(
     "netbootd_tftp_dropped_packets",

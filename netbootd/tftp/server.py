@@ -48,6 +48,7 @@ class TftpServer(DatagramProtocol):
         # test hook passed to every session: drop every Nth outgoing packet
         self.drop_every = drop_every
         self.sessions: dict[tuple[str, int], TransferSession] = {}
+        self.hook_dropped = 0  # packets dropped by the test hook, over all finished sessions
         self._limiter = log_limiter or RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -69,9 +70,7 @@ class TftpServer(DatagramProtocol):
             packet = codec.parse(data)
         except codec.MalformedPacket as e:
             metrics.DROPPED_PACKETS.labels(e.reason).inc()
-            self._log_limited(
-                "malformed", "tftp malformed packet", client=addr[0], reason=e.reason, detail=e.detail[:100]
-            )
+            self._log_limited("malformed", "tftp malformed packet", client=addr[0], reason=e.reason, detail=e.detail[:100])
             if e.opcode in (codec.OP_RRQ, codec.OP_WRQ):
                 self._refuse(addr, "malformed", codec.ERR_ILLEGAL_OP, "malformed request")
             return
@@ -95,9 +94,7 @@ class TftpServer(DatagramProtocol):
             self._refuse(addr, "bad_mode", codec.ERR_ILLEGAL_OP, f"unsupported mode {request.mode[:20]!r}")
             return
         if len(self.sessions) >= self.settings.max_transfers:
-            self._log_limited(
-                "busy", "tftp request refused: too many transfers", client=addr[0], file=request.filename
-            )
+            self._log_limited("busy", "tftp request refused: too many transfers", client=addr[0], file=request.filename)
             self._refuse(
                 addr,
                 "busy",
@@ -112,9 +109,7 @@ class TftpServer(DatagramProtocol):
             self._refuse(addr, "not_found", codec.ERR_NOT_FOUND, "File not found")
             return
         except AccessDenied as e:
-            self._log_limited(
-                "refused", "tftp access denied", client=addr[0], file=request.filename, why=str(e)
-            )
+            self._log_limited("refused", "tftp access denied", client=addr[0], file=request.filename, why=str(e))
             self._refuse(addr, "access_denied", codec.ERR_ACCESS, "Access violation")
             return
         except Exception:
@@ -154,6 +149,7 @@ class TftpServer(DatagramProtocol):
             self._reply(addr, codec.encode_error(codec.ERR_UNDEFINED, "cannot open a transfer port"))
 
     def _session_done(self, session: TransferSession, outcome: str) -> None:
+        self.hook_dropped += session.hook_dropped
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
             metrics.ACTIVE_TRANSFERS.dec()

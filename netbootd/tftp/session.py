@@ -204,6 +204,8 @@ class TransferSession(DatagramProtocol):
         self.bytes_sent = 0  # unique payload bytes
         self.retransmits = 0
         self._out_count = 0
+        self._dropped: set[bytes] = set()
+        self.hook_dropped = 0
         # window state (see module docstring); block 0 is the OACK
         self._window: list[bytes] = []
         self._base = 1
@@ -429,12 +431,26 @@ class TransferSession(DatagramProtocol):
             log.failure("tftp retransmission failed", client=self.client[0])
             self._finish("internal", (codec.ERR_UNDEFINED, "internal error"))
 
-    def _dropped_by_hook(self) -> bool:
+    def _dropped_by_hook(self, packet: bytes) -> bool:
+        """Test hook: drop every Nth outgoing packet, but never the same packet twice.
+
+        Real loss is not periodic: with a strict period, a window whose length is a multiple of
+        N would lose the same blocks on every resend forever. Each packet (by its first bytes:
+        opcode and block) is dropped at most once, so a transfer always completes.
+        """
         self._out_count += 1
-        return self._out_count % self.drop_every == 0
+        if self._out_count % self.drop_every:
+            return False
+        key = packet[:4]
+        if key in self._dropped:
+            self._out_count -= 1  # drop the next one instead
+            return False
+        self._dropped.add(key)
+        self.hook_dropped += 1
+        return True
 
     def _send_via_socket(self, packet: bytes) -> None:
-        if self.drop_every and self._dropped_by_hook():
+        if self.drop_every and self._dropped_by_hook(packet):
             return
         try:
             self._sock_send(packet)
@@ -442,7 +458,7 @@ class TransferSession(DatagramProtocol):
             self._send_failed(e)
 
     def _send_via_transport(self, packet: bytes) -> None:
-        if self.drop_every and self._dropped_by_hook():
+        if self.drop_every and self._dropped_by_hook(packet):
             return
         try:
             self.transport.write(packet)

@@ -82,6 +82,7 @@ def tftp_root(tmp_path: Path, big_file: Path) -> Path:
         "three1468.bin": 3 * 1468,
         "odd.bin": 1_000_003,
         "mid.bin": 300_001,
+        "loss.bin": 100_003,
     }.items():
         write_random(root / name, size)
     try:

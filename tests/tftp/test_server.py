@@ -1,0 +1,291 @@
+"""The port-69 server with real sockets: refusals, option edge cases, vanishing clients,
+packet loss, the concurrency limit, shutdown, and descriptor hygiene."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp
+from netbootd.tftp.files import TftpFiles
+from tests.tftp.conftest import (
+    Proc,
+    atftp_argv,
+    curl_argv,
+    hpa_argv,
+    make_settings,
+    metric,
+    open_fds,
+    run,
+    sha256,
+    sleep,
+    tftpy_argv,
+    wait_for,
+)
+
+
+def active() -> float:
+    return metric("netbootd_tftp_active_transfers")
+
+
+# -- refusals and malformed input ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_request_refused(server, raw_client, tmp_path):
+    c = raw_client()
+    before = metric("netbootd_tftp_requests_refused_total", reason="write_request")
+    c.send(codec.encode_request("upload.bin", "octet", write=True), ("127.0.0.1", server.port))
+    packet, _, _ = await c.recv()
+    assert isinstance(packet, codec.Error) and packet.code == codec.ERR_ACCESS
+    assert "read-only" in packet.message
+    assert metric("netbootd_tftp_requests_refused_total", reason="write_request") == before + 1
+    # a real client's put
+    src = tmp_path / "up.bin"
+    src.write_bytes(b"data")
+    result = await run(["tftp", "127.0.0.1", str(server.port), "-m", "binary", "-c", "put", str(src), "x"])
+    assert b"read-only" in result.out + result.err, result
+    assert not (tmp_path / "root" / "x").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_requests_get_an_error_garbage_is_dropped(server, raw_client):
+    c = raw_client()
+    addr = ("127.0.0.1", server.port)
+    dropped = metric("netbootd_tftp_dropped_packets_total", reason="bad_request")
+    for bad in [b"\x00\x01nofile-terminator", b"\x00\x01name\x00octet\x00odd-option\x00", b"\x00\x01\xff\xfe\x00octet\x00"]:
+        c.send(bad, addr)
+        packet, _, _ = await c.recv()
+        assert isinstance(packet, codec.Error) and packet.code == codec.ERR_ILLEGAL_OP
+    assert metric("netbootd_tftp_dropped_packets_total", reason="bad_request") == dropped + 3
+    for garbage in [b"", b"\x00", b"\xff\xff\x00\x00", b"\x00\x04\x00\x01", b"\x00\x03\x00\x01data", b"GET / HTTP/1.0\r\n"]:
+        c.send(garbage, addr)
+    assert await c.recv(timeout=0.3) is None
+    c.send(codec.encode_request("mail.txt", "mail"), addr)
+    packet, _, _ = await c.recv()
+    assert isinstance(packet, codec.Error) and packet.code == codec.ERR_ILLEGAL_OP
+    # still serving
+    c.send(codec.encode_request("one512.bin"), addr)
+    packet, _, _ = await c.recv()
+    assert packet == codec.Data(1, 512)
+    c.send(codec.encode_ack(1), (await _session_addr(server)))
+    assert (await c.recv())[0] == codec.Data(2, 0)
+
+
+async def _session_addr(server):
+    await wait_for(lambda: server.server.sessions)
+    (session,) = server.server.sessions.values()
+    return ("127.0.0.1", session.transport.getHost().port)
+
+
+# -- options over the wire ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "first"),
+    [
+        (codec.encode_request("one1468.bin", "OCTET", {"BLKSIZE": 1468}), codec.OptionAck({"blksize": "1468"})),
+        (codec.encode_request("one1468.bin", "octet", {"BlkSize": 99999}), codec.OptionAck({"blksize": "1468"})),
+        (codec.encode_request("one1468.bin", "octet", {"blksize": 4}), codec.Data(1, 512)),
+        (codec.encode_request("one1468.bin", "octet", {"x-vendor": "1", "multicast": ""}), codec.Data(1, 512)),
+        (
+            codec.encode_request("one1468.bin", "octet", {"tsize": 0, "windowsize": 8, "timeout": 2}),
+            codec.OptionAck({"tsize": "1468", "windowsize": "8", "timeout": "2"}),
+        ),
+        (codec.encode_request("one1468.bin", "netascii", {"tsize": 0}), codec.Data(1, 512)),
+        # padded with NUL bytes, as some ROMs do
+        (codec.encode_request("one1468.bin", "octet", {"blksize": 1000}) + b"\x00" * 20, codec.OptionAck({"blksize": "1000"})),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_option_negotiation(server, raw_client, request_bytes, first):
+    c = raw_client()
+    c.send(request_bytes, ("127.0.0.1", server.port))
+    packet, _, addr = await c.recv()
+    assert packet == first
+    assert addr[1] != server.port  # the transfer runs on its own port
+    c.send(codec.encode_error(0, "enough"), addr)
+    assert await wait_for(lambda: not server.server.sessions)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_rejecting_oack_ends_transfer(server, raw_client):
+    c = raw_client()
+    failed = metric("netbootd_tftp_transfers_failed_total", reason="client_error")
+    c.send(codec.encode_request("odd.bin", "octet", {"blksize": 1468}), ("127.0.0.1", server.port))
+    packet, _, addr = await c.recv()
+    assert isinstance(packet, codec.OptionAck)
+    c.send(codec.encode_error(codec.ERR_OPTIONS, "no thanks"), addr)
+    assert await wait_for(lambda: not server.server.sessions)
+    assert metric("netbootd_tftp_transfers_failed_total", reason="client_error") == failed + 1
+    assert await c.recv(timeout=0.5) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_request_starts_one_transfer(server, raw_client):
+    c = raw_client()
+    for _ in range(3):
+        c.send(codec.encode_request("odd.bin"), ("127.0.0.1", server.port))
+    packet, _, addr = await c.recv()
+    assert packet == codec.Data(1, 512)
+    await sleep(0.1)
+    assert len(server.server.sessions) == 1
+    c.send(codec.encode_error(0, "bye"), addr)
+    assert await wait_for(lambda: not server.server.sessions)
+
+
+# -- clients that vanish -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_client_is_freed_after_retries(server_factory, raw_client):
+    server = server_factory(timeout=0.1, retries=2)
+    fds = open_fds()
+    timeouts = metric("netbootd_tftp_transfers_failed_total", reason="timeout")
+    c = raw_client()
+    c.send(codec.encode_request("odd.bin"), ("127.0.0.1", server.port))
+    for block in range(1, 6):
+        packet, _, addr = await c.recv()
+        assert packet == codec.Data(block, 512)
+        c.send(codec.encode_ack(block), addr)
+    # now silent, socket still open: retransmissions, then the session gives up
+    assert active() == 1
+    assert await wait_for(lambda: not server.server.sessions, timeout=10)
+    await sleep(0.05)
+    assert active() == 0
+    assert open_fds() == fds + 1  # only the raw client's own socket remains
+    assert metric("netbootd_tftp_transfers_failed_total", reason="timeout") == timeouts + 1
+    packets = []
+    while (got := await c.recv(timeout=0.2)) is not None:
+        packets.append(got[0])
+    assert packets.count(codec.Data(6, 512)) == 3  # sent once + 2 retries
+    assert isinstance(packets[-1], codec.Error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_client_is_freed(server_factory, tmp_path):
+    server = server_factory(timeout=0.2, retries=3)
+    fds = open_fds()
+    proc = Proc(hpa_argv(server.port, "big.bin", tmp_path / "partial"))
+    assert await wait_for(lambda: server.server.sessions and next(iter(server.server.sessions.values())).bytes_sent > 100_000)
+    proc.kill()
+    result = await proc.wait()
+    assert result.code != 0
+    assert await wait_for(lambda: not server.server.sessions, timeout=10)
+    await sleep(0.05)
+    assert active() == 0
+    assert open_fds() == fds
+
+
+# -- packet loss ---------------------------------------------------------------------------
+
+# curl asks for timeout=6, which the server honours (RFC 2349): a lost packet then costs
+# 6 s, so curl is left out of the loss tests.
+LOSSY = [
+    ("hpa", lambda port, out: hpa_argv(port, "loss.bin", out)),
+    ("atftp-window16", lambda port, out: atftp_argv(port, "loss.bin", out, {"windowsize": 16, "blksize": 1468})),
+    ("atftp-window4", lambda port, out: atftp_argv(port, "loss.bin", out, {"windowsize": 4})),
+    ("atftp-lockstep", lambda port, out: atftp_argv(port, "loss.bin", out, {"blksize": 1024})),
+    ("tftpy", lambda port, out: tftpy_argv(port, "loss.bin", out, 1468)),
+]
+
+
+@pytest.mark.parametrize("drop_every", [7, 2])
+@pytest.mark.parametrize(("client", "argv"), LOSSY, ids=[c for c, _ in LOSSY])
+@pytest_twisted.ensureDeferred
+async def test_packet_loss(server_factory, tftp_root, tmp_path, client, argv, drop_every):
+    server = server_factory(timeout=0.05, retries=30)
+    server.server.drop_every = drop_every
+    out = tmp_path / "loss.out"
+    result = await run(argv(server.port, out))
+    assert result.code == 0, result
+    assert sha256(out) == sha256(tftp_root / "loss.bin")
+    assert await wait_for(lambda: not server.server.sessions)
+    assert server.server.hook_dropped > 10
+
+
+# -- limits, concurrency, shutdown ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_transfers(server_factory, raw_client, tmp_path, tftp_root):
+    server = server_factory(max_transfers=2, timeout=5)
+    holders = []
+    for _ in range(2):
+        c = raw_client()
+        c.send(codec.encode_request("odd.bin"), ("127.0.0.1", server.port))
+        packet, _, addr = await c.recv()
+        assert packet == codec.Data(1, 512)
+        holders.append((c, addr))
+    busy = metric("netbootd_tftp_requests_refused_total", reason="busy")
+    c = raw_client()
+    c.send(codec.encode_request("odd.bin"), ("127.0.0.1", server.port))
+    packet, _, _ = await c.recv()
+    assert isinstance(packet, codec.Error) and "busy" in packet.message
+    result = await run(hpa_argv(server.port, "odd.bin", tmp_path / "o"))
+    assert b"server busy" in result.out + result.err, result
+    assert metric("netbootd_tftp_requests_refused_total", reason="busy") == busy + 2
+    for holder, addr in holders:
+        holder.send(codec.encode_error(0, "done"), addr)
+    assert await wait_for(lambda: not server.server.sessions)
+    result = await run(curl_argv(server.port, "odd.bin", tmp_path / "o"))
+    assert result.code == 0 and sha256(tmp_path / "o") == sha256(tftp_root / "odd.bin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifty_concurrent_transfers(server, tftp_root, tmp_path):
+    fds = open_fds()
+    procs = []
+    for i in range(50):
+        if i % 2:
+            argv = atftp_argv(server.port, "odd.bin", tmp_path / f"o{i}", {"windowsize": 16, "blksize": 1468})
+        else:
+            argv = hpa_argv(server.port, "odd.bin", tmp_path / f"o{i}")
+        procs.append(Proc(argv))
+    results = [await p.wait(timeout=120) for p in procs]
+    want = sha256(tftp_root / "odd.bin")
+    for i, result in enumerate(results):
+        assert result.code == 0 and not result.timed_out, (i, result)
+        assert sha256(tmp_path / f"o{i}") == want
+    assert await wait_for(lambda: not server.server.sessions)
+    await sleep(0.05)
+    assert open_fds() == fds
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_listening_aborts_transfers(tftp_root, ipxe_dir, raw_client):
+    settings = make_settings(tftp_root, ipxe_dir, port=0, timeout=5)
+    fds = open_fds()
+    port = listen_tftp(reactor, settings, TftpFiles(settings))
+    c = raw_client()
+    c.send(codec.encode_request("odd.bin"), ("127.0.0.1", port.getHost().port))
+    packet, _, _ = await c.recv()
+    assert packet == codec.Data(1, 512)
+    assert active() == 1
+    await port.stopListening()
+    packet, _, _ = await c.recv()
+    assert isinstance(packet, codec.Error) and "shutting down" in packet.message
+    await sleep(0.05)
+    assert active() == 0
+    assert open_fds() == fds + 1  # the raw client's socket
+
+
+def test_listen_errors_are_explained(tftp_root, ipxe_dir):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        settings = make_settings(tftp_root, ipxe_dir, port=taken.getsockname()[1])
+        with pytest.raises(TftpListenError) as info:
+            listen_tftp(reactor, settings, TftpFiles(settings))
+        assert "already in use" in str(info.value)
+    finally:
+        taken.close()
+    message = _explain("", 69, OSError(errno.EACCES, "Permission denied"))
+    assert "needs root or CAP_NET_BIND_SERVICE (or set tftp.port)" in message
+    settings = make_settings(tftp_root, ipxe_dir, listen="192.0.2.1")
+    with pytest.raises(TftpListenError, match="not available"):
+        listen_tftp(reactor, settings, TftpFiles(settings))
