@@ -24,9 +24,9 @@ What goes on the wire (reference.md §1; byte-checked against ../shared/captures
 from __future__ import annotations
 
 import socket
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-import attrs
+from prometheus_client import Counter
 
 from netbootd.dhcp import codec
 from netbootd.dhcp.classify import classify_reason
@@ -38,6 +38,8 @@ BROADCAST = "255.255.255.255"
 CLIENT_PORT = 68
 RELAY_PORT = 67
 
+# Option 43 for BIOS offers: discovery control 8, "boot the file named in this offer".
+_USE_BOOTFILE = codec.pxe_options([(codec.PXE_DISCOVERY_CONTROL, bytes([codec.DISCOVERY_USE_BOOTFILE]))])
 _DHCP_TYPES = {codec.DISCOVER: codec.OFFER, codec.REQUEST: codec.ACK}
 _PROXY_TYPES = {codec.REQUEST: codec.ACK, codec.INFORM: codec.ACK}
 
@@ -48,8 +50,7 @@ class Core(Protocol):
     def offer(self, client: Client, server_ip: str) -> Offer | None: ...
 
 
-@attrs.frozen
-class Arrival:
+class Arrival(NamedTuple):
     """Where a request came from and what we know about where it arrived."""
 
     port: int  # the local UDP port it arrived on (for logs)
@@ -58,8 +59,7 @@ class Arrival:
     server_ip: str  # the address to advertise: siaddr, option 54, sname, URLs
 
 
-@attrs.frozen
-class Answer:
+class Answer(NamedTuple):
     payload: bytes
     dest: tuple[str, int]
     broadcast: bool  # must leave through the interface the request came in on
@@ -71,6 +71,23 @@ class DhcpController:
         self.client_port = client_port
         self.relay_port = relay_port
         self.log = get_logger("netbootd.dhcp")
+        # prometheus_client's labels() takes a lock and hashes its arguments: keep the children.
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+        self._answers: dict[tuple[str, str], Counter] = {}
+
+    def count_request(self, firmware: str, arch: str, msgtype: str) -> None:
+        key = (firmware, arch, msgtype)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = REQUESTS.labels(firmware, arch, msgtype)
+        child.inc()
+
+    def count_answer(self, firmware: str, kind: str) -> None:
+        key = (firmware, kind)
+        child = self._answers.get(key)
+        if child is None:
+            child = self._answers[key] = ANSWERS.labels(firmware, kind)
+        child.inc()
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -83,10 +100,10 @@ class DhcpController:
         if client is None:
             self.refuse(why, request, arrival)
             return None
-        REQUESTS.labels(client.firmware.value, client.arch.value, request.msgtype_name).inc()
+        self.count_request(client.firmware.value, client.arch.value, request.msgtype_name)
         offer, why = self.decide(client, arrival)
         if offer is None:
-            ANSWERS.labels(client.firmware.value, "none").inc()
+            self.count_answer(client.firmware.value, "none")
             self.log.info(
                 "not answered: {why}",
                 why=why or "the boot core has no offer for this machine",
@@ -110,7 +127,7 @@ class DhcpController:
                 machine=offer.machine,
             )
             return None
-        ANSWERS.labels(client.firmware.value, offer.kind.value).inc()
+        self.count_answer(client.firmware.value, offer.kind.value)
         dest, broadcast = self.destination(request, arrival)
         self._log_answer(client, offer, reply, request, arrival)
         return Answer(payload, dest, broadcast)
@@ -145,10 +162,7 @@ class DhcpController:
         with_file = self.file_in_reply(client, arrival)
         if not arrival.proxy:
             if client.arch is Arch.BIOS and not http and with_file:
-                vendor = codec.pxe_options(
-                    [(codec.PXE_DISCOVERY_CONTROL, bytes([codec.DISCOVERY_USE_BOOTFILE]))]
-                )
-                options.append((codec.OPT_VENDOR, vendor))
+                options.append((codec.OPT_VENDOR, _USE_BOOTFILE))
         else:
             # PXE spec: a boot server echoes the boot item (type, layer) the client asked for.
             item = codec.parse_pxe_options(request.options.get(codec.OPT_VENDOR, b"")).get(

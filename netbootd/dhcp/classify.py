@@ -25,7 +25,6 @@ default) is passed through as it is; a 97 that is empty, short or not type 0 giv
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 
 from netbootd.dhcp.codec import OPT_CLIENT_ARCH, OPT_CLIENT_UUID, OPT_IPXE, OPT_USER_CLASS, OPT_VENDOR_CLASS
@@ -71,35 +70,62 @@ def client_uuid(options: Mapping[int, bytes]) -> str | None:
     raw = options.get(OPT_CLIENT_UUID)
     if raw is None or len(raw) != 17 or raw[0] != 0:
         return None
-    return str(uuid.UUID(bytes_le=bytes(raw[1:])))
+    # == str(uuid.UUID(bytes_le=raw[1:])), without building a UUID object per packet.
+    h = (raw[4:0:-1] + raw[6:4:-1] + raw[8:6:-1]).hex()
+    t = raw[9:].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{t[:4]}-{t[4:]}"
 
 
-def classify_reason(options: Mapping[int, bytes], mac: str) -> tuple[Client | None, str]:
-    """(client, "") or (None, why not). `mac` is already normalized."""
-    vendor = options.get(OPT_VENDOR_CLASS, b"")
-    ipxe = is_ipxe_user_class(options.get(OPT_USER_CLASS)) or OPT_IPXE in options
+def _kind(
+    vendor: bytes, user_class: bytes | None, arch: bytes | None, has_175: bool
+) -> tuple[Arch, Firmware] | str:
+    """(arch, firmware) or the reason there is none; depends only on its (hashable) arguments."""
+    ipxe = has_175 or is_ipxe_user_class(user_class)
     http = vendor.startswith(b"HTTPClient")
     pxe = vendor.startswith(b"PXEClient")
     if not (ipxe or http or pxe):
-        return None, NOT_PXE
-    code = arch_code(options)
+        return NOT_PXE
+    code = arch_code(
+        {OPT_CLIENT_ARCH: arch, OPT_VENDOR_CLASS: vendor} if arch is not None else {OPT_VENDOR_CLASS: vendor}
+    )
     if code is None and not http:
         code = 0  # a PXEClient without 93 or Arch: is a pre-RFC 4578 BIOS ROM
     entry = ARCH_CODES.get(code) if code is not None else None
     if entry is None:
-        return None, UNKNOWN_ARCH
-    arch, _http_code = entry
-    if http and arch is Arch.BIOS:
-        return None, UNKNOWN_ARCH  # HTTP boot is a UEFI feature; a BIOS code here is nonsense
+        return UNKNOWN_ARCH
+    arch_, _http_code = entry
+    if http and arch_ is Arch.BIOS:
+        return UNKNOWN_ARCH  # HTTP boot is a UEFI feature; a BIOS code here is nonsense
     if ipxe:
-        firmware = Firmware.IPXE
-    elif http:
-        firmware = Firmware.HTTP_BOOT
-    elif arch is Arch.BIOS:
-        firmware = Firmware.BIOS_PXE
-    else:
-        firmware = Firmware.EFI_PXE
-    return Client(mac=mac, arch=arch, firmware=firmware, uuid=client_uuid(options)), ""
+        return arch_, Firmware.IPXE
+    if http:
+        return arch_, Firmware.HTTP_BOOT
+    return arch_, (Firmware.BIOS_PXE if arch_ is Arch.BIOS else Firmware.EFI_PXE)
+
+
+# Firmware of one model sends identical 60/77/93/175 from every machine: in a boot storm the
+# answer to "what kind of client is this" is a dictionary hit. Bounded: cleared when full.
+_CACHE: dict[tuple, tuple[Arch, Firmware] | str] = {}
+_CACHE_MAX = 4096
+
+
+def classify_reason(options: Mapping[int, bytes], mac: str) -> tuple[Client | None, str]:
+    """(client, "") or (None, why not). `mac` is already normalized."""
+    key = (
+        options.get(OPT_VENDOR_CLASS, b""),
+        options.get(OPT_USER_CLASS),
+        options.get(OPT_CLIENT_ARCH),
+        OPT_IPXE in options,
+    )
+    kind = _CACHE.get(key)
+    if kind is None:
+        kind = _kind(*key)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[key] = kind
+    if isinstance(kind, str):
+        return None, kind
+    return Client(mac=mac, arch=kind[0], firmware=kind[1], uuid=client_uuid(options)), ""
 
 
 def classify(options: Mapping[int, bytes], mac: str) -> Client | None:

@@ -83,10 +83,10 @@ def test_malformed(data, reason):
 
 
 def test_dpkt_failures_become_malformed(monkeypatch):
-    def boom(self, buf):
+    def boom(buf):
         raise struct.error("unpack requires a buffer")
 
-    monkeypatch.setattr(codec._Bootp, "unpack", boom)
+    monkeypatch.setattr(codec, "_HEADER", type("Broken", (), {"unpack_from": boom}))
     with pytest.raises(codec.MalformedPacket):
         codec.decode(request_bytes())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import attrs
 import pytest
 
 from netbootd.config.load import build_catalog, load_machines
@@ -29,7 +28,7 @@ def core(tmp_path):
 def answer(core, payload, port, mac=None):
     request = codec.decode(payload)
     if mac is not None:
-        request = attrs.evolve(request, chaddr=bytes.fromhex(mac.replace(":", "")))
+        request = request._replace(chaddr=bytes.fromhex(mac.replace(":", "")))
     arrival = Arrival(port=port, proxy=port == 4011, source=("10.77.0.145", port), server_ip=BOOT_SERVER)
     result = DhcpController(core).answer(request, arrival)
     return None if result is None else codec.decode(result.payload, op=codec.BOOTREPLY)

@@ -1,0 +1,398 @@
+"""Boot-storm benchmark of the proxy-DHCP edge: netbootd against dnsmasq in proxy mode.
+
+    sudo python bench/dhcp.py [--flood 20000] [--seconds 5]
+
+Creates two network namespaces joined by a veth pair (server 10.79.0.2, client 10.79.0.100),
+then for each server in turn (netbootd with the real boot core, dnsmasq with
+`dhcp-range=10.79.0.0,proxy` + a `pxe-service`):
+
+1. saturation: `--flood` DISCOVERs from distinct MACs, sent as fast as the client can;
+   answers/s = answers / (last answer - first send), and how many were lost;
+2. paced: DISCOVERs at the rate dnsmasq sustained in step 1 for `--seconds`; p50/p99 latency
+   (send → answer received, CLOCK_MONOTONIC in the one client process) and loss.
+
+Both servers log one line per answer to a file (their default verbosity). Everything it starts is
+stopped by PID and the namespaces are deleted on exit. Needs root, iproute2 and dnsmasq.
+The client is a BIOS PXE ROM's DISCOVER (arch 0, no user class), which both servers answer.
+
+`--profile` runs netbootd under cProfile and prints its top functions afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_IP = "10.79.0.2"
+CLIENT_IP = "10.79.0.100"
+NET = "10.79.0.0"
+
+
+# ------------------------------------------------------------------------------ the client
+
+
+def discover_template() -> bytearray:
+    """A BIOS PXE ROM DISCOVER (options as in ../shared/captures, minus iPXE's user class)."""
+    head = bytes([1, 1, 6, 0]) + bytes(4) + b"\x00\x00\x80\x00" + bytes(16)
+    head += bytes.fromhex("020000000000") + bytes(10) + bytes(64 + 128)
+    vendor = b"PXEClient:Arch:00000:UNDI:002001"
+    opts = b"\x35\x01\x01" + b"\x39\x02\x05\xc0" + b"\x5d\x02\x00\x00" + b"\x5e\x03\x01\x02\x01"
+    opts += bytes([60, len(vendor)]) + vendor
+    opts += b"\x37\x08\x01\x03\x06\x2b\x3c\x42\x43\x61" + b"\x61\x11\x00" + bytes(range(16)) + b"\xff"
+    return bytearray(head + b"\x63\x82\x53\x63" + opts)
+
+
+def run_load(iface: str, count: int, rate: float, drain: float = 3.0, tick: float = 0.001) -> dict:
+    """Send `count` DISCOVERs at `rate`/s (in bursts every `tick` s, sleeping in between so the
+    client does not take the CPU the server needs); return counts and per-answer latencies."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+    sock.bind(("", 68))
+    sock.setblocking(False)
+    packet = discover_template()
+    dest = ("255.255.255.255", 67)
+    sent = [0] * count
+    answered: dict[int, int] = {}
+    base = int.from_bytes(os.urandom(2), "big") << 16
+    now_ns = time.monotonic_ns
+    recv = sock.recv
+
+    def pump(timeout: float) -> None:
+        if timeout > 0:
+            select.select([sock], [], [], timeout)
+        while True:
+            try:
+                data = recv(2048)
+            except BlockingIOError:
+                return
+            t = now_ns()
+            if len(data) > 240 and data[0] == 2:
+                i = int.from_bytes(data[4:8], "big") - base
+                if 0 <= i < count and i not in answered:
+                    answered[i] = t
+
+    start = now_ns()
+    i = 0
+    while i < count:
+        due = min(count, int((now_ns() - start) / 1e9 * rate) + 1)
+        while i < due:
+            packet[4:8] = (base + i).to_bytes(4, "big")
+            packet[30:34] = i.to_bytes(4, "big")  # chaddr 02:00:<i>: a distinct MAC per DISCOVER
+            try:
+                sock.sendto(packet, dest)
+            except BlockingIOError:
+                pump(0.0005)
+                continue
+            sent[i] = now_ns()
+            i += 1
+        pump(0)
+        next_tick = start + int((i / rate) * 1e9) if i < count else 0
+        while i < count and now_ns() < next_tick:
+            pump(max(0.0, min(tick, (next_tick - now_ns()) / 1e9)))
+    end_send = now_ns()
+    deadline = time.monotonic() + drain
+    while len(answered) < count and time.monotonic() < deadline:
+        pump(0.05)
+    latencies = sorted((answered[i] - sent[i]) / 1e6 for i in answered)
+    return {
+        "rate": rate,
+        "sent": count,
+        "answered": len(answered),
+        "seconds": (end_send - start) / 1e9,
+        "latencies_ms": latencies,
+    }
+
+
+# ------------------------------------------------------------------------------ the netbootd server
+
+
+_READY_RUSAGE = [0.0, 0.0]
+
+
+def report_cpu() -> None:
+    """CPU seconds this server used and packets it handled, on stderr (for `--profile` runs)."""
+    import resource
+
+    from prometheus_client import REGISTRY
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = ru.ru_utime - _READY_RUSAGE[0], ru.ru_stime - _READY_RUSAGE[1]
+    answers = sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "netbootd_dhcp_answers"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    print(json.dumps({"user": user, "sys": system, "answers": answers}), file=sys.stderr, flush=True)
+
+
+def serve(machines: Path, log_file: Path, profile: Path | None) -> None:
+    sys.path.insert(0, str(REPO))
+    from twisted.internet import reactor
+
+    from netbootd.config.load import build_catalog, load_machines
+    from netbootd.config.settings import HttpSettings, Settings
+    from netbootd.core import BootCore
+    from netbootd.dhcp import listen_dhcp
+    from netbootd.logs import start_logging
+
+    stream = log_file.open("a")
+    start_logging("text", os.environ.get("NETBOOTD_BENCH_LOG_LEVEL", "info"), stream)
+    settings = Settings(machines_dir=machines, files_root=machines.parent, http=HttpSettings(port=8080))
+    result = load_machines(settings)
+    if result.errors:
+        sys.exit("\n".join(map(str, result.errors)))
+    listen_dhcp(reactor, settings, BootCore(settings, build_catalog(result)))
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    _READY_RUSAGE[:] = [ru.ru_utime, ru.ru_stime]
+    print("READY", flush=True)
+    if profile is None:
+        reactor.run(installSignalHandlers=False)
+        report_cpu()
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.runcall(reactor.run, installSignalHandlers=False)
+    prof.dump_stats(str(profile))
+
+
+# ------------------------------------------------------------------------------ orchestration
+
+
+def sh(*argv: str, check: bool = True) -> None:
+    subprocess.run(argv, check=check, capture_output=True, timeout=30)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        tag = str(os.getpid() % 100000)
+        self.srv, self.cli = f"nbb-s{tag}", f"nbb-c{tag}"
+        self.srv_if, self.cli_if = f"nbbs{tag}", f"nbbc{tag}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="netbootd-bench-"))
+        self.procs: list[subprocess.Popen] = []
+
+    def up(self) -> None:
+        sh("ip", "netns", "add", self.srv)
+        sh("ip", "netns", "add", self.cli)
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.srv_if,
+            "netns",
+            self.srv,
+            "type",
+            "veth",
+            "peer",
+            self.cli_if,
+            "netns",
+            self.cli,
+        )
+        for ns, iface, addr in ((self.srv, self.srv_if, SERVER_IP), (self.cli, self.cli_if, CLIENT_IP)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", iface, "up")
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", iface)
+        machines = self.tmp / "machines"
+        (machines / "profiles").mkdir(parents=True)
+        (machines / "default.toml").write_text('[boot]\nchain = "http://boot.example/menu.ipxe"\n')
+
+    def down(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+        for ns in (self.srv, self.cli):
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # by PID: only what we started
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def start_netbootd(self) -> subprocess.Popen:
+        argv = [
+            "ip", "netns", "exec", self.srv, sys.executable, __file__, "serve",
+            "--machines", str(self.tmp / "machines"), "--log", str(self.tmp / "netbootd.log"),
+        ]  # fmt: skip
+        if self.args.profile:
+            argv += ["--profile", str(self.tmp / "netbootd.prof")]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        if not ready or "READY" not in proc.stdout.readline():
+            self.stop(proc)
+            raise SystemExit(f"netbootd did not start: {proc.stderr.read()}")
+        return proc
+
+    def start_dnsmasq(self) -> subprocess.Popen:
+        log = self.tmp / "dnsmasq.log"
+        argv = [
+            "ip", "netns", "exec", self.srv, shutil.which("dnsmasq") or "dnsmasq",
+            "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+            f"--interface={self.srv_if}", f"--dhcp-range={NET},proxy",
+            '--pxe-service=x86PC,"netboot",undionly', "--pxe-prompt=netboot,0",
+            f"--dhcp-leasefile={self.tmp / 'leases'}", f"--pid-file={self.tmp / 'dnsmasq.pid'}",
+            "--user=root", "--group=root", f"--log-facility={log}",
+        ]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 30
+        while not (log.exists() and "proxy on subnet" in log.read_text()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"dnsmasq did not start: {proc.stderr.read()}")
+            time.sleep(0.05)
+        return proc
+
+    def load(self, count: int, rate: float) -> dict:
+        argv = [
+            "ip", "netns", "exec", self.cli, sys.executable, __file__, "load",
+            "--iface", self.cli_if, "--count", str(count), "--rate", str(rate),
+        ]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if out.returncode:
+            raise SystemExit(f"load generator failed: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def sustained(self, first: float) -> tuple[float, list[dict]]:
+        """The highest offered rate answered with <= 1% loss: doubling, then bisecting."""
+        lo, hi, rate, steps = 0.0, 0.0, first, []
+        for _ in range(self.args.steps):
+            r = self.load(max(1, int(rate * self.args.step_seconds)), rate)
+            steps.append(r)
+            if r["answered"] >= 0.99 * r["sent"]:
+                lo = rate
+                rate = rate * 2 if not hi else (lo + hi) / 2
+            else:
+                hi = rate
+                rate = (lo + hi) / 2
+        return lo, steps
+
+    def run_server(self, name: str, paced_rate: float | None) -> dict:
+        proc = self.start_netbootd() if name == "netbootd" else self.start_dnsmasq()
+        result: dict = {}
+        try:
+            self.load(50, 1000)  # warm-up (imports, caches, neighbour entries)
+            result["sustained"], result["steps"] = self.sustained(self.args.start_rate)
+            rate = paced_rate or result["sustained"]
+            result["paced"] = self.load(max(1, int(rate * self.args.seconds)), rate)
+        finally:
+            self.stop(proc)
+            self.procs.remove(proc)
+        if name == "netbootd" and proc.stderr is not None:
+            for line in proc.stderr.read().splitlines():
+                if line.startswith('{"user"'):
+                    result["cpu"] = json.loads(line)
+        return result
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd")
+    p_load = sub.add_parser("load")
+    p_load.add_argument("--iface", required=True)
+    p_load.add_argument("--count", type=int, required=True)
+    p_load.add_argument("--rate", type=float, default=0.0)
+    p_serve = sub.add_parser("serve")
+    p_serve.add_argument("--machines", type=Path, required=True)
+    p_serve.add_argument("--log", type=Path, required=True)
+    p_serve.add_argument("--profile", type=Path)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of the paced run")
+    parser.add_argument("--steps", type=int, default=7, help="runs in each server's rate search")
+    parser.add_argument("--step-seconds", type=float, default=2.0, help="length of one search run")
+    parser.add_argument("--start-rate", type=float, default=2000.0, help="first rate tried (DISCOVERs/s)")
+    parser.add_argument("--profile", action="store_true", help="profile netbootd with cProfile")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every run of the rate search")
+    args = parser.parse_args()
+
+    if args.cmd == "load":
+        print(json.dumps(run_load(args.iface, args.count, args.rate)))
+        return
+    if args.cmd == "serve":
+        serve(args.machines, args.log, args.profile)
+        return
+
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    bench = Bench(args)
+    try:
+        bench.up()
+        dnsmasq = bench.run_server("dnsmasq", None)
+        rate = dnsmasq["sustained"]
+        netbootd = bench.run_server("netbootd", rate)
+        print(
+            f"\nboot storm of BIOS PXE DISCOVERs, a distinct MAC each, over a veth pair between two namespaces;\n"
+            f"sustained = highest offered rate answered with <= 1% loss ({args.steps} runs of "
+            f"{args.step_seconds:.0f} s);\npaced = {args.seconds:.0f} s at dnsmasq's sustained rate "
+            f"({rate:.0f}/s); latency = DISCOVER sent -> OFFER received\n"
+        )
+        print(
+            f"{'server':<9} {'sustained/s':>11} | {'paced/s':>8} {'sent':>7} {'answers':>8} {'lost':>7} "
+            f"{'p50 ms':>8} {'p99 ms':>8}"
+        )
+        for name, res in (("dnsmasq", dnsmasq), ("netbootd", netbootd)):
+            r = res["paced"]
+            lat = r["latencies_ms"]
+            print(
+                f"{name:<9} {res['sustained']:>11.0f} | {r['rate']:>8.0f} {r['sent']:>7} {r['answered']:>8} "
+                f"{100 * (1 - r['answered'] / r['sent']):>6.1f}% {pct(lat, 50):>8.2f} {pct(lat, 99):>8.2f}"
+            )
+        ratio = netbootd["sustained"] / dnsmasq["sustained"] if dnsmasq["sustained"] else float("nan")
+        p99 = pct(netbootd["paced"]["latencies_ms"], 99)
+        print(
+            f"\nnetbootd/dnsmasq sustained-rate ratio: {ratio:.2f}; netbootd p99 at dnsmasq's rate: "
+            f"{p99:.2f} ms (goal: ratio >= 1 and p99 < 5 ms)"
+        )
+        cpu = netbootd.get("cpu")
+        if cpu and cpu["answers"]:
+            print(
+                f"netbootd CPU per answer: {1e6 * (cpu['user'] + cpu['sys']) / cpu['answers']:.0f} us "
+                f"(user {cpu['user']:.2f} s, sys {cpu['sys']:.2f} s, {cpu['answers']:.0f} answers)"
+            )
+        if args.verbose:
+            for name, res in (("dnsmasq", dnsmasq), ("netbootd", netbootd)):
+                for st in res["steps"]:
+                    print(f"  {name} search: {st['rate']:.0f}/s -> {st['answered']}/{st['sent']}")
+        if args.profile:
+            import pstats
+
+            pstats.Stats(str(bench.tmp / "netbootd.prof")).sort_stats("tottime").print_stats(25)
+    finally:
+        bench.down()
+
+
+if __name__ == "__main__":
+    main()
