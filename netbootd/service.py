@@ -118,8 +118,9 @@ class Netbootd:
         try:
             if s.http.enabled:
                 from netbootd.http.app import make_site
+                from netbootd.images.proxy import ImageProxy
 
-                self.site = make_site(self.core, self.health)
+                self.site = make_site(self.core, self.health, images=ImageProxy(s, self.reactor))
                 try:
                     self.http_port = self.reactor.listenTCP(s.http.port, self.site, interface=s.http.listen)
                 except CannotListenError as exc:

@@ -117,6 +117,7 @@ def _json(request, doc: Any, status: int = 200) -> bytes:
 class BootApp:
     core: BootCore
     health: Callable[[], dict[str, Any]] = lambda: {"status": "ok"}
+    images: Any = None  # netbootd.images.proxy.ImageProxy: /image and /httpboot/<repo>/sha256-<hex>.efi
 
     app: ClassVar[Klein] = Klein()
 
@@ -262,6 +263,32 @@ class BootApp:
             raise HttpError(404, f"netbootd has seen nothing of {ident}")
         return _json(request, entry)
 
+    # -------------------------------------------------------------- OCI image layers (netbootd.images)
+
+    @app.route("/image", methods=["GET"])
+    def image(self, request):
+        args = (_arg(request, n) for n in ("imageName", "version", "layerName", "layerDigest"))
+        return self._image_errors(self._images().layer(*args))
+
+    @app.route("/httpboot/<path:rest>", methods=["GET"])
+    def httpboot_uki(self, request, rest: str):
+        return self._image_errors(self._images().uki(rest))
+
+    def _images(self):
+        if self.images is None:
+            raise HttpError(404, "the image proxy is not enabled")
+        return self.images
+
+    @staticmethod
+    def _image_errors(d):
+        def convert(failure):
+            err = failure.value
+            if isinstance(getattr(err, "status", None), int) and hasattr(err, "message"):
+                raise HttpError(err.status, err.message)  # RegistryError: 400/403/404/502/504
+            return failure
+
+        return d.addErrback(convert)
+
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request):
         return _json(request, self.health())
@@ -341,7 +368,7 @@ class MetricsSite(server.Site):
             )
 
 
-def make_site(core: BootCore, health: Callable[[], dict[str, Any]]) -> MetricsSite:
-    site = MetricsSite(BootApp(core, health).app.resource(), core=core)
+def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None) -> MetricsSite:
+    site = MetricsSite(BootApp(core, health, images).app.resource(), core=core)
     site.displayTracebacks = False  # never show internals to a client
     return site

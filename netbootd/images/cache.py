@@ -1,0 +1,337 @@
+"""The blob cache: content-addressed files under `<cache_dir>/blobs`, verified before they exist.
+
+Layout: `blobs/sha256/<hex>` are committed blobs (their name is their sha256); `blobs/tmp/`
+holds blobs being fetched. A fetch writes into a temp file pre-allocated to the blob's size
+(so a full disk is known before the first byte, and the blob is then served pass-through
+instead), hashes while writing, and only when size and sha256 match is the file renamed into
+place (atomic): a bad or short blob is discarded, never committed. Temp files left by a crash
+are removed at start; committed files survive restarts.
+
+Size cap: `registry.cache_max_bytes`. Least recently used blobs are evicted to make room (a
+hit sets the file's mtime, so the order survives restarts). A blob bigger than the cap is
+never cached.
+
+Single flight: the first request for an uncached blob starts one `Flight` (one upstream GET).
+Every request for that blob while it runs, the first included, is a `TailReader` on the
+growing temp file: it sends bytes as they land, at its client's own pace (a slow client never
+slows the fetch or the other clients, and memory stays flat: the disk is the buffer). A reader
+never sends the blob's last byte before the digest matched, so a failed verification aborts
+every transfer short of its Content-Length.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from netbootd.images import metrics
+from netbootd.images.registry import RegistryError, UpstreamError, VerificationFailed, is_digest
+from netbootd.logs import get_logger
+
+log = get_logger("netbootd.images")
+
+CHUNK = 256 * 1024
+
+
+class BlobCache:
+    def __init__(self, root: Path, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "sha256"
+        self.tmp = self.root / "tmp"
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.entries: dict[str, tuple[int, float]] = {}  # digest → (size, last use)
+        self.reserved = 0
+        self.usable = True
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            self._scan()
+        except OSError as exc:
+            self.usable = False
+            log.error("blob cache unusable; serving blobs pass-through", path=str(self.root), error=str(exc))
+        self._gauges()
+
+    def _scan(self) -> None:
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)  # an interrupted fetch: never trusted
+        for entry in os.scandir(self.blobs):
+            digest = "sha256:" + entry.name
+            if not entry.is_file() or not is_digest(digest):
+                continue
+            st = entry.stat()
+            self.entries[digest] = (st.st_size, st.st_mtime)
+        if self.total > self.max_bytes:
+            self._evict(0)
+
+    @property
+    def total(self) -> int:
+        return sum(size for size, _ in self.entries.values())
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / digest.split(":", 1)[1]
+
+    def _gauges(self) -> None:
+        metrics.cache_bytes.set(self.total)
+        metrics.cache_blobs.set(len(self.entries))
+
+    def lookup(self, digest: str) -> Path | None:
+        """The committed file, marked as just used; None when not cached."""
+        entry = self.entries.get(digest)
+        if entry is None:
+            return None
+        path = self.path(digest)
+        now = self.clock()
+        try:
+            os.utime(path, (now, now))
+        except FileNotFoundError:  # removed behind our back
+            del self.entries[digest]
+            self._gauges()
+            return None
+        except OSError:
+            pass
+        self.entries[digest] = (entry[0], now)
+        return path
+
+    def begin(self, digest: str, size: int) -> CacheWriter | None:
+        """A writer for a blob about to be fetched, or None when it cannot be cached (too big,
+        disk full, cache unusable): the caller then serves it pass-through."""
+        if not self.usable:
+            return None
+        if size > self.max_bytes:
+            log.info("blob larger than the cache; serving pass-through", digest=digest, size=size,
+                     cache_max_bytes=self.max_bytes)
+            return None
+        self._evict(size)
+        tmp = self.tmp / f"{digest.split(':', 1)[1]}.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            log.error("cannot create a cache file; serving pass-through", path=str(tmp), error=str(exc))
+            return None
+        try:
+            if size:
+                os.posix_fallocate(fd, 0, size)  # the space is ours now, or we know it is not there
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                log.warn("cache disk full; serving pass-through", digest=digest, size=size, error=str(exc))
+                return None
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # no fallocate here: write and see
+        self.reserved += size
+        return CacheWriter(self, digest, size, tmp, fd)
+
+    def _evict(self, incoming: int) -> None:
+        while self.entries and self.total + self.reserved + incoming > self.max_bytes:
+            digest = min(self.entries, key=lambda d: self.entries[d][1])
+            size, _ = self.entries.pop(digest)
+            self.path(digest).unlink(missing_ok=True)  # readers holding it open keep reading
+            metrics.cache_evictions.inc()
+            log.info("evicted blob", digest=digest, size=size)
+        self._gauges()
+
+    def _committed(self, writer: CacheWriter) -> None:
+        self.reserved -= writer.size
+        self.entries[writer.digest] = (writer.size, self.clock())
+        self._gauges()
+
+    def _released(self, writer: CacheWriter) -> None:
+        self.reserved -= writer.size
+
+
+class CacheWriter:
+    """One blob being written: hashed as it is written, committed only if it matches."""
+
+    def __init__(self, cache: BlobCache, digest: str, size: int, tmp: Path, fd: int) -> None:
+        self.cache = cache
+        self.digest = digest
+        self.size = size
+        self.tmp = tmp
+        self.fd = fd
+        self.written = 0
+        self.hasher = hashlib.sha256()
+        self.closed = False
+
+    def write(self, chunk: bytes) -> None:
+        if self.written + len(chunk) > self.size:
+            raise VerificationFailed(f"blob {self.digest}: more than the {self.size} bytes the manifest declares")
+        self.hasher.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.written += len(chunk)
+
+    def commit(self) -> Path:
+        """Verify and rename into place; raises VerificationFailed (and discards) on a mismatch."""
+        if self.written != self.size:
+            self.discard()
+            raise VerificationFailed(f"blob {self.digest}: got {self.written} bytes, the manifest declares {self.size}")
+        actual = "sha256:" + self.hasher.hexdigest()
+        if actual != self.digest:
+            self.discard()
+            raise VerificationFailed(f"blob {self.digest}: content has digest {actual}")
+        os.close(self.fd)
+        self.closed = True
+        final = self.cache.path(self.digest)
+        os.rename(self.tmp, final)
+        self.cache._committed(self)
+        return final
+
+    def discard(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+            self.tmp.unlink(missing_ok=True)
+            self.cache._released(self)
+
+
+class Flight:
+    """One upstream fetch of one blob into the cache, shared by every reader that wants it."""
+
+    def __init__(self, writer: CacheWriter, on_end: Callable[[Flight], None]) -> None:
+        self.writer = writer
+        self.digest = writer.digest
+        self.size = writer.size
+        self.path = writer.tmp
+        self.readers: set[TailReader] = set()
+        self.waiters: list[Callable[[Flight], None]] = []  # called once at the end (range requests)
+        self.state = "running"  # → "committed" | "failed"
+        self.error: RegistryError | None = None
+        self.final: Path | None = None
+        self.received = 0
+        self.on_end = on_end
+        self.fetch = None
+
+    @property
+    def readable(self) -> int:
+        """How far readers may send: everything once verified, else all but the last byte."""
+        if self.state == "committed":
+            return self.size
+        return min(self.writer.written, max(self.size - 1, 0))
+
+    # Sink (the pump calls these)
+    def data(self, chunk: bytes) -> None:
+        if self.state != "running":
+            return
+        self.received += len(chunk)
+        try:
+            self.writer.write(chunk)
+        except VerificationFailed as exc:
+            metrics.verification_failures.labels("blob").inc()
+            self._end("failed", exc)
+            if self.fetch is not None:
+                self.fetch.cancel()
+            return
+        except OSError as exc:  # an I/O error on the cache disk
+            log.error("cache write failed", digest=self.digest, error=str(exc))
+            self._end("failed", UpstreamError(f"blob {self.digest}: cache write failed: {exc.strerror or exc}"))
+            if self.fetch is not None:
+                self.fetch.cancel()
+            return
+        for reader in list(self.readers):
+            reader.pump()
+
+    def done(self) -> None:
+        if self.state != "running":
+            return
+        try:
+            self.final = self.writer.commit()
+        except VerificationFailed as exc:
+            metrics.verification_failures.labels("blob").inc()
+            log.error("blob failed verification; not cached, transfers aborted", digest=self.digest, error=exc.message)
+            self._end("failed", exc)
+            return
+        except OSError as exc:
+            self.writer.discard()
+            self._end("failed", UpstreamError(f"blob {self.digest}: cache commit failed: {exc.strerror or exc}"))
+            return
+        log.info("blob cached", digest=self.digest, size=self.size)
+        self._end("committed", None)
+
+    def failed(self, err: RegistryError) -> None:
+        if self.state != "running":
+            return
+        log.warn("blob fetch failed; nothing cached", digest=self.digest, error=err.message, received=self.received)
+        self._end("failed", err)
+
+    def _end(self, state: str, err: RegistryError | None) -> None:
+        self.state = state
+        self.error = err
+        if state == "failed":
+            self.writer.discard()
+        self.on_end(self)
+        for reader in list(self.readers):
+            reader.pump()
+        for waiter in self.waiters:
+            waiter(self)
+        self.waiters = []
+
+
+@implementer(IPushProducer)
+class TailReader:
+    """Sends one blob to one client from a flight's growing temp file, at the client's pace."""
+
+    def __init__(self, flight: Flight, request, on_fail: Callable[[RegistryError], None]) -> None:
+        self.flight = flight
+        self.request = request
+        self.on_fail = on_fail
+        self.fd = os.open(flight.path, os.O_RDONLY)  # stays valid across the rename (or an unlink)
+        self.pos = 0
+        self.paused = False
+        self.over = False
+        flight.readers.add(self)
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(self._finished)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def stopProducing(self) -> None:
+        self._close()
+
+    def _finished(self, _result) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if not self.over:
+            self.over = True
+            self.flight.readers.discard(self)
+            os.close(self.fd)
+
+    def pump(self) -> None:
+        flight = self.flight
+        while not self.paused and not self.over:
+            limit = flight.readable
+            if self.pos >= limit:
+                if flight.state == "committed" and self.pos >= flight.size:
+                    self._close()
+                    self.request.unregisterProducer()
+                    self.request.finish()
+                elif flight.state == "failed":
+                    self._close()
+                    self.request.unregisterProducer()
+                    self.on_fail(flight.error or UpstreamError("blob fetch failed"))
+                return
+            data = os.pread(self.fd, min(CHUNK, limit - self.pos), self.pos)
+            if not data:
+                return
+            self.pos += len(data)
+            metrics.bytes_served.labels("fetch").inc(len(data))
+            self.request.write(data)  # may pause us before it returns
+        if flight.state == "failed" and not self.over:
+            self._close()
+            self.request.unregisterProducer()
+            self.on_fail(flight.error or UpstreamError("blob fetch failed"))

@@ -1,0 +1,194 @@
+"""The image proxy the HTTP edge delegates to: request → image layer → bytes (cache or registry).
+
+`ImageProxy.layer(...)` (GET /image) and `ImageProxy.uki(path)` (GET /httpboot/<repo>/sha256-<hex>.efi)
+return Deferreds firing with a twisted.web resource that serves the blob (Content-Length always,
+HEAD, one Range), or failing with a `RegistryError` whose `status` and `message` the edge sends.
+Registry look-ups run in the reactor's thread pool; bytes move on the reactor (pump, cache).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.web import http, resource, server, static
+
+from netbootd.config.settings import Settings
+from netbootd.images import metrics
+from netbootd.images.cache import BlobCache, Flight, TailReader
+from netbootd.images.pump import Fetcher, PassThrough, fail_request
+from netbootd.images.reference import ImageRef
+from netbootd.images.registry import (
+    BadRequest,
+    NotFound,
+    RegistryClient,
+    RegistryError,
+    UpstreamError,
+    is_digest,
+    media_aliases,
+)
+from netbootd.logs import get_logger
+
+log = get_logger("netbootd.images")
+
+OCTET = "application/octet-stream"
+EFI = "application/efi"  # EDK2 HTTP boot decides the image type from this
+_UKI_NAME = re.compile(r"^sha256-([0-9a-f]{64})\.efi$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class ImageProxy:
+    def __init__(self, settings: Settings, reactor, registry: RegistryClient | None = None) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.registry = registry or RegistryClient(settings.registry)
+        self.cache = BlobCache(settings.cache_dir / "blobs", settings.registry.cache_max_bytes)
+        self.fetcher = Fetcher(reactor, self.registry)
+        self.flights: dict[str, Flight] = {}
+
+    def close(self) -> defer.Deferred:
+        self.registry.close()
+        return self.fetcher.close()
+
+    def _thread(self, f, *args) -> defer.Deferred:
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    # ------------------------------------------------------------------ entry points
+
+    def layer(self, image_name: str, version: str, layer_name: str, layer_digest: str) -> defer.Deferred:
+        """GET /image?imageName=&version=&layerName= | &layerDigest=."""
+        return defer.ensureDeferred(self._layer(image_name, version, layer_name, layer_digest))
+
+    async def _layer(self, image_name: str, version: str, layer_name: str, layer_digest: str) -> resource.IResource:
+        if not image_name:
+            raise BadRequest("give imageName=<registry/repository> (and version=, layerName= or layerDigest=)")
+        if bool(layer_name) == bool(layer_digest):
+            raise BadRequest("give exactly one of layerName=<media type> and layerDigest=sha256:<hex>")
+        if layer_digest and not is_digest(layer_digest):
+            raise BadRequest(f"layerDigest={layer_digest!r}: expected sha256:<64 hex digits>")
+        ref = self.registry.parse(image_name, version)  # BadRequest, Disallowed: no I/O
+        image = await self._thread(self.registry.resolve, ref)
+        if layer_digest:
+            layer = image.layer_by_digest(layer_digest)
+            if layer is None:
+                raise NotFound(f"image {ref} ({image.digest}) has no layer {layer_digest}")
+        else:
+            layer = image.layer(layer_name)
+            if layer is None:
+                have = ", ".join(sorted({x.media_type for x in image.layers})) or "none"
+                wanted = " or ".join(media_aliases(layer_name))
+                raise NotFound(f"image {ref} has no layer of type {wanted} (it has: {have})")
+        content_type = EFI if layer.is_uki else OCTET
+        return BlobResource(self, ref, layer.digest, layer.size, content_type)
+
+    def uki(self, path: str) -> defer.Deferred:
+        """GET /httpboot/<registry>/<repository>/sha256-<hex>.efi (boot-operator's UKI URL)."""
+        return defer.ensureDeferred(self._uki(path))
+
+    async def _uki(self, path: str) -> resource.IResource:
+        repo_path, _, name = path.strip("/").rpartition("/")
+        match = _UKI_NAME.match(name)
+        if not repo_path or match is None:
+            raise BadRequest("expected /httpboot/<registry>/<repository>/sha256-<64 hex>.efi")
+        ref = self.registry.parse(repo_path)
+        if ref.tag or ref.digest:
+            raise BadRequest("the repository in /httpboot/<repository>/sha256-<hex>.efi takes no tag or digest")
+        digest = "sha256:" + match.group(1)
+        cached = self.cache.lookup(digest)
+        if cached is not None:
+            size = cached.stat().st_size
+        else:
+            size = await self._thread(self.registry.blob_size, ref, digest)
+        return BlobResource(self, ref, digest, size, EFI)
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, request, ref: ImageRef, digest: str, size: int, content_type: str) -> Any:
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"etag", f'"{digest}"'.encode())
+        request.setHeader(b"cache-control", b"public, max-age=31536000, immutable")  # content-addressed
+        if request.setETag(f'"{digest}"'.encode()) == http.CACHED:
+            return b""
+        cached = self.cache.lookup(digest)
+        if cached is not None:
+            metrics.cache_requests.labels("hit").inc()
+            return self._from_file(request, cached, content_type)
+        wanted = _parse_range(request.getHeader(b"range"), size)
+        if request.method == b"HEAD":
+            request.setHeader(b"accept-ranges", b"bytes")
+            request.setHeader(b"content-length", b"%d" % size)
+            return b""
+        flight = self.flights.get(digest)
+        if flight is not None:
+            metrics.cache_requests.labels("joined").inc()
+        else:
+            writer = self.cache.begin(digest, size)
+            if writer is None:
+                metrics.cache_requests.labels("passthrough").inc()
+                return self._pass_through(request, ref, digest, size)
+            metrics.cache_requests.labels("miss").inc()
+            flight = Flight(writer, self._flight_ended)
+            self.flights[digest] = flight
+            flight.fetch = self.fetcher.fetch(ref, digest, size, flight)
+        if wanted is not None:
+            # A range is served from the verified file once the blob is committed.
+            flight.waiters.append(lambda f: self._range_after_flight(request, f, content_type))
+            request.notifyFinish().addErrback(lambda _: None)
+            return server.NOT_DONE_YET
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-length", b"%d" % size)
+        TailReader(flight, request, lambda err: fail_request(request, err))
+        return server.NOT_DONE_YET
+
+    def _flight_ended(self, flight: Flight) -> None:
+        if self.flights.get(flight.digest) is flight:
+            del self.flights[flight.digest]
+
+    def _range_after_flight(self, request, flight: Flight, content_type: str) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if flight.state != "committed" or flight.final is None:
+            fail_request(request, flight.error or UpstreamError("blob fetch failed"))
+            return
+        body = self._from_file(request, flight.final, content_type)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _from_file(self, request, path, content_type: str) -> Any:
+        inner = static.File(str(path), defaultType=content_type)
+        inner.type, inner.encoding = content_type, None
+        metrics.bytes_served.labels("cache").inc(path.stat().st_size if request.method != b"HEAD" else 0)
+        return inner.render(request)
+
+    def _pass_through(self, request, ref: ImageRef, digest: str, size: int) -> Any:
+        request.setHeader(b"content-length", b"%d" % size)  # a Range is answered with the whole blob (200)
+        sink = PassThrough(request, digest, size)
+        sink.attach(self.fetcher.fetch(ref, digest, size, sink))
+        return server.NOT_DONE_YET
+
+
+def _parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """A single byte range, or None (no header, or a form we answer with the whole blob)."""
+    if not header:
+        return None
+    m = _RANGE.match(header.decode("latin-1").strip())
+    if m is None or (not m.group(1) and not m.group(2)):
+        return None
+    return (int(m.group(1) or 0), int(m.group(2) or size - 1))
+
+
+class BlobResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, proxy: ImageProxy, ref: ImageRef, digest: str, size: int, content_type: str) -> None:
+        super().__init__()
+        self.proxy, self.ref, self.digest, self.size, self.content_type = proxy, ref, digest, size, content_type
+
+    def render(self, request):
+        try:
+            return self.proxy.serve(request, self.ref, self.digest, self.size, self.content_type)
+        except RegistryError as err:
+            fail_request(request, err)
+            return server.NOT_DONE_YET
