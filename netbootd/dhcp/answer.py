@@ -26,8 +26,6 @@ from __future__ import annotations
 import socket
 from typing import NamedTuple, Protocol
 
-from prometheus_client import Counter
-
 from netbootd.dhcp import codec
 from netbootd.dhcp.classify import classify_reason
 from netbootd.dhcp.metrics import ANSWERS, DROPPED, REQUESTS
@@ -40,6 +38,7 @@ RELAY_PORT = 67
 
 # Option 43 for BIOS offers: discovery control 8, "boot the file named in this offer".
 _USE_BOOTFILE = codec.pxe_options([(codec.PXE_DISCOVERY_CONTROL, bytes([codec.DISCOVERY_USE_BOOTFILE]))])
+_VALUE: dict[object, str] = {m: m.value for enum in (Firmware, Arch, OfferKind) for m in enum}
 _DHCP_TYPES = {codec.DISCOVER: codec.OFFER, codec.REQUEST: codec.ACK}
 _PROXY_TYPES = {codec.REQUEST: codec.ACK, codec.INFORM: codec.ACK}
 
@@ -68,26 +67,16 @@ class Answer(NamedTuple):
 class DhcpController:
     def __init__(self, core: Core, *, client_port: int = CLIENT_PORT, relay_port: int = RELAY_PORT) -> None:
         self.core = core
+        self._explain = getattr(core, "decide", None)  # BootCore.decide also says why (not)
         self.client_port = client_port
         self.relay_port = relay_port
         self.log = get_logger("netbootd.dhcp")
-        # prometheus_client's labels() takes a lock and hashes its arguments: keep the children.
-        self._requests: dict[tuple[str, str, str], Counter] = {}
-        self._answers: dict[tuple[str, str], Counter] = {}
 
     def count_request(self, firmware: str, arch: str, msgtype: str) -> None:
-        key = (firmware, arch, msgtype)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = REQUESTS.labels(firmware, arch, msgtype)
-        child.inc()
+        REQUESTS.inc(firmware, arch, msgtype)
 
     def count_answer(self, firmware: str, kind: str) -> None:
-        key = (firmware, kind)
-        child = self._answers.get(key)
-        if child is None:
-            child = self._answers[key] = ANSWERS.labels(firmware, kind)
-        child.inc()
+        ANSWERS.inc(firmware, kind)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -100,16 +89,17 @@ class DhcpController:
         if client is None:
             self.refuse(why, request, arrival)
             return None
-        self.count_request(client.firmware.value, client.arch.value, request.msgtype_name)
+        firmware, arch = _VALUE[client.firmware], _VALUE[client.arch]  # (Enum.value is slow)
+        self.count_request(firmware, arch, request.msgtype_name)
         offer, why = self.decide(client, arrival)
         if offer is None:
-            self.count_answer(client.firmware.value, "none")
+            self.count_answer(firmware, "none")
             self.log.info(
                 "not answered: {why}",
                 why=why or "the boot core has no offer for this machine",
                 mac=client.mac,
-                arch=client.arch.value,
-                firmware=client.firmware.value,
+                arch=arch,
+                firmware=firmware,
                 uuid=client.uuid,
                 port=arrival.port,
             )
@@ -118,7 +108,7 @@ class DhcpController:
             reply = self.build(request, client, offer, arrival, reply_type)
             payload = codec.encode(reply)
         except codec.FieldTooLong as exc:
-            DROPPED.labels("bootfile-too-long").inc()
+            DROPPED.inc("bootfile-too-long")
             self.log.error(
                 "not answered: {problem}",
                 problem=str(exc),
@@ -127,24 +117,37 @@ class DhcpController:
                 machine=offer.machine,
             )
             return None
-        self.count_answer(client.firmware.value, offer.kind.value)
+        self.count_answer(firmware, _VALUE[offer.kind])
         dest, broadcast = self.destination(request, arrival)
-        self._log_answer(client, offer, reply, request, arrival)
+        extra = {}
+        if request.giaddr != "0.0.0.0":
+            extra["relay"] = request.giaddr
+        if not reply.file and not any(code == codec.OPT_BOOTFILE for code, _ in reply.options):
+            extra["file_sent"] = False  # EFI PXE on 67: the file follows on 4011
+        self.log.info(
+            "answered",
+            mac=client.mac,
+            arch=arch,
+            firmware=firmware,
+            offered=offer.describe(),
+            machine=offer.machine,
+            port=arrival.port,
+            **extra,
+        )
         return Answer(payload, dest, broadcast)
 
     # -- policy (overridable) ----------------------------------------------------------------
 
     def decide(self, client: Client, arrival: Arrival) -> tuple[Offer | None, str]:
         """The core's offer and, when the core can say (BootCore.decide), why / why not."""
-        explain = getattr(self.core, "decide", None)
-        if explain is not None:
-            decision = explain(client, arrival.server_ip)
+        if self._explain is not None:
+            decision = self._explain(client, arrival.server_ip)
             return decision.offer, decision.reason
         return self.core.offer(client, arrival.server_ip), ""
 
     def file_in_reply(self, client: Client, arrival: Arrival) -> bool:
-        """EFI PXE gets its file over 4011 only: a file in the 67 OFFER makes EDK2 skip the 4011
-        exchange in some builds and confuses others; the captured, working exchange has none."""
+        """EFI PXE gets its file over 4011 only, as in the captured exchange that booted: the
+        67 OFFER names no file, so EDK2 asks the boot server on 4011 and gets it there."""
         return arrival.proxy or client.firmware is not Firmware.EFI_PXE
 
     def build(
@@ -199,25 +202,8 @@ class DhcpController:
         return (BROADCAST, self.client_port), True
 
     def refuse(self, reason: str, request: codec.Packet, arrival: Arrival, **fields: object) -> None:
-        DROPPED.labels(reason).inc()
+        DROPPED.inc(reason)
         self.log.debug("not answered: {reason}", reason=reason, mac=request.mac, port=arrival.port, **fields)
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def _log_answer(
-        self, client: Client, offer: Offer, reply: codec.Reply, request: codec.Packet, arrival: Arrival
-    ) -> None:
-        self.log.info(
-            "answered",
-            mac=client.mac,
-            arch=client.arch.value,
-            firmware=client.firmware.value,
-            offered=offer.describe(),
-            file_sent=bool(reply.file) or any(code == codec.OPT_BOOTFILE for code, _ in reply.options),
-            machine=offer.machine,
-            port=arrival.port,
-            relay=None if request.giaddr == "0.0.0.0" else request.giaddr,
-        )
 
 
 def _ip_bytes(text: str) -> bytes:

@@ -172,7 +172,9 @@ def _scan_options(field: bytes, out: dict[int, bytes], state: list[int], where: 
             raise MalformedPacket("bad-option", f"option {code} has no length byte in {where}")
         end = i + 2 + field[i + 1]
         if end > n:
-            raise MalformedPacket("bad-option", f"option {code} length {field[i + 1]} runs past the end of {where}")
+            raise MalformedPacket(
+                "bad-option", f"option {code} length {field[i + 1]} runs past the end of {where}"
+            )
         count += 1
         if count > MAX_OPTIONS:
             raise MalformedPacket("option-bomb", f"more than {MAX_OPTIONS} options")
@@ -205,9 +207,23 @@ def _decode(data: bytes, op: int) -> Packet:
         raise MalformedPacket("oversized", f"{len(data)} bytes")
     if len(data) < HEADER_LEN + 4:
         raise MalformedPacket("truncated", f"{len(data)} bytes")
-    (h_op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname, file, magic) = (
-        _HEADER.unpack_from(data)
-    )
+    (
+        h_op,
+        htype,
+        hlen,
+        hops,
+        xid,
+        secs,
+        flags,
+        ciaddr,
+        yiaddr,
+        siaddr,
+        giaddr,
+        chaddr,
+        sname,
+        file,
+        magic,
+    ) = _HEADER.unpack_from(data)
     if magic != MAGIC_INT:
         raise MalformedPacket("bad-cookie")
     if h_op != op:

@@ -24,8 +24,8 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
-import attrs
 from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python import log as legacy_log
@@ -42,8 +42,7 @@ _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 READ_SIZE = codec.MAX_PACKET + 1  # one byte more than we accept, so oversize is seen
 
 
-@attrs.frozen
-class PacketInfo:
+class PacketInfo(NamedTuple):
     """IP_PKTINFO of a received datagram."""
 
     ifindex: int
@@ -88,6 +87,9 @@ class PktinfoPort(udp.Port):
 
     def sendFrom(self, datagram: bytes, addr: tuple[str, int], ifindex: int = 0, source: str = "") -> None:
         """sendmsg with IP_PKTINFO: out of interface `ifindex` (0: routing decides), from `source`."""
+        if not ifindex and not source:
+            self.socket.sendto(datagram, addr)
+            return
         spec_dst = socket.inet_aton(source) if source else b"\0\0\0\0"
         cmsg = (socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0"))
         self.socket.sendmsg([datagram], [cmsg], 0, addr)
@@ -170,7 +172,7 @@ class DhcpProtocol(DatagramProtocol):
         try:
             self._received(datagram, addr, info, truncated)
         except Exception:
-            DROPPED.labels("internal").inc()
+            DROPPED.inc("internal")
             self.log.failure("internal error handling a DHCP packet", source=addr[0], size=len(datagram))
 
     def _received(
@@ -189,7 +191,7 @@ class DhcpProtocol(DatagramProtocol):
             ifindex = info.ifindex
             name, if_address = self.addresses.lookup(ifindex)
             if self.interfaces and name not in self.interfaces:
-                DROPPED.labels("interface").inc()
+                DROPPED.inc("interface")
                 return
             # Unicast to us (relay, 4011): the address the sender used. Broadcast: the interface's.
             local_ip = info.local if info.local == info.spec_dst else (if_address or "")
@@ -197,7 +199,7 @@ class DhcpProtocol(DatagramProtocol):
             local_ip = self._bound_ip  # plain transport: only a specifically bound address is known
         server_ip = self.advertise or local_ip
         if not server_ip:
-            DROPPED.labels("no-address").inc()
+            DROPPED.inc("no-address")
             self.log.debug("not answered: no IPv4 address on the receiving interface", ifindex=ifindex)
             return
         arrival = Arrival(port=self.port, proxy=self.proxy, source=addr, server_ip=server_ip)
@@ -211,14 +213,20 @@ class DhcpProtocol(DatagramProtocol):
             if send_from is None:
                 self.transport.write(answer.payload, answer.dest)
             else:
-                send_from(answer.payload, answer.dest, ifindex if answer.broadcast else 0, local_ip)
+                # Broadcast: out of the receiving interface; the kernel then uses that interface's
+                # primary address as source, which is the one we looked up. Unicast (relay,
+                # 4011): routed normally, from the address the sender used.
+                if answer.broadcast:
+                    send_from(answer.payload, answer.dest, ifindex, "")
+                else:
+                    send_from(answer.payload, answer.dest, 0, local_ip)
         except OSError as exc:
-            DROPPED.labels("send-error").inc()
+            DROPPED.inc("send-error")
             if self.limiter.allow("send-error"):
                 self.log.warn("could not send a DHCP answer: {error}", error=str(exc), dest=answer.dest[0])
 
     def malformed(self, exc: codec.MalformedPacket, addr: tuple[str, int], size: int) -> None:
-        DROPPED.labels(exc.reason).inc()
+        DROPPED.inc(exc.reason)
         if self.limiter.allow(exc.reason):
             self.log.warn(
                 "dropped malformed DHCP packet",

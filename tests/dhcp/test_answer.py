@@ -235,3 +235,14 @@ def test_answer_is_logged(capture_log):
     assert event["machine"] == "default"
     assert event["port"] == 67
     assert event["relay"] == "198.51.100.1"
+
+
+def test_metrics_exposition_names():
+    from prometheus_client import generate_latest
+
+    DhcpController(FakeCore()).answer(discover(EFI_PXE), ON_67)
+    text = generate_latest(REGISTRY).decode()
+    for family in ("dropped", "requests", "answers"):
+        assert f"# TYPE netbootd_dhcp_{family}_total counter" in text
+    assert 'netbootd_dhcp_answers_total{firmware="efi-pxe",kind="tftp"}' in text
+    assert 'netbootd_dhcp_requests_total{arch="efi64",firmware="efi-pxe",msgtype="discover"}' in text
