@@ -28,20 +28,17 @@ class DhcpBindError(RuntimeError):
     """A DHCP port could not be bound; the message says why and what to do."""
 
 
-def _bind_message(port: int, exc: CannotListenError) -> str:
+def _bind_message(port: int, exc: CannotListenError, setting: str = "dhcp.port") -> str:
     code = getattr(exc.socketError, "errno", None)
     if code in (errno.EACCES, errno.EPERM):
-        return (
-            f"cannot bind UDP {port}: needs root or CAP_NET_BIND_SERVICE "
-            f"(set dhcp.port / dhcp.proxy_port or run as root)"
-        )
+        return f"cannot bind UDP {port}: needs root or CAP_NET_BIND_SERVICE (set {setting} or run as root)"
     if code == errno.EADDRINUSE:
         return (
             f"cannot bind UDP {port}: another DHCP server holds it without SO_REUSEADDR. "
-            f"To share the host with dnsmasq, run dnsmasq with --bind-interfaces (or --bind-dynamic) "
-            f"so it binds with SO_REUSEADDR; otherwise stop the other server or change dhcp.port"
+            f"To share the host with dnsmasq, run dnsmasq with --bind-interfaces (or --bind-dynamic), "
+            f"which binds with SO_REUSEADDR; otherwise stop the other server or change {setting}"
         )
-    return f"cannot bind UDP {port}: {exc.socketError}"
+    return f"cannot bind UDP {port}: {exc.socketError} (check {setting})"
 
 
 def listen_dhcp(
@@ -55,7 +52,10 @@ def listen_dhcp(
     controller = controller or DhcpController(core)
     addresses = InterfaceAddresses()
     ports: list[IListeningPort] = []
-    for number, proxy in ((settings.dhcp.port, False), (settings.dhcp.proxy_port, True)):
+    for number, proxy, setting in (
+        (settings.dhcp.port, False, "dhcp.port"),
+        (settings.dhcp.proxy_port, True, "dhcp.proxy_port"),
+    ):
         protocol = DhcpProtocol(
             controller,
             proxy=proxy,
@@ -69,6 +69,6 @@ def listen_dhcp(
         except CannotListenError as exc:
             for started in ports:
                 started.stopListening()
-            raise DhcpBindError(_bind_message(number, exc)) from exc
+            raise DhcpBindError(_bind_message(number, exc, setting)) from exc
         ports.append(port)
     return ports

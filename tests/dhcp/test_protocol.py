@@ -247,13 +247,16 @@ async def test_listen_dhcp_port_in_use_names_dnsmasq_bind_interfaces():
             listen_dhcp(reactor, Settings(dhcp=DhcpSettings(port=0, proxy_port=busy)), FakeCore())
         assert "--bind-interfaces" in str(info.value)
         assert f"UDP {busy}" in str(info.value)
+        assert "dhcp.proxy_port" in str(info.value)
     finally:
         holder.close()
 
 
 def test_bind_message_for_permission_denied():
     exc = CannotListenError("", 67, OSError(errno.EACCES, "Permission denied"))
-    assert _bind_message(67, exc).startswith("cannot bind UDP 67: needs root or CAP_NET_BIND_SERVICE")
+    assert _bind_message(67, exc) == (
+        "cannot bind UDP 67: needs root or CAP_NET_BIND_SERVICE (set dhcp.port or run as root)"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
