@@ -19,6 +19,7 @@ part of the clients.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import socket
 import struct
@@ -154,6 +155,7 @@ class DhcpProtocol(DatagramProtocol):
         self.log = get_logger("netbootd.dhcp")
         self.port = 0
         self._bound_ip = ""
+        self._advertise_is_local = bool(advertise)  # until sendmsg says otherwise
 
     def startProtocol(self) -> None:
         host = getattr(self.transport, "getHost", None)
@@ -212,14 +214,21 @@ class DhcpProtocol(DatagramProtocol):
             send_from = getattr(self.transport, "sendFrom", None)
             if send_from is None:
                 self.transport.write(answer.payload, answer.dest)
-            else:
-                # Broadcast: out of the receiving interface; the kernel then uses that interface's
-                # primary address as source, which is the one we looked up. Unicast (relay,
-                # 4011): routed normally, from the address the sender used.
-                if answer.broadcast:
+            elif answer.broadcast:
+                # Out of the receiving interface. Source: the advertised address when it is one of
+                # ours (a host with several addresses on the segment), else the kernel's choice
+                # for that interface, its primary address, which is the one advertised anyway.
+                source = self.advertise if self._advertise_is_local else ""
+                try:
+                    send_from(answer.payload, answer.dest, ifindex, source)
+                except OSError as exc:
+                    if not source or exc.errno not in (errno.EINVAL, errno.EADDRNOTAVAIL):
+                        raise
+                    self._advertise_is_local = False  # advertised address is not on this host
                     send_from(answer.payload, answer.dest, ifindex, "")
-                else:
-                    send_from(answer.payload, answer.dest, 0, local_ip)
+            else:
+                # Unicast (relay, 4011): routed normally, from the address the sender used.
+                send_from(answer.payload, answer.dest, 0, local_ip)
         except OSError as exc:
             DROPPED.inc("send-error")
             if self.limiter.allow("send-error"):

@@ -245,3 +245,20 @@ def test_coexists_with_dnsmasq_bind_interfaces(topo, machines, tmp_path, first):
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_second_address_advertised_and_used_as_source(topo, machines, tmp_path):
+    """A host that also runs the site's DHCP server: the boot server is a second address."""
+    sh("ip", "-n", topo.srv, "addr", "add", "10.77.0.3/24", "dev", topo.srv_if)  # secondary
+    proc = start_netbootd(topo, machines, tmp_path, "--advertise", "10.77.0.3")
+    try:
+        (offer,) = topo.client("discover", "--iface", topo.cli_if, "--arch", "0")
+        assert (offer["src"], offer["siaddr"], offer["options"]["54"]) == ("10.77.0.3", "10.77.0.3", "0a4d0003")
+    finally:
+        proc.stop()
+    proc = start_netbootd(topo, machines, tmp_path)  # no advertise: the interface's primary address
+    try:
+        (offer,) = topo.client("discover", "--iface", topo.cli_if, "--arch", "0")
+        assert (offer["src"], offer["siaddr"]) == (SERVER_IP, SERVER_IP)
+    finally:
+        proc.stop()

@@ -86,7 +86,24 @@ def test_advertise_overrides():
     proto.packetReceived(request_bytes(BIOS), ("0.0.0.0", 68), BCAST, False)
     ((payload, _dest, _ifindex, source),) = proto.transport.sent
     assert codec.decode(payload, op=codec.BOOTREPLY).siaddr == "203.0.113.9"
-    assert source == ""  # still sent from the interface's own address (the kernel's choice for ifindex 3)
+    assert source == "203.0.113.9"  # from the advertised address while the kernel accepts it as ours
+
+
+def test_advertised_address_not_on_this_host_falls_back_to_the_interface_address():
+    class NotLocal(PktinfoTransport):
+        def sendFrom(self, datagram, addr, ifindex=0, source=""):
+            if source:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            super().sendFrom(datagram, addr, ifindex, source)
+
+    proto = make(advertise="203.0.113.9", transport=NotLocal())
+    proto.packetReceived(request_bytes(BIOS), ("0.0.0.0", 68), BCAST, False)
+    proto.packetReceived(request_bytes(BIOS), ("0.0.0.0", 68), BCAST, False)
+    assert [(dest, ifindex, source) for _, dest, ifindex, source in proto.transport.sent] == [
+        (("255.255.255.255", 68), 3, ""),
+        (("255.255.255.255", 68), 3, ""),
+    ]
+    assert codec.decode(proto.transport.sent[0][0], op=codec.BOOTREPLY).siaddr == "203.0.113.9"
 
 
 def test_interface_without_address_is_not_answered():
