@@ -65,6 +65,13 @@ DHCP_DETAIL = re.compile(
     r"(DHCP-Message|Vendor-Class|Vendor-Option|ARCH|User-Class|Server-ID|BF) \(\d+\), length|Your-IP|Server-IP|file \""
 )
 
+# Firmware giving up on the boot path under test: stop there instead of waiting for its fallbacks
+# (OVMF tries PXEv4, PXEv6, HTTPv4, HTTPv6 in turn; a later one could even boot, on the wrong path).
+GIVE_UP = {
+    "uefi-pxe": re.compile(r'failed to load Boot\d+ "UEFI PXEv4[^"]*"'),
+    "uefi-http": re.compile(r'failed to load Boot\d+ "UEFI HTTPv4[^"]*"'),
+}
+
 BIOS_TIMEOUT = 90.0
 UEFI_TIMEOUT = 150.0
 
@@ -200,6 +207,7 @@ class Boot:
     timeout: float
     marker: Marker | None = None
     guest_failure: str | None = None
+    firmware_failure: str | None = None
     timed_out: bool = False
     seconds: float = 0.0
 
@@ -216,6 +224,10 @@ class Boot:
             f = GUEST_FAIL.search(line)
             if f:
                 self.guest_failure = f.group(0)
+            give_up = GIVE_UP.get(self.firmware)
+            g = give_up.search(line) if give_up else None
+            if g and self.marker is None:
+                self.firmware_failure = g.group(0)
 
 
 # ---------------------------------------------------------------------------------- the lab
@@ -224,14 +236,20 @@ class Boot:
 class Lab:
     """A namespace with bridge, site DHCP, netbootd, taps and a capture. See the module doc."""
 
-    def __init__(self, root: Path, assets: Assets) -> None:
+    def __init__(self, root: Path, assets: Assets, separate_host: bool = False) -> None:
+        """separate_host=False: netbootd shares the site DHCP server's host (br0 carries both
+        10.77.0.1 and 10.77.0.2; both bind UDP 67 with SO_REUSEADDR). True: netbootd runs in a
+        second namespace, a host of its own joined to the bridge by a veth pair (nb0, 10.77.0.2)."""
         self.root = root
         self.assets = assets
+        self.separate_host = separate_host
         self.ns = f"nbit{os.getpid()}x{next(_names)}"
+        self.boot_ns = f"{self.ns}b" if separate_host else self.ns
+        self.boot_if = "nb0" if separate_host else "br0"
         self.procs: list[Proc] = []
         self.boots: list[Boot] = []
         self.taps = 0
-        self.netns_created = False
+        self.namespaces: list[str] = []
         self.netbootd: Proc | None = None
         self.dnsmasq: Proc | None = None
         self.tcpdump: Proc | None = None
@@ -261,7 +279,7 @@ class Lab:
                 [dhcp]
                 port = 67
                 proxy_port = 4011
-                interfaces = ["br0"]
+                interfaces = ["{self.boot_if}"]
                 [ipxe]
                 bios = "undionly.kpxe"
                 efi64 = "snponly.efi"
@@ -278,23 +296,31 @@ class Lab:
         if proc.returncode != 0:
             raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
-    def in_ns(self, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, *argv]
-
-    def start(self, name: str, argv: list[str], **kw) -> Proc:
-        proc = Proc(name, self.in_ns(*argv), self.root / f"{name}.log", **kw)
+    def start(self, name: str, argv: list[str], ns: str | None = None, **kw) -> Proc:
+        proc = Proc(name, ["ip", "netns", "exec", ns or self.ns, *argv], self.root / f"{name}.log", **kw)
         self.procs.append(proc)
         return proc
 
+    def add_netns(self, name: str) -> None:
+        self.ip("netns", "add", name)
+        self.namespaces.append(name)
+        self.ip("-n", name, "link", "set", "lo", "up")
+
     def up(self) -> Lab:
-        self.ip("netns", "add", self.ns)
-        self.netns_created = True
-        self.ip("-n", self.ns, "link", "set", "lo", "up")
+        self.add_netns(self.ns)
         self.ip("-n", self.ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
         self.ip("-n", self.ns, "addr", "add", f"{SITE_IP}/24", "dev", "br0")
-        self.ip("-n", self.ns, "addr", "add", f"{BOOT_IP}/24", "dev", "br0")
         self.ip("-n", self.ns, "-6", "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
         self.ip("-n", self.ns, "link", "set", "br0", "up")
+        if self.separate_host:
+            self.add_netns(self.boot_ns)
+            self.ip("-n", self.ns, "link", "add", "vb0", "type", "veth", "peer", "name", "nb0", "netns", self.boot_ns)
+            self.ip("-n", self.ns, "link", "set", "vb0", "master", "br0")
+            self.ip("-n", self.ns, "link", "set", "vb0", "up")
+            self.ip("-n", self.boot_ns, "addr", "add", f"{BOOT_IP}/24", "dev", "nb0")
+            self.ip("-n", self.boot_ns, "link", "set", "nb0", "up")
+        else:
+            self.ip("-n", self.ns, "addr", "add", f"{BOOT_IP}/24", "dev", "br0")
         self.tcpdump = self.start("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "-s", "1600", "-w", str(self.pcap)])
         self.dnsmasq = self.start(
             "dnsmasq",
@@ -367,7 +393,11 @@ class Lab:
         assert check.returncode == 0, f"netbootd check {self.conf} failed:\n{check.stdout}{check.stderr}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.netbootd = self.start(
-            "netbootd", [sys.executable, "-m", "netbootd", "serve", "--config", str(self.settings)], cwd=self.conf, env=env
+            "netbootd",
+            [sys.executable, "-m", "netbootd", "serve", "--config", str(self.settings)],
+            ns=self.boot_ns,
+            cwd=self.conf,
+            env=env,
         )
         self._wait_for(lambda: re.search(r"\blistening\b", self.netbootd.text()), self.netbootd, 30, "netbootd to listen")
         return self.netbootd
@@ -443,7 +473,7 @@ class Lab:
                 boot.scan()
                 elapsed = time.monotonic() - boot.proc.started
                 done = not boot.proc.running()
-                if (boot.marker or boot.guest_failure) and not done:
+                if (boot.marker or boot.guest_failure or boot.firmware_failure) and not done:
                     # /init printed its line and is powering off; give it a moment, no more.
                     try:
                         boot.proc.popen.wait(5)
@@ -500,6 +530,8 @@ class Lab:
     def describe(boot: Boot) -> str:
         if boot.guest_failure:
             why = f"its /init failed: {boot.guest_failure}"
+        elif boot.firmware_failure:
+            why = f"the firmware gave up on this boot path: {boot.firmware_failure}"
         elif boot.timed_out:
             why = f"no marker within {boot.timeout:.0f} s (QEMU killed)"
         else:
@@ -522,15 +554,17 @@ class Lab:
         out: list[str] = []
         bulk = 0
         for line in self._tcpdump("not ip6 and " + CAPTURE_FILTER).splitlines():
-            if re.search(r"UDP, length \d+$", line):
+            if re.search(r"UDP, length \d+$", line):  # TFTP blocks and ACKs (ephemeral ports)
+                if bulk == 0:
+                    out.append(line)  # the first one shows who answers whom, from where
                 bulk += 1
                 continue
-            if bulk:
-                out.append(f"    ({bulk} UDP data packets)")
-                bulk = 0
+            if bulk > 1:
+                out.append(f"    ({bulk - 1} more UDP packets)")
+            bulk = 0
             out.append(line)
-        if bulk:
-            out.append(f"    ({bulk} UDP data packets)")
+        if bulk > 1:
+            out.append(f"    ({bulk - 1} more UDP packets)")
         dhcp: list[str] = []
         for line in self._tcpdump("-v", "port 67 or port 68 or port 4011").splitlines():
             if not line.startswith((" ", "\t")) or "BOOTP/DHCP" in line or DHCP_DETAIL.search(line):
@@ -566,22 +600,33 @@ class Lab:
                 proc.stop()
             except Exception as exc:  # keep tearing down the rest
                 print(f"lab {self.ns}: stopping {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
-        if self.netns_created:
-            # Deleting the namespace deletes the bridge and taps in it.
-            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=20)
-            self.netns_created = False
+        for ns in reversed(self.namespaces):
+            # Deleting a namespace deletes its bridge, taps and veth ends.
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        self.namespaces = []
 
 
-@pytest.fixture
-def lab(tmp_path, assets, request) -> Iterator[Lab]:
+def _lab(tmp_path: Path, assets: Assets, request, separate_host: bool) -> Iterator[Lab]:
     _tools_or_fail()
-    the_lab = Lab(tmp_path, assets)
+    the_lab = Lab(tmp_path, assets, separate_host=separate_host)
     request.node.netboot_lab = the_lab
     try:
         the_lab.up()
         yield the_lab
     finally:
         the_lab.down()
+
+
+@pytest.fixture
+def lab(tmp_path, assets, request) -> Iterator[Lab]:
+    """netbootd on the site DHCP server's host (the bridge carries both addresses)."""
+    yield from _lab(tmp_path, assets, request, separate_host=False)
+
+
+@pytest.fixture
+def lab_separate_host(tmp_path, assets, request) -> Iterator[Lab]:
+    """netbootd on a host of its own (second namespace, veth into the bridge)."""
+    yield from _lab(tmp_path, assets, request, separate_host=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
