@@ -85,3 +85,67 @@ def test_uefi_http_boot(lab):
     log = lab.netbootd_log()
     assert "firmware=http-boot" in log, "no answer to the HTTPClient in netbootd's log"
     assert "firmware=efi-pxe" not in log and "tftp transfer" not in log, "PXE was not disabled"
+
+
+MAC_A = "52:54:00:77:00:21"
+MAC_B = "52:54:00:77:00:22"
+
+
+def test_per_machine_data(lab):
+    """Two machines booting at the same time each get their own command line and Ignition."""
+    need("bios")
+    lab.kernel_machine(MAC_A, "alpha", "alpha-secret", extra=" nbd_role=control")
+    lab.kernel_machine(MAC_B, "beta", "beta-secret", extra=" nbd_role=worker")
+    lab.start_netbootd()
+    a, b = lab.boot_many([(MAC_A, "bios"), (MAC_B, "bios")])
+    assert_booted(a, MAC_A, "alpha", "alpha-secret")
+    assert_booted(b, MAC_B, "beta", "beta-secret")
+    assert "nbd_role=control" in a.cmdline.split() and "nbd_role=worker" in b.cmdline.split()
+    assert "beta" not in a.cmdline + a.ignition and "alpha" not in b.cmdline + b.ignition
+    assert a.ip != b.ip
+
+
+MAC_IGNORED = "52:54:00:77:00:31"
+MAC_UNKNOWN = "52:54:00:77:00:32"
+
+
+def test_ignored_and_unknown_machines_do_not_boot(lab):
+    """boot.ignore = true, and a MAC with no file and no default.toml: netbootd stays silent,
+    the iPXE ROM gets only the site's address, SeaBIOS gives up and QEMU ends without a marker."""
+    need("bios")
+    lab.machine(MAC_IGNORED, "[boot]\nignore = true\n")
+    lab.kernel_machine(MAC_A, "alpha", "alpha-secret")  # a bootable machine, so the catalog is not empty
+    lab.start_netbootd()
+    ignored, unknown = lab.no_boot_many([(MAC_IGNORED, "bios"), (MAC_UNKNOWN, "bios")], timeout=60)
+    for boot in (ignored, unknown):
+        assert not boot.timed_out, f"{boot.name}: QEMU did not end by itself within {boot.timeout:.0f} s"
+        serial = boot.proc.text()
+        assert re.search(rf"Configuring \(net0 {boot.mac}\)\.+ ok", serial), f"{boot.name}: no address from the site"
+        assert "Filename:" not in serial and "Nothing to boot" in serial, f"{boot.name}: was given something to boot"
+    log = lab.netbootd_log()
+    mac_ignored = MAC_IGNORED.replace(":", "-")
+    assert re.search(rf"not answered: {mac_ignored}: boot.ignore = true .*mac={MAC_IGNORED}", log), log
+    assert re.search(rf"not answered: unknown machine and no default.toml .*mac={MAC_UNKNOWN}", log), log
+    assert not re.search(rf"answered .*mac=({MAC_IGNORED}|{MAC_UNKNOWN})", log.replace("not answered", "")), log
+    assert "script sent" not in log and "tftp transfer" not in log
+
+
+def test_hot_reload(lab):
+    """Change a machine's file while netbootd runs: the next boot gets the new configuration."""
+    need("bios")
+    path = lab.kernel_machine(MAC, "vm10", "generation-1", extra=" nbd_gen=1")
+    lab.start_netbootd()
+    first = lab.boot(MAC, "bios")
+    assert_booted(first, MAC, "vm10", "generation-1")
+    assert "nbd_gen=1" in first.cmdline.split()
+
+    before = len(lab.netbootd_log())
+    text = path.read_text().replace("nbd_gen=1", "nbd_gen=2").replace("generation-1", "generation-2")
+    text = text.replace('hostname = "vm10"', 'hostname = "vm10-renamed"')
+    path.write_text(text)  # in place, as an editor would
+    lab.wait_log(r"configuration loaded trigger=(?!start\b).* machines=1 errors=0", after=before)
+
+    second = lab.boot(MAC, "bios")
+    assert_booted(second, MAC, "vm10-renamed", "generation-2")
+    words = second.cmdline.split()
+    assert "nbd_gen=2" in words and "nbd_gen=1" not in words
