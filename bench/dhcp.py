@@ -1,21 +1,22 @@
 """Boot-storm benchmark of the proxy-DHCP edge: netbootd against dnsmasq in proxy mode.
 
-    sudo python bench/dhcp.py [--flood 20000] [--seconds 5]
+    sudo python bench/dhcp.py [-v] [--seconds 5] [--steps 7] [--step-seconds 2] [--profile]
 
 Creates two network namespaces joined by a veth pair (server 10.79.0.2, client 10.79.0.100),
-then for each server in turn (netbootd with the real boot core, dnsmasq with
-`dhcp-range=10.79.0.0,proxy` + a `pxe-service`):
+then for each server in turn (dnsmasq with `dhcp-range=10.79.0.0,proxy` + a `pxe-service`, then
+netbootd's DHCP edge with the real boot core and a default machine):
 
-1. saturation: `--flood` DISCOVERs from distinct MACs, sent as fast as the client can;
-   answers/s = answers / (last answer - first send), and how many were lost;
-2. paced: DISCOVERs at the rate dnsmasq sustained in step 1 for `--seconds`; p50/p99 latency
-   (send → answer received, CLOCK_MONOTONIC in the one client process) and loss.
+1. sustained rate: the highest offered rate of DISCOVERs (a distinct MAC each) answered with
+   <= 1% loss, found by doubling then bisecting over `--steps` runs of `--step-seconds`;
+2. paced: `--seconds` at the rate dnsmasq sustained; p50/p99 latency (DISCOVER sent -> OFFER
+   received, CLOCK_MONOTONIC in the one client process) and loss, for both servers.
 
-Both servers log one line per answer to a file (their default verbosity). Everything it starts is
-stopped by PID and the namespaces are deleted on exit. Needs root, iproute2 and dnsmasq.
-The client is a BIOS PXE ROM's DISCOVER (arch 0, no user class), which both servers answer.
-
-`--profile` runs netbootd under cProfile and prints its top functions afterwards.
+The client is a BIOS PXE ROM's DISCOVER (arch 0, no user class), which both servers answer; it
+sends in bursts every millisecond and sleeps in between, so it leaves the CPU to the servers.
+Both servers log one line per answer to a file (their default verbosity; set
+NETBOOTD_BENCH_LOG_LEVEL=warn to see netbootd without its per-answer line). netbootd's CPU time
+per answer is printed too. Everything it starts is stopped by PID and the namespaces are deleted
+on exit. Needs root, iproute2 and dnsmasq. `--profile` runs netbootd under cProfile.
 """
 
 from __future__ import annotations
