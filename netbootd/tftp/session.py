@@ -201,13 +201,16 @@ class TransferSession(DatagramProtocol):
         self.negotiated = Negotiated(timeout=float(settings.timeout))
         self.outcome: str | None = None  # set once finished: "completed" or a failure reason
         self.started_at = 0.0
-        self.bytes_sent = 0  # unique payload bytes
+        self.bytes_read = 0  # payload bytes read from the file (netascii: after conversion)
         self.retransmits = 0
         self._out_count = 0
         self._dropped: set[bytes] = set()
         self.hook_dropped = 0
-        # window state (see module docstring); block 0 is the OACK
-        self._window: list[bytes] = []
+        # window state (see module docstring); block 0 is the OACK. `_packets` holds the
+        # packets from block `_base` on: the window, then up to one more window read ahead.
+        self._packets: list[bytes] = []
+        self._windowsize = 1
+        self._unflushed_bytes = 0
         self._base = 1
         self._sent_upto = 0
         self._last_block: int | None = None
@@ -215,12 +218,21 @@ class TransferSession(DatagramProtocol):
         self._last_send = 0.0
         self._timer: Any = None
         self._send: Callable[[bytes], Any] = self._send_via_transport
+        self._fast_send: Callable[[bytes], Any] | None = None  # lock-step shortcut (real sockets)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
         return self.outcome is not None
+
+    @property
+    def bytes_acked(self) -> int:
+        """Payload bytes the client has acknowledged (every block but the last is full)."""
+        acked = self._base - 1
+        if self._last_block is not None and acked >= self._last_block:
+            return self.bytes_read
+        return max(acked, 0) * self.negotiated.blksize
 
     def startProtocol(self) -> None:
         try:
@@ -242,17 +254,23 @@ class TransferSession(DatagramProtocol):
             # the hot path: a connected socket's send(), without Twisted's per-call checks
             self._sock_send = sock.send
             self._send = self._send_via_socket
+            if not self.drop_every:
+                self._fast_send = sock.send
         self.started_at = self.clock.seconds()
         req = self.request
         self.negotiated = neg = negotiate(req.options, self.settings, self.size, req.mode, path_mtu)
         self._source = _Source(self._file, neg.blksize, netascii=req.mode == "netascii")
+        self._windowsize = neg.windowsize
         if neg.oack:
             self._base = 0
-            self._window = [codec.encode_oack(neg.oack)]
+            self._packets = [codec.encode_oack(neg.oack)]
+            self._send_window()
         else:
             self._base = 1
-            self._fill()
-        self._send_window()
+            self._fill(self._windowsize)
+            self._send_window()
+            if self._last_block is None and self.outcome is None:
+                self._fill(2 * self._windowsize)
 
     def stopProtocol(self) -> None:
         # the port went away under us (reactor shutdown without the server stopping us first)
@@ -282,7 +300,8 @@ class TransferSession(DatagramProtocol):
                 self._file.close()
         except Exception:
             log.failure("closing file failed", file=self.request.filename)
-        self._window = []
+        self._packets = []
+        self._flush_metrics()
         if stop_port and self.transport is not None:
             try:
                 self.transport.stopListening()
@@ -303,13 +322,13 @@ class TransferSession(DatagramProtocol):
             file=self.request.filename,
             mode=self.request.mode,
             size=self.size if self.size is not None else -1,
-            sent=self.bytes_sent,
+            sent=self.bytes_acked,
             options=",".join(f"{k}={v}" for k, v in self.request.options.items()) or "-",
             blksize=neg.blksize,
             windowsize=neg.windowsize,
             retransmits=self.retransmits,
             duration=round(duration, 3),
-            mbps=round(self.bytes_sent / duration / 1e6, 2),
+            mbps=round(self.bytes_acked / duration / 1e6, 2),
         )
         if outcome == COMPLETED:
             metrics.TRANSFERS_COMPLETED.inc()
@@ -322,7 +341,7 @@ class TransferSession(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
-            if len(data) >= 4 and data[1] == codec.OP_ACK and data[0] == 0:
+            if len(data) >= 4 and data[1] == 4 and data[0] == 0:  # ACK: the hot path
                 self._on_ack((data[2] << 8) | data[3])
                 return
             try:
@@ -350,70 +369,106 @@ class TransferSession(DatagramProtocol):
         self._finish("client_unreachable")
 
     def _on_ack(self, wire_block: int) -> None:
-        if self.outcome is not None:
-            return
+        # The hot path: the next window is already built (read ahead while the client was
+        # busy), so an ACK goes out as DATA before any bookkeeping.
         base = self._base
         offset = (wire_block - base) & 0xFFFF
-        if offset > self._sent_upto - base:
-            # duplicate of the ACK before this window, or stale: the timer handles loss
+        if offset > self._sent_upto - base or self.outcome is not None:
+            # a duplicate of the ACK before this window, or stale: only the timer resends
             return
         acked = base + offset
-        del self._window[: offset + 1]
-        self._base = acked + 1
-        self._retries = 0
         if acked == self._last_block:
+            self._base = acked + 1
             self._finish(COMPLETED)
             return
-        if acked == 0:
-            self._fill()  # OACK acknowledged: the first window
-        elif self._last_block is None:
-            self._fill()
+        packets = self._packets
+        del packets[: offset + 1]
+        self._base = base = acked + 1
+        self._retries = 0
+        windowsize = self._windowsize
+        if windowsize == 1 and packets and self._fast_send is not None:
+            # lock-step with the next block read ahead: send first, then the bookkeeping
+            packet = packets[0]
+            try:
+                self._fast_send(packet)
+            except OSError as e:
+                self._send_failed(e)
+                return
+            self._unflushed_bytes += len(packet) - 4
+            self._sent_upto = base
+            self._last_send = self.clock.seconds()
+            if self._timer is None:
+                self._timer = self.clock.callLater(self.negotiated.timeout, self._on_timer)
+            if self._last_block is None:
+                self._fill(2)
+            return
+        if len(packets) < windowsize and self._last_block is None:
+            self._fill(windowsize)  # first window after the OACK, or read-ahead fell short
         self._send_window()
+        if self._last_block is None and self.outcome is None:
+            self._fill(2 * windowsize)
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _fill(self) -> None:
-        """Read blocks until the window is full or the last block is in it."""
-        window = self._window
-        want = self.negotiated.windowsize
-        if self._last_block is not None or len(window) >= want:
+    def _fill(self, count: int) -> None:
+        """Read blocks until `count` are queued from the window's start, or the last one is."""
+        packets = self._packets
+        if self._last_block is not None or len(packets) >= count:
             return
         source = self._source
         assert source is not None
         blksize = self.negotiated.blksize
         header = codec.data_header
-        block = self._base + len(window)
-        added = 0
-        while len(window) < want:
+        block = self._base + len(packets)
+        read = 0
+        while len(packets) < count:
             payload = source.block()
-            window.append(header(block) + payload)
-            added += len(payload)
+            packets.append(header(block) + payload)
+            read += len(payload)
             if len(payload) < blksize:
                 self._last_block = block
                 break
             block += 1
-        self.bytes_sent += added
+        self.bytes_read += read
 
     def _send_window(self) -> None:
+        """Send the window: the first `windowsize` queued packets (just the OACK while base is 0)."""
+        packets = self._packets
         send = self._send
-        sent = 0
-        for packet in self._window:
+        if self._base == 0 or self._windowsize == 1:
+            packet = packets[0]
             send(packet)
-            sent += len(packet) - 4
-            if self.outcome is not None:  # the send failed and ended the transfer
-                return
-        self._sent_upto = self._base + len(self._window) - 1
+            count = 1
+            if self._base:  # not the OACK
+                self._unflushed_bytes += len(packet) - 4
+        else:
+            count = min(self._windowsize, len(packets))
+            sent = 0
+            for i in range(count):
+                packet = packets[i]
+                send(packet)
+                sent += len(packet) - 4
+            self._unflushed_bytes += sent
+        if self.outcome is not None:  # a send failed and ended the transfer
+            return
+        self._sent_upto = self._base + count - 1
         self._last_send = self.clock.seconds()
-        if sent and self._base > 0:
-            metrics.BYTES_SENT.inc(sent)
         if self._timer is None:
             self._timer = self.clock.callLater(self.negotiated.timeout, self._on_timer)
+
+    def _flush_metrics(self) -> None:
+        # payload bytes are counted per packet but reported in batches (timer, end of transfer):
+        # a prometheus Counter.inc per packet would be the most expensive line of the hot path
+        if self._unflushed_bytes:
+            metrics.BYTES_SENT.inc(self._unflushed_bytes)
+            self._unflushed_bytes = 0
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.outcome is not None:
             return
         try:
+            self._flush_metrics()
             timeout = self.negotiated.timeout
             due = self._last_send + timeout
             now = self.clock.seconds()

@@ -171,7 +171,7 @@ async def test_killed_client_is_freed(server_factory, tmp_path):
     server = server_factory(timeout=0.2, retries=3)
     fds = open_fds()
     proc = Proc(hpa_argv(server.port, "big.bin", tmp_path / "partial"))
-    assert await wait_for(lambda: server.server.sessions and next(iter(server.server.sessions.values())).bytes_sent > 100_000)
+    assert await wait_for(lambda: server.server.sessions and next(iter(server.server.sessions.values())).bytes_acked > 100_000)
     proc.kill()
     result = await proc.wait()
     assert result.code != 0

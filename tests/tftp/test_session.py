@@ -207,7 +207,7 @@ def test_block_number_rollover():
     assert len(seen) == blocks + 1
     i = seen.index(65535)
     assert seen[i : i + 3] == [65535, 0, 1]
-    assert h.session.bytes_sent == 8 * blocks + 3
+    assert h.session.bytes_acked == 8 * blocks + 3
 
 
 def test_rollover_duplicate_ack_is_still_a_duplicate():
@@ -242,7 +242,7 @@ def test_netascii_expansion_across_blocks():
         wire += h.transport.history[-1][4:]
         packets = h.ack(data_blocks(packets)[0])
     assert wire == b"\r\n" * 20 + b"\r\x00" * 5
-    assert h.session.bytes_sent == 50
+    assert h.session.bytes_acked == 50
 
 
 def test_drop_hook_loses_packets_and_retransmission_recovers():
