@@ -63,9 +63,11 @@ def render_script(machine: Machine, ctx: dict[str, Any], file_url: Callable[[str
     if kind is BootKind.EFI:
         return SHEBANG + head + f"chain --autofree {efi_url} || goto failed\n" + _failure_tail(ctx)
     if kind is BootKind.CHAIN:
+        assert machine.boot.chain is not None  # the loader guarantees a template per kind
         url = render(machine.boot.chain, ctx, file_url).strip()
         return SHEBANG + head + f"chain --replace --autofree {url} || goto failed\n" + _failure_tail(ctx)
     if kind is BootKind.SCRIPT:
+        assert machine.boot.script is not None
         text = render(machine.boot.script, ctx, file_url)
         if not text.lstrip().startswith("#!ipxe"):
             text = SHEBANG + text
