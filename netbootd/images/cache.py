@@ -24,6 +24,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -148,7 +150,13 @@ class BlobCache:
 
 
 class CacheWriter:
-    """One blob being written: hashed as it is written, committed only if it matches."""
+    """One blob being written to its temp file by a thread of its own, hashed as it is written.
+
+    The reactor only queues chunks (`write`); the thread does the disk write and the sha256
+    (both release the GIL), and reports progress back on the reactor (`on_progress(durable)`,
+    coalesced) and finally `on_done(hexdigest or None, error)`. `backlog` is what is queued
+    but not on disk yet: the flight pauses the upstream when it grows (memory stays bounded
+    when the disk is slower than the network)."""
 
     def __init__(self, cache: BlobCache, digest: str, size: int, tmp: Path, fd: int) -> None:
         self.cache = cache
@@ -156,29 +164,82 @@ class CacheWriter:
         self.size = size
         self.tmp = tmp
         self.fd = fd
-        self.written = 0
-        self.hasher = hashlib.sha256()
+        self.queued = 0  # bytes handed to write() (reactor)
+        self.durable = 0  # bytes on disk, as last reported to the reactor
         self.closed = False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reported = 0
+        self._lock = threading.Lock()
+        self._progress_pending = False
+        self.on_progress: Callable[[int], None] = lambda n: None
+        self.on_done: Callable[[str | None, BaseException | None], None] = lambda d, e: None
+
+    @property
+    def backlog(self) -> int:
+        return self.queued - self.durable
+
+    def start(self, reactor) -> None:
+        self.reactor = reactor
+        self._thread = threading.Thread(target=self._run, name=f"cache-writer-{self.digest[7:19]}", daemon=True)
+        self._thread.start()
 
     def write(self, chunk: bytes) -> None:
-        if self.written + len(chunk) > self.size:
+        if self.queued + len(chunk) > self.size:
             raise VerificationFailed(f"blob {self.digest}: more than the {self.size} bytes the manifest declares")
-        self.hasher.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.written += len(chunk)
+        self.queued += len(chunk)
+        self._queue.put(chunk)
 
-    def commit(self) -> Path:
+    def finish(self) -> None:
+        self._queue.put(None)
+
+    def abort(self) -> None:
+        self._queue.put(False)
+
+    # --- the writer thread
+    def _run(self) -> None:
+        hasher = hashlib.sha256()
+        written = 0
+        try:
+            while True:
+                chunk = self._queue.get()
+                if chunk is None:
+                    self.reactor.callFromThread(self.on_done, hasher.hexdigest(), None)
+                    return
+                if chunk is False:
+                    return
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(self.fd, view)
+                    view = view[n:]
+                hasher.update(chunk)
+                written += len(chunk)
+                with self._lock:
+                    self._reported = written
+                    if self._progress_pending:
+                        continue
+                    self._progress_pending = True
+                self.reactor.callFromThread(self._report)
+        except OSError as exc:
+            self.reactor.callFromThread(self.on_done, None, exc)
+
+    def _report(self) -> None:
+        with self._lock:
+            self._progress_pending = False
+            self.durable = self._reported
+        self.on_progress(self.durable)
+
+    # --- the reactor again
+    def commit(self, hexdigest: str) -> Path:
         """Verify and rename into place; raises VerificationFailed (and discards) on a mismatch."""
-        if self.written != self.size:
+        with self._lock:
+            self.durable = self._reported
+        if self.durable != self.size:
             self.discard()
-            raise VerificationFailed(f"blob {self.digest}: got {self.written} bytes, the manifest declares {self.size}")
-        actual = "sha256:" + self.hasher.hexdigest()
-        if actual != self.digest:
+            raise VerificationFailed(f"blob {self.digest}: got {self.durable} bytes, the manifest declares {self.size}")
+        if "sha256:" + hexdigest != self.digest:
             self.discard()
-            raise VerificationFailed(f"blob {self.digest}: content has digest {actual}")
+            raise VerificationFailed(f"blob {self.digest}: content has digest sha256:{hexdigest}")
         os.close(self.fd)
         self.closed = True
         final = self.cache.path(self.digest)
@@ -189,62 +250,100 @@ class CacheWriter:
     def discard(self) -> None:
         if not self.closed:
             self.closed = True
+            self.abort()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(5)  # the thread is between two writes at most
             os.close(self.fd)
             self.tmp.unlink(missing_ok=True)
             self.cache._released(self)
 
 
+BACKLOG_PAUSE = 16 * 1024 * 1024  # queued for the disk but not written: pause the upstream above this
+BACKLOG_RESUME = 4 * 1024 * 1024
+
+
 class Flight:
     """One upstream fetch of one blob into the cache, shared by every reader that wants it."""
 
-    def __init__(self, writer: CacheWriter, on_end: Callable[[Flight], None]) -> None:
+    def __init__(self, writer: CacheWriter, reactor, on_end: Callable[[Flight], None]) -> None:
         self.writer = writer
         self.digest = writer.digest
         self.size = writer.size
         self.path = writer.tmp
         self.readers: set[TailReader] = set()
         self.waiters: list[Callable[[Flight], None]] = []  # called once at the end (range requests)
-        self.state = "running"  # → "committed" | "failed"
+        self.state = "running"  # → "upstream-done" → "committed" | "failed"
         self.error: RegistryError | None = None
         self.final: Path | None = None
         self.received = 0
         self.on_end = on_end
         self.fetch = None
+        self.throttled = False
+        writer.on_progress = self._progress
+        writer.on_done = self._written
+        writer.start(reactor)
 
     @property
-    def readable(self) -> int:
+    def durable(self) -> int:
+        return self.writer.durable
+
+    @property
+    def cap(self) -> int:
         """How far readers may send: everything once verified, else all but the last byte."""
-        if self.state == "committed":
-            return self.size
-        return min(self.writer.written, max(self.size - 1, 0))
+        return self.size if self.state == "committed" else max(self.size - 1, 0)
 
     # Sink (the pump calls these)
     def data(self, chunk: bytes) -> None:
         if self.state != "running":
             return
+        start = self.received
         self.received += len(chunk)
         try:
             self.writer.write(chunk)
         except VerificationFailed as exc:
             metrics.verification_failures.labels("blob").inc()
+            log.error("blob failed verification; not cached, transfers aborted", digest=self.digest, error=exc.message)
             self._end("failed", exc)
             if self.fetch is not None:
                 self.fetch.cancel()
             return
-        except OSError as exc:  # an I/O error on the cache disk
-            log.error("cache write failed", digest=self.digest, error=str(exc))
-            self._end("failed", UpstreamError(f"blob {self.digest}: cache write failed: {exc.strerror or exc}"))
-            if self.fetch is not None:
-                self.fetch.cancel()
-            return
         for reader in list(self.readers):
-            reader.pump()
+            reader.offer(chunk, start)  # readers that are caught up get the bytes straight away
+        if not self.throttled and self.writer.backlog > BACKLOG_PAUSE and self.fetch is not None:
+            self.throttled = True
+            self.fetch.pause()
 
     def done(self) -> None:
         if self.state != "running":
             return
+        self.state = "upstream-done"
+        self.writer.finish()  # → _written once the disk has it all
+
+    def failed(self, err: RegistryError) -> None:
+        if self.state not in ("running", "upstream-done"):
+            return
+        log.warn("blob fetch failed; nothing cached", digest=self.digest, error=err.message, received=self.received)
+        self._end("failed", err)
+
+    # CacheWriter callbacks (on the reactor)
+    def _progress(self, durable: int) -> None:
+        if self.throttled and self.writer.backlog < BACKLOG_RESUME and self.fetch is not None:
+            self.throttled = False
+            self.fetch.resume()
+        for reader in list(self.readers):
+            reader.pump()
+
+    def _written(self, hexdigest: str | None, exc: BaseException | None) -> None:
+        if self.state not in ("running", "upstream-done"):
+            return
+        if exc is not None or hexdigest is None:
+            log.error("cache write failed", digest=self.digest, error=str(exc))
+            self._end("failed", UpstreamError(f"blob {self.digest}: cache write failed: {exc}"))
+            if self.fetch is not None:
+                self.fetch.cancel()
+            return
         try:
-            self.final = self.writer.commit()
+            self.final = self.writer.commit(hexdigest)
         except VerificationFailed as exc:
             metrics.verification_failures.labels("blob").inc()
             log.error("blob failed verification; not cached, transfers aborted", digest=self.digest, error=exc.message)
@@ -256,12 +355,6 @@ class Flight:
             return
         log.info("blob cached", digest=self.digest, size=self.size)
         self._end("committed", None)
-
-    def failed(self, err: RegistryError) -> None:
-        if self.state != "running":
-            return
-        log.warn("blob fetch failed; nothing cached", digest=self.digest, error=err.message, received=self.received)
-        self._end("failed", err)
 
     def _end(self, state: str, err: RegistryError | None) -> None:
         self.state = state
@@ -278,7 +371,8 @@ class Flight:
 
 @implementer(IPushProducer)
 class TailReader:
-    """Sends one blob to one client from a flight's growing temp file, at the client's pace."""
+    """Sends one blob to one client: chunks straight from the upstream while the client keeps
+    up, from the flight's temp file (what is on disk) when it fell behind; at its own pace."""
 
     def __init__(self, flight: Flight, request, on_fail: Callable[[RegistryError], None]) -> None:
         self.flight = flight
@@ -291,6 +385,7 @@ class TailReader:
         flight.readers.add(self)
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
+        self.pump()
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -311,19 +406,30 @@ class TailReader:
             self.flight.readers.discard(self)
             os.close(self.fd)
 
+    def offer(self, chunk: bytes, start: int) -> None:
+        """A chunk just received from upstream at offset `start`: sent now if we are right there."""
+        if self.over or self.paused or self.pos != start:
+            return
+        end = min(start + len(chunk), self.flight.cap)
+        if end <= start:
+            return
+        data = chunk if end - start == len(chunk) else chunk[: end - start]
+        self.pos = end
+        metrics.bytes_served.labels("fetch").inc(len(data))
+        self.request.write(data)
+
     def pump(self) -> None:
         flight = self.flight
         while not self.paused and not self.over:
-            limit = flight.readable
+            if flight.state == "failed":
+                self._fail()
+                return
+            limit = min(flight.durable, flight.cap)
             if self.pos >= limit:
                 if flight.state == "committed" and self.pos >= flight.size:
                     self._close()
                     self.request.unregisterProducer()
                     self.request.finish()
-                elif flight.state == "failed":
-                    self._close()
-                    self.request.unregisterProducer()
-                    self.on_fail(flight.error or UpstreamError("blob fetch failed"))
                 return
             data = os.pread(self.fd, min(CHUNK, limit - self.pos), self.pos)
             if not data:
@@ -332,6 +438,9 @@ class TailReader:
             metrics.bytes_served.labels("fetch").inc(len(data))
             self.request.write(data)  # may pause us before it returns
         if flight.state == "failed" and not self.over:
-            self._close()
-            self.request.unregisterProducer()
-            self.on_fail(flight.error or UpstreamError("blob fetch failed"))
+            self._fail()
+
+    def _fail(self) -> None:
+        self._close()
+        self.request.unregisterProducer()
+        self.on_fail(self.flight.error or UpstreamError("blob fetch failed"))

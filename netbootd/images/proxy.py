@@ -128,7 +128,7 @@ class ImageProxy:
                 metrics.cache_requests.labels("passthrough").inc()
                 return self._pass_through(request, ref, digest, size)
             metrics.cache_requests.labels("miss").inc()
-            flight = Flight(writer, self._flight_ended)
+            flight = Flight(writer, self.reactor, self._flight_ended)
             self.flights[digest] = flight
             flight.fetch = self.fetcher.fetch(ref, digest, size, flight)
         if wanted is not None:

@@ -45,6 +45,7 @@ log = get_logger("netbootd.images")
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+RECV_SIZE = 1024 * 1024
 
 
 class Sink(Protocol):
@@ -323,6 +324,10 @@ class _Body(TwistedProtocol):
         self.done = done
 
     def connectionMade(self) -> None:
+        # Read up to 1 MiB per recv (Twisted's default is 64 KiB): a quarter of the Python work per byte.
+        real = getattr(self.transport, "_producer", None)
+        if real is not None and hasattr(real, "bufferSize"):
+            real.bufferSize = RECV_SIZE
         self.fetch._body_started(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
