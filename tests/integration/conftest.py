@@ -634,7 +634,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     the_lab: Lab | None = getattr(item, "netboot_lab", None)
-    if the_lab is None or report.when != "call":
+    if the_lab is None or report.when not in ("setup", "call"):
         return
     for boot in the_lab.boots:
         report.user_properties.append((f"boot {boot.name}", f"{boot.seconds:.1f} s"))
