@@ -3,7 +3,9 @@
 One `Lab` per test: a fresh namespace with a bridge (br0) carrying the site's address server
 (dnsmasq on 10.77.0.1, addresses only, no boot options) and netbootd (10.77.0.2, proxy mode,
 started as `ip netns exec NS python -m netbootd serve`), a tap per virtual machine, and a
-tcpdump capture of the bridge. QEMU boots a kernel from Debian's linux-image package with a
+tcpdump capture of the bridge. Fixture `lab`: netbootd shares the DHCP server's host (10.77.0.2
+is a second address on br0). Fixture `lab_separate_host`: netbootd in a second namespace, a
+host of its own joined to the bridge by a veth pair. QEMU boots a kernel from Debian's linux-image package with a
 busybox initramfs (assets.sh) whose /init prints one marker line:
 
     NETBOOT-OK mac=<mac> ip=<addr/len> cmdline=<the kernel command line> ignition=<fetched body>
