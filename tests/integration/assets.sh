@@ -20,6 +20,10 @@ temps=()
 trap 'rm -rf "${temps[@]}"' EXIT
 
 mkdir -p "$OUT"
+if command -v flock >/dev/null; then  # two test runs at once: one builds, the other waits
+    exec 9>"$OUT/.lock"
+    flock 9
+fi
 
 # ---------------------------------------------------------------- the kernel package
 pkg=""
