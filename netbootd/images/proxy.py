@@ -113,6 +113,7 @@ class ImageProxy:
         cached = self.cache.lookup(digest)
         if cached is not None:
             metrics.cache_requests.labels("hit").inc()
+            _log_blob(request, ref, digest, size, "cache")
             return self._from_file(request, cached, content_type)
         wanted = _parse_range(request.getHeader(b"range"), size)
         if request.method == b"HEAD":
@@ -122,12 +123,15 @@ class ImageProxy:
         flight = self.flights.get(digest)
         if flight is not None:
             metrics.cache_requests.labels("joined").inc()
+            _log_blob(request, ref, digest, size, "joined running fetch")
         else:
             writer = self.cache.begin(digest, size)
             if writer is None:
                 metrics.cache_requests.labels("passthrough").inc()
+                _log_blob(request, ref, digest, size, "registry, pass-through")
                 return self._pass_through(request, ref, digest, size)
             metrics.cache_requests.labels("miss").inc()
+            _log_blob(request, ref, digest, size, "registry, caching")
             flight = Flight(writer, self.reactor, self._flight_ended)
             self.flights[digest] = flight
             flight.fetch = self.fetcher.fetch(ref, digest, size, flight)
@@ -167,6 +171,11 @@ class ImageProxy:
         sink = PassThrough(request, digest, size)
         sink.attach(self.fetcher.fetch(ref, digest, size, sink))
         return server.NOT_DONE_YET
+
+
+def _log_blob(request, ref: ImageRef, digest: str, size: int, source: str) -> None:
+    log.info("blob requested", client=request.getClientAddress().host, image=str(ref), digest=digest, size=size,
+             source=source, range=(request.getHeader(b"range") or b"").decode("latin-1"))
 
 
 def _parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:

@@ -342,3 +342,81 @@ class TokenServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ---------------------------------------------------------------------- blob storage on another host
+
+
+class RedirectingFront:
+    """A registry front with basic auth whose blob GETs redirect (307) to a "CDN" on another
+    loopback address, like registries that keep blobs in object storage. Manifests and /v2/ are
+    proxied to `backend`. Records the Authorization header each side saw."""
+
+    def __init__(self, backend: str, cdn_host: str = "127.0.0.2") -> None:
+        self.backend = backend
+        self.username, self.password = "front", "fr0nt-pw"
+        self.front_seen: list[tuple[str, str | None]] = []  # (path, authorization)
+        self.cdn_seen: list[tuple[str, str | None]] = []
+        front = self
+        expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                auth = self.headers.get("authorization")
+                front.front_seen.append((self.path, auth))
+                if auth != expected:
+                    self.send_response(401)
+                    self.send_header("www-authenticate", 'Basic realm="front"')
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                if "/blobs/" in self.path:
+                    self.send_response(307)
+                    self.send_header("location", f"http://{cdn_host}:{front.cdn_port}/cdn{self.path}?signature=abc")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                r = httpx.get(front.backend + self.path, headers={"accept": self.headers.get("accept", "*/*")})
+                self.send_response(r.status_code)
+                for name in ("content-type", "docker-content-digest"):
+                    if name in r.headers:
+                        self.send_header(name, r.headers[name])
+                self.send_header("content-length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+        class Cdn(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                front.cdn_seen.append((self.path, self.headers.get("authorization")))
+                path = urlsplit(self.path).path.removeprefix("/cdn")
+                with httpx.stream("GET", front.backend + path) as r:
+                    self.send_response(r.status_code)
+                    self.send_header("content-length", r.headers.get("content-length", "0"))
+                    self.end_headers()
+                    for chunk in r.iter_bytes():
+                        self.wfile.write(chunk)
+
+        self.front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+        self.cdn = http.server.ThreadingHTTPServer((cdn_host, 0), Cdn)
+        self.cdn_port = self.cdn.server_address[1]
+        self.threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self.front, self.cdn)]
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.front.server_address[1]}"
+
+    def start(self) -> RedirectingFront:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        for s in (self.front, self.cdn):
+            s.shutdown()
+            s.server_close()
