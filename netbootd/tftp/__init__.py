@@ -10,8 +10,10 @@ import errno
 from typing import Any
 
 from twisted.internet.error import CannotListenError
+from twisted.internet.posixbase import PosixReactorBase
 
 from netbootd.config.settings import Settings, TftpSettings
+from netbootd.tftp.port import PktinfoPort
 from netbootd.tftp.server import FileResolver, TftpServer
 
 __all__ = ["TftpListenError", "TftpServer", "listen_tftp"]
@@ -49,6 +51,11 @@ def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileReso
     tftp = settings.tftp if isinstance(settings, Settings) else settings
     server = TftpServer(reactor, tftp, files)
     try:
+        if not tftp.listen and isinstance(reactor, PosixReactorBase):
+            # every address: learn each request's destination, answer from it (port.py)
+            port = PktinfoPort(tftp.port, server, "", 8192, reactor)
+            port.startListening()
+            return port
         return reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192)
     except CannotListenError as e:
         raise TftpListenError(tftp.listen, tftp.port, e.socketError, _explain(tftp.listen, tftp.port, e.socketError)) from e

@@ -49,6 +49,8 @@ class TftpServer(DatagramProtocol):
         self.drop_every = drop_every
         self.sessions: dict[tuple[str, int], TransferSession] = {}
         self.hook_dropped = 0  # packets dropped by the test hook, over all finished sessions
+        # the local address the current datagram was sent to (set by PktinfoPort; None if unknown)
+        self.local_address: str | None = None
         self._limiter = log_limiter or RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -141,7 +143,9 @@ class TftpServer(DatagramProtocol):
         )
         try:
             # startProtocol() runs inside: connect, negotiate, first packet
-            self.reactor.listenUDP(0, session, interface=self.settings.listen, maxPacketSize=2048)
+            # answer from the address the client asked (see port.py)
+            interface = self.settings.listen or self.local_address or ""
+            self.reactor.listenUDP(0, session, interface=interface, maxPacketSize=2048)
         except Exception:
             log.failure("tftp cannot open a transfer port", client=addr[0])
             if not session.finished:
@@ -162,7 +166,11 @@ class TftpServer(DatagramProtocol):
 
     def _reply(self, addr: tuple[str, int], packet: bytes) -> None:
         try:
-            self.transport.write(packet, addr)
+            write_from = getattr(self.transport, "write_from", None)
+            if write_from is not None and self.local_address and not self.settings.listen:
+                write_from(packet, addr, self.local_address)
+            else:
+                self.transport.write(packet, addr)
         except Exception:  # noqa: S110 - unreachable client: nothing else to do
             pass
 

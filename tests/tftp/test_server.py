@@ -289,3 +289,28 @@ def test_listen_errors_are_explained(tftp_root, ipxe_dir):
     settings = make_settings(tftp_root, ipxe_dir, listen="192.0.2.1")
     with pytest.raises(TftpListenError, match="not available"):
         listen_tftp(reactor, settings, TftpFiles(settings))
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_from_the_address_the_client_asked(tftp_root, ipxe_dir, raw_client, tmp_path):
+    """Bound to every address, the server answers from the request's destination (IP_PKTINFO)."""
+    settings = make_settings(tftp_root, ipxe_dir, listen="", port=0)
+    port = listen_tftp(reactor, settings, TftpFiles(settings))
+    try:
+        number = port.getHost().port
+        c = raw_client()
+        for target in ("127.0.0.2", "127.0.0.3"):
+            c.send(codec.encode_request("one512.bin"), (target, number))
+            packet, _, addr = await c.recv()
+            assert packet == codec.Data(1, 512) and addr[0] == target
+            c.send(codec.encode_ack(1), addr)
+            packet, _, _ = await c.recv()
+            assert packet == codec.Data(2, 0)
+            c.send(codec.encode_ack(2), addr)
+            c.send(codec.encode_request("nope"), (target, number))
+            packet, _, addr = await c.recv()
+            assert isinstance(packet, codec.Error) and addr == (target, number)
+        result = await run(["tftp", "127.0.0.2", str(number), "-m", "binary", "-c", "get", "odd.bin", str(tmp_path / "o")])
+        assert result.code == 0 and sha256(tmp_path / "o") == sha256(tftp_root / "odd.bin"), result
+    finally:
+        await port.stopListening()
