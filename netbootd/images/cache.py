@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -277,7 +278,7 @@ class Flight:
         self.final: Path | None = None
         self.received = 0
         self.on_end = on_end
-        self.fetch = None
+        self.fetch: Any = None  # the UpstreamFetch feeding this flight
         self.throttled = False
         writer.on_progress = self._progress
         writer.on_done = self._written
@@ -344,14 +345,14 @@ class Flight:
             return
         try:
             self.final = self.writer.commit(hexdigest)
-        except VerificationFailed as exc:
+        except VerificationFailed as bad:
             metrics.verification_failures.labels("blob").inc()
-            log.error("blob failed verification; not cached, transfers aborted", digest=self.digest, error=exc.message)
-            self._end("failed", exc)
+            log.error("blob failed verification; not cached, transfers aborted", digest=self.digest, error=bad.message)
+            self._end("failed", bad)
             return
-        except OSError as exc:
+        except OSError as oserr:
             self.writer.discard()
-            self._end("failed", UpstreamError(f"blob {self.digest}: cache commit failed: {exc.strerror or exc}"))
+            self._end("failed", UpstreamError(f"blob {self.digest}: cache commit failed: {oserr.strerror or oserr}"))
             return
         log.info("blob cached", digest=self.digest, size=self.size)
         self._end("committed", None)

@@ -22,6 +22,8 @@ from urllib.parse import urljoin, urlsplit
 from twisted.internet import defer, error, threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
@@ -333,7 +335,7 @@ class _Body(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         self.fetch._data(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.fetch._body_done(self.done, reason)
 
 
@@ -341,7 +343,7 @@ class _Discard(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
 
 

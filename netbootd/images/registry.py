@@ -645,14 +645,14 @@ class RegistryClient:
         candidates = [m for m in manifests if isinstance(m, dict) and isinstance(m.get("platform"), dict)]
         matching = [m for m in candidates if m["platform"].get("architecture") == arch]
         linux = [m for m in matching if m["platform"].get("os", "linux") == "linux"]
-        chosen = (linux or matching or [None])[0]
-        if chosen is None:
+        found = linux or matching
+        if not found:
             if len(manifests) == 1 and isinstance(manifests[0], dict) and "platform" not in manifests[0]:
                 return manifests[0]  # a single-entry index without platforms: that is the image
             have = sorted({f"{m['platform'].get('os', '?')}/{m['platform'].get('architecture', '?')}" for m in candidates})
             raise NotFound(f"{ref} has no manifest for architecture {arch!r} (it has: {', '.join(have) or 'none'}; "
                            f"set registry.architecture)")
-        return chosen
+        return found[0]
 
     # ------------------------------------------------------------------ blobs
 
