@@ -605,6 +605,10 @@ class RegistryClient:
                     self._resolved.popitem(last=False)
             return image
 
+    def peek(self, ref: ImageRef) -> ResolvedImage | None:
+        """The cached resolution of `ref` if it is fresh, without any I/O (safe on the reactor)."""
+        return self._cached(str(ref), float("inf") if ref.digest else self.resolve_ttl)
+
     def _cached(self, key: str, ttl: float) -> ResolvedImage | None:
         with self._lock:
             entry = self._resolved.get(key)
