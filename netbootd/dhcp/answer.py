@@ -29,16 +29,16 @@ from typing import NamedTuple, Protocol
 from netbootd.dhcp import codec
 from netbootd.dhcp.classify import classify_reason
 from netbootd.dhcp.metrics import ANSWERS, DROPPED, REQUESTS
-from netbootd.logs import get_logger
+from netbootd.logs import RateLimiter, get_logger
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
 BROADCAST = "255.255.255.255"
+ANSWER_LINES_PER_SECOND = 200
 CLIENT_PORT = 68
 RELAY_PORT = 67
 
 # Option 43 for BIOS offers: discovery control 8, "boot the file named in this offer".
 _USE_BOOTFILE = codec.pxe_options([(codec.PXE_DISCOVERY_CONTROL, bytes([codec.DISCOVERY_USE_BOOTFILE]))])
-_VALUE: dict[object, str] = {m: m.value for enum in (Firmware, Arch, OfferKind) for m in enum}
 _DHCP_TYPES = {codec.DISCOVER: codec.OFFER, codec.REQUEST: codec.ACK}
 _PROXY_TYPES = {codec.REQUEST: codec.ACK, codec.INFORM: codec.ACK}
 
@@ -65,8 +65,22 @@ class Answer(NamedTuple):
 
 
 class DhcpController:
-    def __init__(self, core: Core, *, client_port: int = CLIENT_PORT, relay_port: int = RELAY_PORT) -> None:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        client_port: int = CLIENT_PORT,
+        relay_port: int = RELAY_PORT,
+        answer_lines_per_second: int | None = ANSWER_LINES_PER_SECOND,
+    ) -> None:
         self.core = core
+        # One "answered" line per answer, up to this many a second; beyond that (a boot storm)
+        # the next line that is written says how many were not (`unlogged_before=`). Formatting
+        # and writing a line costs more than building the answer, journald drops bursts beyond
+        # its own rate limit anyway, and netbootd_dhcp_answers_total stays exact. None: no limit.
+        self.answer_lines = (
+            RateLimiter(burst=answer_lines_per_second, period=1.0) if answer_lines_per_second else None
+        )
         self._explain = getattr(core, "decide", None)  # BootCore.decide also says why (not)
         self.client_port = client_port
         self.relay_port = relay_port
@@ -89,7 +103,8 @@ class DhcpController:
         if client is None:
             self.refuse(why, request, arrival)
             return None
-        firmware, arch = _VALUE[client.firmware], _VALUE[client.arch]  # (Enum.value is slow)
+        # `_value_`: the plain attribute behind Enum.value (a property, slow in 3.11's enum).
+        firmware, arch = client.firmware._value_, client.arch._value_
         self.count_request(firmware, arch, request.msgtype_name)
         offer, why = self.decide(client, arrival)
         if offer is None:
@@ -117,13 +132,31 @@ class DhcpController:
                 machine=offer.machine,
             )
             return None
-        self.count_answer(firmware, _VALUE[offer.kind])
+        self.count_answer(firmware, offer.kind._value_)
         dest, broadcast = self.destination(request, arrival)
-        extra = {}
+        if self.answer_lines is None or self.answer_lines.allow("answered"):
+            self.log_answer(request, client, offer, reply, arrival, firmware, arch)
+        return Answer(payload, dest, broadcast)
+
+    def log_answer(
+        self,
+        request: codec.Packet,
+        client: Client,
+        offer: Offer,
+        reply: codec.Reply,
+        arrival: Arrival,
+        firmware: str,
+        arch: str,
+    ) -> None:
+        extra: dict[str, object] = {}
         if request.giaddr != "0.0.0.0":
             extra["relay"] = request.giaddr
         if not reply.file and not any(code == codec.OPT_BOOTFILE for code, _ in reply.options):
             extra["file_sent"] = False  # EFI PXE on 67: the file follows on 4011
+        if self.answer_lines is not None:
+            skipped = self.answer_lines.take_suppressed("answered")
+            if skipped:
+                extra["unlogged_before"] = skipped
         self.log.info(
             "answered",
             mac=client.mac,
@@ -134,7 +167,6 @@ class DhcpController:
             port=arrival.port,
             **extra,
         )
-        return Answer(payload, dest, broadcast)
 
     # -- policy (overridable) ----------------------------------------------------------------
 

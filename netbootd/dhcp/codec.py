@@ -14,6 +14,7 @@ minimum, and truncates `file`/`sname` without a word. This module fixes all of t
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import types
@@ -101,8 +102,9 @@ class FieldTooLong(ValueError):
     """A value does not fit its fixed BOOTP field (`file` 128 bytes, `sname` 64, both NUL-terminated)."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip_int(text: str) -> int:
-    return 0 if text == "0.0.0.0" else int.from_bytes(socket.inet_aton(text), "big")
+    return int.from_bytes(socket.inet_aton(text), "big")
 
 
 class Packet(NamedTuple):
@@ -282,6 +284,8 @@ class Reply(NamedTuple):
 
 
 def _field(value: str, size: int, name: str) -> bytes:
+    if not value:
+        return b""
     raw = value.encode("utf-8")
     if len(raw) >= size:  # keep room for the terminating NUL firmware looks for
         raise FieldTooLong(f"{name} is {len(raw)} bytes; the BOOTP {name} field holds at most {size - 1}")
@@ -293,46 +297,57 @@ def _field(value: str, size: int, name: str) -> bytes:
 def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
     """TLV-encode options, splitting values over 255 bytes into consecutive instances (RFC 3396)."""
     out = []
+    append = out.append
     for code, value in options:
         if not 0 < code < 255:
             raise ValueError(f"option code {code} cannot be encoded")
-        if len(value) <= 255:
-            out.append(bytes((code, len(value))))
-            out.append(value)
+        n = len(value)
+        if n <= 255:
+            append(bytes((code, n)))
+            append(value)
             continue
-        for start in range(0, len(value), 255):
+        for start in range(0, n, 255):
             chunk = value[start : start + 255]
-            out.append(bytes((code, len(chunk))))
-            out.append(chunk)
+            append(bytes((code, len(chunk))))
+            append(chunk)
     return b"".join(out)
+
+
+_MSGTYPE_OPTION = {t: bytes((OPT_MSGTYPE, 1, t)) for t in MSGTYPE_NAMES}
+_PADDING = bytes(MIN_BOOTP)
 
 
 def encode(reply: Reply) -> bytes:
     """Bytes of a BOOTREPLY: header, cookie, 53 first, the options, END, padded to 300 bytes."""
-    sname = _field(reply.sname, SNAME_LEN, "sname") if reply.sname else b""
-    file = _field(reply.file, FILE_LEN, "file") if reply.file else b""
-    if len(reply.chaddr) > 16:
+    chaddr = reply.chaddr
+    if len(chaddr) > 16:
         raise ValueError("chaddr longer than 16 bytes")
-    head = _HEADER.pack(
-        BOOTREPLY,
-        1,
-        len(reply.chaddr) if reply.chaddr else 6,
-        0,  # hops: 0 from servers (RFC 2131 table 3); relays keep their own count
-        reply.xid,
-        0,  # secs: 0 from servers
-        reply.flags,
-        _ip_int(reply.ciaddr),
-        _ip_int(reply.yiaddr),
-        _ip_int(reply.siaddr),
-        _ip_int(reply.giaddr),
-        reply.chaddr,
-        sname,
-        file,
-        MAGIC_INT,
+    packet = b"".join(
+        (
+            _HEADER.pack(
+                BOOTREPLY,
+                1,
+                len(chaddr) if chaddr else 6,
+                0,  # hops: 0 from servers (RFC 2131 table 3); relays keep their own count
+                reply.xid,
+                0,  # secs: 0 from servers
+                reply.flags,
+                _ip_int(reply.ciaddr),
+                _ip_int(reply.yiaddr),
+                _ip_int(reply.siaddr),
+                _ip_int(reply.giaddr),
+                chaddr,
+                _field(reply.sname, SNAME_LEN, "sname"),
+                _field(reply.file, FILE_LEN, "file"),
+                MAGIC_INT,
+            ),
+            _MSGTYPE_OPTION.get(reply.msgtype) or bytes((OPT_MSGTYPE, 1, reply.msgtype)),
+            encode_options(reply.options),
+            b"\xff",
+        )
     )
-    packet = b"".join((head, bytes((OPT_MSGTYPE, 1, reply.msgtype)), encode_options(reply.options), b"\xff"))
     if len(packet) < MIN_BOOTP:
-        packet += bytes(MIN_BOOTP - len(packet))
+        packet += _PADDING[: MIN_BOOTP - len(packet)]
     return packet
 
 

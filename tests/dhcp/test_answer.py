@@ -246,3 +246,29 @@ def test_metrics_exposition_names():
         assert f"# TYPE netbootd_dhcp_{family}_total counter" in text
     assert 'netbootd_dhcp_answers_total{firmware="efi-pxe",kind="tftp"}' in text
     assert 'netbootd_dhcp_requests_total{arch="efi64",firmware="efi-pxe",msgtype="discover"}' in text
+
+
+def test_answer_lines_are_capped_per_second_in_a_storm(capture_log):
+    from twisted.internet.task import Clock
+
+    from netbootd.logs import RateLimiter
+
+    clock = Clock()
+    ctl = DhcpController(FakeCore())
+    ctl.answer_lines = RateLimiter(burst=3, period=1.0, clock=clock.seconds)
+    before = counter("netbootd_dhcp_answers_total", firmware="bios-pxe", kind="tftp")
+    for _ in range(10):
+        assert ctl.answer(discover(BIOS_PXE), ON_67) is not None  # every client is answered
+    clock.advance(1.5)
+    ctl.answer(discover(BIOS_PXE), ON_67)
+    lines = [e for e in capture_log if e.get("log_format") == "answered"]
+    assert len(lines) == 4
+    assert "unlogged_before" not in lines[0]
+    assert lines[3]["unlogged_before"] == 7
+    assert counter("netbootd_dhcp_answers_total", firmware="bios-pxe", kind="tftp") == before + 11
+
+
+def test_answer_lines_unlimited():
+    ctl = DhcpController(FakeCore(), answer_lines_per_second=None)
+    assert ctl.answer_lines is None
+    assert ctl.answer(discover(BIOS_PXE), ON_67) is not None
