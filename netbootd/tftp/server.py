@@ -86,11 +86,16 @@ class TftpServer(DatagramProtocol):
             metrics.DROPPED_PACKETS.labels("unexpected").inc()
 
     def _read_request(self, request: codec.ReadRequest, addr: tuple[str, int]) -> None:
-        if addr in self.sessions:
-            # the client repeated its request (our first answer was slow or lost): the running
-            # session retransmits on its own timer
-            metrics.DROPPED_PACKETS.labels("duplicate_request").inc()
-            return
+        existing = self.sessions.get(addr)
+        if existing is not None:
+            if existing.request == request and not existing.all_sent:
+                # the client repeated its request (our first answer was slow or lost): the
+                # running session retransmits on its own timer
+                metrics.DROPPED_PACKETS.labels("duplicate_request").inc()
+                return
+            # a new request from the same port: the old transfer is over for this client
+            # (e.g. it finished but our last block's ACK was lost)
+            existing.abort("superseded", "superseded by a new request")
         if request.mode not in ("octet", "netascii"):
             self._log_limited("refused", "tftp mode refused", client=addr[0], mode=request.mode)
             self._refuse(addr, "bad_mode", codec.ERR_ILLEGAL_OP, f"unsupported mode {request.mode[:20]!r}")

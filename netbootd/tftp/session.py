@@ -227,6 +227,11 @@ class TransferSession(DatagramProtocol):
         return self.outcome is not None
 
     @property
+    def all_sent(self) -> bool:
+        """Every block has been sent at least once (only the final ACK is missing)."""
+        return self._last_block is not None and self._sent_upto >= self._last_block
+
+    @property
     def bytes_acked(self) -> int:
         """Payload bytes the client has acknowledged (every block but the last is full)."""
         acked = self._base - 1
@@ -268,6 +273,8 @@ class TransferSession(DatagramProtocol):
         else:
             self._base = 1
             self._fill(self._windowsize)
+            if self.outcome is not None:
+                return
             self._send_window()
             if self._last_block is None and self.outcome is None:
                 self._fill(2 * self._windowsize)
@@ -404,6 +411,8 @@ class TransferSession(DatagramProtocol):
             return
         if len(packets) < windowsize and self._last_block is None:
             self._fill(windowsize)  # first window after the OACK, or read-ahead fell short
+            if self.outcome is not None:
+                return
         self._send_window()
         if self._last_block is None and self.outcome is None:
             self._fill(2 * windowsize)
@@ -422,7 +431,12 @@ class TransferSession(DatagramProtocol):
         block = self._base + len(packets)
         read = 0
         while len(packets) < count:
-            payload = source.block()
+            try:
+                payload = source.block()
+            except OSError as e:
+                log.error("tftp read error", file=self.request.filename, error=str(e))
+                self._finish("read_error", (codec.ERR_UNDEFINED, "read error"))
+                return
             packets.append(header(block) + payload)
             read += len(payload)
             if len(payload) < blksize:

@@ -314,3 +314,23 @@ async def test_answers_from_the_address_the_client_asked(tftp_root, ipxe_dir, ra
         assert result.code == 0 and sha256(tmp_path / "o") == sha256(tftp_root / "odd.bin"), result
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_request_supersedes_a_finished_transfer(server, raw_client):
+    """The last ACK was lost and the client asks again from the same port: start afresh."""
+    c = raw_client()
+    c.send(codec.encode_request("one512.bin"), ("127.0.0.1", server.port))
+    packet, _, addr = await c.recv()
+    c.send(codec.encode_ack(1), addr)
+    packet, _, _ = await c.recv()
+    assert packet == codec.Data(2, 0)
+    # (ACK 2 "lost") and a different request from the same port
+    c.send(codec.encode_request("ten512.bin"), ("127.0.0.1", server.port))
+    first, second = (await c.recv())[0], (await c.recv())[0]
+    assert {type(first), type(second)} == {codec.Error, codec.Data}
+    error = first if isinstance(first, codec.Error) else second
+    assert "superseded" in error.message
+    (session,) = server.server.sessions.values()
+    assert session.request.filename == "ten512.bin"
+    session.abort()

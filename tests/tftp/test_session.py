@@ -325,3 +325,49 @@ def test_negotiate_tsize_timeout_and_window_bytes():
     # the path MTU caps blksize further
     n = negotiate({"blksize": "65464"}, big, size=1, path_mtu=1500)
     assert n.blksize == 1468
+
+
+class FailingFile(io.BytesIO):
+    """A file whose reads fail after `good` bytes (test double of a disk error)."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        super().__init__(data)
+        self.good = good
+
+    def read(self, n=-1):
+        if self.tell() >= self.good:
+            raise OSError(5, "Input/output error")
+        return super().read(min(n, self.good - self.tell()) if n and n > 0 else n)
+
+
+@pytest.mark.parametrize("good", [0, 512 * 300])
+def test_read_error_ends_transfer_with_error(good):
+    h = Harness(b"")
+    h.file = FailingFile(b"x" * 512 * 1000, good)
+    h2_done: list[str] = []
+    session = TransferSession(
+        ("127.0.0.1", 5555),
+        codec.ReadRequest("f.bin", "octet", {}),
+        h.file,
+        512 * 1000,
+        TftpSettings(timeout=1.0, retries=3),
+        h.clock,
+        on_done=lambda s, outcome: h2_done.append(outcome),
+    )
+    transport = FakeTransport()
+    session.makeConnection(transport)
+    block = 0
+    while not h2_done and block < 2000:
+        block += 1
+        session.datagramReceived(codec.encode_ack(block), ("127.0.0.1", 5555))
+    assert h2_done == ["read_error"]
+    assert isinstance(codec.parse(transport.history[-1]), codec.Error)
+    assert h.file.closed and transport.stopped
+
+
+def test_all_sent():
+    h = Harness(b"x" * 600)
+    h.take()
+    assert not h.session.all_sent
+    h.ack(1)
+    assert h.session.all_sent  # block 2 (88 bytes) is out, only its ACK is missing
