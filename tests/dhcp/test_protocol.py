@@ -233,6 +233,7 @@ async def test_pktinfo_port_on_loopback():
         assert opts(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
         assert opts(socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
         assert opts(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+        assert opts(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 200_000  # doubled by the kernel
     finally:
         client.close()
         await port.stopListening()
