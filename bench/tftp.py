@@ -290,15 +290,24 @@ class Bench:
             out.unlink(missing_ok=True)
         return elapsed, failures, timeouts
 
-    def measure(self, ns, address, port, name, blksize, window, count) -> dict:
+    def measure(self, ns, address, name, blksize, window, count) -> tuple[dict, dict]:
+        """netbootd and tftpd-hpa, interleaved run by run (the host's load drifts): medians."""
         repeat = 1 if (self.args.quick or count > 1) else self.args.repeat
-        runs = [self.run_clients(ns, address, port, name, blksize, window, count) for _ in range(repeat)]
-        wall = statistics.median(r[0] for r in runs)
-        return {
-            "mbps": self.sizes[name] * count / wall / 1e6,
-            "failures": sum(r[1] for r in runs),
-            "timeouts": sum(r[2] for r in runs),
-        }
+        runs: dict[int, list] = {PORT_NETBOOTD: [], PORT_HPA: []}
+        for _ in range(repeat):
+            for port in runs:
+                runs[port].append(self.run_clients(ns, address, port, name, blksize, window, count))
+        out = []
+        for port in (PORT_NETBOOTD, PORT_HPA):
+            wall = statistics.median(r[0] for r in runs[port])
+            out.append(
+                {
+                    "mbps": self.sizes[name] * count / wall / 1e6,
+                    "failures": sum(r[1] for r in runs[port]),
+                    "timeouts": sum(r[2] for r in runs[port]),
+                }
+            )
+        return out[0], out[1]
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -327,8 +336,7 @@ class Bench:
                 self.setup_netns()
                 self.start_servers(NS_SRV, address)
             for count, blksize, window, name in self.scenarios(link):
-                nb = self.measure(client_ns, address, PORT_NETBOOTD, name, blksize, window, count)
-                hpa = self.measure(client_ns, address, PORT_HPA, name, blksize, window, count)
+                nb, hpa = self.measure(client_ns, address, name, blksize, window, count)
                 row = (link if link == "loopback" else f"veth {self.delay}", blksize, window, count, nb, hpa)
                 print(format_row(row), flush=True)
                 rows.append(row)
@@ -356,7 +364,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-netns", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--links", default="loopback,veth", help="comma-separated: loopback, veth")
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     parser.add_argument("--clients", type=ints, default=[1, 50], help="concurrent clients (default 1,50)")
@@ -378,9 +386,13 @@ def main() -> None:
         raise SystemExit("the namespace scenarios need root (or use --no-netns)")
     bench = Bench(args)
     try:
+        load = os.getloadavg()
+        print(f"# {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
         print(HEADER)
         print("-" * len(HEADER))
         bench.run()
+        load = os.getloadavg()
+        print(f"# load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")
         if args.profile:
             import pstats
 
