@@ -58,15 +58,11 @@ def test_uefi_edk2_pxe(lab_separate_host):
     check_edk2_pxe_path(lab.netbootd_log())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # the boot fails; any other error is a real failure
-    reason="netbootd bug: TFTP transfer sessions answer from the interface's primary address "
-    "(10.77.0.1), not the one the RRQ went to (10.77.0.2); EDK2 drops the OACK (ICMP port "
-    "unreachable), PXE-E18. Remove this marker with the fix in netbootd/tftp.",
-)
 def test_uefi_edk2_pxe_shared_host(lab):
-    """The same boot, netbootd sharing the site DHCP server's host (a second address on br0)."""
+    """The same boot, netbootd sharing the site DHCP server's host (a second address on br0).
+    EDK2 drops TFTP answers that come from another address than the one it asked (it sends
+    ICMP port unreachable): the transfer sessions must answer from 10.77.0.2, not br0's
+    primary 10.77.0.1 (fixed in netbootd/tftp with IP_PKTINFO on the port-69 listener)."""
     need("uefi")
     lab.kernel_machine(MAC, "vm10", "vm10-uefi-pxe")
     lab.start_netbootd()
