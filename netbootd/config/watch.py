@@ -76,7 +76,8 @@ class DirectoryWatcher:
             self._schedule("directory is back")
 
     def _event(self, _ignored, path: filepath.FilePath, mask: int) -> None:
-        if mask & (inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF) and Path(path.path) == self._dir:
+        where = path.path.decode("utf-8", "replace") if isinstance(path.path, bytes) else path.path
+        if mask & (inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF) and Path(where) == self._dir:
             self._watching = False
             try:
                 self._notifier.ignore(path)
@@ -86,7 +87,10 @@ class DirectoryWatcher:
             if self._retry is None:
                 self._retry = self._reactor.callLater(1.0, self._rewatch)
             return
-        self._schedule(f"{inotify.humanReadableMask(mask)[0]} {path.basename()}")
+        name = path.basename()
+        if isinstance(name, bytes):  # inotify hands back bytes paths
+            name = name.decode("utf-8", "replace")
+        self._schedule(f"{inotify.humanReadableMask(mask)[0]} {name}")
 
     def _schedule(self, why: str) -> None:
         if self._pending is not None and self._pending.active():
