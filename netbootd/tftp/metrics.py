@@ -13,7 +13,9 @@ TRANSFERS_COMPLETED = Counter("netbootd_tftp_transfers_completed", "TFTP transfe
 TRANSFERS_FAILED = Counter(
     "netbootd_tftp_transfers_failed",
     "TFTP transfers that did not complete",
-    ["reason"],  # timeout, client_error, client_unreachable, shutdown, read_error, send_error, internal
+    # timeout, client_error, aborted_after_oack (tsize probe), client_unreachable, superseded,
+    # shutdown, read_error, send_error, internal
+    ["reason"],
 )
 REQUESTS_REFUSED = Counter(
     "netbootd_tftp_requests_refused",

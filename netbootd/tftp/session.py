@@ -168,8 +168,9 @@ class _Source:
         self._file.close()
 
 
-# outcome values passed to the `on_done` callback
+# outcome values passed to the `on_done` callback (and the `reason` label of failures)
 COMPLETED = "completed"
+ABORTED_AFTER_OACK = "aborted_after_oack"  # the client only wanted the OACK (tsize probe)
 
 
 class TransferSession(DatagramProtocol):
@@ -200,6 +201,7 @@ class TransferSession(DatagramProtocol):
         self._source: _Source | None = None
         self.negotiated = Negotiated(timeout=float(settings.timeout))
         self.outcome: str | None = None  # set once finished: "completed" or a failure reason
+        self.client_error: str | None = None  # "code message" of an ERROR the client sent
         self.started_at = 0.0
         self.bytes_read = 0  # payload bytes read from the file (netascii: after conversion)
         self.retransmits = 0
@@ -337,9 +339,14 @@ class TransferSession(DatagramProtocol):
             duration=round(duration, 3),
             mbps=round(self.bytes_acked / duration / 1e6, 2),
         )
+        if self.client_error is not None:
+            fields["client_error"] = self.client_error
         if outcome == COMPLETED:
             metrics.TRANSFERS_COMPLETED.inc()
             log.info("tftp transfer completed", **fields)
+        elif outcome in (ABORTED_AFTER_OACK, "shutdown"):
+            metrics.TRANSFERS_FAILED.labels(outcome).inc()
+            log.info("tftp transfer ended", reason=outcome, **fields)
         else:
             metrics.TRANSFERS_FAILED.labels(outcome).inc()
             log.warn("tftp transfer failed", reason=outcome, **fields)
@@ -357,14 +364,10 @@ class TransferSession(DatagramProtocol):
                 metrics.DROPPED_PACKETS.labels(e.reason).inc()
                 return
             if isinstance(packet, codec.Error):
-                log.info(
-                    "tftp client sent an error",
-                    client=self.client[0],
-                    file=self.request.filename,
-                    code=packet.code,
-                    error=packet.message,
-                )
-                self._finish("client_error")
+                self.client_error = f"{packet.code} {packet.message}"
+                # PXE ROMs routinely ask for tsize, read it from the OACK and abort, to ask
+                # again for the file itself: not a failure worth a warning
+                self._finish(ABORTED_AFTER_OACK if self._base == 0 else "client_error")
             else:
                 metrics.DROPPED_PACKETS.labels("unexpected").inc()
         except Exception:

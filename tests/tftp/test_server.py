@@ -115,13 +115,13 @@ async def test_option_negotiation(server, raw_client, request_bytes, first):
 @pytest_twisted.ensureDeferred
 async def test_client_rejecting_oack_ends_transfer(server, raw_client):
     c = raw_client()
-    failed = metric("netbootd_tftp_transfers_failed_total", reason="client_error")
+    failed = metric("netbootd_tftp_transfers_failed_total", reason="aborted_after_oack")
     c.send(codec.encode_request("odd.bin", "octet", {"blksize": 1468}), ("127.0.0.1", server.port))
     packet, _, addr = await c.recv()
     assert isinstance(packet, codec.OptionAck)
     c.send(codec.encode_error(codec.ERR_OPTIONS, "no thanks"), addr)
     assert await wait_for(lambda: not server.server.sessions)
-    assert metric("netbootd_tftp_transfers_failed_total", reason="client_error") == failed + 1
+    assert metric("netbootd_tftp_transfers_failed_total", reason="aborted_after_oack") == failed + 1
     assert await c.recv(timeout=0.5) is None
 
 
