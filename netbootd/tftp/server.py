@@ -51,6 +51,7 @@ class TftpServer(DatagramProtocol):
         self.hook_dropped = 0  # packets dropped by the test hook, over all finished sessions
         # the local address the current datagram was sent to (set by PktinfoPort; None if unknown)
         self.local_address: str | None = None
+        self.draining = False  # drain(): new requests refused, running transfers carry on
         self._limiter = log_limiter or RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -96,6 +97,9 @@ class TftpServer(DatagramProtocol):
             # a new request from the same port: the old transfer is over for this client
             # (e.g. it finished but our last block's ACK was lost)
             existing.abort("superseded", "superseded by a new request")
+        if self.draining:
+            self._refuse(addr, "draining", codec.ERR_UNDEFINED, "server shutting down, try again later")
+            return
         if request.mode not in ("octet", "netascii"):
             self._log_limited("refused", "tftp mode refused", client=addr[0], mode=request.mode)
             self._refuse(addr, "bad_mode", codec.ERR_ILLEGAL_OP, f"unsupported mode {request.mode[:20]!r}")
@@ -187,6 +191,11 @@ class TftpServer(DatagramProtocol):
             log.info(message, **fields)
 
     # -- shutdown ----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Graceful shutdown, step one: refuse new requests, let running transfers finish.
+        (Step two, `stopListening()` on the port, ends whatever is left.)"""
+        self.draining = True
 
     def stopProtocol(self) -> None:
         self.abort_all()

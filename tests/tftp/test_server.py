@@ -334,3 +334,28 @@ async def test_new_request_supersedes_a_finished_transfer(server, raw_client):
     (session,) = server.server.sessions.values()
     assert session.request.filename == "ten512.bin"
     session.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_refuses_new_requests_and_keeps_running_transfers(server, raw_client):
+    running = raw_client()
+    running.send(codec.encode_request("ten512.bin"), ("127.0.0.1", server.port))
+    packet, _, addr = await running.recv()
+    assert packet == codec.Data(1, 512)
+    server.server.drain()
+    late = raw_client()
+    late.send(codec.encode_request("ten512.bin"), ("127.0.0.1", server.port))
+    packet, _, _ = await late.recv()
+    assert isinstance(packet, codec.Error) and "shutting down" in packet.message
+    block = 1
+    while True:
+        running.send(codec.encode_ack(block), addr)
+        got = await running.recv(timeout=1)
+        if got is None:
+            break
+        assert got[0] == codec.Data(block + 1, 512 if block < 10 else 0)
+        block += 1
+        if block == 11:
+            running.send(codec.encode_ack(block), addr)
+            break
+    assert await wait_for(lambda: not server.server.sessions)
