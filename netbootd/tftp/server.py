@@ -178,7 +178,7 @@ class TftpServer(DatagramProtocol):
             write_from = getattr(self.transport, "write_from", None)
             if write_from is not None and self.local_address and not self.settings.listen:
                 write_from(packet, addr, self.local_address)
-            else:
+            elif self.transport is not None:
                 self.transport.write(packet, addr)
         except Exception:  # noqa: S110 - unreachable client: nothing else to do
             pass

@@ -250,6 +250,7 @@ class TransferSession(DatagramProtocol):
 
     def _start(self) -> None:
         host, port = self.client
+        assert self.transport is not None
         self.transport.connect(host, port)
         sock = getattr(self.transport, "socket", None)
         path_mtu = None
@@ -533,7 +534,7 @@ class TransferSession(DatagramProtocol):
         if self.drop_every and self._dropped_by_hook(packet):
             return
         try:
-            self.transport.write(packet)
+            self.transport.write(packet, None)  # type: ignore[union-attr]  # connected
         except OSError as e:
             self._send_failed(e)
 
@@ -551,7 +552,7 @@ class TransferSession(DatagramProtocol):
         if sock is not None:
             sock.send(packet)
         elif self.transport is not None:
-            self.transport.write(packet)
+            self.transport.write(packet, None)  # connected
 
 
 def file_size(fileobj: BinaryIO) -> int | None:
