@@ -34,8 +34,8 @@ from netbootd.tftp import codec, metrics
 log = get_logger("netbootd.tftp")
 
 DEFAULT_BLKSIZE = 512
-# Windows are bounded so that a session never buffers more than this (blocks are kept until
-# acknowledged, for retransmission), whatever the client asks for.
+# Windows are bounded, whatever the client asks for: a session keeps its window until it is
+# acknowledged (for retransmission) plus one window read ahead, so at most twice this.
 MAX_WINDOWSIZE = 64
 MAX_WINDOW_BYTES = 256 * 1024
 # read-ahead: the file is read in chunks of about this size (a multiple of blksize)
@@ -101,8 +101,8 @@ def negotiate(
             if value >= codec.MIN_BLKSIZE:
                 oack[name] = str(blksize)
         elif name == "tsize":
-            # netascii: the size on the wire is only known after conversion; like tftp-hpa,
-            # tsize is not offered then.
+            # netascii: the size on the wire is only known after conversion (reading the
+            # whole file), so tsize is not offered then.
             if mode == "octet" and size is not None:
                 tsize = size
                 oack[name] = str(size)
