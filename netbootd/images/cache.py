@@ -151,13 +151,14 @@ class BlobCache:
 
 
 class CacheWriter:
-    """One blob being written to its temp file by a thread of its own, hashed as it is written.
+    """One blob being written to its temp file and hashed, each by a thread of its own.
 
-    The reactor only queues chunks (`write`); the thread does the disk write and the sha256
-    (both release the GIL), and reports progress back on the reactor (`on_progress(durable)`,
-    coalesced) and finally `on_done(hexdigest or None, error)`. `backlog` is what is queued
-    but not on disk yet: the flight pauses the upstream when it grows (memory stays bounded
-    when the disk is slower than the network)."""
+    The reactor only queues chunks (`write`); one thread writes them to disk, another feeds
+    sha256 (both release the GIL, so they run beside the reactor and each other). Progress
+    comes back on the reactor, coalesced: `on_progress(durable)`, then once both are through,
+    `on_done(hexdigest or None, error)`. `backlog` is what is queued but not yet both written
+    and hashed: the flight pauses the upstream when it grows (memory stays bounded when the disk
+    or the CPU is slower than the network)."""
 
     def __init__(self, cache: BlobCache, digest: str, size: int, tmp: Path, fd: int) -> None:
         self.cache = cache
@@ -167,74 +168,91 @@ class CacheWriter:
         self.fd = fd
         self.queued = 0  # bytes handed to write() (reactor)
         self.durable = 0  # bytes on disk, as last reported to the reactor
+        self.hashed = 0  # bytes hashed, as last reported to the reactor
         self.closed = False
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._reported = 0
+        self._write_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._hash_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._progress_pending = False
+        self._counts = {"written": 0, "hashed": 0}  # the threads' own counts (under _lock)
+        self._report_pending = False
+        self._results: dict[str, object] = {}
         self.on_progress: Callable[[int], None] = lambda n: None
         self.on_done: Callable[[str | None, BaseException | None], None] = lambda d, e: None
 
     @property
     def backlog(self) -> int:
-        return self.queued - self.durable
+        return self.queued - min(self.durable, self.hashed)
 
     def start(self, reactor) -> None:
         self.reactor = reactor
-        self._thread = threading.Thread(target=self._run, name=f"cache-writer-{self.digest[7:19]}", daemon=True)
-        self._thread.start()
+        for name, target in (("write", self._write_loop), ("hash", self._hash_loop)):
+            t = threading.Thread(target=target, name=f"cache-{name}-{self.digest[7:19]}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def write(self, chunk: bytes) -> None:
         if self.queued + len(chunk) > self.size:
             raise VerificationFailed(f"blob {self.digest}: more than the {self.size} bytes the manifest declares")
         self.queued += len(chunk)
-        self._queue.put(chunk)
+        self._write_q.put(chunk)
+        self._hash_q.put(chunk)
 
     def finish(self) -> None:
-        self._queue.put(None)
+        self._write_q.put(None)
+        self._hash_q.put(None)
 
     def abort(self) -> None:
-        self._queue.put(False)
+        self._write_q.put(False)
+        self._hash_q.put(False)
 
-    # --- the writer thread
-    def _run(self) -> None:
-        hasher = hashlib.sha256()
-        written = 0
+    # --- the threads
+    def _write_loop(self) -> None:
         try:
-            while True:
-                chunk = self._queue.get()
-                if chunk is None:
-                    self.reactor.callFromThread(self.on_done, hasher.hexdigest(), None)
-                    return
-                if chunk is False:
-                    return
+            while (chunk := self._write_q.get()) not in (None, False):
                 view = memoryview(chunk)
                 while view:
                     n = os.write(self.fd, view)
                     view = view[n:]
-                hasher.update(chunk)
-                written += len(chunk)
-                with self._lock:
-                    self._reported = written
-                    if self._progress_pending:
-                        continue
-                    self._progress_pending = True
-                self.reactor.callFromThread(self._report)
+                self._advance("written", len(chunk))
+            if chunk is None:
+                self.reactor.callFromThread(self._part_done, "written", None)
         except OSError as exc:
-            self.reactor.callFromThread(self.on_done, None, exc)
+            self.reactor.callFromThread(self._part_done, "written", exc)
+
+    def _hash_loop(self) -> None:
+        hasher = hashlib.sha256()
+        while (chunk := self._hash_q.get()) not in (None, False):
+            hasher.update(chunk)
+            self._advance("hashed", len(chunk))
+        if chunk is None:
+            self.reactor.callFromThread(self._part_done, "hashed", hasher.hexdigest())
+
+    def _advance(self, what: str, n: int) -> None:
+        with self._lock:
+            self._counts[what] += n
+            if self._report_pending:
+                return
+            self._report_pending = True
+        self.reactor.callFromThread(self._report)
 
     def _report(self) -> None:
         with self._lock:
-            self._progress_pending = False
-            self.durable = self._reported
+            self._report_pending = False
+            self.durable, self.hashed = self._counts["written"], self._counts["hashed"]
         self.on_progress(self.durable)
 
     # --- the reactor again
+    def _part_done(self, what: str, result: object) -> None:
+        self._results[what] = result
+        if isinstance(result, BaseException):
+            self.on_done(None, result)
+        elif len(self._results) == 2 and not any(isinstance(r, BaseException) for r in self._results.values()):
+            self._report()
+            self.on_done(str(self._results["hashed"]), None)
+
     def commit(self, hexdigest: str) -> Path:
         """Verify and rename into place; raises VerificationFailed (and discards) on a mismatch."""
-        with self._lock:
-            self.durable = self._reported
         if self.durable != self.size:
             self.discard()
             raise VerificationFailed(f"blob {self.digest}: got {self.durable} bytes, the manifest declares {self.size}")
@@ -252,8 +270,9 @@ class CacheWriter:
         if not self.closed:
             self.closed = True
             self.abort()
-            if self._thread is not None and self._thread is not threading.current_thread():
-                self._thread.join(5)  # the thread is between two writes at most
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join(5)  # each is between two chunks at most
             os.close(self.fd)
             self.tmp.unlink(missing_ok=True)
             self.cache._released(self)
@@ -370,21 +389,66 @@ class Flight:
         self.waiters = []
 
 
+class Committed:
+    """A committed blob, in the shape of a finished flight (warm hits are sent by a TailReader too)."""
+
+    state = "committed"
+    error: RegistryError | None = None
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = self.durable = self.cap = size
+        self.readers: set[TailReader] = set()
+
+
+SENDFILE_BUDGET = 4 * 1024 * 1024  # per turn of the reactor, so one fast client cannot starve the others
+NO_SENDFILE = os.environ.get("NETBOOTD_NO_SENDFILE", "") not in ("", "0")  # tests of the buffered path
+
+
+def _sendfile_socket(request) -> int | None:
+    """The client socket when the body can go out with sendfile(2): plain TCP, HTTP/1.x."""
+    from twisted.internet import tcp
+
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if NO_SENDFILE or not hasattr(os, "sendfile") or not isinstance(transport, tcp.Connection):
+        return None
+    if getattr(transport, "TLS", False) or request.clientproto not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    return transport.fileno()
+
+
 @implementer(IPushProducer)
 class TailReader:
-    """Sends one blob to one client: chunks straight from the upstream while the client keeps
-    up, from the flight's temp file (what is on disk) when it fell behind; at its own pace."""
+    """Sends one blob to one client, at the client's own pace, from a flight's growing temp file
+    or a committed file.
 
-    def __init__(self, flight: Flight, request, on_fail: Callable[[RegistryError], None]) -> None:
+    sendfile mode (plain TCP): the body goes from the page cache to the socket with sendfile(2),
+    no copy through Python. The response head is written once the first byte is there (so a
+    fetch that fails before then still gets a proper error status); then, for the body, this
+    object is the TCP transport's pull producer (the HTTP channel is registered again when the
+    body is complete): the transport calls `resumeProducing` whenever the socket can take more.
+
+    Buffered mode (any other transport): a push producer on the request; chunks straight from
+    the upstream while the client keeps up, else pread from the file.
+    """
+
+    def __init__(self, flight: Flight | Committed, request, on_fail: Callable[[RegistryError], None],
+                 label: str = "fetch") -> None:
         self.flight = flight
         self.request = request
         self.on_fail = on_fail
+        self.label = label
         self.fd = os.open(flight.path, os.O_RDONLY)  # stays valid across the rename (or an unlink)
         self.pos = 0
         self.paused = False
         self.over = False
+        self.sock = _sendfile_socket(request)
+        self.started = False  # sendfile mode: the head is written and the transport is ours
+        self.ready = False  # sendfile mode: the transport's buffer is empty, the socket may be written
+        self._registering = False
         flight.readers.add(self)
-        request.registerProducer(self, True)
+        if self.sock is None:
+            request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
         self.pump()
 
@@ -392,6 +456,10 @@ class TailReader:
         self.paused = True
 
     def resumeProducing(self) -> None:
+        if self.sock is not None:
+            if self._registering:
+                return  # registerProducer's own first call: the head is still in the buffer
+            self.ready = True
         self.paused = False
         self.pump()
 
@@ -409,17 +477,20 @@ class TailReader:
 
     def offer(self, chunk: bytes, start: int) -> None:
         """A chunk just received from upstream at offset `start`: sent now if we are right there."""
-        if self.over or self.paused or self.pos != start:
+        if self.sock is not None or self.over or self.paused or self.pos != start:
             return
         end = min(start + len(chunk), self.flight.cap)
         if end <= start:
             return
         data = chunk if end - start == len(chunk) else chunk[: end - start]
         self.pos = end
-        metrics.bytes_served.labels("fetch").inc(len(data))
+        metrics.bytes_served.labels(self.label).inc(len(data))
         self.request.write(data)
 
     def pump(self) -> None:
+        if self.sock is not None:
+            self._pump_sendfile(self.sock)
+            return
         flight = self.flight
         while not self.paused and not self.over:
             if flight.state == "failed":
@@ -436,12 +507,71 @@ class TailReader:
             if not data:
                 return
             self.pos += len(data)
-            metrics.bytes_served.labels("fetch").inc(len(data))
+            metrics.bytes_served.labels(self.label).inc(len(data))
             self.request.write(data)  # may pause us before it returns
         if flight.state == "failed" and not self.over:
             self._fail()
 
+    def _pump_sendfile(self, sock: int) -> None:
+        flight = self.flight
+        if self.over:
+            return
+        if flight.state == "failed":
+            self._fail()
+            return
+        if not self.started:
+            if min(flight.durable, flight.cap) == 0 and flight.state != "committed":
+                return  # nothing to send yet: the head waits too
+            self.started = True
+            transport = self.request.channel.transport
+            self.request.write(b"")  # the head, into the transport's buffer
+            transport.unregisterProducer()  # the HTTP channel, registered again at the end
+            self._registering = True
+            transport.registerProducer(self, False)
+            self._registering = False
+            return  # resumeProducing comes once the head is out
+        if not self.ready:
+            return
+        budget = SENDFILE_BUDGET
+        while True:
+            limit = min(flight.durable, flight.cap)
+            if self.pos >= limit:
+                if flight.state == "committed" and self.pos >= flight.size:
+                    self._complete()
+                return  # more comes with the flight's progress (pump), the socket stays ours
+            try:
+                n = os.sendfile(sock, self.fd, self.pos, min(limit - self.pos, budget))
+            except BlockingIOError:
+                n = 0
+            except OSError:  # the client went away; the transport notices and tells us (stopProducing)
+                self.ready = False
+                return
+            self.pos += n
+            budget -= n
+            self.request.sentLength += n
+            metrics.bytes_served.labels(self.label).inc(n)
+            if n == 0 or budget <= 0:
+                self.ready = False
+                self.request.channel.resetTimeout()
+                self.request.channel.transport.startWriting()  # → resumeProducing when writable
+                return
+
+    def _complete(self) -> None:
+        self._close()
+        channel = self.request.channel
+        transport = channel.transport
+        transport.unregisterProducer()
+        if transport.connected and not transport.disconnecting:
+            transport.registerProducer(channel, True)
+        self.request.finish()
+
     def _fail(self) -> None:
         self._close()
-        self.request.unregisterProducer()
+        if self.sock is not None and self.started:
+            transport = self.request.channel.transport
+            transport.unregisterProducer()
+            transport.abortConnection()  # short of Content-Length: the client knows it failed
+            return
+        if self.sock is None:
+            self.request.unregisterProducer()
         self.on_fail(self.flight.error or UpstreamError("blob fetch failed"))

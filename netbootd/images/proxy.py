@@ -16,7 +16,7 @@ from twisted.web import http, resource, server, static
 
 from netbootd.config.settings import Settings
 from netbootd.images import metrics
-from netbootd.images.cache import BlobCache, Flight, TailReader
+from netbootd.images.cache import BlobCache, Committed, Flight, TailReader
 from netbootd.images.pump import Fetcher, PassThrough, fail_request
 from netbootd.images.reference import ImageRef
 from netbootd.images.registry import (
@@ -114,7 +114,9 @@ class ImageProxy:
         if cached is not None:
             metrics.cache_requests.labels("hit").inc()
             _log_blob(request, ref, digest, size, "cache")
-            return self._from_file(request, cached, content_type)
+            if request.method == b"HEAD" or request.getHeader(b"range") or request.getHeader(b"if-modified-since"):
+                return self._from_file(request, cached, content_type)
+            return self._send_committed(request, cached)
         wanted = _parse_range(request.getHeader(b"range"), size)
         if request.method == b"HEAD":
             request.setHeader(b"accept-ranges", b"bytes")
@@ -159,6 +161,18 @@ class ImageProxy:
         if body is not server.NOT_DONE_YET:
             request.write(body)
             request.finish()
+
+    def _send_committed(self, request, path) -> Any:
+        """A full warm hit: sendfile(2) from the cache file (static.File does ranges and HEAD)."""
+        try:
+            size = path.stat().st_size
+            source = Committed(path, size)
+            request.setHeader(b"accept-ranges", b"bytes")
+            request.setHeader(b"content-length", b"%d" % size)
+            TailReader(source, request, lambda err: fail_request(request, err), label="cache")
+        except FileNotFoundError:  # evicted between lookup and open
+            fail_request(request, UpstreamError("cached blob vanished; retry"))
+        return server.NOT_DONE_YET
 
     def _from_file(self, request, path, content_type: str) -> Any:
         inner = static.File(str(path), defaultType=content_type)

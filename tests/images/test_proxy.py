@@ -42,6 +42,14 @@ def metric(d, line_start: str) -> float:
     return 0.0
 
 
+@pytest.fixture(params=["sendfile", "buffered"])
+def body_mode(request, monkeypatch):
+    """Bodies go out with sendfile(2) (plain TCP), or through Twisted's buffers (the fallback)."""
+    if request.param == "buffered":
+        monkeypatch.setenv("NETBOOTD_NO_SENDFILE", "1")  # the daemon subprocess inherits it
+    return request.param
+
+
 def cached_files(d) -> list:
     blobs = d.root / "cache" / "blobs" / "sha256"
     return sorted(p.name for p in blobs.iterdir()) if blobs.exists() else []
@@ -237,7 +245,7 @@ def test_warm_hits_served_from_disk_without_upstream(registry, daemon):
     assert metric(daemon, "netbootd_image_cache_bytes") >= len(c.initrd)
 
 
-def test_cache_survives_restart(fresh_registry, daemon_factory):
+def test_cache_survives_restart(fresh_registry, daemon_factory, body_mode):
     push = h.Pusher(fresh_registry.url)
     blob = os.urandom(700_000)
     push.image("boot/r", "v1", [(h.KERNEL, blob)])
@@ -272,7 +280,7 @@ def test_lru_eviction_under_the_cap(fresh_registry, daemon_factory):
     assert tmp_files(d) == []
 
 
-def test_twenty_concurrent_clients_one_upstream_get(fresh_registry, daemon_factory):
+def test_twenty_concurrent_clients_one_upstream_get(fresh_registry, daemon_factory, body_mode):
     push = h.Pusher(fresh_registry.url)
     blob = os.urandom(24 * 1024 * 1024)
     push.image("boot/storm", "v1", [(h.SQUASHFS, blob)])
@@ -299,7 +307,7 @@ def test_twenty_concurrent_clients_one_upstream_get(fresh_registry, daemon_facto
     assert 'netbootd_image_upstream_fetches_total{result="ok"} 1.0' in metrics
 
 
-def test_registry_killed_mid_stream(fresh_registry, daemon_factory):
+def test_registry_killed_mid_stream(fresh_registry, daemon_factory, body_mode):
     push = h.Pusher(fresh_registry.url)
     blob = os.urandom(64 * 1024 * 1024)
     push.image("boot/kill", "v1", [(h.SQUASHFS, blob)])
@@ -322,7 +330,7 @@ def test_registry_killed_mid_stream(fresh_registry, daemon_factory):
     assert cached_files(d) == [h.sha256(blob)[7:]]
 
 
-def test_corrupted_blob_is_detected(fresh_registry, daemon_factory):
+def test_corrupted_blob_is_detected(fresh_registry, daemon_factory, body_mode):
     push = h.Pusher(fresh_registry.url)
     blob = os.urandom(3 * 1024 * 1024)
     push.image("boot/bad", "v1", [(h.KERNEL, blob)])
@@ -393,7 +401,7 @@ def _rss(pid: int) -> int:
 
 
 @pytest.mark.parametrize("mode", ["passthrough", "cached"])
-def test_slow_client_memory_stays_flat(fresh_registry, daemon_factory, mode):
+def test_slow_client_memory_stays_flat(fresh_registry, daemon_factory, body_mode, mode):
     push = h.Pusher(fresh_registry.url)
     blob = os.urandom(160 * 1024 * 1024)
     push.image("boot/slow", "v1", [(h.SQUASHFS, blob)])
