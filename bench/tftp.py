@@ -346,7 +346,7 @@ class Bench:
 
 
 HEADER = (
-    f"{'link':<10} {'blksize':>7} {'window':>6} {'clients':>7} | {'netbootd MB/s':>13} {'tftpd-hpa MB/s':>14}"
+    f"{'link':<16} {'blksize':>7} {'window':>6} {'clients':>7} | {'netbootd MB/s':>13} {'tftpd-hpa MB/s':>14}"
     f" {'ratio':>6} | {'fail nb/hpa':>11} {'timeouts nb/hpa':>15}"
 )
 
