@@ -261,7 +261,26 @@ class Bench:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         if out.returncode:
             raise SystemExit(f"load generator failed: {out.stderr}")
+        self.wait_idle()
         return json.loads(out.stdout)
+
+    def wait_idle(self, limit: float = 60.0) -> None:
+        """Wait until the server has read every queued DISCOVER, so that one run's backlog does
+        not slow the next (runs stay independent)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            table = subprocess.run(
+                ["ip", "netns", "exec", self.srv, "cat", "/proc/net/udp"], capture_output=True, text=True
+            ).stdout
+            queued = [
+                int(f[4].split(":")[1], 16)
+                for f in (line.split() for line in table.splitlines()[1:])
+                if len(f) > 4 and f[1].endswith(":0043")
+            ]
+            if not any(queued):
+                time.sleep(0.2)  # the last datagram read may still be in processing
+                return
+            time.sleep(0.1)
 
     def sustained(self, first: float) -> tuple[float, list[dict]]:
         """The highest offered rate answered with <= 1% loss and p99 under MAX_P99_MS (no standing
