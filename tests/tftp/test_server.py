@@ -4,7 +4,12 @@ packet loss, the concurrency limit, shutdown, and descriptor hygiene."""
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -359,3 +364,40 @@ async def test_drain_refuses_new_requests_and_keeps_running_transfers(server, ra
             running.send(codec.encode_ack(block), addr)
             break
     assert await wait_for(lambda: not server.server.sessions)
+
+
+PRIVILEGED_BIND = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from twisted.internet import reactor
+from netbootd.config.settings import Settings, TftpSettings
+from netbootd.tftp import listen_tftp
+settings = Settings(tftp=TftpSettings(port=69, listen="127.0.0.1"))
+try:
+    listen_tftp(reactor, settings, None)
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_unprivileged_port_start").read())
+    except OSError:
+        return 1024
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or _unprivileged_port_start() <= 69,
+    reason="needs root (to drop to nobody) and setpriv",
+)
+def test_port_69_without_privileges_is_explained():
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", PRIVILEGED_BIND, repo],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "TftpListenError" in out.stdout, out
+    assert "needs root or CAP_NET_BIND_SERVICE (or set tftp.port)" in out.stdout
