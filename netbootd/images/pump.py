@@ -242,22 +242,24 @@ class UpstreamFetch:
         for name, value in headers.items():
             raw.setRawHeaders(name.encode(), [value.encode()])
         d = self.fetcher.agent.request(b"GET", url.encode(), raw)
-        d.addTimeout(self.fetcher.header_timeout, self.reactor)
+        timed_out = []
+        timer = self.reactor.callLater(self.fetcher.header_timeout, lambda: (timed_out.append(True), d.cancel()))
         self._pending = d
         host = urlsplit(url).netloc
         try:
             return await d
-        except defer.CancelledError:
+        except Exception as exc:
             if self.cancelled:
                 raise UpstreamError(f"{what}: cancelled") from None
-            raise _Retry(UpstreamTimeout(f"{what}: {host} sent no response within {self.fetcher.header_timeout:g}s")) from None
-        except defer.TimeoutError:
-            raise _Retry(UpstreamTimeout(f"{what}: {host} sent no response within {self.fetcher.header_timeout:g}s")) from None
-        except (error.TimeoutError, error.ConnectingCancelledError):
-            raise _Retry(UpstreamTimeout(f"{what}: connecting to {host} timed out")) from None
-        except Exception as exc:
+            if timed_out:
+                raise _Retry(UpstreamTimeout(
+                    f"{what}: {host} sent no response within {self.fetcher.header_timeout:g}s")) from None
+            if isinstance(exc, error.TimeoutError) or any(r.check(error.TimeoutError) for r in getattr(exc, "reasons", ())):
+                raise _Retry(UpstreamTimeout(f"{what}: connecting to {host} timed out")) from None
             raise _Retry(UpstreamError(f"{what}: {host} unreachable: {_describe(exc)}")) from None
         finally:
+            if timer.active():
+                timer.cancel()
             self._pending = None
 
     # ------------------------------------------------------------------ body callbacks
