@@ -242,8 +242,13 @@ class UpstreamFetch:
         for name, value in headers.items():
             raw.setRawHeaders(name.encode(), [value.encode()])
         d = self.fetcher.agent.request(b"GET", url.encode(), raw)
-        timed_out = []
-        timer = self.reactor.callLater(self.fetcher.header_timeout, lambda: (timed_out.append(True), d.cancel()))
+        timed_out: list[bool] = []
+
+        def give_up() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self.reactor.callLater(self.fetcher.header_timeout, give_up)
         self._pending = d
         host = urlsplit(url).netloc
         try:
