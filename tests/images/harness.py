@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import textwrap
 import threading
@@ -56,7 +57,7 @@ class Registry:
     serve the same content behind basic or token auth)."""
 
     def __init__(self, root: Path, storage: Path | None = None, auth: str = "", port: int | None = None,
-                 token_realm: str = "", token_cert: Path | None = None, redirect_blobs: bool = False) -> None:
+                 token_realm: str = "", token_cert: Path | None = None, tls: tuple[Path, Path] | None = None) -> None:
         if REGISTRY_BIN is None:
             raise RuntimeError("docker-registry is not installed (Debian package docker-registry)")
         self.root = root
@@ -100,9 +101,12 @@ class Registry:
                   addr: 127.0.0.1:{self.port}
                   secret: netbootd-test-secret
                 """)
+            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "")
             + auth_block
         )
         self.proc: subprocess.Popen | None = None
+        self.scheme = "https" if tls else "http"
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls_ca_for(tls[0]))) if tls else True
 
     @property
     def host(self) -> str:
@@ -110,7 +114,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def start(self) -> Registry:
         self._log = open(self.log_path, "ab")
@@ -121,7 +125,7 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited {self.proc.returncode}:\n{self.log()}")
             try:
-                httpx.get(self.url + "/v2/", timeout=0.5)
+                httpx.get(self.url + "/v2/", timeout=0.5, verify=self.verify)
                 return self
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -166,9 +170,9 @@ class Registry:
 class Pusher:
     """Pushes content through the registry API (no docker, no skopeo)."""
 
-    def __init__(self, base_url: str, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, base_url: str, auth: tuple[str, str] | None = None, verify: ssl.SSLContext | bool = True) -> None:
         self.base = base_url
-        self.http = httpx.Client(timeout=60, auth=auth)
+        self.http = httpx.Client(timeout=60, auth=auth, verify=verify)
 
     def close(self) -> None:
         self.http.close()
@@ -420,3 +424,48 @@ class RedirectingFront:
         for s in (self.front, self.cdn):
             s.shutdown()
             s.server_close()
+
+
+# ---------------------------------------------------------------------- TLS
+
+
+def tls_ca_for(cert: Path) -> Path:
+    return cert.parent / "ca.pem"
+
+
+def make_tls(root: Path, ip: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A test CA (root/ca.pem) and a server certificate for `ip` signed by it: (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netbootd test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (root / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (root / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    return root / "cert.pem", root / "key.pem"

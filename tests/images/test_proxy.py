@@ -451,3 +451,27 @@ def test_cache_disk_full_serves_pass_through(fresh_registry, daemon_factory):
         d.stop()
     finally:
         subprocess.run(["umount", str(cache)], check=False)
+
+
+def test_https_registry(daemon_factory, tmp_path, monkeypatch):
+    """A registry not listed as insecure is spoken to over TLS, verified against the system trust
+    (here a test CA given through SSL_CERT_FILE, which httpx and Twisted's Agent both honour)."""
+    cert, key = h.make_tls(tmp_path / "tls")
+    reg = h.Registry(tmp_path / "tls-registry", tls=(cert, key)).start()
+    try:
+        push = h.Pusher(reg.url, verify=reg.verify)
+        blob = os.urandom(2 * 1024 * 1024)
+        push.image("boot/tls", "v1", [(h.KERNEL, blob)])
+        extra = f'[registry]\nallowed = ["{reg.host}"]\n'
+        params = q(f"{reg.host}/boot/tls", layerName=h.KERNEL)
+        untrusted = daemon_factory(extra_settings=extra).start()
+        r = httpx.get(untrusted.url + "/image", params=params, timeout=30)
+        assert r.status_code == 502, r.text  # not trusted: refused, never plain HTTP
+        monkeypatch.setenv("SSL_CERT_FILE", str(h.tls_ca_for(cert)))
+        d = daemon_factory(extra_settings=extra).start()
+        r = httpx.get(d.url + "/image", params=params, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.content == blob
+        assert reg.blob_gets(h.sha256(blob)) == 1
+    finally:
+        reg.stop()
