@@ -86,12 +86,6 @@ class DhcpController:
         self.relay_port = relay_port
         self.log = get_logger("netbootd.dhcp")
 
-    def count_request(self, firmware: str, arch: str, msgtype: str) -> None:
-        REQUESTS.inc(firmware, arch, msgtype)
-
-    def count_answer(self, firmware: str, kind: str) -> None:
-        ANSWERS.inc(firmware, kind)
-
     # -- entry point -------------------------------------------------------------------------
 
     def answer(self, request: codec.Packet, arrival: Arrival) -> Answer | None:
@@ -105,10 +99,10 @@ class DhcpController:
             return None
         # `_value_`: the plain attribute behind Enum.value (a property, slow in 3.11's enum).
         firmware, arch = client.firmware._value_, client.arch._value_
-        self.count_request(firmware, arch, request.msgtype_name)
+        REQUESTS.inc(firmware, arch, request.msgtype_name)
         offer, why = self.decide(client, arrival)
         if offer is None:
-            self.count_answer(firmware, "none")
+            ANSWERS.inc(firmware, "none")
             self.log.info(
                 "not answered: {why}",
                 why=why or "the boot core has no offer for this machine",
@@ -132,7 +126,7 @@ class DhcpController:
                 machine=offer.machine,
             )
             return None
-        self.count_answer(firmware, offer.kind._value_)
+        ANSWERS.inc(firmware, offer.kind._value_)
         dest, broadcast = self.destination(request, arrival)
         if self.answer_lines is None or self.answer_lines.allow("answered"):
             self.log_answer(request, client, offer, reply, arrival, firmware, arch)

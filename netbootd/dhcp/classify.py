@@ -66,11 +66,23 @@ def arch_code(options: Mapping[int, bytes]) -> int | None:
     return None
 
 
+_UUIDS: dict[bytes, str] = {}  # one machine sends 97 in its DISCOVER, REQUEST and 4011 REQUEST
+
+
 def client_uuid(options: Mapping[int, bytes]) -> str | None:
     raw = options.get(OPT_CLIENT_UUID)
     if raw is None or len(raw) != 17 or raw[0] != 0:
         return None
-    # == str(uuid.UUID(bytes_le=raw[1:])), without building a UUID object per packet.
+    text = _UUIDS.get(raw)
+    if text is None:
+        if len(_UUIDS) >= 4096:
+            _UUIDS.clear()
+        text = _UUIDS[raw] = _format_uuid(raw)
+    return text
+
+
+def _format_uuid(raw: bytes) -> str:
+    """== str(uuid.UUID(bytes_le=raw[1:])), without building a UUID object."""
     h = (raw[4:0:-1] + raw[6:4:-1] + raw[8:6:-1]).hex()
     t = raw[9:].hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{t[:4]}-{t[4:]}"

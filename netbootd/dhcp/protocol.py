@@ -57,11 +57,20 @@ class PacketInfo(NamedTuple):
     spec_dst: str  # ipi_spec_dst: the local address the kernel would reply from
 
 
+_PKTINFO_CACHE: dict[bytes, PacketInfo] = {}  # a storm repeats the same few (ifindex, addresses)
+
+
 def parse_pktinfo(ancdata: Iterable[tuple[int, int, bytes]]) -> PacketInfo | None:
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
-            ifindex, spec_dst, addr = _PKTINFO.unpack_from(data)
-            return PacketInfo(ifindex, socket.inet_ntoa(addr), socket.inet_ntoa(spec_dst))
+            info = _PKTINFO_CACHE.get(data)
+            if info is None:
+                ifindex, spec_dst, addr = _PKTINFO.unpack_from(data)
+                info = PacketInfo(ifindex, socket.inet_ntoa(addr), socket.inet_ntoa(spec_dst))
+                if len(_PKTINFO_CACHE) >= 1024:
+                    _PKTINFO_CACHE.clear()
+                _PKTINFO_CACHE[data] = info
+            return info
     return None
 
 
@@ -214,7 +223,7 @@ class DhcpProtocol(DatagramProtocol):
             DROPPED.inc("no-address")
             self.log.debug("not answered: no IPv4 address on the receiving interface", ifindex=ifindex)
             return
-        arrival = Arrival(port=self.port, proxy=self.proxy, source=addr, server_ip=server_ip)
+        arrival = Arrival(self.port, self.proxy, addr, server_ip)
         answer = self.controller.answer(request, arrival)
         if answer is not None:
             self.send(answer, ifindex, local_ip)

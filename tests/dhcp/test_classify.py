@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from netbootd.dhcp import codec
 from netbootd.dhcp.classify import classify, classify_reason, client_uuid, is_ipxe_user_class
@@ -128,3 +130,8 @@ def test_captured_clients(dgram):
     key = (packet.options[60], packet.options.get(77) == b"iPXE")
     assert (client.arch, client.firmware) == EXPECTED[key]
     assert client.uuid == "00000000-0000-0000-0000-000000000000"  # QEMU's default
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_uuid_formatting_matches_the_uuid_module(raw16):
+    assert client_uuid({97: b"\x00" + raw16}) == str(uuid.UUID(bytes_le=raw16))
