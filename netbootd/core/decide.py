@@ -101,7 +101,34 @@ class BootCore:
     def offer(self, client: Client, server_ip: str) -> Offer | None:
         return self.decide(client, server_ip).offer
 
+    def dhcp_seen(self, client: Client, decision: Decision | None, client_ip: str = "", port: int = 67) -> None:
+        """The DHCP edge reports what it answered (or why not) to the boot timeline.
+
+        `client_ip` is whatever address DHCP revealed (requested IP, ciaddr, 4011 source):
+        TFTP and HTTP requests from it are then filed under this machine."""
+        if client_ip:
+            self.timeline.learn(client.mac, client_ip)
+        if decision is None or decision.offer is None:
+            reason = decision.reason if decision is not None else "not answered"
+            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, port=port, firmware=client.firmware.value,
+                                 arch=client.arch.value, answered=False, reason=reason)
+        else:
+            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, port=port, firmware=client.firmware.value,
+                                 arch=client.arch.value, offered=decision.offer.describe())
+
     # ------------------------------------------------------------------ TFTP
+
+    def tftp_done(self, client_ip: str, name: str, size: int, seconds: float, error: str = "") -> str | None:
+        """The TFTP edge reports a finished (or failed) transfer; returns the MAC if known."""
+        return self.timeline.record(
+            "tftp",
+            ip=client_ip,
+            file=name,
+            bytes=size,
+            seconds=round(seconds, 3),
+            mbps=round(size / max(seconds, 1e-6) / 1e6, 1),
+            error=error or None,
+        )
 
     def open_tftp(self, name: str, client_ip: str = "") -> BinaryIO:
         """The configured iPXE binaries come from the iPXE directory; everything else
