@@ -18,6 +18,7 @@ from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import Settings
 from netbootd.config.watch import DirectoryWatcher
 from netbootd.core import BootCore
+from netbootd.core.signing import UrlSigner
 from netbootd.logs import get_logger
 from netbootd.sdnotify import Notifier
 
@@ -49,7 +50,7 @@ class Netbootd:
     def __init__(self, settings: Settings, reactor) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.core = BootCore(settings)
+        self.core = BootCore(settings, signer=UrlSigner.from_state_dir(settings.state_dir, settings.http.signed_url_ttl))
         self.ports: list[Any] = []
         self.site: Any = None
         self.http_port: Any = None

@@ -59,6 +59,7 @@ class HttpSettings:
     # The base URL machines should use ("http://boot.example:8080"). Empty: built from the
     # address the machine reached us on (DHCP: the receiving interface; HTTP: the Host header).
     public_url: str = ""
+    signed_url_ttl: float = 3600.0  # lifetime of the signed Ignition/BOOTy URLs put in boot scripts
 
 
 @attrs.frozen

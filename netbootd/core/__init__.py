@@ -1,5 +1,5 @@
 """The boot-decision core. Edges import `BootCore` from here."""
 
-from netbootd.core.decide import BootCore, Decision, NoScript
+from netbootd.core.decide import BootCore, Decision, Denied, NoScript
 
-__all__ = ["BootCore", "Decision", "NoScript"]
+__all__ = ["BootCore", "Decision", "Denied", "NoScript"]

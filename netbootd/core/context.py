@@ -7,14 +7,21 @@ from typing import Any
 
 from netbootd.config.machines import BootKind, Machine
 from netbootd.core import urls
+from netbootd.core.signing import UrlSigner
 from netbootd.model import Arch, mac_hyphen
 
 SAMPLE_BASE = "http://192.0.2.1"  # TEST-NET-1: only ever used to validate templates
 
 
-def boot_context(machine: Machine, mac: str | None, uuid: str | None, arch: Arch, base: str) -> dict[str, Any]:
+def boot_context(
+    machine: Machine, mac: str | None, uuid: str | None, arch: Arch, base: str, signer: UrlSigner | None = None
+) -> dict[str, Any]:
     mac = mac or machine.mac
     uuid = uuid or machine.uuid
+    ident = signing_identity(mac, uuid)
+    signed = signer is not None and machine.signed_urls and ident is not None
+    ign_sig = signer.sign("ignition", ident) if signed else None  # type: ignore[union-attr,arg-type]
+    booty_sig = signer.sign("booty", mac) if signed and mac else None  # type: ignore[union-attr]
     boot = machine.boot
     if boot.kind is BootKind.IMAGE and boot.image is not None:
         kernel = urls.image_layer_url(base, boot.image, urls.KERNEL_MEDIA)
@@ -32,8 +39,8 @@ def boot_context(machine: Machine, mac: str | None, uuid: str | None, arch: Arch
         "buildarch": arch.ipxe_buildarch,
         "server": base,
         "machine": machine.name,
-        "ignition_url": urls.ignition_url(base, mac, uuid),
-        "booty_url": urls.booty_url(base),
+        "ignition_url": urls.ignition_url(base, mac, uuid, ign_sig),
+        "booty_url": urls.booty_url(base, booty_sig),
         "beacon_url": urls.beacon_url(base, mac, uuid),
         "kernel_url": kernel,
         "initrd_urls": " ".join(initrds),
@@ -44,6 +51,11 @@ def boot_context(machine: Machine, mac: str | None, uuid: str | None, arch: Arch
     return ctx
 
 
+def signing_identity(mac: str | None, uuid: str | None) -> str | None:
+    """What a signature binds: the MAC when known, else the UUID."""
+    return mac or (f"uuid:{uuid}" if uuid else None)
+
+
 def sample_context(machine: Machine) -> dict[str, Any]:
     """A context with plausible values, to render templates once at load time."""
     return boot_context(
@@ -52,4 +64,5 @@ def sample_context(machine: Machine) -> dict[str, Any]:
         machine.uuid or "00000000-0000-0000-0000-000000000000",
         Arch.EFI64,
         SAMPLE_BASE,
+        UrlSigner(b"\0" * 32),
     )

@@ -7,6 +7,7 @@ is a dictionary lookup and never blocks the reactor, however many machines boot 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import BinaryIO
 
 import attrs
@@ -14,7 +15,8 @@ import attrs
 from netbootd.config.machines import BootKind, Catalog, Machine
 from netbootd.config.settings import Settings
 from netbootd.core import files, ipxe, urls
-from netbootd.core.context import boot_context
+from netbootd.core.context import boot_context, signing_identity
+from netbootd.core.signing import UrlSigner
 from netbootd.core.timeline import Timeline
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
@@ -30,10 +32,16 @@ class NoScript(Exception):
     """This machine gets no script (ignored, unknown, or nothing to give this arch)."""
 
 
+class Denied(Exception):
+    """A signed URL was required and missing, expired, tampered or another machine's."""
+
+
 class BootCore:
-    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None, signer: UrlSigner | None = None) -> None:
         self.settings = settings
         self.catalog = catalog or Catalog()
+        # An ephemeral key unless the service hands one kept in the state directory.
+        self.signer = signer or UrlSigner(secrets.token_bytes(32), settings.http.signed_url_ttl)
         self.timeline = Timeline()  # what each machine's boot has done so far (edges report to it)
 
     def replace_catalog(self, catalog: Catalog) -> None:
@@ -160,19 +168,31 @@ class BootCore:
         if machine.boot.kind is BootKind.EFI and arch is Arch.BIOS:
             raise NoScript(f"{machine.name}: boot.efi needs UEFI firmware, client is BIOS")
         base = self.base_url(host)
-        ctx = boot_context(machine, mac, uuid, arch, base)
+        ctx = boot_context(machine, mac, uuid, arch, base, self.signer)
         return ipxe.render_script(machine, ctx, self.file_url(base), self.efi_url(machine, base))
 
-    def ignition(self, mac: str | None, uuid: str | None) -> bytes | None:
+    def ignition(self, mac: str | None, uuid: str | None, exp: str = "", sig: str = "") -> bytes | None:
+        """The machine's Ignition, None if it has none; raises Denied when the machine's
+        URLs are signed (the default) and this request's signature does not hold."""
         machine = self.find(mac, uuid)
-        if machine is None or not machine.answers:
+        if machine is None or not machine.answers or machine.ignition is None:
             return None
+        if machine.signed_urls:
+            why = self.signer.check("ignition", signing_identity(mac, uuid) or "", exp, sig)
+            if why is not None:
+                raise Denied(why)
         return machine.ignition
 
-    def booty(self, mac: str) -> bytes | None:
+    def booty(self, mac: str, token: str | None = None) -> bytes | None:
+        """BOOTy JSON; `token` is the "<exp>-<sig>" path segment of a signed BOOTYURL."""
         machine = self.find(mac, None)
         if machine is None or not machine.answers or machine.booty is None:
             return None
+        if machine.signed_urls:
+            exp, _, sig = (token or "").partition("-")
+            why = self.signer.check("booty", mac, exp, sig)
+            if why is not None:
+                raise Denied(why)
         return json.dumps(dict(machine.booty)).encode()
 
     def httpboot(self, identities: list[str], host: str) -> tuple[int, dict[str, str]]:

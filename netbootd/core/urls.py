@@ -41,16 +41,20 @@ def script_url(base: str, mac: str | None, uuid: str | None, arch: str) -> str:
     return f"{base}/ipxe?{urlencode({**ident_query(mac, uuid), 'arch': arch})}"
 
 
-def ignition_url(base: str, mac: str | None, uuid: str | None) -> str:
-    return f"{base}/ignition?{urlencode(ident_query(mac, uuid))}"
+def ignition_url(base: str, mac: str | None, uuid: str | None, signature: tuple[int, str] | None = None) -> str:
+    query = ident_query(mac, uuid)
+    if signature is not None:
+        query.update(exp=str(signature[0]), sig=signature[1])
+    return f"{base}/ignition?{urlencode(query)}"
 
 
 def beacon_url(base: str, mac: str | None, uuid: str | None) -> str:
     return f"{base}/beacon?{urlencode(ident_query(mac, uuid))}"
 
 
-def booty_url(base: str) -> str:
-    return f"{base}/booty"
+def booty_url(base: str, signature: tuple[int, str] | None = None) -> str:
+    """BOOTy appends `/<mac>.bty` itself, so the signature travels in the path."""
+    return f"{base}/booty/{signature[0]}-{signature[1]}" if signature else f"{base}/booty"
 
 
 def file_url(base: str, rel: str) -> str:

@@ -18,7 +18,7 @@ from twisted.web import server
 
 from netbootd import metrics as core_metrics
 from netbootd.config.templates import TemplateError
-from netbootd.core import BootCore, NoScript
+from netbootd.core import BootCore, Denied, NoScript
 from netbootd.core import files as core_files
 from netbootd.http import metrics
 from netbootd.http.files import FileResource
@@ -174,14 +174,19 @@ class BootApp:
 
     @app.route("/ignition", methods=["GET"])
     def ignition_query(self, request):
-        return self._ignition(request, *_query_identity(request))
+        return self._ignition(request, *_query_identity(request), _arg(request, "exp"), _arg(request, "sig"))
 
     @app.route("/ignition/<ident>", methods=["GET"])
     def ignition_by_id(self, request, ident: str):
-        return self._ignition(request, *_identity(ident))
+        return self._ignition(request, *_identity(ident), _arg(request, "exp"), _arg(request, "sig"))
 
-    def _ignition(self, request, mac, uuid):
-        body = self.core.ignition(mac, uuid)
+    def _ignition(self, request, mac, uuid, exp, sig):
+        try:
+            body = self.core.ignition(mac, uuid, exp, sig)
+        except Denied as exc:
+            log.warn("ignition refused", mac=mac or "", uuid=uuid or "", client=request.getClientAddress().host,
+                     reason=str(exc))
+            raise HttpError(403, f"refused: {exc}") from None
         if body is None:
             raise HttpError(404, "no Ignition config for this machine")
         self.core.timeline.record("ignition", mac=mac, ip=request.getClientAddress().host, size=len(body))
@@ -203,12 +208,23 @@ class BootApp:
 
     @app.route("/booty/<name>", methods=["GET"])
     def booty(self, request, name: str):
+        return self._booty(request, None, name)
+
+    @app.route("/booty/<token>/<name>", methods=["GET"])
+    def booty_signed(self, request, token: str, name: str):
+        return self._booty(request, token, name)
+
+    def _booty(self, request, token: str | None, name: str):
         if not name.endswith(".bty"):
             raise HttpError(404, "BOOTy configs are named <mac>.bty")
         mac, _ = _identity(name[: -len(".bty")])
         if mac is None:
             raise HttpError(400, "BOOTy configs are named by MAC address")
-        body = self.core.booty(mac)
+        try:
+            body = self.core.booty(mac, token)
+        except Denied as exc:
+            log.warn("booty refused", mac=mac, client=request.getClientAddress().host, reason=str(exc))
+            raise HttpError(403, f"refused: {exc}") from None
         if body is None:
             raise HttpError(404, "no BOOTy config for this machine")
         log.info("booty sent", mac=mac)

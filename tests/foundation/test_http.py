@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,10 @@ def daemon(daemon_factory):
         'profile = "worker"\nuuid = "4C4C4544-0042-4810-8056-B4C04F395931"\n[vars]\nhostname = "w1"\n'
     )
     (m / "52-54-00-12-34-57.toml").write_text('[boot]\nefi = "uki.efi"\n')
+    # boot-operator's unsigned /ignition/<uuid> contract, for a machine that opts out of signed URLs
+    (m / "52-54-00-12-34-5a.toml").write_text(
+        'profile = "worker"\nuuid = "4C4C4544-0042-4810-8056-B4C04F39595A"\nsigned_urls = false\n[vars]\nhostname = "w5a"\n'
+    )
     (m / "52-54-00-12-34-58.toml").write_text("[boot]\nignore = true\n")
     (m / "52-54-00-12-34-59.toml").write_text(
         textwrap.dedent(
@@ -58,6 +63,19 @@ def daemon(daemon_factory):
             """
         )
     )
+    (m / "52-54-00-12-34-5b.toml").write_text(
+        textwrap.dedent(
+            """
+            [boot]
+            kernel = "http://x/booty-kernel"
+            cmdline = "BOOTYURL={{ booty_url }}"
+            [booty]
+            action = "readImage"
+            sourceDevice = "/dev/sda"
+            destinationAddress = "http://img.example/upload"
+            """
+        )
+    )
     return d.start()
 
 
@@ -68,10 +86,11 @@ def test_script_by_mac_uuid_and_query(daemon):
     script = r.text
     assert script.startswith("#!ipxe\n")
     base = daemon.url
-    assert (
+    kernel_line = re.escape(
         f"kernel --name kernel {base}/files/os/vmlinuz initrd=initrd0 initrd=initrd1 console=ttyS0 role=worker host=w1 "
-        f"ign={base}/ignition?mac=52-54-00-12-34-56 || goto failed" in script
-    )
+        f"ign={base}/ignition?mac=52-54-00-12-34-56&exp="
+    ) + r"\d+&sig=[0-9a-f]{32} \|\| goto failed"
+    assert re.search(kernel_line, script), script
     assert f"initrd --name initrd0 {base}/files/os/initrd.img || goto failed" in script
     assert "initrd --name initrd1 http://mirror.example/extra.img || goto failed" in script
     assert f"imgfetch --name beacon {base}/beacon?mac=52-54-00-12-34-56&stage=loaded" in script
@@ -110,12 +129,61 @@ def test_local_boot_script_exits(daemon):
     assert r.status_code == 200 and r.text.rstrip().endswith("exit")
 
 
+def _signed_ignition_url(daemon, mac="52-54-00-12-34-56") -> str:
+    script = daemon.get(f"/ipxe/{mac}").text
+    match = re.search(r" ign=(http://\S+)", script)
+    assert match, script
+    return match.group(1)
+
+
+def test_ignition_signed_url(daemon):
+    url = _signed_ignition_url(daemon)
+    r = httpx.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json()["ignition"]["version"] == "3.4.0"
+    # unsigned, tampered, truncated, or another machine's signature: 403 with the reason
+    assert daemon.get("/ignition?mac=52:54:00:12:34:56").status_code == 403
+    assert "must be signed" in daemon.get("/ignition/4c4c4544-0042-4810-8056-b4c04f395931").text
+    sig = url.rsplit("sig=", 1)[1]
+    flipped = url[: -len(sig)] + ("0" if sig[0] != "0" else "1") + sig[1:]
+    r = httpx.get(flipped)
+    assert r.status_code == 403 and "bad signature" in r.text
+    exp = int(url.split("exp=")[1].split("&")[0])
+    r = httpx.get(url.replace(f"exp={exp}", f"exp={exp + 3600}"))
+    assert r.status_code == 403 and "bad signature" in r.text
+    other = _signed_ignition_url(daemon, "52-54-00-12-34-5a")
+    r = httpx.get(url.split("?")[0] + "?mac=52-54-00-12-34-5a&" + url.split("&", 1)[1])
+    assert r.status_code == 200  # 5a opted out: any request works
+    r = httpx.get(other.replace("52-54-00-12-34-5a", "52-54-00-12-34-56"))
+    assert r.status_code == 403
+    assert "ignition refused" in daemon.log() and "bad signature" in daemon.log()
+
+
+def test_signed_urls_expire_and_survive_restarts(daemon_factory):
+    d = daemon_factory()
+    (d.machines / "52-54-00-12-34-56.toml").write_text(
+        '[boot]\nkernel = "http://x/k"\ncmdline = "ign={{ ignition_url }}"\n[ignition]\ninline = \'IGN\'\n'.replace("IGN", IGN)
+    )
+    d.start()
+    url = _signed_ignition_url(d)
+    assert httpx.get(url).status_code == 200
+    d.stop()
+    d.start()  # same state directory: the key, and so the URL, survive
+    assert httpx.get(url).status_code == 200
+    assert (d.root / "state" / "url-signing.key").stat().st_mode & 0o777 == 0o600
+    d.stop()
+    d.config.write_text(d.config.read_text().replace("[http]\n", "[http]\nsigned_url_ttl = -10.0\n"))
+    d.start()
+    r = httpx.get(_signed_ignition_url(d))
+    assert r.status_code == 403 and "expired" in r.text
+
+
 def test_ignition(daemon):
     for path in (
-        "/ignition/4c4c4544-0042-4810-8056-b4c04f395931",
-        "/ignition/4C4C4544-0042-4810-8056-B4C04F395931",
-        "/ignition?mac=52:54:00:12:34:56",
-        "/ignition/52-54-00-12-34-56",
+        "/ignition/4c4c4544-0042-4810-8056-b4c04f39595a",
+        "/ignition/4C4C4544-0042-4810-8056-B4C04F39595A",
+        "/ignition?mac=52:54:00:12:34:5a",
+        "/ignition/52-54-00-12-34-5a",
     ):
         r = daemon.get(path)
         assert r.status_code == 200, path
@@ -136,6 +204,17 @@ def test_httpboot_json(daemon):
 
 
 def test_booty(daemon):
+    assert daemon.get("/booty/52-54-00-12-34-59.bty").status_code == 403  # signed by default
+    script = daemon.get("/ipxe/52-54-00-12-34-59").text
+    assert "exit" in script
+    booty_url = re.search(r"BOOTYURL=(\S+)", daemon.get("/ipxe/52-54-00-12-34-5b").text).group(1)
+    r = httpx.get(booty_url + "/52-54-00-12-34-5b.bty")
+    assert r.status_code == 200 and r.json()["action"] == "readImage"
+    assert httpx.get(booty_url + "/52-54-00-12-34-59.bty").status_code == 403  # another machine's token
+    (daemon.machines / "52-54-00-12-34-59.toml").write_text(
+        (daemon.machines / "52-54-00-12-34-59.toml").read_text().replace("[boot]", "signed_urls = false\n[boot]")
+    )
+    wait_for(lambda: daemon.get("/booty/52-54-00-12-34-59.bty").status_code == 200, timeout=1.0)
     r = daemon.get("/booty/52-54-00-12-34-59.bty")
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == {
@@ -198,11 +277,11 @@ def test_beacon_health_metrics(daemon):
     assert daemon.get("/beacon?mac=52-54-00-12-34-56&stage=loaded").text == "ok\n"
     assert daemon.get("/beacon?mac=52-54-00-12-34-56&stage=Bad Stage").status_code == 400
     health = daemon.get("/healthz").json()
-    assert health["status"] == "ok" and health["machines"] == 4 and health["config_errors"] == []
+    assert health["status"] == "ok" and health["machines"] == 6 and health["config_errors"] == []
     text = daemon.get("/metrics").text
     assert 'netbootd_boot_beacons_total{stage="loaded"} 1.0' in text
     assert 'netbootd_http_requests_total{route="healthz",status="200"}' in text
-    assert "netbootd_machines 4.0" in text
+    assert "netbootd_machines 6.0" in text
     assert "netbootd_config_errors 0.0" in text
     assert "boot progress" in daemon.log() and "stage=loaded" in daemon.log()
 
