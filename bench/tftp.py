@@ -126,6 +126,9 @@ def relay(listen_ip: str, pairs: list[tuple[int, int]], delay: float) -> None:
                         sel.register(flow, selectors.EVENT_READ, ("back", flow, None))
                     state = back_state[flow]
                     state[3] = now
+                    if data[:2] in (b"\x00\x01", b"\x00\x02"):
+                        # a new request (client ports get reused across runs): to port 69 again
+                        state[2] = ("127.0.0.1", info)
                     try:
                         flow.sendto(data, state[2])
                     except OSError:
