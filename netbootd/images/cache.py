@@ -552,7 +552,6 @@ class TailReader:
             metrics.bytes_served.labels(self.label).inc(n)
             if n == 0 or budget <= 0:
                 self.ready = False
-                self.request.channel.resetTimeout()
                 self.request.channel.transport.startWriting()  # → resumeProducing when writable
                 return
 
