@@ -176,6 +176,7 @@ class CacheWriter:
         self._lock = threading.Lock()
         self._counts = {"written": 0, "hashed": 0}  # the threads' own counts (under _lock)
         self._report_pending = False
+        self._aborted = False
         self._results: dict[str, object] = {}
         self.on_progress: Callable[[int], None] = lambda n: None
         self.on_done: Callable[[str | None, BaseException | None], None] = lambda d, e: None
@@ -203,29 +204,30 @@ class CacheWriter:
         self._hash_q.put(None)
 
     def abort(self) -> None:
+        self._aborted = True  # the threads stop at their next chunk, whatever is still queued
         self._write_q.put(False)
         self._hash_q.put(False)
 
     # --- the threads
     def _write_loop(self) -> None:
         try:
-            while (chunk := self._write_q.get()) not in (None, False):
+            while (chunk := self._write_q.get()) not in (None, False) and not self._aborted:
                 view = memoryview(chunk)
                 while view:
                     n = os.write(self.fd, view)
                     view = view[n:]
                 self._advance("written", len(chunk))
-            if chunk is None:
+            if chunk is None and not self._aborted:
                 self.reactor.callFromThread(self._part_done, "written", None)
         except OSError as exc:
             self.reactor.callFromThread(self._part_done, "written", exc)
 
     def _hash_loop(self) -> None:
         hasher = hashlib.sha256()
-        while (chunk := self._hash_q.get()) not in (None, False):
+        while (chunk := self._hash_q.get()) not in (None, False) and not self._aborted:
             hasher.update(chunk)
             self._advance("hashed", len(chunk))
-        if chunk is None:
+        if chunk is None and not self._aborted:
             self.reactor.callFromThread(self._part_done, "hashed", hasher.hexdigest())
 
     def _advance(self, what: str, n: int) -> None:
