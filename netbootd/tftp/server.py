@@ -21,7 +21,11 @@ log = get_logger("netbootd.tftp")
 
 
 class FileResolver(Protocol):
-    """What the server asks for files (the boot core, or `netbootd.tftp.files.TftpFiles`)."""
+    """What the server asks for files (the boot core, or `netbootd.tftp.files.TftpFiles`).
+
+    Optionally it also has `tftp_done(client_ip, name, size, seconds, error="")`, called after
+    every transfer and every refused (not found / access denied) request.
+    """
 
     def open_tftp(self, name: str, client_ip: str) -> BinaryIO:
         """An open binary file for `name`; raises FileNotFound / AccessDenied."""
@@ -118,10 +122,12 @@ class TftpServer(DatagramProtocol):
         except FileNotFound:
             self._log_limited("refused", "tftp file not found", client=addr[0], file=request.filename)
             self._refuse(addr, "not_found", codec.ERR_NOT_FOUND, "File not found")
+            self._report(addr[0], request.filename, 0, 0.0, "file not found")
             return
         except AccessDenied as e:
             self._log_limited("refused", "tftp access denied", client=addr[0], file=request.filename, why=str(e))
             self._refuse(addr, "access_denied", codec.ERR_ACCESS, "Access violation")
+            self._report(addr[0], request.filename, 0, 0.0, f"access denied: {e}")
             return
         except Exception:
             log.failure("tftp file lookup failed", client=addr[0], file=request.filename)
@@ -166,6 +172,20 @@ class TftpServer(DatagramProtocol):
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
             metrics.ACTIVE_TRANSFERS.dec()
+        error = "" if outcome == "completed" else outcome
+        if session.client_error:
+            error = f"{outcome}: {session.client_error}"
+        self._report(session.client[0], session.request.filename, session.bytes_acked, session.duration, error)
+
+    def _report(self, client_ip: str, name: str, size: int, seconds: float, error: str) -> None:
+        """Tell the resolver (the boot core's timeline), if it wants to know."""
+        report = getattr(self.files, "tftp_done", None)
+        if report is None:
+            return
+        try:
+            report(client_ip, name, size, seconds, error)
+        except Exception:
+            log.failure("tftp_done report failed", client=client_ip, file=name)
 
     # -- answering ---------------------------------------------------------------------------
 

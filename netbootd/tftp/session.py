@@ -203,6 +203,7 @@ class TransferSession(DatagramProtocol):
         self.outcome: str | None = None  # set once finished: "completed" or a failure reason
         self.client_error: str | None = None  # "code message" of an ERROR the client sent
         self.started_at = 0.0
+        self.duration = 0.0  # seconds, set when finished
         self.bytes_read = 0  # payload bytes read from the file (netascii: after conversion)
         self.retransmits = 0
         self._out_count = 0
@@ -325,7 +326,7 @@ class TransferSession(DatagramProtocol):
                 log.failure("tftp on_done callback failed")
 
     def _log_and_count(self, outcome: str) -> None:
-        duration = max(self.clock.seconds() - self.started_at, 1e-6)
+        self.duration = duration = max(self.clock.seconds() - self.started_at, 1e-6)
         neg = self.negotiated
         fields = dict(
             client=f"{self.client[0]}:{self.client[1]}",

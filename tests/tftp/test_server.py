@@ -401,3 +401,30 @@ def test_port_69_without_privileges_is_explained():
     )
     assert "TftpListenError" in out.stdout, out
     assert "needs root or CAP_NET_BIND_SERVICE (or set tftp.port)" in out.stdout
+
+
+class RecordingFiles(TftpFiles):
+    """TftpFiles plus the optional `tftp_done` report the boot core implements."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.reports: list[tuple] = []
+
+    def tftp_done(self, client_ip, name, size, seconds, error=""):
+        self.reports.append((client_ip, name, size, error))
+
+
+@pytest_twisted.ensureDeferred
+async def test_transfers_are_reported_to_the_resolver(tftp_root, ipxe_dir, tmp_path):
+    settings = make_settings(tftp_root, ipxe_dir, port=0)
+    files = RecordingFiles(settings)
+    port = listen_tftp(reactor, settings, files)
+    try:
+        number = port.getHost().port
+        assert (await run(curl_argv(number, "odd.bin", tmp_path / "o"))).code == 0
+        assert (await run(curl_argv(number, "nope", tmp_path / "o"))).code == 68
+        assert await wait_for(lambda: len(files.reports) == 2)
+        assert files.reports[0] == ("127.0.0.1", "odd.bin", 1_000_003, "")
+        assert files.reports[1][1:] == ("nope", 0, "file not found")
+    finally:
+        await port.stopListening()
