@@ -62,6 +62,7 @@ def basic_registry(registry, tmp_path_factory):
 def token_realm(registry, tmp_path_factory):
     """The same storage behind a bearer-token realm; anonymous pull tokens for boot/ironcore only,
     everything else needs the token server's basic credentials: (Registry, TokenServer)."""
+    pytest.importorskip("cryptography", reason="the token server signs JWTs with cryptography (twisted[tls])")
     root = tmp_path_factory.mktemp("token")
     tokens = h.TokenServer(root, expires_in=300, anonymous_repos=("boot/ironcore",)).start()
     reg = h.Registry(root, storage=registry[0].storage, auth="token", token_realm=tokens.realm,

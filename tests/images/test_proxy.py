@@ -456,6 +456,8 @@ def test_cache_disk_full_serves_pass_through(fresh_registry, daemon_factory):
 def test_https_registry(daemon_factory, tmp_path, monkeypatch):
     """A registry not listed as insecure is spoken to over TLS, verified against the system trust
     (here a test CA given through SSL_CERT_FILE, which httpx and Twisted's Agent both honour)."""
+    pytest.importorskip("cryptography", reason="makes the test CA (twisted[tls])")
+    pytest.importorskip("OpenSSL", reason="Twisted's Agent needs pyOpenSSL for https (twisted[tls])")
     cert, key = h.make_tls(tmp_path / "tls")
     reg = h.Registry(tmp_path / "tls-registry", tls=(cert, key)).start()
     try:
