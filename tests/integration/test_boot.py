@@ -23,7 +23,11 @@ def assert_booted(marker, mac: str, hostname: str, secret: str) -> None:
     assert marker.ip.startswith("10.77.0."), marker  # a lease from the site's server
     words = marker.cmdline.split()
     assert f"nbd_host={hostname}" in words, marker.cmdline
-    assert f"nbd_ign=http://{BOOT_IP}:{HTTP_PORT}/ignition?mac={mac.replace(':', '-')}" in words, marker.cmdline
+    # the Ignition URL is signed for this machine (exp + HMAC), and the machine fetched it with that
+    signed = re.compile(
+        re.escape(f"nbd_ign=http://{BOOT_IP}:{HTTP_PORT}/ignition?mac={mac.replace(':', '-')}&exp=") + r"\d+&sig=[0-9a-f]{32}$"
+    )
+    assert any(signed.match(w) for w in words), marker.cmdline
     assert "initrd=initrd" in words, marker.cmdline
     assert ignition(marker) == {"ignition": {"version": "3.4.0"}, "netbootd_marker": secret}
 
