@@ -109,20 +109,18 @@ class BootCore:
     def offer(self, client: Client, server_ip: str) -> Offer | None:
         return self.decide(client, server_ip).offer
 
-    def dhcp_seen(self, client: Client, decision: Decision | None, client_ip: str = "", port: int = 67) -> None:
+    def dhcp_seen(self, client: Client, offer: Offer | None, reason: str, client_ip: str = "", port: int = 67) -> None:
         """The DHCP edge reports what it answered (or why not) to the boot timeline.
 
         `client_ip` is whatever address DHCP revealed (requested IP, ciaddr, 4011 source):
         TFTP and HTTP requests from it are then filed under this machine."""
         if client_ip:
             self.timeline.learn(client.mac, client_ip)
-        if decision is None or decision.offer is None:
-            reason = decision.reason if decision is not None else "not answered"
-            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, port=port, firmware=client.firmware.value,
-                                 arch=client.arch.value, answered=False, reason=reason)
+        common = {"port": port, "firmware": client.firmware.value, "arch": client.arch.value}
+        if offer is None:
+            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, answered=False, reason=reason, **common)
         else:
-            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, port=port, firmware=client.firmware.value,
-                                 arch=client.arch.value, offered=decision.offer.describe())
+            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, offered=offer.describe(), **common)
 
     # ------------------------------------------------------------------ TFTP
 

@@ -32,6 +32,8 @@ from netbootd.dhcp.metrics import ANSWERS, DROPPED, REQUESTS
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
+OPT_REQUESTED_IP = 50
+
 BROADCAST = "255.255.255.255"
 ANSWER_LINES_PER_SECOND = 200
 CLIENT_PORT = 68
@@ -101,6 +103,7 @@ class DhcpController:
         firmware, arch = client.firmware._value_, client.arch._value_
         REQUESTS.inc(firmware, arch, request.msgtype_name)
         offer, why = self.decide(client, arrival)
+        self.report(client, offer, why, request, arrival)
         if offer is None:
             ANSWERS.inc(firmware, "none")
             self.log.info(
@@ -131,6 +134,21 @@ class DhcpController:
         if self.answer_lines is None or self.answer_lines.allow("answered"):
             self.log_answer(request, client, offer, reply, arrival, firmware, arch)
         return Answer(payload, dest, broadcast)
+
+    def report(self, client: Client, offer: Offer | None, why: str, request: codec.Packet, arrival: Arrival) -> None:
+        """Tell the core's boot timeline what happened, with the address this client has or asks
+        for (option 50, ciaddr, or the 4011 source), so later TFTP/HTTP requests find their MAC."""
+        seen = getattr(self.core, "dhcp_seen", None)
+        if seen is None:
+            return
+        if arrival.proxy:
+            ip = arrival.source[0]
+        elif request.ciaddr != "0.0.0.0":
+            ip = request.ciaddr
+        else:
+            requested = request.options.get(OPT_REQUESTED_IP, b"")
+            ip = socket.inet_ntoa(requested) if len(requested) == 4 else ""
+        seen(client, offer, why, ip, arrival.port)
 
     def log_answer(
         self,
