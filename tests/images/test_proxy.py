@@ -288,7 +288,6 @@ def test_twenty_concurrent_clients_one_upstream_get(fresh_registry, daemon_facto
     d = daemon_factory(extra_settings=registry_settings(fresh_registry.host)).start()
     url = d.url + "/image"
     params = q(f"{fresh_registry.host}/boot/storm", layerName=h.SQUASHFS)
-    httpx.head(url, params=params, timeout=30)  # resolve the manifest: all 20 then go straight for the blob
 
     def fetch(i: int) -> str:
         h_ = hashlib.sha256()
@@ -303,6 +302,7 @@ def test_twenty_concurrent_clients_one_upstream_get(fresh_registry, daemon_facto
         digests = list(pool.map(fetch, range(20)))
     assert digests == [digest] * 20
     assert fresh_registry.blob_gets(digest) == 1, fresh_registry.access("GET", "/blobs/")
+    assert len(fresh_registry.access("GET", "/boot/storm/manifests/v1")) == 1  # one resolution for all 20
     metrics = httpx.get(d.url + "/metrics", timeout=10).text
     assert 'netbootd_image_upstream_fetches_total{result="ok"} 1.0' in metrics
 
