@@ -11,6 +11,7 @@ Any field whose name is in SECRET_FIELDS is never rendered (Ignition contents, c
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import IO, Any
@@ -122,6 +123,18 @@ def format_json(event: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
+# Twisted's own chatter on every port opened or closed: one ephemeral port per TFTP transfer
+# would put two of these in the journal per transfer. Only these exact legacy lines are dropped.
+_TWISTED_NOISE = re.compile(r"^(\((UDP|TCP) Port \d+ Closed\)|\S+ starting on \d+|(Starting|Stopping) factory .*)$")
+
+
+def _is_noise(event: dict[str, Any]) -> bool:
+    if event.get("log_level") not in (None, LogLevel.info):
+        return False
+    text = _message(event) if ("message" in event or "log_format" in event) else ""
+    return bool(_TWISTED_NOISE.match(text))
+
+
 @implementer(ILogObserver)
 class LineObserver:
     def __init__(self, stream: IO[str], fmt: str = "text") -> None:
@@ -130,6 +143,8 @@ class LineObserver:
 
     def __call__(self, event: dict[str, Any]) -> None:
         try:
+            if _is_noise(event):
+                return
             self._stream.write(self._format(event) + "\n")
             self._stream.flush()
         except Exception:  # noqa: S110 - a log line must never take the daemon down

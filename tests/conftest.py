@@ -38,6 +38,8 @@ class Daemon:
         self.files.mkdir(exist_ok=True)
         self.http_port = free_port()
         self.tftp_port = free_port(socket.SOCK_DGRAM)
+        self.dhcp_port = free_port(socket.SOCK_DGRAM)
+        self.proxy_port = free_port(socket.SOCK_DGRAM)
         self.config = root / "netbootd.toml"
         self.config.write_text(
             top_settings
@@ -52,6 +54,8 @@ class Daemon:
                 listen = "127.0.0.1"
                 [dhcp]
                 enabled = {str(dhcp).lower()}
+                port = {self.dhcp_port}
+                proxy_port = {self.proxy_port}
                 [tftp]
                 enabled = {str(tftp).lower()}
                 port = {self.tftp_port}

@@ -124,6 +124,10 @@ class BootCore:
 
     # ------------------------------------------------------------------ TFTP
 
+    def mac_for_ip(self, ip: str) -> str | None:
+        """The MAC DHCP saw at this address (TFTP and HTTP only see addresses)."""
+        return self.timeline.mac_for(ip)
+
     def tftp_done(self, client_ip: str, name: str, size: int, seconds: float, error: str = "") -> str | None:
         """The TFTP edge reports a finished (or failed) transfer; returns the MAC if known."""
         return self.timeline.record(

@@ -146,6 +146,8 @@ class TftpServer(DatagramProtocol):
             on_done=self._session_done,
             drop_every=self.drop_every,
         )
+        identify = getattr(self.files, "mac_for_ip", None)  # the core knows MACs from DHCP
+        session.mac = identify(addr[0]) if identify is not None else None
         self.sessions[addr] = session
         metrics.TRANSFERS_STARTED.inc()
         metrics.ACTIVE_TRANSFERS.inc()

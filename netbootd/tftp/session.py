@@ -190,6 +190,7 @@ class TransferSession(DatagramProtocol):
         drop_every: int = 0,
     ) -> None:
         self.client = client
+        self.mac: str | None = None  # the client's MAC when DHCP told the core (for log lines)
         self.request = request
         self.size = size
         self.settings = settings
@@ -329,6 +330,7 @@ class TransferSession(DatagramProtocol):
         self.duration = duration = max(self.clock.seconds() - self.started_at, 1e-6)
         neg = self.negotiated
         fields = dict(
+            mac=self.mac or "",
             client=f"{self.client[0]}:{self.client[1]}",
             file=self.request.filename,
             mode=self.request.mode,
