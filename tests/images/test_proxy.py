@@ -477,3 +477,20 @@ def test_https_registry(daemon_factory, tmp_path, monkeypatch):
         assert reg.blob_gets(h.sha256(blob)) == 1
     finally:
         reg.stop()
+
+
+def test_keep_alive_after_sendfile_bodies_and_http10(registry, daemon, tmp_path):
+    reg, c = registry
+    params = q(f"{reg.host}/boot/ironcore", layerName=h.SQUASHFS)
+    with httpx.Client(timeout=30) as client:  # one connection for all of these
+        for _ in range(3):
+            r = client.get(daemon.url + "/image", params=params)
+            assert r.status_code == 200 and r.content == c.squashfs
+        assert client.get(daemon.url + "/healthz").status_code == 200
+        r = client.get(daemon.url + "/image", params=params, headers={"range": "bytes=0-9"})
+        assert r.status_code == 206 and r.content == c.squashfs[:10]
+        assert client.get(daemon.url + "/image", params=params).content == c.squashfs
+    out = tmp_path / "sq"
+    url = urls.image_layer_url(daemon.url, parse_reference(f"{reg.host}/boot/ironcore:v1"), h.SQUASHFS)
+    subprocess.run(["curl", "-sfS", "--http1.0", "-o", str(out), url], check=True, timeout=60)
+    assert out.read_bytes() == c.squashfs
