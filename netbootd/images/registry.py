@@ -220,12 +220,34 @@ class CredentialStore:
 
     def __init__(self, paths: Iterable[Path]) -> None:
         self.paths = list(paths)
+        self._load_all()
+
+    def _stamp(self) -> tuple:
+        out: list[tuple[int, int] | None] = []
+        for path in self.paths:
+            try:
+                st = path.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _load_all(self) -> None:
         self._auths: dict[str, Credential] = {}
         self._helpers: dict[str, str] = {}
         self._store = ""
         self.sources: list[str] = []
+        self.stamp = self._stamp()
         for path in reversed(self.paths):  # earlier paths override later ones
             self._load(path)
+
+    def refresh(self) -> bool:
+        """Read the files again if any changed (after a 401: credentials may have been rotated)."""
+        if self._stamp() == self.stamp:
+            return False
+        self._load_all()
+        log.info("registry credentials reloaded", sources=",".join(self.sources))
+        return True
 
     def _load(self, path: Path) -> None:
         try:
@@ -346,6 +368,9 @@ class RegistryClient:
         self.stale_ttl = stale_ttl
         self.clock = clock
         self.credentials = credentials or CredentialStore(docker_config_paths(settings.auth_file))
+        if settings.auth_file is not None and not Path(settings.auth_file).is_file():
+            log.warn("registry.auth_file does not exist; registries needing credentials will fail",
+                     path=str(settings.auth_file))
         self._insecure = {canonical_registry(r) for r in settings.insecure}
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -486,6 +511,7 @@ class RegistryClient:
     def forget_auth(self, registry: str) -> None:
         """After a 401 on a credentialed request: probe again and fetch fresh tokens next time."""
         registry = canonical_registry(registry)
+        self.credentials.refresh()
         with self._lock:
             self._challenges.pop(registry, None)
             for key in [k for k in self._tokens if k[0] == registry]:

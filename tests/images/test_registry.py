@@ -276,3 +276,13 @@ def test_docker_config_forms(tmp_path):
     assert store.get("registry.example:5000").identity_token == "refresh"
     assert store.get("quay.io") is None
     assert "pw" not in repr(store.get("docker.io"))
+
+
+def test_rotated_credentials_are_read_again_after_a_401(basic_registry, tmp_path):
+    cfg = tmp_path / "config.json"
+    docker_config(cfg, basic_registry.host, basic_registry.username, "old-password")
+    client = client_for(basic_registry.host, auth_file=cfg)
+    with pytest.raises(r.AuthFailed):
+        client.resolve(ref(basic_registry, "boot/ironcore:v1"))
+    docker_config(cfg, basic_registry.host, basic_registry.username, basic_registry.password)  # rotated
+    assert client.resolve(ref(basic_registry, "boot/ironcore:v1")).layer(h.KERNEL) is not None
