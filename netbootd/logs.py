@@ -125,7 +125,7 @@ def format_json(event: dict[str, Any]) -> str:
 
 # Twisted's own chatter on every port opened or closed: one ephemeral port per TFTP transfer
 # would put two of these in the journal per transfer. Only these exact legacy lines are dropped.
-_TWISTED_NOISE = re.compile(r"^(\((UDP|TCP) Port \d+ Closed\)|\S+ starting on \d+|(Starting|Stopping) factory .*)$")
+_TWISTED_NOISE = re.compile(r"^(\((UDP|TCP) Port \d+ Closed\)|\S+ starting on \d+|(Starting|Stopping) (factory|protocol) .*)$")
 
 
 def _is_noise(event: dict[str, Any]) -> bool:
