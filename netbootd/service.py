@@ -59,6 +59,8 @@ class Netbootd:
         self.notifier = Notifier()
         self.watchdog: task.LoopingCall | None = None
         self.progress: task.LoopingCall | None = None
+        self.images: Any = None  # netbootd.images.proxy.ImageProxy once HTTP is up
+        self.resolver: task.LoopingCall | None = None
         self.last_reload = 0.0
         self.started = time.time()
         self.reload("start")
@@ -87,6 +89,36 @@ class Netbootd:
         )
         if self.ports:
             self.notifier.ready(self.status_line())
+        if self.images is not None:
+            self.resolve_images()
+
+    def resolve_images(self) -> defer.Deferred:
+        """Learn, off the reactor thread, which boot layers every configured image has, so the
+        core can offer a UKI to HTTP-boot firmware and leave out a squashfs an image lacks."""
+        from twisted.internet import threads
+
+        from netbootd.config.machines import BootKind
+        from netbootd.images.resolve import boot_layers, resolve_machines
+
+        pairs = [(m.name, m.boot.image) for m in self.core.catalog.files.values()
+                 if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
+        if not pairs or self.images is None:
+            return defer.succeed(None)
+
+        def done(results) -> None:
+            for res in results:
+                if res.image is not None:
+                    self.core.image_layers[str(res.ref)] = boot_layers(res.image).kinds()
+                    log.info("image resolved", machine=res.machine, line=res.line())
+                else:
+                    log.warn("image not resolvable yet; machines booting it will get errors until it is",
+                             machine=res.machine, image=str(res.ref), error=res.error)
+
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), resolve_machines,
+                                      self.images.registry, pairs)
+        d.addCallback(done)
+        d.addErrback(lambda f: log.failure("image resolution failed", f))
+        return d
 
     def status_line(self) -> str:
         """One line for `systemctl status`."""
@@ -121,7 +153,8 @@ class Netbootd:
                 from netbootd.http.app import make_site
                 from netbootd.images.proxy import ImageProxy
 
-                self.site = make_site(self.core, self.health, images=ImageProxy(s, self.reactor))
+                self.images = ImageProxy(s, self.reactor)
+                self.site = make_site(self.core, self.health, images=self.images)
                 try:
                     self.http_port = self.reactor.listenTCP(s.http.port, self.site, interface=s.http.listen)
                 except CannotListenError as exc:
@@ -155,6 +188,11 @@ class Netbootd:
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
             machines_dir=str(s.machines_dir),
         )
+        if self.images is not None:
+            # tags move: look again every 10 minutes (the first run happens now)
+            self.resolver = task.LoopingCall(self.resolve_images)
+            self.resolver.clock = self.reactor
+            self.resolver.start(600.0, now=True)
         if self.site is not None:
             self.progress = task.LoopingCall(self.site.log_progress)
             self.progress.clock = self.reactor
@@ -198,9 +236,11 @@ class Netbootd:
             request.channel.transport.abortConnection()
         if self.tftp_port is not None:
             yield self.tftp_port.stopListening()
-        for loop in (self.watchdog, self.progress):
+        for loop in (self.watchdog, self.progress, self.resolver):
             if loop is not None and loop.running:
                 loop.stop()
+        if self.images is not None:
+            yield self.images.close()
         self.ports = []
         log.info("stopped")
 

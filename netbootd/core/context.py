@@ -14,7 +14,13 @@ SAMPLE_BASE = "http://192.0.2.1"  # TEST-NET-1: only ever used to validate templ
 
 
 def boot_context(
-    machine: Machine, mac: str | None, uuid: str | None, arch: Arch, base: str, signer: UrlSigner | None = None
+    machine: Machine,
+    mac: str | None,
+    uuid: str | None,
+    arch: Arch,
+    base: str,
+    signer: UrlSigner | None = None,
+    image_layers: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     mac = mac or machine.mac
     uuid = uuid or machine.uuid
@@ -26,7 +32,9 @@ def boot_context(
     if boot.kind is BootKind.IMAGE and boot.image is not None:
         kernel = urls.image_layer_url(base, boot.image, urls.KERNEL_MEDIA)
         initrds = [urls.image_layer_url(base, boot.image, urls.INITRD_MEDIA)]
-        squashfs = urls.image_layer_url(base, boot.image, urls.SQUASHFS_MEDIA)
+        # Until the image is resolved, assume a squashfs; once known, only if the image has one.
+        has_squashfs = image_layers is None or "squashfs" in image_layers
+        squashfs = urls.image_layer_url(base, boot.image, urls.SQUASHFS_MEDIA) if has_squashfs else ""
     else:
         kernel = urls.location_url(base, boot.kernel) if boot.kernel else ""
         initrds = [urls.location_url(base, i) for i in boot.initrds]

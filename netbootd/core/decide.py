@@ -43,6 +43,9 @@ class BootCore:
         # An ephemeral key unless the service hands one kept in the state directory.
         self.signer = signer or UrlSigner(secrets.token_bytes(32), settings.http.signed_url_ttl)
         self.timeline = Timeline()  # what each machine's boot has done so far (edges report to it)
+        # Boot layers each OCI image is known to have ({"kernel", "initramfs", "squashfs", "uki"}),
+        # filled in the background by the service; decisions read it, never the network.
+        self.image_layers: dict[str, frozenset[str]] = {}
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix
@@ -65,10 +68,22 @@ class BootCore:
 
         return url
 
+    def layers_of(self, machine: Machine) -> frozenset[str] | None:
+        """The boot layers of an image machine's image, None while not yet resolved."""
+        if machine.boot.kind is not BootKind.IMAGE or machine.boot.image is None:
+            return None
+        return self.image_layers.get(str(machine.boot.image))
+
+    def uki_only(self, machine: Machine) -> bool:
+        """An image with a UKI and no kernel: every client gets the UKI (HTTP boot, or chained by iPXE)."""
+        layers = self.layers_of(machine)
+        return layers is not None and "uki" in layers and "kernel" not in layers
+
     def efi_url(self, machine: Machine, base: str) -> str:
         if machine.boot.kind is BootKind.EFI:
             return urls.location_url(base, machine.boot.efi)
-        if machine.boot.kind is BootKind.IMAGE and machine.boot.image is not None:
+        layers = self.layers_of(machine)
+        if machine.boot.image is not None and layers is not None and "uki" in layers:
             return urls.image_layer_url(base, machine.boot.image, urls.UKI_MEDIA)
         return ""
 
@@ -89,12 +104,14 @@ class BootCore:
             # Not answering lets the firmware move on to the next boot device at once;
             # chainloading iPXE only to `exit` would cost a TFTP transfer.
             return Decision(None, f"{machine.name}: boot.local = true (firmware boots the next device)", machine)
-        if kind is BootKind.EFI and client.arch is Arch.BIOS:
-            return Decision(None, f"{machine.name}: boot.efi needs UEFI firmware, client is BIOS", machine)
+        if (kind is BootKind.EFI or self.uki_only(machine)) and client.arch is Arch.BIOS:
+            return Decision(None, f"{machine.name}: an EFI binary / UKI needs UEFI firmware, client is BIOS", machine)
         binary = machine.ipxe_binary or self.settings.ipxe.for_arch(client.arch.value)
         if client.firmware is Firmware.HTTP_BOOT:
-            if kind is BootKind.EFI:
-                return self._offer(OfferKind.HTTP_EFI, self.efi_url(machine, base), machine)
+            # UEFI HTTP boot takes the EFI binary or the image's UKI layer directly.
+            direct = self.efi_url(machine, base)
+            if direct:
+                return self._offer(OfferKind.HTTP_EFI, direct, machine)
             if not binary:
                 return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
             return self._offer(OfferKind.HTTP_EFI, urls.binary_url(base, binary), machine)
@@ -167,11 +184,12 @@ class BootCore:
             raise NoScript("unknown machine and no default.toml")
         if not machine.answers:
             raise NoScript(f"{machine.name}: boot.ignore = true")
-        if machine.boot.kind is BootKind.EFI and arch is Arch.BIOS:
-            raise NoScript(f"{machine.name}: boot.efi needs UEFI firmware, client is BIOS")
+        uki_only = self.uki_only(machine)
+        if (machine.boot.kind is BootKind.EFI or uki_only) and arch is Arch.BIOS:
+            raise NoScript(f"{machine.name}: an EFI binary / UKI needs UEFI firmware, client is BIOS")
         base = self.base_url(host)
-        ctx = boot_context(machine, mac, uuid, arch, base, self.signer)
-        return ipxe.render_script(machine, ctx, self.file_url(base), self.efi_url(machine, base))
+        ctx = boot_context(machine, mac, uuid, arch, base, self.signer, self.layers_of(machine))
+        return ipxe.render_script(machine, ctx, self.file_url(base), self.efi_url(machine, base), uki_only)
 
     def ignition(self, mac: str | None, uuid: str | None, exp: str = "", sig: str = "") -> bytes | None:
         """The machine's Ignition, None if it has none; raises Denied when the machine's

@@ -54,13 +54,16 @@ def _kernel_script(machine: Machine, ctx: dict[str, Any], file_url: Callable[[st
     return "".join(lines)
 
 
-def render_script(machine: Machine, ctx: dict[str, Any], file_url: Callable[[str], str], efi_url: str) -> str:
-    """The script for `machine`. Raises TemplateError if a template fails (validated at load)."""
+def render_script(
+    machine: Machine, ctx: dict[str, Any], file_url: Callable[[str], str], efi_url: str, uki_only: bool = False
+) -> str:
+    """The script for `machine`. Raises TemplateError if a template fails (validated at load).
+    `uki_only`: an image machine whose image has a UKI and no kernel is chained like an EFI binary."""
     kind = machine.boot.kind
     head = f"# netbootd: {machine.name} ({kind.value})\n"
-    if kind in (BootKind.KERNEL, BootKind.IMAGE):
+    if kind is BootKind.KERNEL or (kind is BootKind.IMAGE and not uki_only):
         return _kernel_script(machine, ctx, file_url)
-    if kind is BootKind.EFI:
+    if kind is BootKind.EFI or uki_only:
         return SHEBANG + head + f"chain --autofree {efi_url} || goto failed\n" + _failure_tail(ctx)
     if kind is BootKind.CHAIN:
         assert machine.boot.chain is not None  # the loader guarantees a template per kind

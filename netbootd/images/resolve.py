@@ -32,6 +32,10 @@ class BootLayers:
     def bootable(self) -> bool:
         return bool(self.uki or (self.kernel and self.initramfs))
 
+    def kinds(self) -> frozenset[str]:
+        """Which boot layers exist: what the core needs to know to choose an offer."""
+        return frozenset(n for n in ("kernel", "initramfs", "squashfs", "uki") if getattr(self, n) is not None)
+
     def describe(self) -> str:
         parts = []
         for name in ("kernel", "initramfs", "squashfs", "uki"):

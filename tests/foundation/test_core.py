@@ -1,0 +1,63 @@
+"""The boot core's decisions for image-backed machines, once their layers are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.settings import RegistrySettings, Settings
+from netbootd.core import BootCore, NoScript
+from netbootd.model import Arch, Client, Firmware, OfferKind
+
+REF = "ghcr.io/lab/os:v1"
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> BootCore:
+    (tmp_path / "machines").mkdir()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "machines" / "52-54-00-00-00-01.toml").write_text(
+        f'[boot]\nimage = "{REF}"\ncmdline = "root=live:{{{{ squashfs_url }}}} console=ttyS0"\n'
+    )
+    settings = Settings(machines_dir=tmp_path / "machines", files_root=tmp_path / "files",
+                        registry=RegistrySettings(allowed=("ghcr.io",)))
+    result = load_machines(settings)
+    assert result.errors == []
+    return BootCore(settings, build_catalog(result))
+
+
+def http_client(arch=Arch.EFI64) -> Client:
+    return Client("52:54:00:00:00:01", arch, Firmware.HTTP_BOOT)
+
+
+def test_unresolved_image_http_boot_gets_ipxe_and_script_assumes_squashfs(core):
+    offer = core.offer(http_client(), "10.0.0.2")
+    assert offer.kind is OfferKind.HTTP_EFI and offer.bootfile == "http://10.0.0.2/boot/snponly.efi"
+    script = core.script("52:54:00:00:00:01", None, Arch.EFI64, "10.0.0.2")
+    assert "layerName=application%2Fvnd.ironcore.image.squashfs" in script
+
+
+def test_image_with_uki_is_offered_to_http_boot_firmware(core):
+    core.image_layers[REF] = frozenset({"kernel", "initramfs", "uki"})
+    offer = core.offer(http_client(), "10.0.0.2")
+    assert offer.kind is OfferKind.HTTP_EFI
+    assert offer.bootfile == (
+        "http://10.0.0.2/image?imageName=ghcr.io%2Flab%2Fos&version=v1&layerName=application%2Fvnd.ironcore.image.uki"
+    )
+    # iPXE still boots kernel + initramfs, and no squashfs the image does not have
+    script = core.script("52:54:00:00:00:01", None, Arch.EFI64, "10.0.0.2")
+    assert "kernel --name kernel http://10.0.0.2/image?" in script and "root=live: console=ttyS0" in script
+    assert core.httpboot(["52:54:00:00:00:01"], "10.0.0.2") == (
+        200, {"ClientIPs": "52:54:00:00:00:01", "UKIURL": offer.bootfile})
+
+
+def test_uki_only_image(core):
+    core.image_layers[REF] = frozenset({"uki"})
+    script = core.script("52:54:00:00:00:01", None, Arch.EFI64, "10.0.0.2")
+    assert "chain --autofree http://10.0.0.2/image?" in script and "image.uki" in script
+    with pytest.raises(NoScript, match="needs UEFI"):
+        core.script("52:54:00:00:00:01", None, Arch.BIOS, "10.0.0.2")
+    bios = Client("52:54:00:00:00:01", Arch.BIOS, Firmware.BIOS_PXE)
+    assert core.offer(bios, "10.0.0.2") is None
