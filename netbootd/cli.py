@@ -51,8 +51,24 @@ def cmd_check(args) -> int:
     result = load_machines(settings)
     for err in result.errors:
         print(err)
-    if result.errors:
-        print(f"{len(result.errors)} error(s); {len(result.machines)} machine file(s) OK", file=sys.stderr)
+    unresolved = 0
+    if args.resolve:
+        from netbootd.config.machines import BootKind
+        from netbootd.images.registry import RegistryClient
+        from netbootd.images.resolve import resolve_machines
+
+        pairs = [(m.name, m.boot.image) for m in result.machines.values()
+                 if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
+        client = RegistryClient(settings.registry)
+        try:
+            for res in resolve_machines(client, pairs):
+                print(res.line())
+                unresolved += not res.ok
+        finally:
+            client.close()
+    if result.errors or unresolved:
+        print(f"{len(result.errors)} error(s), {unresolved} image(s) not bootable; "
+              f"{len(result.machines)} machine file(s) OK", file=sys.stderr)
         return 1
     default = " + default.toml" if "default" in result.machines else " (no default.toml: unknown machines get no answer)"
     print(f"OK: {len(result.machines) - ('default' in result.machines)} machine file(s){default}")
@@ -182,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a configuration directory; non-zero exit on errors")
     check.add_argument("dir", help="directory with netbootd.toml, or with machines/, or the machines directory")
+    check.add_argument("--resolve", action="store_true",
+                       help="also resolve every boot.image in its registry and show the layers it boots")
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser("explain", help="show what a machine would be offered and the script it gets")
