@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -113,6 +114,25 @@ def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
         errors.append(toml.error("tftp.max_blksize", "expected 8..65464 (RFC 2348)"))
     if s.tftp.max_transfers < 1:
         errors.append(toml.error("tftp.max_transfers", "expected at least 1"))
+    for key, rate in (("http.rate_limit", s.http.rate_limit), ("tftp.rate_limit", s.tftp.rate_limit)):
+        if not (math.isfinite(rate) and rate >= 0):
+            errors.append(toml.error(key, f"expected requests a second >= 0 (0: no limit), got {rate}"))
+    for key, value, low in (
+        ("http.rate_burst", s.http.rate_burst, 1),
+        ("tftp.rate_burst", s.tftp.rate_burst, 1),
+        ("http.max_transfers", s.http.max_transfers, 1),
+        ("http.max_url_length", s.http.max_url_length, 256),
+        ("http.max_header_bytes", s.http.max_header_bytes, 1024),
+        ("http.max_headers", s.http.max_headers, 8),
+    ):
+        if value < low:
+            errors.append(toml.error(key, f"expected at least {low}, got {value}"))
+    for key, seconds, zero_ok in (
+        ("tftp.timeout", s.tftp.timeout, False),
+        ("shutdown_grace", s.shutdown_grace, True),
+    ):
+        if not (math.isfinite(seconds) and (seconds > 0 or (zero_ok and seconds == 0))):
+            errors.append(toml.error(key, f"expected a number of seconds {'>=' if zero_ok else '>'} 0, got {seconds}"))
     for name in attrs.astuple(s.ipxe):
         if name and ("\\" in name or ".." in name.split("/")):
             errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))

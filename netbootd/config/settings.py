@@ -49,6 +49,10 @@ class TftpSettings:
     timeout: float = 1.0  # seconds before a block is retransmitted (RFC 2349 may change it)
     retries: int = 5
     max_blksize: int = 1468  # cap: fits a 1500-byte MTU without IP fragmentation
+    # Per client IP: new transfers a second, and the burst allowed above it (0: no limit).
+    # Beyond it a request gets an ERROR "rate limit exceeded, retry later".
+    rate_limit: float = 20.0
+    rate_burst: int = 40
 
 
 @attrs.frozen
@@ -60,6 +64,13 @@ class HttpSettings:
     # address the machine reached us on (DHCP: the receiving interface; HTTP: the Host header).
     public_url: str = ""
     signed_url_ttl: float = 3600.0  # lifetime of the signed Ignition/BOOTy URLs put in boot scripts
+    # Abuse limits (netbootd.http.limits); a boot storm never comes near them.
+    rate_limit: float = 50.0  # requests a second per client IP (0: no limit); beyond: 429
+    rate_burst: int = 200  # requests a client may make at once above the rate
+    max_transfers: int = 1024  # concurrent downloads (/files, /boot, /image, /httpboot); beyond: 503
+    max_url_length: int = 4096  # request line bytes; beyond: 414
+    max_header_bytes: int = 16384  # request line and headers; beyond: 431
+    max_headers: int = 100  # header lines; beyond: 431 (request bodies are always refused: 413)
 
 
 @attrs.frozen

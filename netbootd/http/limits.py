@@ -1,0 +1,236 @@
+"""Abuse limits of the HTTP edge: per-client rate limit, concurrent downloads, request sizes.
+
+- Each client IP gets `http.rate_limit` requests a second (token bucket, `http.rate_burst` at once);
+  beyond that: 429 with `Retry-After` and a one-line reason (`netbootd_http_rate_limited_total`).
+- At most `http.max_transfers` downloads (/files, /boot, /image, /httpboot/...) run at once;
+  beyond that: 503 with `Retry-After` (`netbootd_http_active_transfers` is the gauge).
+- A request line longer than `http.max_url_length`: 414; a head (request line and headers)
+  larger than `http.max_header_bytes` or with more than `http.max_headers` lines: 431; any
+  request body (Content-Length > 0 or Transfer-Encoding): 413, refused before it is read, so
+  nothing a client sends is buffered in memory or spooled to disk.
+
+Size refusals happen in the channel (`LimitedChannel`), before a Request exists; the connection
+is closed after the answer ("lingering close": our side is shut for writing, what the client
+still sends is read and dropped, up to a bound, so the answer is not lost to a TCP reset).
+Rate and concurrency refusals happen in `LimitedRequest.process`, before routing, and are
+counted in the per-route request metrics like any answer.
+
+`install(site, settings)` wires all of it into a `twisted.web.server.Site`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.web import http, server
+
+from netbootd.config.settings import HttpSettings
+from netbootd.http import metrics
+from netbootd.logs import RateLimiter, get_logger
+from netbootd.ratelimit import PerClientLimiter, retry_after
+
+log = get_logger("netbootd.http")
+
+LINGER_BYTES = 256 * 1024  # after a size refusal, read and drop at most this much before closing
+LINGER_SECONDS = 5  # and wait at most this long for the client to close
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, reason: str, message: str, retry: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry = retry
+
+
+class HttpLimits:
+    """The policy and its state, one per site. The clock is injected (reactor.seconds)."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        clock: Callable[[], float],
+        transfer_routes: Iterable[str] = ("files", "boot", "image", "httpboot"),
+    ) -> None:
+        self.settings = settings
+        self.rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, clock)
+        self.transfer_routes = frozenset(r.encode() for r in transfer_routes)
+        self.transfers = 0
+        self.log_limiter = RateLimiter(burst=5, period=60.0, clock=clock)
+
+    def is_transfer(self, path: bytes) -> bool:
+        parts = path.split(b"/", 2)
+        if len(parts) < 2 or parts[1] not in self.transfer_routes:
+            return False
+        # /httpboot alone is the JSON of the DHCP extension; /httpboot/<repo>/... is a UKI
+        return parts[1] != b"httpboot" or len(parts) == 3
+
+    def admit(self, client: str, path: bytes) -> None:
+        """Raise Refusal when this request must not be served."""
+        wait = self.rate.take(client)
+        if wait:
+            metrics.rate_limited.inc()
+            seconds = retry_after(wait)
+            self._log("rate_limited", "http rate limit exceeded", client=client)
+            raise Refusal(
+                429,
+                "rate_limited",
+                f"rate limit exceeded: at most {self.settings.rate_limit:g} requests a second from one address; "
+                f"retry in {seconds} s",
+                seconds,
+            )
+        if self.is_transfer(path) and self.transfers >= self.settings.max_transfers:
+            metrics.refused.labels("busy").inc()
+            self._log("busy", "http download refused: too many downloads", client=client)
+            raise Refusal(503, "busy", f"server busy: {self.transfers} downloads in progress; retry in 1 s", 1)
+
+    def transfer_started(self) -> None:
+        self.transfers += 1
+        metrics.active_transfers.inc()
+
+    def transfer_ended(self) -> None:
+        self.transfers -= 1
+        metrics.active_transfers.dec()
+
+    def _log(self, key: str, message: str, **fields: Any) -> None:
+        if self.log_limiter.allow(key):
+            suppressed = self.log_limiter.take_suppressed(key)
+            if suppressed:
+                fields["suppressed"] = suppressed
+            log.info(message, **fields)
+
+
+def _refusal_body(refusal: Refusal) -> bytes:
+    return refusal.message.encode("utf-8", "replace") + b"\n"
+
+
+class LimitedRequest(server.Request):
+    """A Request that asks the site's HttpLimits before it is routed."""
+
+    def process(self) -> None:
+        limits: HttpLimits | None = getattr(self.channel.site, "limits", None) if self.channel else None
+        if limits is None:
+            return super().process()
+        try:
+            limits.admit(getattr(self.getClientAddress(), "host", "") or "", self.path)
+        except Refusal as refusal:
+            self.site = self.channel.site
+            self.setResponseCode(refusal.status)
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            if refusal.retry is not None:
+                self.setHeader(b"retry-after", str(refusal.retry).encode())
+            self.write(_refusal_body(refusal))
+            self.finish()
+            return None
+        if limits.is_transfer(self.path):
+            limits.transfer_started()
+            self.notifyFinish().addBoth(lambda _: limits.transfer_ended())
+        return super().process()
+
+
+_REASONS = {413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class LimitedChannel(http.HTTPChannel):
+    """An HTTPChannel that refuses oversized request heads and any request body."""
+
+    limits: HttpSettings = HttpSettings()  # set per site by install()
+
+    def __init__(self) -> None:
+        super().__init__()
+        s = self.limits
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_lines = 0
+        self._refused = False
+        self._linger_left = LINGER_BYTES
+        # Twisted's own limits (a bare 400) stay beyond ours, so ours answer first.
+        self.MAX_LENGTH = max(s.max_header_bytes, s.max_url_length) + 1
+        self.totalHeadersSize = s.max_header_bytes + s.max_url_length + 1024
+        self.maxHeaders = s.max_headers + 1
+
+    # -- the head, line by line ------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_head:
+            if line:
+                if len(line) > self.limits.max_url_length:
+                    return self._refuse(414, "url_too_long", f"request line longer than {self.limits.max_url_length} bytes")
+                self._in_head = True
+                self._head_bytes = len(line)
+                self._head_lines = 0
+        else:
+            self._head_bytes += len(line) + 2
+            self._head_lines += 1 if line else 0
+            if self._head_bytes > self.limits.max_header_bytes:
+                return self._refuse(431, "headers_too_large", f"request head larger than {self.limits.max_header_bytes} bytes")
+            if self._head_lines > self.limits.max_headers:
+                return self._refuse(431, "headers_too_large", f"more than {self.limits.max_headers} header lines")
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._refused:
+            return None
+        if not self._in_head:
+            return self._refuse(414, "url_too_long", f"request line longer than {self.limits.max_url_length} bytes")
+        return self._refuse(431, "headers_too_large", f"request head larger than {self.limits.max_header_bytes} bytes")
+
+    def allHeadersReceived(self) -> None:
+        if self.length != 0:  # a Content-Length > 0, or None for Transfer-Encoding: chunked
+            return self._refuse(413, "body", "request bodies are not accepted")
+        return super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._in_head = False
+        return super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.abortConnection()
+            return None
+        return super().rawDataReceived(data)
+
+    # -- refusing ----------------------------------------------------------------------------
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        metrics.refused.labels(reason).inc()
+        peer = getattr(self.transport.getPeer(), "host", "") if self.transport else ""
+        limits = getattr(getattr(self, "site", None), "limits", None)
+        if limits is not None:
+            limits._log(reason, "http request refused", client=peer, status=status, detail=message)
+        body = message.encode("utf-8", "replace") + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b"Refused"), len(body), body)
+        )
+        self._refused = True
+        self.setRawMode()  # whatever follows is dropped (rawDataReceived)
+        self.setTimeout(LINGER_SECONDS)
+        try:
+            self.transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            self.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        if self._refused:
+            self.transport.abortConnection()
+            return None
+        return super().timeoutConnection()
+
+
+def install(site: server.Site, settings: HttpSettings, transfer_routes: Iterable[str] | None = None) -> HttpLimits:
+    """Give `site` the limits of `settings`: its requests are LimitedRequests, its channels
+    LimitedChannels, and `site.limits` holds the state."""
+    kw = {"transfer_routes": transfer_routes} if transfer_routes is not None else {}
+    limits = HttpLimits(settings, site.reactor.seconds, **kw)
+    channel = type("SiteLimitedChannel", (LimitedChannel,), {"limits": settings})
+    site.limits = limits  # type: ignore[attr-defined]
+    site.requestFactory = LimitedRequest
+    site.protocol = channel  # type: ignore[assignment]
+    return limits

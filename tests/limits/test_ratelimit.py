@@ -1,0 +1,106 @@
+"""The per-client token bucket (netbootd.ratelimit) and the HTTP policy object, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from netbootd.config.settings import HttpSettings
+from netbootd.http.limits import HttpLimits, Refusal
+from netbootd.ratelimit import PerClientLimiter, retry_after
+
+
+class Clock:
+    """A settable clock (what reactor.seconds is in the daemon)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_burst_then_rate():
+    clock = Clock()
+    limiter = PerClientLimiter(rate=10, burst=5, clock=clock)
+    assert [limiter.take("a") for _ in range(5)] == [0.0] * 5
+    wait = limiter.take("a")
+    assert wait == pytest.approx(0.1)
+    assert limiter.take("b") == 0.0  # another client has its own bucket
+    clock.now += 0.1
+    assert limiter.take("a") == 0.0
+    assert limiter.take("a") > 0
+    clock.now += 10  # refills up to the burst, not beyond
+    assert [limiter.take("a") for _ in range(6)].count(0.0) == 5
+
+
+def test_refused_requests_do_not_consume_tokens():
+    clock = Clock()
+    limiter = PerClientLimiter(rate=1, burst=1, clock=clock)
+    assert limiter.take("a") == 0.0
+    for _ in range(100):
+        assert limiter.take("a") > 0
+    clock.now += 1.0
+    assert limiter.take("a") == 0.0  # one second later: allowed again, however much it asked
+
+
+def test_steady_rate_at_the_limit_is_never_refused():
+    clock = Clock()
+    limiter = PerClientLimiter(rate=50, burst=200, clock=clock)
+    for _ in range(10_000):
+        assert limiter.take("10.0.0.1") == 0.0
+        clock.now += 1 / 50
+
+
+def test_disabled():
+    limiter = PerClientLimiter(rate=0, burst=1, clock=Clock())
+    assert not limiter.enabled
+    assert all(limiter.take(str(i % 3)) == 0.0 for i in range(1000))
+    assert len(limiter) == 0
+
+
+def test_memory_is_bounded_and_forgets_the_oldest():
+    clock = Clock()
+    limiter = PerClientLimiter(rate=1, burst=1, clock=clock, max_clients=64)
+    for i in range(10_000):
+        limiter.take(f"10.0.{i // 256}.{i % 256}")
+        assert len(limiter) <= 64
+    limiter.take("recent")
+    assert limiter.take("recent") > 0  # a client seen just now keeps its (empty) bucket
+
+
+def test_retry_after():
+    assert retry_after(0.01) == 1
+    assert retry_after(1.0) == 1
+    assert retry_after(1.2) == 2
+    assert retry_after(float("inf")) == 1
+
+
+def test_http_limits_rate_and_transfer_cap():
+    clock = Clock()
+    limits = HttpLimits(HttpSettings(rate_limit=1, rate_burst=2, max_transfers=1), clock)
+    limits.admit("a", b"/files/x")
+    limits.transfer_started()
+    with pytest.raises(Refusal) as busy:
+        limits.admit("b", b"/files/y")
+    assert busy.value.status == 503 and busy.value.retry == 1
+    limits.admit("b", b"/ipxe?mac=1")  # scripts are not transfers: never capped
+    limits.admit("a", b"/httpboot")  # the DHCP-extension JSON is not a transfer either
+    with pytest.raises(Refusal) as limited:
+        limits.admit("a", b"/healthz")
+    assert limited.value.status == 429 and limited.value.retry == 1
+    assert "rate limit exceeded" in limited.value.message
+    limits.transfer_ended()
+    clock.now += 1
+    limits.admit("a", b"/files/x")
+
+
+def test_http_limits_which_paths_are_transfers():
+    limits = HttpLimits(HttpSettings(), Clock())
+    assert limits.is_transfer(b"/files/a/b")
+    assert limits.is_transfer(b"/boot/undionly.kpxe")
+    assert limits.is_transfer(b"/image")
+    assert limits.is_transfer(b"/httpboot/org/os/sha256-ab.efi")
+    assert not limits.is_transfer(b"/httpboot")
+    assert not limits.is_transfer(b"/ipxe/52-54-00-12-34-56")
+    assert not limits.is_transfer(b"")
+    assert not limits.is_transfer(b"files")
