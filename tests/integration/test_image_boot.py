@@ -8,22 +8,24 @@ registry inside netbootd's namespace on 127.0.0.1:5000: netbootd reaches it, the
 
 - `test_bios_kernel_initrd_from_image`: SeaBIOS + iPXE ROM → script → kernel and initrd through
   `/image?imageName=...` from the OCI image.
-- `test_uefi_http_boot_uki_layer`: OVMF HTTP boot → `/httpboot/<repo>/sha256-<hex>.efi`, an iPXE EFI
-  binary pushed as a UKI layer → that iPXE → script → kernel and initrd through `/image`.
+- `test_uefi_http_boot_uki_layer`: OVMF HTTP boot → the image's UKI layer through
+  `/image?...&layerName=application/vnd.ironcore.image.uki` (an iPXE EFI binary pushed as a UKI
+  layer) → that iPXE → script → the same image's kernel and initrd through `/image`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import time
 from pathlib import Path
 
 import pytest
 
+from netbootd.core import urls
+from netbootd.images.reference import parse_reference
 from tests.images import harness as h
 
-from .conftest import BOOT_IP, HTTP_PORT, IPXE_DIR, Lab, need, tail
+from .conftest import BOOT_IP, HTTP_PORT, IPXE_DIR, Lab, need
 from .test_boot import assert_booted
 
 pytestmark = pytest.mark.integration
@@ -153,65 +155,31 @@ def test_bios_kernel_initrd_from_image(lab, registry):
 
 
 def test_uefi_http_boot_uki_layer(lab, registry):
-    """OVMF HTTP boot → proxy OFFER with the UKI layer's URL /httpboot/<registry>/lab/uki/sha256-<hex>.efi
-    → netbootd streams the layer (an iPXE EFI binary) from the registry as application/efi → OVMF
-    runs it → that iPXE DHCPs and fetches its script → kernel + initrd through /image → the marker.
-
-    Today `[boot] image = ...` gets the iPXE binary, not the UKI, when offered to an HTTP-boot
-    client, and `[boot] efi = <URL>` is chained again by the iPXE that URL starts (a loop, as the
-    UKI here *is* iPXE). So the machine starts as `efi = <the layer's /httpboot URL>` and, once the
-    firmware fetched it, its file is swapped (hot reload) to `image = <the same image>`, whose
-    kernel and initramfs layers the iPXE stage then boots. If the reload comes late, iPXE chains
-    the UKI once more and asks again: the result is the same."""
+    """OVMF HTTP boot → proxy OFFER with the image's UKI layer URL (/image?...&layerName=...uki) →
+    netbootd streams the layer (an iPXE EFI binary) from the registry as application/efi → OVMF
+    runs it → that iPXE DHCPs and fetches its script → the same image's kernel and initrd through
+    /image → the marker. One machine file: `[boot] image = ...`; the image has a UKI, a kernel and
+    an initramfs layer, so HTTP-boot firmware gets the UKI and iPXE the kernel script."""
     need("uefi")
     image = f"{REGISTRY}/lab/uki:v1"
     uki, kernel, initrd = IPXE_DIR / "snponly.efi", lab.assets.kernel, lab.assets.initrd
-    uki_digest = digest_of(uki)
     registry.push("lab/uki", "v1", [(h.UKI, uki), (h.KERNEL, kernel), (h.INITRAMFS, initrd)])
     registry.serve()
-    uki_url = f"http://{BOOT_IP}:{HTTP_PORT}/httpboot/{REGISTRY}/lab/uki/sha256-{uki_digest.removeprefix('sha256:')}.efi"
-    lab.machine(
-        MAC,
-        f"""\
-        [vars]
-        hostname = "uki10"
-        [boot]
-        efi = "{uki_url}"
-        """,
-    )
+    image_machine(lab, MAC, image, "uki10", "uki10-secret")
     lab.start_netbootd()
-    boot = lab.launch(MAC, "uefi-http")
-
-    # The firmware fetches the UKI layer; then the machine's file becomes the image machine.
-    deadline = time.monotonic() + boot.timeout
-    while not blob_lines(lab.netbootd_log(), uki_digest):
-        boot.scan()
-        if not boot.proc.running() or boot.firmware_failure or time.monotonic() > deadline:
-            lab.wait(boot)
-            pytest.fail(
-                f"{lab.describe(boot)}; the UKI layer was never requested\n--- serial ---\n{tail(boot.proc.text(), 25)}",
-                pytrace=False,
-            )
-        time.sleep(0.1)
-    before = len(lab.netbootd_log())
-    image_machine(lab, MAC, image, "uki10", "uki10-secret")  # replaces the file atomically (a rename)
-    lab.wait_log(r"configuration loaded trigger=(?!start\b).* machines=1 errors=0", after=before)
-
-    lab.wait(boot)
-    if boot.marker is None:
-        pytest.fail(f"{lab.describe(boot)}\n--- serial {boot.name} ---\n{tail(boot.proc.text(), 25)}", pytrace=False)
-    marker = boot.marker
+    # The core offers the UKI once the daemon resolved the image (in the background, at start).
+    lab.wait_log(r"image resolved .*uki sha256:", timeout=30)
+    marker = lab.boot(MAC, "uefi-http")
     assert_booted(marker, MAC, "uki10", "uki10-secret")
 
     log = lab.netbootd_log()
-    assert re.search(rf"answered .*firmware=http-boot.*{re.escape(uki_url)}|{re.escape(uki_url)}.*firmware=http-boot", log), (
-        "the HTTP-boot firmware was not offered the UKI layer's URL"
+    uki_url = urls.image_layer_url(f"http://{BOOT_IP}:{HTTP_PORT}", parse_reference(image), urls.UKI_MEDIA)
+    assert re.search(r"answered .*firmware=http-boot .*offered=\"http-efi " + re.escape(uki_url) + '"', log), (
+        f"the HTTP-boot firmware was not offered the UKI layer {uki_url}"
     )
     assert "firmware=efi-pxe" not in log and "tftp transfer" not in log, "PXE was not disabled"
     assert "/boot/snponly.efi" not in log, "the firmware got netbootd's own iPXE binary, not the UKI layer"
-    uki_lines = blob_lines(log, uki_digest)
-    assert any('source="registry' in x for x in uki_lines), uki_lines
-    assert len(registry.blob_gets(uki_digest)) == 1, registry.blob_gets(uki_digest)
-    check_cached(lab, uki_digest, uki)
+    client_ip = marker.ip.split("/")[0]
+    check_through_image(lab, registry, image, client_ip, {"UKI": uki})
     assert re.search(rf"script sent .*mac={MAC}.*arch=efi64.*kind=image", log), "the iPXE from the UKI got no image script"
-    check_through_image(lab, registry, image, marker.ip.split("/")[0], {"kernel": kernel, "initrd": initrd})
+    check_through_image(lab, registry, image, client_ip, {"kernel": kernel, "initrd": initrd})
