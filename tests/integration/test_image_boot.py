@@ -4,7 +4,7 @@ The registry is Debian's `docker-registry` (filesystem storage in the test's dir
 pushes the lab's kernel and initramfs (and an EFI binary as a UKI layer) through the registry API
 from the host's loopback (tests/images/harness.py), then serves the same storage from a second
 registry inside netbootd's namespace on 127.0.0.1:5000: netbootd reaches it, the machines never do
-(they only see netbootd's /image and /httpboot URLs). Its access log shows what netbootd fetched.
+(they only see netbootd's /image URLs). Its access log shows what netbootd fetched.
 
 - `test_bios_kernel_initrd_from_image`: SeaBIOS + iPXE ROM → script → kernel and initrd through
   `/image?imageName=...` from the OCI image.
@@ -28,16 +28,14 @@ from tests.images import harness as h
 from .conftest import BOOT_IP, HTTP_PORT, IPXE_DIR, Lab, need
 from .test_boot import assert_booted
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(h.REGISTRY_BIN is None, reason="docker-registry is missing (apt-get install docker-registry)"),
+]
 
 REGISTRY_PORT = 5000  # inside the lab's namespace, where nothing else listens
 REGISTRY = f"127.0.0.1:{REGISTRY_PORT}"
 MAC = "52:54:00:77:00:40"
-
-
-def need_registry() -> None:
-    if h.REGISTRY_BIN is None:
-        pytest.skip("docker-registry is missing (apt-get install docker-registry)")
 
 
 def digest_of(path: Path) -> str:
@@ -58,13 +56,16 @@ class LabRegistry:
 
     def push(self, repo: str, tag: str, layers: list[tuple[str, Path]]) -> str:
         """Push an image (OCI manifest, amd64) through the registry API; its manifest digest."""
-        pusher_reg = h.Registry(self.lab.root / "registry-push", storage=self.storage).start()
-        push = h.Pusher(pusher_reg.url)
+        pusher_reg = h.Registry(self.lab.root / "registry-push", storage=self.storage)
         try:
-            return push.image(repo, tag, layers)
+            pusher_reg.start()
+            push = h.Pusher(pusher_reg.url)
+            try:
+                return push.image(repo, tag, layers)
+            finally:
+                push.close()
         finally:
-            push.close()
-            pusher_reg.stop()
+            pusher_reg.stop()  # by PID, also when it never came up
 
     def serve(self) -> h.Registry:
         """The registry in the lab (config.yml and registry.log in the lab's directory)."""
@@ -84,7 +85,6 @@ class LabRegistry:
 
 @pytest.fixture
 def registry(lab) -> LabRegistry:
-    need_registry()
     return LabRegistry(lab)
 
 
