@@ -20,7 +20,7 @@ TRANSFERS_FAILED = Counter(
 REQUESTS_REFUSED = Counter(
     "netbootd_tftp_requests_refused",
     "TFTP requests answered with an ERROR instead of a transfer",
-    ["reason"],  # not_found, access_denied, write_request, bad_mode, busy, draining, malformed, internal
+    ["reason"],  # not_found, access_denied, write_request, bad_mode, busy, draining, malformed, internal, rate_limited
 )
 BYTES_SENT = Counter("netbootd_tftp_bytes_sent", "Payload bytes sent in DATA packets (retransmissions included)")
 ACTIVE_TRANSFERS = Gauge("netbootd_tftp_active_transfers", "TFTP transfers in progress")

@@ -14,10 +14,13 @@ from twisted.internet.protocol import DatagramProtocol
 from netbootd.config.settings import TftpSettings
 from netbootd.core.files import AccessDenied, FileNotFound
 from netbootd.logs import RateLimiter, get_logger
+from netbootd.ratelimit import PerClientLimiter
 from netbootd.tftp import codec, metrics
 from netbootd.tftp.session import TransferSession, file_size
 
 log = get_logger("netbootd.tftp")
+
+RATE_LIMITED = "rate limit exceeded, retry later"
 
 
 class FileResolver(Protocol):
@@ -57,6 +60,10 @@ class TftpServer(DatagramProtocol):
         self.local_address: str | None = None
         self.draining = False  # drain(): new requests refused, running transfers carry on
         self._limiter = log_limiter or RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
+        # requests per client IP (settings), and at most one ERROR a second to a client over its
+        # limit: a flood with a forged source address is not reflected packet for packet
+        self._rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, reactor.seconds)
+        self._rate_replies = PerClientLimiter(1.0, 1, reactor.seconds)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -78,12 +85,14 @@ class TftpServer(DatagramProtocol):
         except codec.MalformedPacket as e:
             metrics.DROPPED_PACKETS.labels(e.reason).inc()
             self._log_limited("malformed", "tftp malformed packet", client=addr[0], reason=e.reason, detail=e.detail[:100])
-            if e.opcode in (codec.OP_RRQ, codec.OP_WRQ):
+            if e.opcode in (codec.OP_RRQ, codec.OP_WRQ) and not self._rate_limited(addr):
                 self._refuse(addr, "malformed", codec.ERR_ILLEGAL_OP, "malformed request")
             return
         if isinstance(packet, codec.ReadRequest):
             self._read_request(packet, addr)
         elif isinstance(packet, codec.WriteRequest):
+            if self._rate_limited(addr):
+                return
             self._log_limited("refused", "tftp write request refused", client=addr[0], file=packet.filename)
             self._refuse(addr, "write_request", codec.ERR_ACCESS, "read-only server: writing is not allowed")
         else:
@@ -98,6 +107,9 @@ class TftpServer(DatagramProtocol):
                 # running session retransmits on its own timer
                 metrics.DROPPED_PACKETS.labels("duplicate_request").inc()
                 return
+        if self._rate_limited(addr):
+            return
+        if existing is not None:
             # a new request from the same port: the old transfer is over for this client
             # (e.g. it finished but our last block's ACK was lost)
             existing.abort("superseded", "superseded by a new request")
@@ -190,6 +202,16 @@ class TftpServer(DatagramProtocol):
             log.failure("tftp_done report failed", client=client_ip, file=name)
 
     # -- answering ---------------------------------------------------------------------------
+
+    def _rate_limited(self, addr: tuple[str, int]) -> bool:
+        """True (and the client told, at most once a second) when it is over its request rate."""
+        if not self._rate.take(addr[0]):
+            return False
+        metrics.REQUESTS_REFUSED.labels("rate_limited").inc()
+        self._log_limited("rate_limited", "tftp rate limit exceeded", client=addr[0])
+        if not self._rate_replies.take(addr[0]):
+            self._reply(addr, codec.encode_error(codec.ERR_UNDEFINED, RATE_LIMITED))
+        return True
 
     def _refuse(self, addr: tuple[str, int], reason: str, code: int, message: str) -> None:
         metrics.REQUESTS_REFUSED.labels(reason).inc()

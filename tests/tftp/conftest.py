@@ -103,7 +103,9 @@ def ipxe_dir(tmp_path: Path) -> Path:
 
 
 def make_settings(tftp_root: Path, ipxe_dir: Path, **tftp: object) -> Settings:
-    base = dict(port=0, listen="127.0.0.1", root=tftp_root, ipxe_dir=ipxe_dir, timeout=0.3, retries=5)
+    # rate_limit=0: these tests run dozens of clients from one address (127.0.0.1); the per-client
+    # limit has its own tests (tests/limits)
+    base = dict(port=0, listen="127.0.0.1", root=tftp_root, ipxe_dir=ipxe_dir, timeout=0.3, retries=5, rate_limit=0)
     base.update(tftp)
     return Settings(ipxe=IpxeBinaries(), tftp=TftpSettings(**base))  # type: ignore[arg-type]
 
