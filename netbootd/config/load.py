@@ -57,6 +57,8 @@ def read_toml(path: Path) -> TomlFile | ConfigError:
         return ConfigError(path, 0, "", f"not UTF-8 text (byte {exc.start})")
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        return ConfigError(path, 0, "", "invalid TOML: arrays or tables nested too deeply")
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_POS.search(str(exc))
         line = int(match.group(1)) if match else 0
@@ -475,8 +477,9 @@ class _Loader:
             path = self.dir / str(table["file"])
             try:
                 raw = path.read_bytes()
-            except OSError as exc:
-                self.errors.append(src.file.error("ignition.file", f"cannot read {path}: {exc.strerror or exc}"))
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+                why = getattr(exc, "strerror", None) or exc
+                self.errors.append(src.file.error("ignition.file", f"cannot read {path}: {why}"))
                 return None
             key = "ignition.file"
         else:
@@ -484,10 +487,11 @@ class _Loader:
             key = "ignition.inline"
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             self.errors.append(src.file.error(key, f"Ignition config is not valid JSON: {exc}"))
             return None
-        version = doc.get("ignition", {}).get("version") if isinstance(doc, dict) else None
+        meta = doc.get("ignition") if isinstance(doc, dict) else None
+        version = meta.get("version") if isinstance(meta, dict) else None
         if not isinstance(version, str) or not re.match(r"^\d+\.\d+\.\d+", version):
             self.errors.append(src.file.error(key, 'Ignition config needs "ignition": {"version": "3.x.y"}'))
             return None

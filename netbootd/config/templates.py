@@ -49,6 +49,8 @@ def compile_template(text: str) -> jinja2.Template:
         return _ENV.from_string(text)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
+    except RecursionError:  # the parser recurses into nested expressions
+        raise TemplateError("template expression nested too deeply") from None
 
 
 def render(template: jinja2.Template, context: Mapping[str, Any], file_url: Callable[[str], str]) -> str:
@@ -61,3 +63,5 @@ def render(template: jinja2.Template, context: Mapping[str, Any], file_url: Call
         raise TemplateError(str(exc)) from None
     except (FileNotFoundError, PermissionError, ValueError) as exc:
         raise TemplateError(str(exc)) from None
+    except RecursionError:
+        raise TemplateError("template expression nested too deeply") from None

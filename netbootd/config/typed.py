@@ -44,7 +44,10 @@ def _convert(value: Any, tp: Any, base: Path) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # TOML integers are unbounded; 1e400 is not a float
+                raise TypeError(f"expected {_type_name(tp)}, got an integer too large") from None
     elif tp is str:
         if isinstance(value, str):
             return value
