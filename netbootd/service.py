@@ -61,6 +61,8 @@ class Netbootd:
         self.progress: task.LoopingCall | None = None
         self.images: Any = None  # netbootd.images.proxy.ImageProxy once HTTP is up
         self.resolver: task.LoopingCall | None = None
+        self._resolve_retry: Any = None
+        self._resolve_backoff = 5.0
         self.last_reload = 0.0
         self.started = time.time()
         self.reload("start")
@@ -92,13 +94,18 @@ class Netbootd:
         if self.images is not None:
             self.resolve_images()
 
+    def _image_resolved(self, ref, image) -> None:
+        from netbootd.images.resolve import boot_layers
+
+        self.core.image_layers[str(ref)] = boot_layers(image).kinds()
+
     def resolve_images(self) -> defer.Deferred:
         """Learn, off the reactor thread, which boot layers every configured image has, so the
         core can offer a UKI to HTTP-boot firmware and leave out a squashfs an image lacks."""
         from twisted.internet import threads
 
         from netbootd.config.machines import BootKind
-        from netbootd.images.resolve import boot_layers, resolve_machines
+        from netbootd.images.resolve import resolve_machines
 
         pairs = [(m.name, m.boot.image) for m in self.core.catalog.files.values()
                  if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
@@ -106,13 +113,22 @@ class Netbootd:
             return defer.succeed(None)
 
         def done(results) -> None:
+            failed = False
             for res in results:
                 if res.image is not None:
-                    self.core.image_layers[str(res.ref)] = boot_layers(res.image).kinds()
+                    self._image_resolved(res.ref, res.image)
                     log.info("image resolved", machine=res.machine, line=res.line())
                 else:
-                    log.warn("image not resolvable yet; machines booting it will get errors until it is",
-                             machine=res.machine, image=str(res.ref), error=res.error)
+                    failed = True
+                    log.warn("image not resolvable yet; retrying", machine=res.machine, image=str(res.ref),
+                             error=res.error, retry_in=self._resolve_backoff)
+            if failed:
+                # don't wait for the 10-minute tick: a registry that comes back is seen within a minute
+                if self._resolve_retry is None or not self._resolve_retry.active():
+                    self._resolve_retry = self.reactor.callLater(self._resolve_backoff, self.resolve_images)
+                self._resolve_backoff = min(self._resolve_backoff * 2, 60.0)
+            else:
+                self._resolve_backoff = 5.0
 
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), resolve_machines,
                                       self.images.registry, pairs)
@@ -154,6 +170,7 @@ class Netbootd:
                 from netbootd.images.proxy import ImageProxy
 
                 self.images = ImageProxy(s, self.reactor)
+                self.images.on_resolved = self._image_resolved
                 self.site = make_site(self.core, self.health, images=self.images)
                 try:
                     self.http_port = self.reactor.listenTCP(s.http.port, self.site, interface=s.http.listen)
@@ -239,6 +256,8 @@ class Netbootd:
         for loop in (self.watchdog, self.progress, self.resolver):
             if loop is not None and loop.running:
                 loop.stop()
+        if self._resolve_retry is not None and self._resolve_retry.active():
+            self._resolve_retry.cancel()
         if self.images is not None:
             yield self.images.close()
         self.ports = []

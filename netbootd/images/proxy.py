@@ -9,6 +9,7 @@ Registry look-ups run in the reactor's thread pool; bytes move on the reactor (p
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -24,6 +25,7 @@ from netbootd.images.registry import (
     NotFound,
     RegistryClient,
     RegistryError,
+    ResolvedImage,
     UpstreamError,
     is_digest,
     media_aliases,
@@ -46,6 +48,8 @@ class ImageProxy:
         self.cache = BlobCache(settings.cache_dir / "blobs", settings.registry.cache_max_bytes)
         self.fetcher = Fetcher(reactor, self.registry)
         self.flights: dict[str, Flight] = {}
+        # Told of every successful resolution (the service keeps the core's image layers current).
+        self.on_resolved: Callable[[ImageRef, ResolvedImage], None] | None = None
 
     def close(self) -> defer.Deferred:
         self.registry.close()
@@ -69,6 +73,8 @@ class ImageProxy:
             raise BadRequest(f"layerDigest={layer_digest!r}: expected sha256:<64 hex digits>")
         ref = self.registry.parse(image_name, version)  # BadRequest, Disallowed: no I/O
         image = await self._thread(self.registry.resolve, ref)
+        if self.on_resolved is not None:
+            self.on_resolved(ref, image)
         if layer_digest:
             layer = image.layer_by_digest(layer_digest)
             if layer is None:

@@ -46,3 +46,27 @@ def test_daemon_offers_the_uki_and_drops_missing_squashfs(registry, daemon_facto
     assert r.status_code == 200 and "layerName=application%2Fvnd.ironcore.image.uki" in r.json()["UKIURL"]
     uki = d.get(r.json()["UKIURL"].split(str(d.http_port), 1)[1])
     assert uki.status_code == 200 and uki.content[:2] == b"MZ"
+
+
+def test_registry_that_comes_up_later_is_picked_up(fresh_registry, daemon_factory):
+    """netbootd started while the registry is down learns the image's layers once it is back:
+    from its own retries (5 s backoff), and from any /image request that resolves it."""
+    from tests.images import harness as h
+
+    push = h.Pusher(fresh_registry.url)
+    push.image("boot/ukionly", "v1", [(h.UKI, b"MZ" + bytes(1000))])
+    push.close()
+    fresh_registry.stop()
+    d = daemon_factory(extra_settings=registry_settings(fresh_registry.host))
+    (d.machines / "52-54-00-00-00-02.toml").write_text(f'[boot]\nimage = "{fresh_registry.host}/boot/ukionly:v1"\n')
+    d.start()
+    wait_for(lambda: "image not resolvable yet; retrying" in d.log(), timeout=20)
+    assert d.get("/httpboot", headers={"X-Forwarded-For": "52:54:00:00:00:02"}).status_code == 500
+    fresh_registry.start()
+
+    def uki_offered():
+        r = d.get("/httpboot", headers={"X-Forwarded-For": "52:54:00:00:00:02"})
+        return r.status_code == 200 and "image.uki" in r.json()["UKIURL"]
+
+    wait_for(uki_offered, timeout=30, interval=0.5)
+    assert "chain --autofree" in d.get("/ipxe?mac=52-54-00-00-00-02&arch=efi64").text
