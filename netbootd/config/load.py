@@ -518,7 +518,7 @@ class _Loader:
                 self.errors.append(src.file.error(f"booty.{key}", f"expected {want.__name__}"))
         action = table.get("action")
         required = {"writeImage": ("sourceImage", "destinationDevice"), "readImage": ("sourceDevice", "destinationAddress")}
-        if action not in required:
+        if not isinstance(action, str) or action not in required:
             self.errors.append(src.file.error("booty.action", 'expected "writeImage" or "readImage"'))
             return None
         for key in required[str(action)]:

@@ -105,14 +105,14 @@ def with_mac(data: bytes, mac: bytes) -> bytes:
 infos = st.sampled_from([BROADCAST, UNICAST, None])
 
 
-@fuzz(600)
+@fuzz(400)
 @given(data=mutated(SEEDS), proxy=st.booleans(), info=infos)
 @example(data=REQUESTS[0], proxy=False, info=BROADCAST)
 def test_mutated_captures(data, proxy, info):
     check(data, proxy, info)
 
 
-@fuzz(400)
+@fuzz(200)
 @given(data=mutated(REQUESTS, max_ops=3), mac=st.sampled_from(EXAMPLE_MACS), proxy=st.booleans(), info=infos)
 def test_mutated_requests_of_configured_machines(data, mac, proxy, info):
     check(with_mac(data, mac), proxy, info)
@@ -151,13 +151,13 @@ def structured() -> st.SearchStrategy[bytes]:
     )
 
 
-@fuzz(500)
+@fuzz(300)
 @given(data=structured(), proxy=st.booleans(), info=infos)
 def test_random_options(data, proxy, info):
     check(data, proxy, info)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(data=st.binary(max_size=1700), proxy=st.booleans(), info=infos)
 def test_random_bytes(data, proxy, info):
     check(data, proxy, info)

@@ -71,6 +71,12 @@ def test_template_nested_too_deeply(tmp_path):
     assert any("boot.script: template expression nested too deeply" in e for e in errors)
 
 
+def test_booty_action_that_is_not_a_string(tmp_path):
+    # was: TypeError (unhashable type: 'list') in _Loader._booty
+    errors = _machine_errors(tmp_path, '[boot]\nlocal = true\n[booty]\naction = []\n')
+    assert any('booty.action: expected "writeImage" or "readImage"' in e for e in errors)
+
+
 def test_check_reports_them_instead_of_a_traceback(tmp_path, capsys):
     (tmp_path / "machines").mkdir()
     (tmp_path / "machines" / "default.toml").write_text('[boot]\nlocal = true\n[ignition]\ninline = \'{"ignition": []}\'\n')
