@@ -132,6 +132,7 @@ def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
     for key, seconds, zero_ok in (
         ("tftp.timeout", s.tftp.timeout, False),
         ("shutdown_grace", s.shutdown_grace, True),
+        ("http.stall_timeout", s.http.stall_timeout, True),
     ):
         if not (math.isfinite(seconds) and (seconds > 0 or (zero_ok and seconds == 0))):
             errors.append(toml.error(key, f"expected a number of seconds {'>=' if zero_ok else '>'} 0, got {seconds}"))

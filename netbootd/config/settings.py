@@ -68,6 +68,7 @@ class HttpSettings:
     rate_limit: float = 50.0  # requests a second per client IP (0: no limit); beyond: 429
     rate_burst: int = 200  # requests a client may make at once above the rate
     max_transfers: int = 1024  # concurrent downloads (/files, /boot, /image, /httpboot); beyond: 503
+    stall_timeout: float = 60.0  # a download that sends nothing for this long is cut (0: never)
     max_url_length: int = 4096  # request line bytes; beyond: 414
     max_header_bytes: int = 16384  # request line and headers; beyond: 431
     max_headers: int = 100  # header lines; beyond: 431 (request bodies are always refused: 413)

@@ -3,7 +3,9 @@
 - Each client IP gets `http.rate_limit` requests a second (token bucket, `http.rate_burst` at once);
   beyond that: 429 with `Retry-After` and a one-line reason (`netbootd_http_rate_limited_total`).
 - At most `http.max_transfers` downloads (/files, /boot, /image, /httpboot/...) run at once;
-  beyond that: 503 with `Retry-After` (`netbootd_http_active_transfers` is the gauge).
+  beyond that: 503 with `Retry-After` (`netbootd_http_active_transfers` is the gauge). A download
+  that sends nothing for `http.stall_timeout` seconds (a client that stopped reading, a machine
+  powered off mid-transfer: TCP alone would hold it for many minutes) is cut, freeing its slot.
 - A request line longer than `http.max_url_length`: 414; a head (request line and headers)
   larger than `http.max_header_bytes` or with more than `http.max_headers` lines: 431; any
   request body (Content-Length > 0 or Transfer-Encoding): 413, refused before it is read, so
@@ -20,7 +22,7 @@ counted in the per-route request metrics like any answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.web import http, server
@@ -46,19 +48,22 @@ class Refusal(Exception):
 
 
 class HttpLimits:
-    """The policy and its state, one per site. The clock is injected (reactor.seconds)."""
+    """The policy and its state, one per site. Time comes from `reactor` (seconds, callLater)."""
 
     def __init__(
         self,
         settings: HttpSettings,
-        clock: Callable[[], float],
+        reactor: Any,
         transfer_routes: Iterable[str] = ("files", "boot", "image", "httpboot"),
     ) -> None:
         self.settings = settings
-        self.rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, clock)
+        self.reactor = reactor
+        self.rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, reactor.seconds)
         self.transfer_routes = frozenset(r.encode() for r in transfer_routes)
         self.transfers = 0
-        self.log_limiter = RateLimiter(burst=5, period=60.0, clock=clock)
+        self.log_limiter = RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
+        self._progress: dict[Any, tuple[int, float]] = {}  # running download → (bytes sent, since when)
+        self._reaper: Any = None
 
     def is_transfer(self, path: bytes) -> bool:
         parts = path.split(b"/", 2)
@@ -86,13 +91,41 @@ class HttpLimits:
             self._log("busy", "http download refused: too many downloads", client=client)
             raise Refusal(503, "busy", f"server busy: {self.transfers} downloads in progress; retry in 1 s", 1)
 
-    def transfer_started(self) -> None:
+    def transfer_started(self, request: Any = None) -> None:
         self.transfers += 1
         metrics.active_transfers.inc()
+        if request is not None and self.settings.stall_timeout > 0:
+            self._progress[request] = (request.sentLength or 0, self.reactor.seconds())
+            if self._reaper is None:
+                self._reaper = self.reactor.callLater(self._reap_interval(), self._reap)
 
-    def transfer_ended(self) -> None:
+    def transfer_ended(self, request: Any = None) -> None:
         self.transfers -= 1
         metrics.active_transfers.dec()
+        self._progress.pop(request, None)
+
+    def _reap_interval(self) -> float:
+        return min(max(self.settings.stall_timeout / 4, 0.1), 10.0)
+
+    def _reap(self) -> None:
+        """Cut the downloads that sent nothing for stall_timeout seconds; runs while any run."""
+        self._reaper = None
+        now = self.reactor.seconds()
+        for request, (sent, since) in list(self._progress.items()):
+            current = request.sentLength or 0
+            if current != sent:
+                self._progress[request] = (current, now)
+            elif now - since >= self.settings.stall_timeout:
+                del self._progress[request]
+                metrics.refused.labels("stalled").inc()
+                client = getattr(request.getClientAddress(), "host", "")
+                self._log("stalled", "http download cut: nothing sent", client=client, sent=current,
+                          path=request.path.decode("latin-1", "replace")[:200], seconds=round(now - since, 1))
+                channel = request.channel
+                if channel is not None and channel.transport is not None:
+                    channel.transport.abortConnection()  # notifyFinish errbacks: transfer_ended
+        if self._progress:
+            self._reaper = self.reactor.callLater(self._reap_interval(), self._reap)
 
     def _log(self, key: str, message: str, **fields: Any) -> None:
         if self.log_limiter.allow(key):
@@ -125,8 +158,8 @@ class LimitedRequest(server.Request):
             self.finish()
             return None
         if limits.is_transfer(self.path):
-            limits.transfer_started()
-            self.notifyFinish().addBoth(lambda _: limits.transfer_ended())
+            limits.transfer_started(self)
+            self.notifyFinish().addBoth(lambda _: limits.transfer_ended(self))
         return super().process()
 
 
@@ -228,7 +261,7 @@ def install(site: server.Site, settings: HttpSettings, transfer_routes: Iterable
     """Give `site` the limits of `settings`: its requests are LimitedRequests, its channels
     LimitedChannels, and `site.limits` holds the state."""
     kw = {"transfer_routes": transfer_routes} if transfer_routes is not None else {}
-    limits = HttpLimits(settings, site.reactor.seconds, **kw)
+    limits = HttpLimits(settings, site.reactor, **kw)
     channel = type("SiteLimitedChannel", (LimitedChannel,), {"limits": settings})
     site.limits = limits  # type: ignore[attr-defined]
     site.requestFactory = LimitedRequest

@@ -223,6 +223,7 @@ class TransferSession(DatagramProtocol):
         self._timer: Any = None
         self._send: Callable[[bytes], Any] = self._send_via_transport
         self._fast_send: Callable[[bytes], Any] | None = None  # lock-step shortcut (real sockets)
+        self._socket: socket.socket | None = None  # kept: Twisted drops `transport` before stopProtocol
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -262,6 +263,7 @@ class TransferSession(DatagramProtocol):
             except OSError:
                 path_mtu = None
             # the hot path: a connected socket's send(), without Twisted's per-call checks
+            self._socket = sock
             self._sock_send = sock.send
             self._send = self._send_via_socket
             if not self.drop_every:
@@ -285,9 +287,16 @@ class TransferSession(DatagramProtocol):
                 self._fill(2 * self._windowsize)
 
     def stopProtocol(self) -> None:
-        # the port went away under us (reactor shutdown without the server stopping us first)
+        # the port went away under us: reactor shutdown without the server stopping us first, or
+        # the client's ICMP port unreachable, which epoll reports as an error on the socket and
+        # Twisted then treats as a lost connection (the client vanished mid-transfer)
         if not self.finished:
-            self._finish("shutdown", None, stop_port=False)
+            sock, self._socket = self._socket, None
+            try:
+                refused = sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+            except OSError:
+                refused = False
+            self._finish("client_unreachable" if refused else "shutdown", None, stop_port=False)
 
     def abort(self, reason: str = "shutdown", message: str = "server shutting down") -> None:
         """End the transfer now (server shutdown): tell the client, free port and file."""
@@ -305,6 +314,7 @@ class TransferSession(DatagramProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._socket = None
         try:
             if self._source is not None:
                 self._source.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet.task import Clock as TwistedClock
 
 from netbootd.config.settings import HttpSettings
 from netbootd.http.limits import HttpLimits, Refusal
@@ -76,7 +77,7 @@ def test_retry_after():
 
 
 def test_http_limits_rate_and_transfer_cap():
-    clock = Clock()
+    clock = TwistedClock()
     limits = HttpLimits(HttpSettings(rate_limit=1, rate_burst=2, max_transfers=1), clock)
     limits.admit("a", b"/files/x")
     limits.transfer_started()
@@ -90,12 +91,12 @@ def test_http_limits_rate_and_transfer_cap():
     assert limited.value.status == 429 and limited.value.retry == 1
     assert "rate limit exceeded" in limited.value.message
     limits.transfer_ended()
-    clock.now += 1
+    clock.advance(1)
     limits.admit("a", b"/files/x")
 
 
 def test_http_limits_which_paths_are_transfers():
-    limits = HttpLimits(HttpSettings(), Clock())
+    limits = HttpLimits(HttpSettings(), TwistedClock())
     assert limits.is_transfer(b"/files/a/b")
     assert limits.is_transfer(b"/boot/undionly.kpxe")
     assert limits.is_transfer(b"/image")
@@ -104,3 +105,47 @@ def test_http_limits_which_paths_are_transfers():
     assert not limits.is_transfer(b"/ipxe/52-54-00-12-34-56")
     assert not limits.is_transfer(b"")
     assert not limits.is_transfer(b"files")
+
+
+class Download:
+    """Stands in for a twisted.web Request in HttpLimits' stall watch: only what it reads
+    (sentLength, path, client address, channel.transport.abortConnection)."""
+
+    def __init__(self) -> None:
+        self.sentLength = 0
+        self.path = b"/files/big"
+        self.aborted = False
+        self.channel = self
+        self.transport = self
+
+    def getClientAddress(self):
+        return type("Address", (), {"host": "10.0.0.9"})()
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_stalled_downloads_are_cut_and_moving_ones_are_not():
+    clock = TwistedClock()
+    limits = HttpLimits(HttpSettings(stall_timeout=30), clock)
+    moving, stalled = Download(), Download()
+    for d in (moving, stalled):
+        limits.transfer_started(d)
+    for _ in range(20):  # 100 seconds
+        moving.sentLength += 1
+        clock.advance(5)
+    assert stalled.aborted and not moving.aborted
+    limits.transfer_ended(stalled)  # what notifyFinish does after the abort
+    limits.transfer_ended(moving)
+    assert limits.transfers == 0
+    clock.advance(100)
+    assert not clock.getDelayedCalls()  # no timer left running once nothing is downloading
+
+
+def test_stall_watch_off():
+    clock = TwistedClock()
+    limits = HttpLimits(HttpSettings(stall_timeout=0), clock)
+    d = Download()
+    limits.transfer_started(d)
+    clock.advance(10_000)
+    assert not d.aborted and not clock.getDelayedCalls()
