@@ -61,6 +61,10 @@ CLIENT_PRIMARY = f"{NET_PREFIX}.0.2"
 STAGES = ("dhcp", "4011", "nbp", "ipxe-dhcp", "script", "kernel", "initrd", "beacon")
 FIRMWARES = ("bios", "efi", "http")
 BIOS_NBP, EFI_NBP = "undionly.kpxe", "snponly.efi"
+DROP_COUNTERS = (
+    "Udp.RcvbufErrors", "Udp.SndbufErrors", "Udp.InErrors", "Udp.NoPorts", "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDrop", "TcpExt.TCPTimeouts", "TcpExt.TCPSynRetrans", "Tcp.AttemptFails",
+)  # fmt: skip
 
 
 def machine_ip(i: int) -> str:
@@ -298,6 +302,16 @@ class Storm:
             f"\n{(nginx_dir / 'nginx.out').read_text()}"
         )
 
+    def kernel_counters(self, ns: str) -> dict[str, int]:
+        """The namespace's UDP and TCP drop counters (/proc/net/snmp and netstat are per namespace)."""
+        text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp", "/proc/net/netstat").stdout.splitlines()
+        out: dict[str, int] = {}
+        for names, values in zip(text[::2], text[1::2], strict=False):
+            proto, _, keys = names.partition(": ")
+            for k, v in zip(keys.split(), values.split(": ", 1)[1].split(), strict=False):
+                out[f"{proto}.{k}"] = int(v)
+        return out
+
     # -- one storm ---------------------------------------------------------------------------
 
     def mix(self, n: int) -> list[str]:
@@ -357,6 +371,7 @@ class Storm:
                 reset_peak_rss(pid)
             cpu0 = {pid: cpu_seconds(pid) for pid in pids}
             load0 = os.getloadavg()[0]
+            k0 = {ns: self.kernel_counters(ns) for ns in (self.ns_srv, self.ns_cli)}
             t0 = time.monotonic()
             result = self.clients(n, self.args.ramp, seed=self.args.seed)
             result["bench_wall"] = time.monotonic() - t0
@@ -364,6 +379,9 @@ class Storm:
             result["server_hwm_mib"] = sum(status_kib(pid, "VmHWM") for pid in pids) / 1024
             result["server_fds"] = sum(open_fds(pid) for pid in pids)
             result["load"] = (load0, os.getloadavg()[0])
+            for side, ns in (("server", self.ns_srv), ("clients", self.ns_cli)):
+                k1 = self.kernel_counters(ns)
+                result[f"{side}_drops"] = {k: k1[k] - k0[ns].get(k, 0) for k in DROP_COUNTERS if k1.get(k, 0) - k0[ns].get(k, 0)}
             result["stack"], result["n"] = stack, n
         finally:
             for proc in procs:
@@ -401,9 +419,12 @@ def summary(res: dict) -> dict:
         "total": [m["total"] for m in ok],
         "stages": {s: [m["stages"][s][1] for m in ok if s in m["stages"]] for s in STAGES},
         "failures": {},
+        "retried": {},
         "makespan": max((m["start"] + m["total"] for m in ms), default=0.0),
     }
     for m in ms:
+        for e in m.get("retry_errors", ()):
+            out["retried"][e] = out["retried"].get(e, 0) + 1
         if not m["ok"]:
             key = f"{m['failed_stage']}: {m['error']}"
             out["failures"][key] = out["failures"].get(key, 0) + 1
@@ -464,6 +485,14 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
             print(f"  {label:<10} p50 {r50:5.2f}x   p99 {r99:5.2f}x")
         print(f"  {'all done':<10} {nb['makespan'] / cl['makespan']:5.2f}x   failed {nb['failed']} vs {cl['failed']}")
     for r, s in sums:
+        for side in ("server", "clients"):
+            if r.get(f"{side}_drops"):
+                counters = ", ".join(f"{k} {v}" for k, v in r[f"{side}_drops"].items())
+                print(f"\n{r['stack']} N={s['n']}: kernel counters in the {side}' namespace: {counters}")
+        if s["retried"]:
+            print(f"\n{r['stack']} N={s['n']}: retried stages by error:")
+            for k, v in sorted(s["retried"].items(), key=lambda kv: -kv[1])[:12]:
+                print(f"  {v:>5}  {k}")
         if s["failures"]:
             print(f"\n{r['stack']} N={s['n']}: failed machines by stage and error:")
             for k, v in sorted(s["failures"].items(), key=lambda kv: -kv[1])[:12]:

@@ -348,34 +348,66 @@ async def tftp_get(ctx: Ctx, m: Machine, server: str, name: str, options: dict[s
 
 # ------------------------------------------------------------------------------ HTTP
 
+F_SETPIPE_SZ = 1031
+RCVLOWAT = 512 << 10
 _SHARED = bytearray(1 << 20)
 _SHARED_VIEW = memoryview(_SHARED)
 
 
-class HttpConn(asyncio.BufferedProtocol):
-    """One keep-alive HTTP/1.1 connection; bodies are counted in a shared buffer, or kept (`store`)."""
+class Sink:
+    """Where counted body bytes go: splice(2) socket -> pipe -> /dev/null moves pages without
+    copying them into this process, so the simulated machines cost little CPU per byte (the
+    host's 2 cores are shared with the server under test). Falls back to recv_into."""
 
-    def __init__(self, ctx: Ctx) -> None:
-        self.ctx = ctx
-        self.transport = None
+    def __init__(self) -> None:
+        self.ok = hasattr(os, "splice")
+        if self.ok:
+            self.r, self.w = os.pipe()
+            try:
+                import fcntl
+
+                fcntl.fcntl(self.w, F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
+            self.null = os.open(os.devnull, os.O_WRONLY)
+
+    def drain(self, fd: int, want: int) -> int:
+        """Up to `want` bytes from socket `fd`, discarded; 0 at EOF; raises BlockingIOError."""
+        if self.ok:
+            try:
+                n = os.splice(fd, self.w, min(want, 1 << 20), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except OSError as exc:
+                if isinstance(exc, BlockingIOError):
+                    raise
+                self.ok = False  # splice unsupported here: copy instead
+                return self.drain(fd, want)
+            left = n
+            while left:
+                left -= os.splice(self.r, self.null, left, flags=os.SPLICE_F_MOVE)
+            return n
+        return _recv_into(fd, want)
+
+
+def _recv_into(fd: int, want: int) -> int:
+    return os.readv(fd, [_SHARED_VIEW[: min(want, len(_SHARED))]])
+
+
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection on a plain non-blocking socket (the loop's add_reader):
+    bodies are counted (Sink), or kept when `store`."""
+
+    def __init__(self, ctx: Ctx, sock: socket.socket) -> None:
+        self.ctx, self.sock, self.fd = ctx, sock, sock.fileno()
         self.closed = False
         self.fut: asyncio.Future | None = None
         self.last_rx = now()
+        self.lowat = 1
 
-    # asyncio calls get_buffer, recv_into, buffer_updated back to back: one buffer serves all.
-    def get_buffer(self, sizehint: int):
-        return _SHARED_VIEW
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        if self.fut is not None and not self.fut.done():
-            if self.state == "body" and self.length is None and not self.chunked:
-                self.done()  # body delimited by the close
-            else:
-                self.fut.set_exception(StageFailed(f"http: connection closed ({exc or 'by server'})"))
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.ctx.loop.remove_reader(self.fd)
+            self.sock.close()
 
     def request(self, method: str, host: str, target: str, store: bool) -> asyncio.Future:
         self.fut = self.ctx.loop.create_future()
@@ -385,21 +417,41 @@ class HttpConn(asyncio.BufferedProtocol):
         self.chunked = False
         self.got = 0
         self.last_rx = now()
-        self.transport.write(
-            f"{method} {target} HTTP/1.1\r\nConnection: keep-alive\r\nUser-Agent: iPXE/1.0.0+\r\nHost: {host}\r\n\r\n".encode()
-        )
+        data = f"{method} {target} HTTP/1.1\r\nConnection: keep-alive\r\nUser-Agent: iPXE/1.0.0+\r\nHost: {host}\r\n\r\n"
+        try:
+            if self.sock.send(data.encode()) != len(data):
+                raise OSError("short send")
+        except OSError as exc:
+            self.fail(f"http: send: {exc}")
+            return self.fut
+        self.ctx.loop.add_reader(self.fd, self.readable)
         return self.fut
 
-    def buffer_updated(self, nbytes: int) -> None:
+    def fail(self, why: str) -> None:
+        self.close()
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_exception(StageFailed(why))
+
+    def readable(self) -> None:
+        try:
+            self._readable()
+        except BlockingIOError:
+            pass
+        except (OSError, ValueError) as exc:
+            self.fail(f"http: {type(exc).__name__}: {exc}")
+
+    def _readable(self) -> None:
         self.last_rx = now()
-        if self.fut is None or self.fut.done():
-            return
         if self.state == "head":
-            self.head += _SHARED_VIEW[:nbytes]
+            data = self.sock.recv(65536)
+            if not data:
+                self.fail("http: connection closed by server")
+                return
+            self.head += data
             end = self.head.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.head) > 65536:
-                    self.fut.set_exception(StageFailed("http: header too long"))
+                    self.fail("http: header too long")
                 return
             lines = bytes(self.head[:end]).decode("latin-1").split("\r\n")
             parts = lines[0].split(" ", 2)
@@ -409,7 +461,7 @@ class HttpConn(asyncio.BufferedProtocol):
                 k, _, v = line.partition(":")
                 self.headers[k.strip().lower()] = v.strip()
             self.keep = parts[0] == "HTTP/1.1" and self.headers.get("connection", "").lower() != "close"
-            rest = self.head[end + 4 :]
+            rest = bytes(self.head[end + 4 :])
             self.head = bytearray()
             self.state = "body"
             if "content-length" in self.headers:
@@ -421,14 +473,43 @@ class HttpConn(asyncio.BufferedProtocol):
             if rest:
                 self.take(rest)
             return
-        self.take(_SHARED_VIEW[:nbytes])
+        if self.store or self.chunked or self.length is None:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                if self.length is None and not self.chunked:
+                    self.done()  # body delimited by the close
+                else:
+                    self.fail("http: connection closed mid-body")
+                return
+            self.take(data)
+            return
+        try:
+            while self.got < self.length:  # counted, not kept
+                n = self.ctx.sink.drain(self.fd, self.length - self.got)
+                if n == 0:
+                    self.fail(f"http: connection closed after {self.got} of {self.length} bytes")
+                    return
+                self.got += n
+        except BlockingIOError:
+            # Wake up again only when a good chunk (or the rest) is there: fewer wake-ups of this
+            # process, whose CPU the server under test needs (a server writing 64 KiB at a time
+            # would otherwise wake it per 64 KiB).
+            lowat = min(self.length - self.got, RCVLOWAT)
+            if lowat != self.lowat:
+                self.lowat = lowat
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            return
+        if self.lowat != 1:
+            self.lowat = 1
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        self.done()
 
-    def take(self, data) -> None:
+    def take(self, data: bytes) -> None:
         self.got += len(data)
         if self.store or self.chunked:
             self.body += data
             if len(self.body) > (64 << 20):
-                self.fut.set_exception(StageFailed("http: stored body too large"))
+                self.fail("http: stored body too large")
                 return
         if self.chunked:
             if self.body.endswith(b"0\r\n\r\n"):
@@ -438,17 +519,15 @@ class HttpConn(asyncio.BufferedProtocol):
             self.done()
 
     def done(self) -> None:
-        if not self.keep or self.closed:
-            self.transport.close()
-            self.closed = True
+        self.ctx.loop.remove_reader(self.fd)
+        if not self.keep:
+            self.close()
         self.fut.set_result((self.status, self.headers, self.got if not self.chunked else len(self.body),
                              bytes(self.body)))  # fmt: skip
 
     def tick(self, t: float) -> None:
         if self.fut is not None and not self.fut.done() and t - self.last_rx > HTTP_IDLE_TIMEOUT:
-            self.fut.set_exception(StageFailed(f"http: {HTTP_IDLE_TIMEOUT:.0f} s without data"))
-            self.transport.abort()
-            self.closed = True
+            self.fail(f"http: {HTTP_IDLE_TIMEOUT:.0f} s without data")
 
 
 def dechunk(raw: bytearray) -> bytearray:
@@ -477,15 +556,15 @@ class HttpClient:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self.conns.get(addr)
         if conn is None or conn.closed:
-            conn = HttpConn(self.ctx)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
-                await asyncio.wait_for(
-                    self.ctx.loop.create_connection(lambda: conn, addr[0], addr[1], local_addr=(self.m.ip, 0)),
-                    HTTP_CONNECT_TIMEOUT,
-                )
+                sock.bind((self.m.ip, 0))
+                await asyncio.wait_for(self.ctx.loop.sock_connect(sock, addr), HTTP_CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
+                sock.close()
                 raise StageFailed(f"http: connect: {exc or 'timeout'}") from None
-            self.conns[addr] = conn
+            conn = self.conns[addr] = HttpConn(self.ctx, sock)
         self.ctx.timed.add(conn)
         try:
             status, headers, size, body = await conn.request(method, parts.netloc, target, store)
@@ -497,8 +576,7 @@ class HttpClient:
 
     def close(self) -> None:
         for conn in self.conns.values():
-            if not conn.closed and conn.transport is not None:
-                conn.transport.close()
+            conn.close()
         self.conns.clear()
 
 
@@ -511,6 +589,8 @@ class Ctx:
         self.loop = asyncio.get_running_loop()
         self.mux = DhcpMux()
         self.timed: set = set()
+        self.lags: list[float] = []
+        self.sink = Sink()
         self.send_request = spec.get("send_request", True)
         self.sizes: dict[str, int] = spec.get("sizes", {})
         self.attempts = int(spec.get("attempts", 3))
@@ -525,6 +605,7 @@ class Machine:
         self.stages: dict[str, list[float]] = {}  # name -> [start, duration, attempts]
         self.retransmits = 0
         self.retries = 0
+        self.retry_errors: list[str] = []  # "stage: error" of each failed try that was retried
         self.error = ""
         self.failed_stage = ""
         self.start = self.end = 0.0
@@ -543,6 +624,7 @@ async def stage(ctx: Ctx, m: Machine, name: str, make):
                 m.stages[name] = [start - ctx.t0, now() - start, attempt]
                 raise
             m.retries += 1
+            m.retry_errors.append(f"{name}: {exc}")
             await asyncio.sleep(random.uniform(1.0, 3.0))
             continue
         m.stages[name] = [start - ctx.t0, now() - start, attempt]
@@ -664,9 +746,13 @@ async def _boot(ctx: Ctx, m: Machine, http: HttpClient) -> None:
 
 
 async def sweeper(ctx: Ctx) -> None:
+    """Timeouts of every TFTP transfer and HTTP request; also measures the event loop's lag (how
+    late this wakes up), which is how late the simulated machines may see their answers."""
     while True:
+        due = now() + SWEEP
         await asyncio.sleep(SWEEP)
         t = now()
+        ctx.lags.append(t - due)
         for item in list(ctx.timed):
             item.tick(t)
 
@@ -701,6 +787,8 @@ async def run(spec: dict) -> dict:
     return {
         "client_cpu": time.process_time() - cpu0,
         "stray_dhcp": ctx.mux.stray,
+        "client_rusage": (resource.getrusage(resource.RUSAGE_SELF).ru_utime, resource.getrusage(resource.RUSAGE_SELF).ru_stime),
+        "loop_lag": [*sorted(ctx.lags)[len(ctx.lags) // 2 :: max(1, len(ctx.lags) // 20)], max(ctx.lags, default=0)],
         "wall": now() - ctx.t0,
         "machines": [
             {
@@ -712,6 +800,7 @@ async def run(spec: dict) -> dict:
                 "failed_stage": m.failed_stage,
                 "error": m.error,
                 "retries": m.retries,
+                "retry_errors": m.retry_errors,
                 "retransmits": m.retransmits,
             }
             for m in machines
