@@ -233,10 +233,11 @@ class Storm:
         notify.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify))
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify), "PYTHONPATH": str(REPO)}
-        argv = [sys.executable, "-m", "netbootd", "serve", "--config", str(conf / "netbootd.toml")]
+        pythonpath = str(self.args.netbootd_pythonpath or REPO)
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify), "PYTHONPATH": pythonpath}
+        argv = [sys.executable, "-P", "-m", "netbootd", "serve", "--config", str(conf / "netbootd.toml")]
         if self.args.profile:
-            argv = [sys.executable, "-m", "cProfile", "-o", str(self.tmp / "netbootd.prof"), *argv[1:]]
+            argv = [sys.executable, "-P", "-m", "cProfile", "-o", str(self.tmp / "netbootd.prof"), *argv[2:]]
         if self.args.server_nofile:
             argv = ["prlimit", f"--nofile={self.args.server_nofile}", "--", *argv]
         proc = self.spawn(argv, self.tmp / "netbootd.log", env)
@@ -525,6 +526,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile netbootd; print the top functions")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--keep-tmp", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--netbootd-pythonpath", type=Path, help="run the netbootd package found here (try a patch)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, ports 67/69/80/4011 inside them)")
