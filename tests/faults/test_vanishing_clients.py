@@ -40,7 +40,7 @@ def _start_transfer(port: int, options: dict | None = None) -> tuple[socket.sock
     s.settimeout(5)
     s.bind(("127.0.0.1", 0))
     s.sendto(codec.encode_request("big.bin", "octet", options or {}), ("127.0.0.1", port))
-    data, addr = s.recvfrom(65536)
+    _data, addr = s.recvfrom(65536)
     return s, addr
 
 
