@@ -131,15 +131,14 @@ class BootCore:
 
         `client_ip` is whatever address DHCP revealed (requested IP, ciaddr, 4011 source):
         TFTP and HTTP requests from it are then filed under this machine."""
-        if client_ip:
-            self.timeline.learn(client.mac, client_ip)
-        common = {"port": port, "firmware": client.firmware.value, "arch": client.arch.value}
+        # On the DHCP hot path: plain attribute reads (`_value_`: Enum.value is a slow property in 3.11).
+        event = {"port": port, "firmware": client.firmware._value_, "arch": client.arch._value_}
         if offer is None:
-            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, answered=False, reason=reason, **common)
+            event["answered"] = False
+            event["reason"] = reason
         else:
-            self.timeline.record("dhcp", mac=client.mac, ip=client_ip, offered=offer.describe(), **common)
-
-    # ------------------------------------------------------------------ TFTP
+            event["offered"] = f"{offer.kind._value_} {offer.bootfile}"
+        self.timeline.record_dhcp(client.mac, client_ip, event)
 
     def mac_for_ip(self, ip: str) -> str | None:
         """The MAC DHCP saw at this address (TFTP and HTTP only see addresses)."""

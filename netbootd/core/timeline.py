@@ -85,6 +85,27 @@ class Timeline:
         m.stage = stage if stage != "beacon" else f"beacon:{detail.get('beacon', '')}"
         return mac
 
+    def record_dhcp(self, mac: str, ip: str, event: dict[str, Any]) -> None:
+        """`record("dhcp", ...)` for the DHCP hot path: learns the address and adds the event
+        with no keyword-argument shuffling (thousands of calls a second in a boot storm)."""
+        now = self.clock()
+        m = self._get(mac)
+        if ip and ip != "0.0.0.0":
+            m.ip = ip
+            self._by_ip[ip] = mac
+            self._by_ip.move_to_end(ip)
+            if len(self._by_ip) > self.max_machines * 2:
+                self._by_ip.popitem(last=False)
+        if m.attempt_start is None or now - m.last > ATTEMPT_IDLE:
+            m.attempt_start = now
+        event["time"] = round(now, 3)
+        event["stage"] = "dhcp"
+        if ip:
+            event["ip"] = ip
+        m.events.append(event)
+        m.last = now
+        m.stage = "dhcp"
+
     def _get(self, mac: str) -> _Machine:
         m = self._machines.get(mac)
         if m is None:

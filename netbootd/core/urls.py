@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import quote, urlencode
 
@@ -17,6 +18,7 @@ UKI_MEDIA = "application/vnd.ironcore.image.uki"
 _HAS_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d+$")
 
 
+@functools.lru_cache(maxsize=1024)
 def base_url(public_url: str, host: str, port: int) -> str:
     """'http://10.0.0.2' (port 80 implied) or 'http://10.0.0.2:8080', or the configured public URL.
 
@@ -38,7 +40,10 @@ def ident_query(mac: str | None, uuid: str | None) -> dict[str, str]:
 
 
 def script_url(base: str, mac: str | None, uuid: str | None, arch: str) -> str:
-    return f"{base}/ipxe?{urlencode({**ident_query(mac, uuid), 'arch': arch})}"
+    # Built by hand, not with urlencode: this is on the DHCP hot path (a third of an answer's
+    # time), and every part is already URL-safe: a dashed MAC, a canonical UUID, an arch name.
+    ident = f"mac={mac.replace(':', '-')}" if mac else (f"uuid={uuid}" if uuid else "")
+    return f"{base}/ipxe?{ident}&arch={arch}" if ident else f"{base}/ipxe?arch={arch}"
 
 
 def ignition_url(base: str, mac: str | None, uuid: str | None, signature: tuple[int, str] | None = None) -> str:
