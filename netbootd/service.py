@@ -25,6 +25,9 @@ from netbootd.sdnotify import Notifier
 log = get_logger("netbootd.service")
 
 
+HUP_COALESCE = 0.05  # seconds: SIGHUPs this close together make one reload
+
+
 class StartupError(Exception):
     """A listener could not start; the message says what to do."""
 
@@ -59,6 +62,7 @@ class Netbootd:
         self.notifier = Notifier()
         self.watchdog: task.LoopingCall | None = None
         self.progress: task.LoopingCall | None = None
+        self._hup_reload: Any = None  # the reload a SIGHUP scheduled, until it runs
         self.images: Any = None  # netbootd.images.proxy.ImageProxy once HTTP is up
         self.resolver: task.LoopingCall | None = None
         self._resolve_retry: Any = None
@@ -136,6 +140,13 @@ class Netbootd:
         d.addErrback(lambda f: log.failure("image resolution failed", f))
         return d
 
+    def sighup(self) -> None:
+        """Reload soon: a burst of SIGHUPs is one reload (each would block the reactor for the
+        whole reload: a storm of 200 took every request's turn for seconds). Every signal is
+        still followed by a reload that starts after it."""
+        if self._hup_reload is None or not self._hup_reload.active():
+            self._hup_reload = self.reactor.callLater(HUP_COALESCE, self.reload, "SIGHUP")
+
     def status_line(self) -> str:
         """One line for `systemctl status`."""
         catalog = self.core.catalog
@@ -197,7 +208,7 @@ class Netbootd:
             raise
         self.watcher = DirectoryWatcher(self.reactor, s.machines_dir, self.reload)
         self.watcher.start()
-        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload, "SIGHUP"))
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.sighup))
         log.info(
             "listening",
             http=s.http.port if s.http.enabled else "off",

@@ -121,12 +121,12 @@ def test_machines_booting_from_their_own_addresses_are_not_limited(daemon_factor
     assert metric(d, "netbootd_tftp_requests_refused_total", reason="rate_limited") == 0
 
 
-def _download(source: str, port: int) -> bytes:
+def _download(source: str, port: int, name: str = "payload.bin") -> bytes:
     """A plain RFC 1350 read from `source` (512-byte blocks, lock-step)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(10)
         s.bind((source, 0))
-        s.sendto(codec.encode_request("payload.bin", "octet", {}), ("127.0.0.1", port))
+        s.sendto(codec.encode_request(name, "octet", {}), ("127.0.0.1", port))
         out = bytearray()
         expected = 1
         while True:
