@@ -22,6 +22,7 @@ from netbootd.core import BootCore, Denied, NoScript
 from netbootd.core import files as core_files
 from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
+from netbootd.http.guard import GuardedResource
 from netbootd.logs import get_logger
 from netbootd.model import Arch, normalize_mac, normalize_uuid
 
@@ -385,7 +386,7 @@ class MetricsSite(server.Site):
 
 
 def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None) -> MetricsSite:
-    site = MetricsSite(BootApp(core, health, images).app.resource(), core=core)
+    site = MetricsSite(GuardedResource(BootApp(core, health, images).app.resource()), core=core)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, core.settings.http, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

@@ -82,3 +82,21 @@ def test_check_reports_them_instead_of_a_traceback(tmp_path, capsys):
     (tmp_path / "machines" / "default.toml").write_text('[boot]\nlocal = true\n[ignition]\ninline = \'{"ignition": []}\'\n')
     assert main(["check", str(tmp_path)]) == 1
     assert "default.toml" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ HTTP (tests/fuzz/test_http.py)
+
+
+def test_http_host_header_werkzeug_cannot_encode(daemon_factory):
+    # was: werkzeug's BadHost raised out of Klein before routing: 500 "Processing Failed" and a
+    # traceback in the log, for any client sending a Host label longer than 63 characters
+    d = daemon_factory()
+    (d.machines / "default.toml").write_text('[boot]\nchain = "http://x/y"\n')
+    d.start()
+    r = d.get("/ipxe?mac=52:54:00:00:00:01", headers={"host": "a" * 300})
+    assert r.status_code == 400 and r.text.startswith("bad request")
+    # was: Klein answered 400 but logged a traceback for every such request (log flooding)
+    assert d.get("/files/%ff%fe").status_code == 400
+    assert d.get("/ipxe?mac=52:54:00:00:00:01").status_code == 200
+    log = d.log()
+    assert "Traceback" not in log and "Processing Failed" not in log and "Invalid encoding" not in log
