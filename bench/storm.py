@@ -334,7 +334,7 @@ class Storm:
                 out.append(FIRMWARES[-1])
         return out
 
-    def clients(self, n: int, ramp: float, seed: int = 1, attempts: int = 0, deadline: float = 0.0) -> dict:
+    def clients(self, n: int, ramp: float, seed: int = 1, attempts: int = 0, deadline: float = 0.0, mac_offset: int = 0) -> dict:
         self.ensure_addresses(n)
         spec = {
             "iface": self.if_cli,
@@ -342,6 +342,7 @@ class Storm:
             "ips": [machine_ip(i) for i in range(n)],
             "ramp": ramp,
             "seed": seed,
+            "mac_offset": mac_offset,
             "sizes": self.sizes,
             "attempts": attempts or self.args.attempts,
             "deadline": deadline or self.args.deadline,

@@ -598,9 +598,9 @@ class Ctx:
 
 
 class Machine:
-    def __init__(self, index: int, firmware: str, ip: str, rng: random.Random) -> None:
+    def __init__(self, index: int, firmware: str, ip: str, rng: random.Random, mac_offset: int = 0) -> None:
         self.index, self.firmware, self.ip = index, firmware, ip
-        self.mac = bytes([0x52, 0x54, 0x01]) + index.to_bytes(3, "big")
+        self.mac = bytes([0x52, 0x54, 0x01]) + ((index + mac_offset) & 0xFFFFFF).to_bytes(3, "big")
         self.uuid = rng.randbytes(16)
         self.stages: dict[str, list[float]] = {}  # name -> [start, duration, attempts]
         self.retransmits = 0
@@ -768,7 +768,8 @@ async def run(spec: dict) -> dict:
     sock.setblocking(False)
     await ctx.loop.create_datagram_endpoint(lambda: ctx.mux, sock=sock)
     rng = random.Random(spec.get("seed", 1))
-    machines = [Machine(i, fw, ip, rng) for i, (fw, ip) in enumerate(zip(spec["firmware"], spec["ips"], strict=True))]
+    offset = int(spec.get("mac_offset", 0))
+    machines = [Machine(i, fw, ip, rng, offset) for i, (fw, ip) in enumerate(zip(spec["firmware"], spec["ips"], strict=True))]
     ramp = float(spec.get("ramp", 0.0))
     sweep = asyncio.create_task(sweeper(ctx))
     cpu0 = time.process_time()
