@@ -237,14 +237,14 @@ def check_all(root: Path) -> None:
 BASE_SETTINGS = 'machines_dir = "machines"\nfiles_root = "files"\nstate_dir = "state"\n'
 
 
-@fuzz(200)
+@fuzz(150)
 @given(st.text(max_size=400) | st.binary(max_size=400))
 def test_settings_random_text(text):
     with config_dir(text) as root:
         check_settings(root / "netbootd.toml")
 
 
-@fuzz(200)
+@fuzz(150)
 @given(document(SETTINGS_KEYS))
 def test_settings_documents(doc):
     for table in ("", "tftp"):  # keep generated paths inside the example directory
@@ -257,14 +257,14 @@ def test_settings_documents(doc):
         check_settings(root / "netbootd.toml")
 
 
-@fuzz(120)
+@fuzz(100)
 @given(machines_tree())
 def test_machine_files(tree):
     with config_dir(BASE_SETTINGS, tree) as root:
         check_all(root)
 
 
-@fuzz(100)
+@fuzz(80)
 @given(st.lists(st.tuples(MACHINE_NAMES, st.text(max_size=200) | st.binary(max_size=200)), min_size=1, max_size=3))
 def test_machine_files_random_text(files):
     with config_dir(BASE_SETTINGS, {f"{name}.toml": data for name, data in files}) as root:
@@ -345,7 +345,7 @@ def test_example_config_is_clean():
         assert check_cli(root) == 0
 
 
-@fuzz(120)
+@fuzz(100)
 @given(mutated_example())
 def test_mutated_example_config(changes):
     with example_copy(changes) as root:

@@ -23,7 +23,7 @@ from netbootd.dhcp import codec
 from netbootd.dhcp.answer import DhcpController
 from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo
 from tests.conftest import wait_for
-from tests.fuzz.conftest import EXAMPLE_CONFIG, corpus, corpus_files, fuzz, mutated
+from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus, corpus_files, fuzz, mutated
 
 SEEDS = corpus("dhcp")
 REQUESTS = [s for s in SEEDS if s[:1] == b"\x01"]
@@ -105,14 +105,14 @@ def with_mac(data: bytes, mac: bytes) -> bytes:
 infos = st.sampled_from([BROADCAST, UNICAST, None])
 
 
-@fuzz(400)
+@fuzz(300)
 @given(data=mutated(SEEDS), proxy=st.booleans(), info=infos)
 @example(data=REQUESTS[0], proxy=False, info=BROADCAST)
 def test_mutated_captures(data, proxy, info):
     check(data, proxy, info)
 
 
-@fuzz(200)
+@fuzz(150)
 @given(data=mutated(REQUESTS, max_ops=3), mac=st.sampled_from(EXAMPLE_MACS), proxy=st.booleans(), info=infos)
 def test_mutated_requests_of_configured_machines(data, mac, proxy, info):
     check(with_mac(data, mac), proxy, info)
@@ -151,13 +151,13 @@ def structured() -> st.SearchStrategy[bytes]:
     )
 
 
-@fuzz(300)
+@fuzz(200)
 @given(data=structured(), proxy=st.booleans(), info=infos)
 def test_random_options(data, proxy, info):
     check(data, proxy, info)
 
 
-@fuzz(200)
+@fuzz(150)
 @given(data=st.binary(max_size=1700), proxy=st.booleans(), info=infos)
 def test_random_bytes(data, proxy, info):
     check(data, proxy, info)
@@ -186,7 +186,7 @@ def test_live_daemon_proxy_port_survives_garbage(daemon_factory):
     sock.settimeout(0)
     sent = 0
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES or 200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(mutated(REQUESTS))
     def feed(data):
         nonlocal sent

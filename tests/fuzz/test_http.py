@@ -21,7 +21,7 @@ from twisted.logger import globalLogPublisher
 from netbootd.config.load import build_catalog, load_machines, load_settings
 from netbootd.core import BootCore
 from netbootd.http.app import make_site
-from tests.fuzz.conftest import EXAMPLE_CONFIG, corpus_lines, fuzz
+from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus_lines, fuzz
 
 SEEDS = corpus_lines("http")
 ROUTES = ["ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "machines", "image", "healthz", "metrics",
@@ -123,7 +123,7 @@ def check(code: int, body: bytes, url: str) -> None:
     assert b"Traceback" not in body and b"Processing Failed" not in body, (url, body[:300])
 
 
-@fuzz(700)
+@fuzz(500)
 @given(url=target(), headers=HEADERS, method=st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "PUT", "OPTIONS"]))
 @example(url="/ipxe?mac=52:54:00:00:00:01&arch=efi64", headers={}, method="GET")
 @example(url="/files/%2e%2e/netbootd.toml", headers={}, method="GET")
@@ -189,7 +189,7 @@ def test_raw_requests_against_the_daemon(daemon_factory):
     d.start()
     answered = 0
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES or 200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(raw_request())
     def feed(data):
         nonlocal answered

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 
 from netbootd.tftp import codec
-from tests.fuzz.conftest import corpus, fuzz, mutated
+from tests.fuzz.conftest import EXAMPLES, corpus, fuzz, mutated
 from tests.tftp.conftest import RawClient, Running, make_settings, metric, open_fds, sleep, wait_for, write_random
 
 SEEDS = corpus("tftp")
@@ -61,7 +61,7 @@ def transfer_packet() -> st.SearchStrategy[bytes]:
 PACKETS = st.one_of(mutated(SEEDS), request(), st.binary(max_size=600))
 
 
-@fuzz(500)
+@fuzz(400)
 @given(PACKETS)
 def test_codec(data):
     try:
@@ -98,7 +98,7 @@ async def test_live_server(tftp_files):
     started_before = metric("netbootd_tftp_transfers_started_total")
     fds_before = open_fds()
 
-    @fuzz(400)
+    @fuzz(300)
     @given(st.lists(PACKETS, min_size=1, max_size=4), st.lists(transfer_packet(), max_size=6), st.booleans())
     def feed(requests, later, finish):
         for data in requests:
@@ -142,7 +142,7 @@ def test_live_daemon_survives_garbage(daemon_factory):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES or 200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(PACKETS)
     def feed(data):
         sock.sendto(data[:1400], ("127.0.0.1", d.tftp_port))
