@@ -106,15 +106,23 @@ class DhcpController:
         self.report(client, offer, why, request, arrival)
         if offer is None:
             ANSWERS.inc(firmware, "none")
-            self.log.info(
-                "not answered: {why}",
-                why=why or "the boot core has no offer for this machine",
-                mac=client.mac,
-                arch=arch,
-                firmware=firmware,
-                uuid=client.uuid,
-                port=arrival.port,
-            )
+            # rate-limited like the answers: a flood of requests from ignored or unknown machines
+            # (spoofed MACs cost nothing) must not become a flood of log lines
+            if self.answer_lines is None or self.answer_lines.allow("not-answered"):
+                extra = {}
+                skipped = self.answer_lines.take_suppressed("not-answered") if self.answer_lines is not None else 0
+                if skipped:
+                    extra["unlogged_before"] = skipped
+                self.log.info(
+                    "not answered: {why}",
+                    why=why or "the boot core has no offer for this machine",
+                    mac=client.mac,
+                    arch=arch,
+                    firmware=firmware,
+                    uuid=client.uuid,
+                    port=arrival.port,
+                    **extra,
+                )
             return None
         try:
             reply = self.build(request, client, offer, arrival, reply_type)
