@@ -13,9 +13,10 @@ is taken too (under load the numbers move with the number of transfers in flight
 come back to the same level).
 
 Printed: one line per storm, the samples' start / middle / end, the least-squares slope of RSS and
-fds over time (all samples, and the idle samples after the first storm, which warms caches), and
-a verdict: flat when the idle RSS grows by less than max(2 MiB, 2 %) from the first idle sample to
-the last and idle fds come back to the first idle count (+-2).
+fds over time (all samples, and the idle samples after a warm-up of the first quarter of the
+storms, which fills caches and the boot timeline's bounded per-machine history), and a verdict:
+flat when the median idle RSS of the last third of those storms is less than max(2 MiB, 2 %) above
+that of the first third, and the median idle fds are within 2.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -119,14 +121,19 @@ def main() -> None:
             f"sampled every {args.interval:g} s",
             flush=True,
         )
-        print(f"{'storm':>5} {'t s':>6} {'booted':>6} {'failed':>6} {'retries':>7} {'all done s':>10} | "
-              f"{'idle RSS MiB':>12} {'idle fds':>8}")  # fmt: skip
+        print(f"{'storm':>5} {'t s':>6} {'booted':>6} {'failed':>6} {'retries':>7} {'all done s':>10} {'CPU s':>7} "
+              f"{'load':>5} | {'idle RSS MiB':>12} {'idle fds':>8}")  # fmt: skip
         idle: list[tuple[float, float, int, float]] = []
         storms = failed = retries = 0
-        while time.monotonic() < end - 5:
+        last_wall, cpu_before = 0.0, first[3]
+        while True:
             remaining = end - time.monotonic()
+            if remaining < (1.3 * last_wall + 5 if storms else 5):
+                break  # no time left for a whole storm: a cut storm would count as failed boots
             offset = storms * args.machines if args.new_macs else 0
-            res = bench.clients(args.machines, args.ramp, seed=storms + 1, deadline=max(10.0, remaining), mac_offset=offset)
+            t_start = time.monotonic()
+            res = bench.clients(args.machines, args.ramp, seed=storms + 1, deadline=remaining, mac_offset=offset)
+            last_wall = time.monotonic() - t_start
             s = storm.summary(res)
             settle(pid, first[2])
             snap = sampler.sample()
@@ -135,7 +142,9 @@ def main() -> None:
             failed += s["failed"]
             retries += s["retries"]
             print(f"{storms:>5} {snap[0]:>6.0f} {s['n'] - s['failed']:>6} {s['failed']:>6} {s['retries']:>7} "
-                  f"{s['makespan']:>10.1f} | {snap[1]:>12.1f} {snap[2]:>8}", flush=True)  # fmt: skip
+                  f"{s['makespan']:>10.1f} {snap[3] - cpu_before:>7.1f} {os.getloadavg()[0]:>5.2f} | "
+                  f"{snap[1]:>12.1f} {snap[2]:>8}", flush=True)  # fmt: skip
+            cpu_before = snap[3]
             if proc.poll() is not None:
                 print(f"netbootd exited with {proc.returncode}")
                 break
@@ -150,22 +159,28 @@ def main() -> None:
         rss_all = slope([(t / 60, r) for t, r, _, _ in samples])
         fds_all = slope([(t / 60, f) for t, _, f, _ in samples])
         print(f"  slope, all samples: RSS {rss_all:+.2f} MiB/min, fds {fds_all:+.2f} /min")
-        warm = idle[1:] if len(idle) > 2 else idle
+        # After a warm-up (the first quarter of the storms, at least one: caches, the boot timeline's
+        # per-machine history filling up), the idle samples' first and last thirds are compared by
+        # their medians (one idle sample may catch a garbage collection or a lingering transfer).
+        warm = idle[max(1, len(idle) // 4) :]
         rss_idle = slope([(t / 60, r) for t, r, _, _ in warm])
         fds_idle = slope([(t / 60, f) for t, _, f, _ in warm])
-        print(f"  slope, idle samples after storm 1: RSS {rss_idle:+.2f} MiB/min, fds {fds_idle:+.2f} /min")
+        print(f"  slope, idle samples after the warm-up ({len(idle) - len(warm)} storms): "
+              f"RSS {rss_idle:+.2f} MiB/min, fds {fds_idle:+.2f} /min")  # fmt: skip
         peak = max(samples, key=lambda x: x[1])
         print(f"  peak RSS {peak[1]:.1f} MiB at {peak[0]:.0f} s; VmHWM {storm.status_kib(pid, 'VmHWM') / 1024:.1f} MiB; "
               f"max fds {max(x[2] for x in samples)}")  # fmt: skip
         print(f"  {storms} storms, {storms * args.machines} boots, {failed} failed, {retries} stage retries; "
               f"netbootd CPU {samples[-1][3] - samples[0][3]:.0f} s")  # fmt: skip
-        if len(warm) >= 2:
-            grow = warm[-1][1] - warm[0][1]
-            flat_rss = grow < max(2.0, 0.02 * warm[0][1])
-            flat_fds = abs(warm[-1][2] - warm[0][2]) <= 2
+        if len(warm) >= 3:
+            third = max(1, len(warm) // 3)
+            a_rss, b_rss = statistics.median(x[1] for x in warm[:third]), statistics.median(x[1] for x in warm[-third:])
+            a_fds, b_fds = statistics.median(x[2] for x in warm[:third]), statistics.median(x[2] for x in warm[-third:])
+            flat_rss = b_rss - a_rss < max(2.0, 0.02 * a_rss)
+            flat_fds = abs(b_fds - a_fds) <= 2
             print(
-                f"verdict: RSS {'flat' if flat_rss else 'NOT flat'} (idle {warm[0][1]:.1f} -> {warm[-1][1]:.1f} MiB, "
-                f"{grow:+.1f}); fds {'flat' if flat_fds else 'NOT flat'} (idle {warm[0][2]} -> {warm[-1][2]})"
+                f"verdict: RSS {'flat' if flat_rss else 'NOT flat'} (idle median {a_rss:.1f} -> {b_rss:.1f} MiB, "
+                f"{b_rss - a_rss:+.1f}); fds {'flat' if flat_fds else 'NOT flat'} (idle median {a_fds:g} -> {b_fds:g})"
             )
         else:
             print("verdict: too few storms to say (run longer)")
