@@ -169,11 +169,11 @@ _REASONS = {413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Head
 class LimitedChannel(http.HTTPChannel):
     """An HTTPChannel that refuses oversized request heads and any request body."""
 
-    limits: HttpSettings = HttpSettings()  # set per site by install()
+    settings: HttpSettings = HttpSettings()  # set per site by install()
 
     def __init__(self) -> None:
         super().__init__()
-        s = self.limits
+        s = self.settings
         self._in_head = False
         self._head_bytes = 0
         self._head_lines = 0
@@ -191,26 +191,26 @@ class LimitedChannel(http.HTTPChannel):
             return
         if not self._in_head:
             if line:
-                if len(line) > self.limits.max_url_length:
-                    return self._refuse(414, "url_too_long", f"request line longer than {self.limits.max_url_length} bytes")
+                if len(line) > self.settings.max_url_length:
+                    return self._refuse(414, "url_too_long", f"request line longer than {self.settings.max_url_length} bytes")
                 self._in_head = True
                 self._head_bytes = len(line)
                 self._head_lines = 0
         else:
             self._head_bytes += len(line) + 2
             self._head_lines += 1 if line else 0
-            if self._head_bytes > self.limits.max_header_bytes:
-                return self._refuse(431, "headers_too_large", f"request head larger than {self.limits.max_header_bytes} bytes")
-            if self._head_lines > self.limits.max_headers:
-                return self._refuse(431, "headers_too_large", f"more than {self.limits.max_headers} header lines")
+            if self._head_bytes > self.settings.max_header_bytes:
+                return self._refuse(431, "headers_too_large", f"request head larger than {self.settings.max_header_bytes} bytes")
+            if self._head_lines > self.settings.max_headers:
+                return self._refuse(431, "headers_too_large", f"more than {self.settings.max_headers} header lines")
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._refused:
             return None
         if not self._in_head:
-            return self._refuse(414, "url_too_long", f"request line longer than {self.limits.max_url_length} bytes")
-        return self._refuse(431, "headers_too_large", f"request head larger than {self.limits.max_header_bytes} bytes")
+            return self._refuse(414, "url_too_long", f"request line longer than {self.settings.max_url_length} bytes")
+        return self._refuse(431, "headers_too_large", f"request head larger than {self.settings.max_header_bytes} bytes")
 
     def allHeadersReceived(self) -> None:
         if self.length != 0:  # a Content-Length > 0, or None for Transfer-Encoding: chunked
@@ -262,7 +262,7 @@ def install(site: server.Site, settings: HttpSettings, transfer_routes: Iterable
     LimitedChannels, and `site.limits` holds the state."""
     kw = {"transfer_routes": transfer_routes} if transfer_routes is not None else {}
     limits = HttpLimits(settings, site.reactor, **kw)
-    channel = type("SiteLimitedChannel", (LimitedChannel,), {"limits": settings})
+    channel = type("SiteLimitedChannel", (LimitedChannel,), {"settings": settings})
     site.limits = limits  # type: ignore[attr-defined]
     site.requestFactory = LimitedRequest
     site.protocol = channel  # type: ignore[assignment]
