@@ -31,7 +31,7 @@ from netbootd.config.templates import TemplateError
 from netbootd.core import BootCore, Denied, NoScript
 from netbootd.core.files import FileError
 from netbootd.model import Arch, Client, Firmware
-from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, fuzz
+from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus_files, fuzz
 
 # ------------------------------------------------------------------ a TOML writer for generated values
 
@@ -350,6 +350,43 @@ def test_example_config_is_clean():
 def test_mutated_example_config(changes):
     with example_copy(changes) as root:
         check_all(root)
+
+
+CONFIG_SEEDS = corpus_files("config")
+
+
+@fuzz(100)
+@given(st.sampled_from(CONFIG_SEEDS), st.integers(1, 4), st.data())
+def test_mutated_config_corpus(seed, rounds, data):
+    """tests/fuzz/corpus/config: settings-*.toml become netbootd.toml, the rest a machine file
+    (with the profile machine-kernel.toml asks for), each mutated line by line."""
+    name, text = seed
+    lines = text.decode().splitlines()
+    for _ in range(rounds):
+        lines = data.draw(mutated_line(lines))
+    mutated_text = "\n".join(lines) + "\n"
+    profile = {"profiles/worker.toml": "[vars]\nrole = \"worker\"\n"}
+    if name.startswith("settings-"):
+        with config_dir(mutated_text, profile) as root:
+            check_all(root)
+    else:
+        with config_dir(BASE_SETTINGS, {"52-54-00-00-00-01.toml": mutated_text, **profile}) as root:
+            check_all(root)
+
+
+@pytest.mark.parametrize("name", [n for n, _ in CONFIG_SEEDS])
+def test_config_corpus_seeds(name):
+    """The seeds are what their names say: machine-* and settings-every-key load cleanly,
+    regress-* (inputs that once raised) load with errors."""
+    text = dict(CONFIG_SEEDS)[name].decode()
+    profile = {"profiles/worker.toml": "[vars]\nrole = \"worker\"\n"}
+    settings_text, machines = (text, profile) if name.startswith("settings-") else (
+        BASE_SETTINGS, {"52-54-00-00-00-01.toml": text, **profile})
+    with config_dir(settings_text, machines) as root:
+        check_all(root)
+        settings = check_settings(root / "netbootd.toml")
+        clean = name.startswith("machine-") or name == "settings-every-key.toml"
+        assert (settings is not None and not load_machines(settings).errors) == clean
 
 
 @pytest.mark.parametrize("seed", range(3 if not EXAMPLES else 20))
