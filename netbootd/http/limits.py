@@ -4,8 +4,9 @@
   beyond that: 429 with `Retry-After` and a one-line reason (`netbootd_http_rate_limited_total`).
 - At most `http.max_transfers` downloads (/files, /boot, /image, /httpboot/...) run at once;
   beyond that: 503 with `Retry-After` (`netbootd_http_active_transfers` is the gauge). A download
-  that sends nothing for `http.stall_timeout` seconds (a client that stopped reading, a machine
-  powered off mid-transfer: TCP alone would hold it for many minutes) is cut, freeing its slot.
+  whose client takes nothing for `http.stall_timeout` seconds while data waits for it (a client
+  that stopped reading, a machine powered off mid-transfer: TCP alone would hold it for many
+  minutes) is cut, freeing its slot. One that waits on us (a slow registry) is not.
 - A request line longer than `http.max_url_length`: 414; a head (request line and headers)
   larger than `http.max_header_bytes` or with more than `http.max_headers` lines: 431; any
   request body (Content-Length > 0 or Transfer-Encoding): 413, refused before it is read, so
@@ -22,6 +23,9 @@ counted in the per-route request metrics like any answer.
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 from collections.abc import Iterable
 from typing import Any
 
@@ -113,8 +117,8 @@ class HttpLimits:
         now = self.reactor.seconds()
         for request, (sent, since) in list(self._progress.items()):
             current = request.sentLength or 0
-            if current != sent:
-                self._progress[request] = (current, now)
+            if current != sent or not _backlogged(request):
+                self._progress[request] = (current, now)  # moving, or waiting on us, not on the client
             elif now - since >= self.settings.stall_timeout:
                 del self._progress[request]
                 metrics.refused.labels("stalled").inc()
@@ -133,6 +137,21 @@ class HttpLimits:
             if suppressed:
                 fields["suppressed"] = suppressed
             log.info(message, **fields)
+
+
+def _backlogged(request: Any) -> bool:
+    """Data is waiting for this client: in Twisted's buffer, or in the kernel's send queue
+    (unsent or unacknowledged: SIOCOUTQ). False when unknown: never cut a download on a guess."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is None:
+        return False
+    if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
+        return True
+    try:
+        queued = fcntl.ioctl(transport.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
+    except (AttributeError, OSError, ValueError):
+        return False
+    return struct.unpack("i", queued)[0] > 0
 
 
 def _refusal_body(refusal: Refusal) -> bytes:

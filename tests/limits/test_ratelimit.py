@@ -109,14 +109,15 @@ def test_http_limits_which_paths_are_transfers():
 
 class Download:
     """Stands in for a twisted.web Request in HttpLimits' stall watch: only what it reads
-    (sentLength, path, client address, channel.transport.abortConnection)."""
+    (sentLength, path, client address, channel.transport: its buffer, abortConnection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: bytes = b"data waiting for the client") -> None:
         self.sentLength = 0
         self.path = b"/files/big"
         self.aborted = False
         self.channel = self
         self.transport = self
+        self.dataBuffer = backlog
 
     def getClientAddress(self):
         return type("Address", (), {"host": "10.0.0.9"})()
@@ -140,6 +141,23 @@ def test_stalled_downloads_are_cut_and_moving_ones_are_not():
     assert limits.transfers == 0
     clock.advance(100)
     assert not clock.getDelayedCalls()  # no timer left running once nothing is downloading
+
+
+def test_a_download_waiting_on_us_is_not_cut():
+    """Nothing sent for long, but nothing waiting for the client either (a slow registry): kept."""
+    clock = TwistedClock()
+    limits = HttpLimits(HttpSettings(stall_timeout=30), clock)
+    waiting = Download(backlog=b"")
+    limits.transfer_started(waiting)
+    clock.advance(300)
+    assert not waiting.aborted
+    waiting.dataBuffer = b"now the client stops reading"
+    for _ in range(5):
+        clock.advance(5)
+    assert not waiting.aborted  # the clock started when data began to wait
+    for _ in range(3):
+        clock.advance(5)
+    assert waiting.aborted
 
 
 def test_stall_watch_off():
