@@ -313,6 +313,18 @@ class Storm:
                 out[f"{proto}.{k}"] = int(v)
         return out
 
+    def udp_drops_by_port(self) -> dict[str, int]:
+        """Datagrams dropped by the server's long-lived UDP sockets (ports 67, 69, 4011), from
+        /proc/net/udp's per-socket drop counter (sockets of finished TFTP transfers are gone)."""
+        text = sh("ip", "netns", "exec", self.ns_srv, "cat", "/proc/net/udp").stdout.splitlines()[1:]
+        out: dict[str, int] = {}
+        for line in text:
+            f = line.split()
+            port = int(f[1].split(":")[1], 16)
+            if port in (67, 69, 4011) and int(f[-1]):
+                out[f"port {port}"] = out.get(f"port {port}", 0) + int(f[-1])
+        return out
+
     # -- one storm ---------------------------------------------------------------------------
 
     def mix(self, n: int) -> list[str]:
@@ -385,6 +397,7 @@ class Storm:
                 k1 = self.kernel_counters(ns)
                 result[f"{side}_drops"] = {k: k1[k] - k0[ns].get(k, 0) for k in DROP_COUNTERS if k1.get(k, 0) - k0[ns].get(k, 0)}
             result["stack"], result["n"] = stack, n
+            result["udp_drops_by_port"] = self.udp_drops_by_port()
         finally:
             for proc in procs:
                 self.stop(proc)
@@ -491,6 +504,8 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
             if r.get(f"{side}_drops"):
                 counters = ", ".join(f"{k} {v}" for k, v in r[f"{side}_drops"].items())
                 print(f"\n{r['stack']} N={s['n']}: kernel counters in the {side}' namespace: {counters}")
+                if side == "server" and r.get("udp_drops_by_port"):
+                    print(f"  UDP drops by socket: {r['udp_drops_by_port']}")
         if s["retried"]:
             print(f"\n{r['stack']} N={s['n']}: retried stages by error:")
             for k, v in sorted(s["retried"].items(), key=lambda kv: -kv[1])[:12]:

@@ -24,7 +24,7 @@ After each OFFER the machine also broadcasts the REQUEST it would send the site'
 
 Retries are bounded and firmware-like: DHCP retransmits after 4, 8, 16 s (PXE ROMs) or 1, 2, 4, 8 s
 (iPXE); a TFTP packet is resent after 1, 2, 4, 4, 4 s of silence; an HTTP request gives up after
-10 s without a connection or 15 s without a byte. A stage that fails (including a TFTP ERROR such
+10 s without a connection or 60 s without a byte. A stage that fails (including a TFTP ERROR such
 as "server busy") is retried up to `attempts` times after a short random back-off; then the machine
 has failed. Body bytes are counted (into one shared buffer), never stored; sizes are checked.
 """
@@ -32,6 +32,7 @@ has failed. Body bytes are counted (into one shared buffer), never stored; sizes
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import random
@@ -39,6 +40,7 @@ import resource
 import socket
 import struct
 import sys
+import termios
 import time
 from urllib.parse import urlsplit
 
@@ -52,7 +54,7 @@ DHCP_IPXE_TIMEOUTS = (1.0, 2.0, 4.0, 8.0)
 PROXY_TIMEOUTS = (4.0, 8.0, 16.0)
 TFTP_TIMEOUTS = (1.0, 2.0, 4.0, 4.0, 4.0)  # silence before resending; then the attempt fails
 HTTP_CONNECT_TIMEOUT = 10.0
-HTTP_IDLE_TIMEOUT = 15.0
+HTTP_IDLE_TIMEOUT = 60.0  # iPXE has none of its own (TCP's); netbootd's http.stall_timeout is 60 s
 SWEEP = 0.05
 
 now = time.monotonic
@@ -364,8 +366,6 @@ class Sink:
         if self.ok:
             self.r, self.w = os.pipe()
             try:
-                import fcntl
-
                 fcntl.fcntl(self.w, F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
@@ -402,6 +402,7 @@ class HttpConn:
         self.fut: asyncio.Future | None = None
         self.last_rx = now()
         self.lowat = 1
+        self.queued = 0
 
     def close(self) -> None:
         if not self.closed:
@@ -526,8 +527,18 @@ class HttpConn:
                              bytes(self.body)))  # fmt: skip
 
     def tick(self, t: float) -> None:
-        if self.fut is not None and not self.fut.done() and t - self.last_rx > HTTP_IDLE_TIMEOUT:
-            self.fail(f"http: {HTTP_IDLE_TIMEOUT:.0f} s without data")
+        if self.fut is None or self.fut.done() or t - self.last_rx <= HTTP_IDLE_TIMEOUT:
+            return
+        # With SO_RCVLOWAT the socket is readable only once a chunk is queued: bytes that arrived
+        # but were not read yet are activity too.
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            queued = self.queued
+        if queued != self.queued:
+            self.queued, self.last_rx = queued, t
+            return
+        self.fail(f"http: {HTTP_IDLE_TIMEOUT:.0f} s without data")
 
 
 def dechunk(raw: bytearray) -> bytearray:
