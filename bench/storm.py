@@ -1,9 +1,17 @@
 """Boot storm: N simulated machines boot at once from netbootd, and from dnsmasq + nginx, same run.
 
-    sudo python bench/storm.py                          # N=500 against both stacks
+    sudo python bench/storm.py                          # N=500 against both stacks (~2 min)
+    sudo python bench/storm.py --find-limit 1000,2000   # then netbootd at N=1000, 2000 until one fails
     sudo python bench/storm.py -n 200 --kernel-mib 2 --initrd-mib 8      # quicker
-    sudo python bench/storm.py --only netbootd --find-limit 1000,2000,4000
-    sudo python bench/storm.py --profile                # cProfile netbootd during its storm
+    sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 1024' \
+        --dnsmasq-tftp-max 1024                         # both stacks' TFTP caps raised
+    sudo python bench/storm.py --only netbootd --profile                 # cProfile netbootd's storm
+    sudo python bench/storm.py --only netbootd --netbootd-pythonpath /tmp/patched   # storm a patch
+
+Both stacks run with their shipped defaults unless told otherwise (netbootd: tftp.max_transfers
+256, http.max_transfers 1024, answered beyond with a TFTP ERROR / HTTP 503; dnsmasq: tftp-max 50,
+beyond which requests are not answered). The host's other load shows in the results (2 cores):
+the load average is printed at the start and end.
 
 Network: two namespaces created here, "server" and "clients", joined by one veth pair; the
 server has 10.88.0.1/16, every simulated machine a "leased" secondary address 10.88.x.y on the
@@ -471,6 +479,12 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
             f"{fmt(pct(t, 50)):>6} {fmt(pct(t, 90)):>6} {fmt(pct(t, 99)):>6} {fmt(max(t, default=float('nan'))):>6} "
             f"{fmt(s['makespan']):>8} | {r['server_cpu']:>9.1f} {r['server_hwm_mib']:>11.1f} {r['client_cpu']:>9.1f}"
         )
+    print(
+        "p50..max: one machine's whole flow (power-on to beacon), booted machines; all done: first power-on to last\n"
+        f"machine done; failed: not booted after {args.attempts} tries of a stage; retries: stage tries that failed\n"
+        "(each one a failed boot attempt for firmware that does not retry); rexmit: DHCP/TFTP packets resent after\n"
+        "a timeout; srv CPU: utime+stime of the server processes during the storm; srv RSS: their VmHWM (peak)"
+    )
     print()
     print("per stage, seconds (successful machines; first try to success): p50 / p90 / p99 / max")
     head2 = f"{'stage':<10}" + "".join(f" | {r['stack'] + ' N=' + str(s['n']):^27}" for r, s in sums)
