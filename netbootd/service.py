@@ -184,7 +184,8 @@ class Netbootd:
                 self.images.on_resolved = self._image_resolved
                 self.site = make_site(self.core, self.health, images=self.images)
                 try:
-                    self.http_port = self.reactor.listenTCP(s.http.port, self.site, interface=s.http.listen)
+                    # backlog 1024 (Twisted's default is 50): a boot storm opens hundreds of connections at once
+                    self.http_port = self.reactor.listenTCP(s.http.port, self.site, backlog=1024, interface=s.http.listen)
                 except CannotListenError as exc:
                     raise bind_error("TCP", s.http.port, "http.port", exc) from None
                 self.ports.append(self.http_port)
