@@ -103,7 +103,8 @@ def fetch(stub: StubTreq, method: str, url: str, headers: dict) -> tuple[int, by
     """(status, body); None for a file being streamed (twisted.web.static's producer needs the
     reactor, which StubTreq does not run: the daemon test below fetches files for real)."""
     results: list = []
-    stub.request(method, "http://netboot.test" + url, headers=headers).addBoth(results.append)
+    # not following redirects: werkzeug answers "//" in a path with a 308 built from the Host header
+    stub.request(method, "http://netboot.test" + url, headers=headers, allow_redirects=False).addBoth(results.append)
     stub.flush()
     if not results:
         return None
@@ -128,6 +129,7 @@ def check(code: int, body: bytes, url: str, method: str = "GET") -> None:
 @example(url="/ipxe?mac=52:54:00:00:00:01&arch=efi64", headers={}, method="GET")
 @example(url="/files/%2e%2e/netbootd.toml", headers={}, method="GET")
 @example(url="/httpboot", headers={}, method="HEAD")
+@example(url="/ipxe//.", headers={"Host": "[::1]:80"}, method="GET")
 def test_routes(stub, failures, url, headers, method):
     answer = fetch(stub, method, url, headers)
     if answer is None:
@@ -200,7 +202,8 @@ def test_raw_requests_against_the_daemon(daemon_factory):
         answered += 1
         status = reply.split(b"\r\n", 1)[0]
         assert status.startswith(b"HTTP/1.") and status[9:12].isdigit(), reply[:200]
-        assert status[9:12] != b"500", reply[:500]
+        # the one 500 is /httpboot's contract answer (boot-operator's), as JSON
+        assert status[9:12] != b"500" or (b" /httpboot" in data and b'"error"' in reply), reply[:500]
         assert b"Traceback" not in reply and b"Processing Failed" not in reply, reply[:500]
 
     feed()
