@@ -2,6 +2,11 @@
 
 twisted.web.static.File does Range/HEAD/Last-Modified/Content-Length and streams with a
 producer; it has no ETag, and guesses types for boot files poorly, so both are added here.
+
+A whole-file GET on plain TCP (what every booting machine sends for its kernel and initrd)
+goes out with sendfile(2) through the image cache's TailReader instead: static.File reads
+64 KiB chunks into Python and copies them to the socket, which made a 500-machine boot storm
+CPU-bound (bench/storm.py: 35 s → 11 s, netbootd CPU 30 → 6.5 s).
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from twisted.web import http, static
+from twisted.web import http, server, static
 from twisted.web.resource import Resource
+
+from netbootd.images.cache import Committed, TailReader, sendfile_possible
 
 CONTENT_TYPES = {
     ".efi": "application/efi",  # EDK2 HTTP boot decides the image type from this
@@ -58,4 +65,26 @@ class FileResource(Resource):
         inner.contentTypes = {**inner.contentTypes, **CONTENT_TYPES}
         inner.encoding = None
         inner.contentEncodings = {}  # never claim Content-Encoding: the client wants the bytes as stored
+        if request.method == b"GET" and request.getHeader(b"range") is None and sendfile_possible(request):
+            return self._sendfile(request, inner)
         return inner.render(request)
+
+    def _sendfile(self, request, inner: static.File):
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            request.setResponseCode(404)
+            return b"file disappeared\n"
+        if request.setLastModified(st.st_mtime) == http.CACHED:
+            return b""
+        ctype, _ = static.getTypeAndEncoding(self._path.name, inner.contentTypes, {}, inner.defaultType)
+        request.setHeader(b"content-type", ctype.encode())
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-length", b"%d" % st.st_size)
+        try:
+            TailReader(Committed(self._path, st.st_size), request, lambda _err: request.loseConnection(), label=None)
+        except OSError:  # removed between stat and open
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"file disappeared\n"
+        return server.NOT_DONE_YET

@@ -419,6 +419,15 @@ def _sendfile_socket(request) -> int | None:
     return transport.fileno()
 
 
+class _Uncounted:
+    def inc(self, _n: int) -> None:
+        pass
+
+
+def sendfile_possible(request) -> bool:
+    return _sendfile_socket(request) is not None
+
+
 @implementer(IPushProducer)
 class TailReader:
     """Sends one blob to one client, at the client's own pace, from a flight's growing temp file
@@ -435,8 +444,10 @@ class TailReader:
     """
 
     def __init__(self, flight: Flight | Committed, request, on_fail: Callable[[RegistryError], None],
-                 label: str = "fetch") -> None:
+                 label: str | None = "fetch") -> None:
         self.flight = flight
+        # image bytes by source; None for plain files, which the HTTP site counts per route
+        self._served = metrics.bytes_served.labels(label) if label else _Uncounted()
         self.request = request
         self.on_fail = on_fail
         self.label = label
@@ -486,7 +497,7 @@ class TailReader:
             return
         data = chunk if end - start == len(chunk) else chunk[: end - start]
         self.pos = end
-        metrics.bytes_served.labels(self.label).inc(len(data))
+        self._served.inc(len(data))
         self.request.write(data)
 
     def pump(self) -> None:
@@ -509,7 +520,7 @@ class TailReader:
             if not data:
                 return
             self.pos += len(data)
-            metrics.bytes_served.labels(self.label).inc(len(data))
+            self._served.inc(len(data))
             self.request.write(data)  # may pause us before it returns
         if flight.state == "failed" and not self.over:
             self._fail()
@@ -548,10 +559,15 @@ class TailReader:
             except OSError:  # the client went away; the transport notices and tells us (stopProducing)
                 self.ready = False
                 return
+            else:
+                if n == 0:  # end of file before `limit`: the file shrank under us (an operator's in-place rewrite)
+                    self.flight.error = UpstreamError("file shrank while being sent")
+                    self._fail()
+                    return
             self.pos += n
             budget -= n
             self.request.sentLength += n
-            metrics.bytes_served.labels(self.label).inc(n)
+            self._served.inc(n)
             if n == 0 or budget <= 0:
                 self.ready = False
                 self.request.channel.transport.startWriting()  # → resumeProducing when writable

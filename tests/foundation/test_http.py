@@ -256,6 +256,59 @@ def test_files_with_curl(daemon, tmp_path):
     assert got == hashlib.sha256((daemon.files / "os" / "initrd.img").read_bytes()).hexdigest()
 
 
+def test_files_big_whole_get_keepalive_and_conditionals(daemon):
+    """Whole-file GETs go out with sendfile(2): bytes, headers and keep-alive must be as static.File's."""
+    big = daemon.files / "os" / "big.img"
+    data = os.urandom(24 * 1024 * 1024 + 123)
+    big.write_bytes(data)
+    with httpx.Client(base_url=daemon.url) as client:  # one keep-alive connection for all of these
+        for _ in range(2):
+            r = client.get("/files/os/big.img")
+            assert r.status_code == 200 and r.headers["content-length"] == str(len(data))
+            assert hashlib.sha256(r.content).digest() == hashlib.sha256(data).digest()
+            assert r.headers["accept-ranges"] == "bytes" and r.headers["content-type"] == "application/octet-stream"
+        assert client.get("/files/uki.efi").headers["content-type"] == "application/efi"
+        assert client.get("/files/os/big.img", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+        r = client.get("/files/os/big.img", headers={"If-Modified-Since": r.headers["last-modified"]})
+        assert r.status_code == 304 and r.content == b""
+        empty = daemon.files / "empty"
+        empty.write_bytes(b"")
+        r = client.get("/files/empty")
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "0"
+        assert client.get("/files/os/vmlinuz").content == (daemon.files / "os" / "vmlinuz").read_bytes()
+    text = daemon.get("/metrics").text
+    sent = re.search(r'netbootd_http_bytes_sent_total\{route="files"\} ([0-9.e+]+)', text)
+    assert sent and float(sent.group(1)) >= 2 * len(data)
+
+
+def test_files_shrinking_under_a_download_cuts_it(daemon):
+    """An operator rewriting a kernel in place mid-download: that client is cut short, nobody spins."""
+    import socket
+
+    victim = daemon.files / "os" / "rewritten.img"
+    victim.write_bytes(os.urandom(32 * 1024 * 1024))
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.sendall(b"GET /files/os/rewritten.img HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 200")
+    with open(victim, "r+b") as f:
+        f.truncate(1024 * 1024)
+    s.settimeout(20)
+    total = len(got)
+    try:
+        while chunk := s.recv(1 << 20):
+            total += len(chunk)
+    except ConnectionResetError:  # aborted: the usual way a cut download ends
+        pass
+    s.close()
+    assert total < 32 * 1024 * 1024  # cut short of its Content-Length: the client knows it failed
+    r = daemon.get("/files/os/rewritten.img")
+    assert r.status_code == 200 and len(r.content) == 1024 * 1024
+    assert daemon.get("/healthz").status_code == 200
+
+
 def test_files_never_leave_the_root(daemon, tmp_path):
     secret = daemon.root / "secret.txt"
     secret.write_text("top secret")
