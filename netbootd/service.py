@@ -6,6 +6,7 @@ Nothing else knows how the pieces connect; each edge gets the core and its setti
 from __future__ import annotations
 
 import errno
+import resource
 import signal
 import time
 from typing import Any
@@ -23,6 +24,22 @@ from netbootd.logs import get_logger
 from netbootd.sdnotify import Notifier
 
 log = get_logger("netbootd.service")
+
+
+def raise_fd_limit(s: Settings) -> None:
+    """Every TFTP transfer and HTTP connection is a file descriptor: a boot storm at the
+    configured caps needs more than the usual soft limit of 1024. Raise it to what the caps
+    need, within the hard limit (as Go's runtime and nginx's worker_rlimit_nofile do)."""
+    need = s.tftp.max_transfers + s.http.max_transfers + s.http.max_queued + 512
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warn("open file limit below what the transfer caps need; raise LimitNOFILE (or ulimit -n) "
+                 "or lower tftp.max_transfers / http.max_transfers / http.max_queued", limit=target, need=need)
 
 
 HUP_COALESCE = 0.05  # seconds: SIGHUPs this close together make one reload
@@ -175,6 +192,7 @@ class Netbootd:
     def start(self) -> None:
         """Start every enabled listener; raises StartupError with an actionable message."""
         s = self.settings
+        raise_fd_limit(s)
         try:
             if s.http.enabled:
                 from netbootd.http.app import make_site

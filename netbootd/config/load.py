@@ -123,6 +123,7 @@ def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
         ("http.rate_burst", s.http.rate_burst, 1),
         ("tftp.rate_burst", s.tftp.rate_burst, 1),
         ("http.max_transfers", s.http.max_transfers, 1),
+        ("http.max_queued", s.http.max_queued, 0),
         ("http.max_url_length", s.http.max_url_length, 256),
         ("http.max_header_bytes", s.http.max_header_bytes, 1024),
         ("http.max_headers", s.http.max_headers, 8),
@@ -133,6 +134,7 @@ def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
         ("tftp.timeout", s.tftp.timeout, False),
         ("shutdown_grace", s.shutdown_grace, True),
         ("http.stall_timeout", s.http.stall_timeout, True),
+        ("http.queue_timeout", s.http.queue_timeout, False),
     ):
         if not (math.isfinite(seconds) and (seconds > 0 or (zero_ok and seconds == 0))):
             errors.append(toml.error(key, f"expected a number of seconds {'>=' if zero_ok else '>'} 0, got {seconds}"))

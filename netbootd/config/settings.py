@@ -45,7 +45,7 @@ class TftpSettings:
     listen: str = ""  # empty: all addresses
     root: Path | None = None  # extra files served over TFTP (besides the iPXE binaries)
     ipxe_dir: Path = DEFAULT_IPXE_DIR
-    max_transfers: int = 256
+    max_transfers: int = 1024  # beyond: the request is dropped, the client's retransmission retries it
     timeout: float = 1.0  # seconds before a block is retransmitted (RFC 2349 may change it)
     retries: int = 5
     max_blksize: int = 1468  # cap: fits a 1500-byte MTU without IP fragmentation
@@ -64,10 +64,12 @@ class HttpSettings:
     # address the machine reached us on (DHCP: the receiving interface; HTTP: the Host header).
     public_url: str = ""
     signed_url_ttl: float = 3600.0  # lifetime of the signed Ignition/BOOTy URLs put in boot scripts
-    # Abuse limits (netbootd.http.limits); a boot storm never comes near them.
+    # Abuse limits (netbootd.http.limits).
     rate_limit: float = 50.0  # requests a second per client IP (0: no limit); beyond: 429
     rate_burst: int = 200  # requests a client may make at once above the rate
-    max_transfers: int = 1024  # concurrent downloads (/files, /boot, /image, /httpboot); beyond: 503
+    max_transfers: int = 1024  # concurrent downloads (/files, /boot, /image, /httpboot); more wait in a queue
+    max_queued: int = 8192  # downloads waiting for a slot; beyond: 503 (firmware would fail the boot)
+    queue_timeout: float = 60.0  # longest wait for a slot, then 503 (iPXE gives up on a silent server at 120 s)
     stall_timeout: float = 60.0  # a download that sends nothing for this long is cut (0: never)
     max_url_length: int = 4096  # request line bytes; beyond: 414
     max_header_bytes: int = 16384  # request line and headers; beyond: 431

@@ -3,7 +3,10 @@
 - Each client IP gets `http.rate_limit` requests a second (token bucket, `http.rate_burst` at once);
   beyond that: 429 with `Retry-After` and a one-line reason (`netbootd_http_rate_limited_total`).
 - At most `http.max_transfers` downloads (/files, /boot, /image, /httpboot/...) run at once;
-  beyond that: 503 with `Retry-After` (`netbootd_http_active_transfers` is the gauge). A download
+  more wait their turn in a FIFO queue (`netbootd_http_queued_transfers`) for up to
+  `http.queue_timeout` seconds, because firmware does not retry a refused download: a 503 to a
+  booting machine is a failed boot. Beyond `http.max_queued` waiting, or after the timeout: 503
+  with `Retry-After` (`netbootd_http_active_transfers` is the gauge). A download
   whose client takes nothing for `http.stall_timeout` seconds while data waits for it (a client
   that stopped reading, a machine powered off mid-transfer: TCP alone would hold it for many
   minutes) is cut, freeing its slot. One that waits on us (a slow registry) is not.
@@ -26,7 +29,8 @@ from __future__ import annotations
 import fcntl
 import struct
 import termios
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.web import http, server
@@ -65,6 +69,8 @@ class HttpLimits:
         self.rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, reactor.seconds)
         self.transfer_routes = frozenset(r.encode() for r in transfer_routes)
         self.transfers = 0
+        self.queue: deque[_Waiting] = deque()  # downloads waiting for a slot, oldest first
+        self._starting = False  # _start_queued is running (a download that ends at once re-enters)
         self.log_limiter = RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
         self._progress: dict[Any, tuple[int, float]] = {}  # running download → (bytes sent, since when)
         self._reaper: Any = None
@@ -90,10 +96,69 @@ class HttpLimits:
                 f"retry in {seconds} s",
                 seconds,
             )
-        if self.is_transfer(path) and self.transfers >= self.settings.max_transfers:
+
+    def run_transfer(self, request: Any, process: Callable[[], Any]) -> None:
+        """Run this download's `process` now if a slot is free, else when one frees (FIFO).
+        Raise Refusal when the queue is full."""
+        if self.transfers < self.settings.max_transfers and not self.queue:
+            self._start(request, process)
+            return
+        if len(self.queue) >= self.settings.max_queued:
             metrics.refused.labels("busy").inc()
-            self._log("busy", "http download refused: too many downloads", client=client)
-            raise Refusal(503, "busy", f"server busy: {self.transfers} downloads in progress; retry in 1 s", 1)
+            self._log("busy", "http download refused: too many downloads", client=_client(request),
+                      active=self.transfers, queued=len(self.queue))
+            raise Refusal(503, "busy", f"server busy: {self.transfers} downloads in progress and "
+                          f"{len(self.queue)} waiting; retry in 1 s", 1)
+        waiting = _Waiting(request, process, self.reactor.seconds())
+        waiting.timer = self.reactor.callLater(self.settings.queue_timeout, self._expire, waiting)
+        self.queue.append(waiting)
+        metrics.queued_transfers.set(len(self.queue))
+        request.notifyFinish().addErrback(lambda _: self._abandon(waiting))  # client gone while waiting
+
+    def _start(self, request: Any, process: Callable[[], Any]) -> None:
+        self.transfer_started(request)
+        request.notifyFinish().addBoth(lambda _: self.transfer_ended(request))
+        process()
+
+    def _start_queued(self) -> None:
+        if self._starting:
+            return  # a download started below ended at once; the loop below goes on
+        self._starting = True
+        try:
+            while self.queue and self.transfers < self.settings.max_transfers:
+                waiting = self.queue.popleft()
+                if waiting.timer is not None and waiting.timer.active():
+                    waiting.timer.cancel()
+                if waiting.gone:
+                    continue
+                metrics.queue_wait.observe(self.reactor.seconds() - waiting.since)
+                self._start(waiting.request, waiting.process)
+        finally:
+            self._starting = False
+            metrics.queued_transfers.set(len(self.queue))
+
+    def _abandon(self, waiting: _Waiting) -> None:
+        waiting.gone = True
+        if waiting.timer is not None and waiting.timer.active():
+            waiting.timer.cancel()
+
+    def _expire(self, waiting: _Waiting) -> None:
+        waiting.timer = None
+        try:
+            self.queue.remove(waiting)
+        except ValueError:
+            return
+        metrics.queued_transfers.set(len(self.queue))
+        if waiting.gone:
+            return
+        waiting.gone = True
+        metrics.refused.labels("queue_timeout").inc()
+        self._log("queue_timeout", "http download refused: no free slot in time", client=_client(waiting.request),
+                  seconds=self.settings.queue_timeout, active=self.transfers)
+        answer_refusal(waiting.request, Refusal(
+            503, "queue_timeout",
+            f"server busy: no download slot free within {self.settings.queue_timeout:g} s "
+            f"({self.transfers} downloads in progress); retry in 1 s", 1))
 
     def transfer_started(self, request: Any = None) -> None:
         self.transfers += 1
@@ -107,6 +172,8 @@ class HttpLimits:
         self.transfers -= 1
         metrics.active_transfers.dec()
         self._progress.pop(request, None)
+        if self.queue:
+            self._start_queued()
 
     def _reap_interval(self) -> float:
         return min(max(self.settings.stall_timeout / 4, 0.1), 10.0)
@@ -139,6 +206,23 @@ class HttpLimits:
             log.info(message, **fields)
 
 
+class _Waiting:
+    """A download waiting for a slot."""
+
+    __slots__ = ("gone", "process", "request", "since", "timer")
+
+    def __init__(self, request: Any, process: Callable[[], Any], since: float) -> None:
+        self.request = request
+        self.process = process
+        self.timer: Any = None
+        self.since = since
+        self.gone = False
+
+
+def _client(request: Any) -> str:
+    return getattr(request.getClientAddress(), "host", "") or ""
+
+
 def _backlogged(request: Any) -> bool:
     """Data is waiting for this client: in Twisted's buffer, or in the kernel's send queue
     (unsent or unacknowledged: SIOCOUTQ). False when unknown: never cut a download on a guess."""
@@ -166,20 +250,24 @@ class LimitedRequest(server.Request):
         if limits is None:
             return super().process()
         try:
-            limits.admit(getattr(self.getClientAddress(), "host", "") or "", self.path)
+            limits.admit(_client(self), self.path)
+            if limits.is_transfer(self.path):
+                limits.run_transfer(self, super().process)
+                return None
         except Refusal as refusal:
-            self.site = self.channel.site
-            self.setResponseCode(refusal.status)
-            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            if refusal.retry is not None:
-                self.setHeader(b"retry-after", str(refusal.retry).encode())
-            self.write(_refusal_body(refusal))
-            self.finish()
+            answer_refusal(self, refusal)
             return None
-        if limits.is_transfer(self.path):
-            limits.transfer_started(self)
-            self.notifyFinish().addBoth(lambda _: limits.transfer_ended(self))
         return super().process()
+
+
+def answer_refusal(request: Any, refusal: Refusal) -> None:
+    request.site = request.channel.site
+    request.setResponseCode(refusal.status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    if refusal.retry is not None:
+        request.setHeader(b"retry-after", str(refusal.retry).encode())
+    request.write(_refusal_body(refusal))
+    request.finish()
 
 
 _REASONS = {413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}

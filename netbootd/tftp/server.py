@@ -121,13 +121,11 @@ class TftpServer(DatagramProtocol):
             self._refuse(addr, "bad_mode", codec.ERR_ILLEGAL_OP, f"unsupported mode {request.mode[:20]!r}")
             return
         if len(self.sessions) >= self.settings.max_transfers:
-            self._log_limited("busy", "tftp request refused: too many transfers", client=addr[0], file=request.filename)
-            self._refuse(
-                addr,
-                "busy",
-                codec.ERR_UNDEFINED,
-                f"server busy: {len(self.sessions)} transfers in progress, try again later",
-            )
+            # Dropped, not refused: PXE firmware takes an ERROR as a failed boot, but resends an
+            # unanswered RRQ (with backoff), by when a slot is likely free.
+            metrics.REQUESTS_REFUSED.labels("busy").inc()
+            self._log_limited("busy", "tftp request dropped: too many transfers; the client will resend",
+                              client=addr[0], file=request.filename, active=len(self.sessions))
             return
         try:
             fileobj = self.files.open_tftp(request.filename, addr[0])

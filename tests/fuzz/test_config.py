@@ -119,7 +119,7 @@ SETTINGS_KEYS = {
     "tftp": ["enabled", "port", "listen", "root", "ipxe_dir", "max_transfers", "timeout", "retries", "max_blksize",
              "rate_limit", "rate_burst"],
     "http": ["enabled", "port", "listen", "public_url", "signed_url_ttl", "rate_limit", "rate_burst", "max_transfers",
-             "max_url_length", "max_header_bytes", "max_headers"],
+             "max_queued", "queue_timeout", "stall_timeout", "max_url_length", "max_header_bytes", "max_headers"],
     "registry": ["allowed", "insecure", "auth_file", "architecture", "cache_max_bytes"],
     "log": ["format", "level"],
 }

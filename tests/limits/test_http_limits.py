@@ -1,4 +1,4 @@
-"""HTTP abuse limits against a real daemon: 429 with Retry-After, 503 beyond the download cap,
+"""HTTP abuse limits against a real daemon: 429 with Retry-After, a queue then 503 beyond the download cap,
 413/414/431 for oversized requests; and a boot storm from many addresses is never limited."""
 
 from __future__ import annotations
@@ -73,24 +73,39 @@ def test_boot_storm_from_many_addresses_is_never_limited(daemon_factory):
     assert metric(d, "netbootd_http_refused_total", reason="busy") == 0
 
 
-def test_download_cap_answers_503_and_frees_its_slot(daemon_factory):
+def test_downloads_over_the_cap_wait_then_503(daemon_factory):
     d = daemon_factory()
     _machine(d, kernel_size=64 * 1024 * 1024)  # larger than the socket buffers: the download stays open
-    http_settings(d, "max_transfers = 1")
+    http_settings(d, "max_transfers = 1\nmax_queued = 1\nqueue_timeout = 4")
     d.start()
     stalled = socket.create_connection(("127.0.0.1", d.http_port))
+    waiter = socket.create_connection(("127.0.0.1", d.http_port))
     try:
         stalled.sendall(b"GET /files/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert stalled.recv(100).startswith(b"HTTP/1.1 200")  # then it stops reading
         wait_for(lambda: metric(d, "netbootd_http_active_transfers") == 1, timeout=10)
+        # over the cap a download waits for a slot, at most queue_timeout seconds, then 503
         r = d.get("/files/initrd.img")
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.text.startswith("server busy")
-        assert d.get(f"/ipxe?mac={MAC}").status_code == 200  # scripts are not downloads
-        assert metric(d, "netbootd_http_refused_total", reason="busy") >= 1
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.text.startswith("server busy: no download slot free within 4 s")
+        assert metric(d, "netbootd_http_refused_total", reason="queue_timeout") == 1
+        assert d.get(f"/ipxe?mac={MAC}").status_code == 200  # scripts are not downloads: never wait
+        # one waits (max_queued = 1); the next is refused at once
+        waiter.sendall(b"GET /files/initrd.img HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wait_for(lambda: metric(d, "netbootd_http_queued_transfers") == 1, timeout=10)
+        r = d.get("/files/initrd.img")
+        assert r.status_code == 503 and r.text.startswith("server busy: 1 downloads in progress and 1 waiting")
+        assert metric(d, "netbootd_http_refused_total", reason="busy") == 1
     finally:
-        stalled.close()
+        stalled.close()  # its slot goes to the one waiting
+    waiter.settimeout(10)
+    answer = b""
+    while chunk := waiter.recv(65536):
+        answer += chunk
+    waiter.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"i" * 100_000)
     wait_for(lambda: metric(d, "netbootd_http_active_transfers") == 0, timeout=20)
+    assert metric(d, "netbootd_http_queued_transfers") == 0
     assert d.get("/files/initrd.img").status_code == 200
 
 

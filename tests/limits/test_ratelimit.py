@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock as TwistedClock
 
 from netbootd.config.settings import HttpSettings
@@ -76,23 +77,103 @@ def test_retry_after():
     assert retry_after(float("inf")) == 1
 
 
-def test_http_limits_rate_and_transfer_cap():
+def test_http_limits_rate_limit():
     clock = TwistedClock()
     limits = HttpLimits(HttpSettings(rate_limit=1, rate_burst=2, max_transfers=1), clock)
     limits.admit("a", b"/files/x")
-    limits.transfer_started()
-    with pytest.raises(Refusal) as busy:
-        limits.admit("b", b"/files/y")
-    assert busy.value.status == 503 and busy.value.retry == 1
-    limits.admit("b", b"/ipxe?mac=1")  # scripts are not transfers: never capped
-    limits.admit("a", b"/httpboot")  # the DHCP-extension JSON is not a transfer either
+    limits.admit("b", b"/ipxe?mac=1")
+    limits.admit("a", b"/httpboot")
     with pytest.raises(Refusal) as limited:
         limits.admit("a", b"/healthz")
     assert limited.value.status == 429 and limited.value.retry == 1
     assert "rate limit exceeded" in limited.value.message
-    limits.transfer_ended()
     clock.advance(1)
     limits.admit("a", b"/files/x")
+
+
+class FakeRequest:
+    """What HttpLimits uses of a twisted.web Request; no real part needed for queue order on a fake clock."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sentLength = 0
+        self.code: int | None = None
+        self.body = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.channel = type("Channel", (), {"site": None})()
+        self._finish: list[Deferred] = []
+
+    def getClientAddress(self):
+        return type("Addr", (), {"host": "192.0.2.1"})()
+
+    def notifyFinish(self) -> Deferred:
+        d = Deferred()
+        self._finish.append(d)
+        return d
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def setHeader(self, k: bytes, v: bytes) -> None:
+        self.headers[k] = v
+
+    def write(self, data: bytes) -> None:
+        self.body += data
+
+    def finish(self) -> None:
+        for d in self._finish:
+            d.callback(None)
+        self._finish = []
+
+    def lose(self) -> None:
+        for d in self._finish:
+            d.errback(Exception("connection lost"))
+        self._finish = []
+
+
+def test_http_limits_downloads_over_the_cap_wait_their_turn():
+    clock = TwistedClock()
+    limits = HttpLimits(HttpSettings(max_transfers=2, max_queued=3, queue_timeout=5, stall_timeout=0), clock)
+    started: list[str] = []
+
+    def run(name: str, finish_at_once: bool = False) -> FakeRequest:
+        request = FakeRequest(name)
+
+        def process() -> None:
+            started.append(name)
+            if finish_at_once:
+                request.finish()
+
+        limits.run_transfer(request, process)
+        return request
+
+    a, b = run("a"), run("b")
+    c, d, e = run("c"), run("d"), run("e")
+    assert started == ["a", "b"] and len(limits.queue) == 3
+    with pytest.raises(Refusal) as busy:
+        run("f")
+    assert busy.value.status == 503 and busy.value.reason == "busy" and busy.value.retry == 1
+    d.lose()  # gave up while waiting: skipped, never started
+    a.finish()
+    assert started == ["a", "b", "c"] and limits.transfers == 2
+    clock.advance(4)
+    b.finish()
+    assert started == ["a", "b", "c", "e"]
+    assert limits.transfers == 2 and not limits.queue
+    # downloads that end at once (a 304, a 404) free their slot for the next in line, in order
+    waiting = [run(n, finish_at_once=True) for n in ("g", "h", "i")]
+    c.finish()
+    assert started[-3:] == ["g", "h", "i"] and limits.transfers == 1 and not limits.queue
+    assert all(r.code is None for r in waiting)
+    # a download that waits longer than queue_timeout is answered 503
+    run("j")
+    late = run("k")
+    assert started[-1] == "j" and limits.transfers == 2
+    clock.advance(5)
+    assert late.code == 503 and late.headers[b"retry-after"] == b"1" and b"no download slot free within 5 s" in late.body
+    assert "k" not in started and not limits.queue
+    e.finish()
+    assert limits.transfers == 1
 
 
 def test_http_limits_which_paths_are_transfers():
