@@ -3,14 +3,15 @@
     sudo python bench/storm.py                          # N=500 against both stacks (~2 min)
     sudo python bench/storm.py --find-limit 1000,2000   # then netbootd at N=1000, 2000 until one fails
     sudo python bench/storm.py -n 200 --kernel-mib 2 --initrd-mib 8      # quicker
-    sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 1024' \
+    sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 4096' \
         --dnsmasq-tftp-max 1024                         # both stacks' TFTP caps raised
     sudo python bench/storm.py --only netbootd --profile                 # cProfile netbootd's storm
     sudo python bench/storm.py --only netbootd --netbootd-pythonpath /tmp/patched   # storm a patch
 
 Both stacks run with their shipped defaults unless told otherwise (netbootd: tftp.max_transfers
-256, http.max_transfers 1024, answered beyond with a TFTP ERROR / HTTP 503; dnsmasq: tftp-max 50,
-beyond which requests are not answered). The host's other load shows in the results (2 cores):
+1024, beyond which requests are dropped (the machine resends), http.max_transfers 1024, beyond
+which downloads wait in a queue (8192, 60 s, then 503); dnsmasq: tftp-max 50, beyond which
+requests are not answered). The host's other load shows in the results (2 cores):
 the load average is printed at the start and end.
 
 Network: two namespaces created here, "server" and "clients", joined by one veth pair; the
@@ -554,6 +555,7 @@ def main() -> None:
     parser.add_argument("--dnsmasq-tftp-max", type=int, default=50, help="dnsmasq --tftp-max (its default: 50)")
     parser.add_argument("--nginx-workers", default="auto")
     parser.add_argument("--profile", action="store_true", help="cProfile netbootd; print the top functions")
+    parser.add_argument("--profile-out", type=Path, help="with --profile: keep the pstats file here")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--keep-tmp", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--netbootd-pythonpath", type=Path, help="run the netbootd package found here (try a patch)")
@@ -593,6 +595,8 @@ def main() -> None:
             import pstats
 
             pstats.Stats(str(bench.tmp / "netbootd.prof")).sort_stats("tottime").print_stats(25)
+            if args.profile_out:
+                shutil.copyfile(bench.tmp / "netbootd.prof", args.profile_out)
         load = os.getloadavg()
         print(f"# load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")
     finally:
