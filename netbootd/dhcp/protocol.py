@@ -35,14 +35,9 @@ from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Answer, Arrival, DhcpController
 from netbootd.dhcp.metrics import DROPPED
 from netbootd.logs import RateLimiter, get_logger
+from netbootd.sockopts import enlarge_receive_buffer
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11's socket module lacks it
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; lets root exceed net.core.rmem_max
-# A boot storm arrives in bursts (a rack powering on), and this process may be descheduled for
-# tens of milliseconds on a busy host. The default receive buffer (~200 KiB, a few hundred
-# DISCOVERs) overflows then, and a dropped DISCOVER costs the firmware a retry 4+ seconds later;
-# a queued one costs milliseconds. 4 MiB holds a few thousand requests.
-RECEIVE_BUFFER = 4 << 20
 SIOCGIFADDR = 0x8915
 _PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
 _CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
@@ -82,10 +77,7 @@ class PktinfoPort(udp.Port):
         skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         skt.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         skt.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        try:
-            skt.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        except OSError:  # not root / no CAP_NET_ADMIN: as much as net.core.rmem_max allows
-            skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        enlarge_receive_buffer(skt)
         return skt
 
     def doRead(self) -> None:

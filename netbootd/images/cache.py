@@ -403,7 +403,7 @@ class Committed:
         self.readers: set[TailReader] = set()
 
 
-SENDFILE_BUDGET = 4 * 1024 * 1024  # per turn of the reactor: one fast client cannot starve the others, nor TFTP wait long
+SENDFILE_BUDGET = 4 * 1024 * 1024  # per turn of the reactor, so one fast client cannot starve the others
 NO_SENDFILE = os.environ.get("NETBOOTD_NO_SENDFILE", "") not in ("", "0")  # tests of the buffered path
 
 

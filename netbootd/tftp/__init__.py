@@ -13,6 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 
 from netbootd.config.settings import Settings, TftpSettings
+from netbootd.sockopts import enlarge_receive_buffer
 from netbootd.tftp.port import PktinfoPort
 from netbootd.tftp.server import FileResolver, TftpServer
 
@@ -55,7 +56,11 @@ def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileReso
             # every address: learn each request's destination, answer from it (port.py)
             port = PktinfoPort(tftp.port, server, "", 8192, reactor)
             port.startListening()
-            return port
-        return reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192)
+        else:
+            port = reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192)
+        socket = getattr(port, "socket", None)
+        if socket is not None:
+            enlarge_receive_buffer(socket)  # a rack's RRQs wait in the kernel, not dropped, while we feed downloads
+        return port
     except CannotListenError as e:
         raise TftpListenError(tftp.listen, tftp.port, e.socketError, _explain(tftp.listen, tftp.port, e.socketError)) from e

@@ -300,6 +300,21 @@ def test_listen_errors_are_explained(tftp_root, ipxe_dir):
 
 
 @pytest_twisted.ensureDeferred
+async def test_request_port_has_a_storm_sized_receive_buffer(tftp_root, ipxe_dir):
+    """A rack's RRQs queue in the kernel while the reactor feeds downloads, instead of being dropped."""
+    settings = make_settings(tftp_root, ipxe_dir, listen="127.0.0.1", port=0)
+    port = listen_tftp(reactor, settings, TftpFiles(settings))
+    try:
+        size = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if os.geteuid() == 0:  # SO_RCVBUFFORCE (CAP_NET_ADMIN): 4 MiB, doubled by the kernel
+            assert size >= 8 << 20
+        else:
+            assert size >= 200_000
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_answers_from_the_address_the_client_asked(tftp_root, ipxe_dir, raw_client, tmp_path):
     """Bound to every address, the server answers from the request's destination (IP_PKTINFO)."""
     settings = make_settings(tftp_root, ipxe_dir, listen="", port=0)
