@@ -296,7 +296,7 @@ def _field(value: str, size: int, name: str) -> bytes:
 
 def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
     """TLV-encode options, splitting values over 255 bytes into consecutive instances (RFC 3396)."""
-    out = []
+    out: list[bytes] = []
     append = out.append
     for code, value in options:
         if not 0 < code < 255:

@@ -224,6 +224,7 @@ class DhcpProtocol(DatagramProtocol):
         try:
             send_from = getattr(self.transport, "sendFrom", None)
             if send_from is None:
+                assert self.transport is not None  # answers are only sent while listening
                 self.transport.write(answer.payload, answer.dest)
             elif answer.broadcast:
                 # Out of the receiving interface. Source: the advertised address when it is one of

@@ -246,7 +246,7 @@ class LimitedRequest(server.Request):
     """A Request that asks the site's HttpLimits before it is routed."""
 
     def process(self) -> None:
-        limits: HttpLimits | None = getattr(self.channel.site, "limits", None) if self.channel else None
+        limits: HttpLimits | None = getattr(getattr(self.channel, "site", None), "limits", None)
         if limits is None:
             return super().process()
         try:
@@ -332,7 +332,7 @@ class LimitedChannel(http.HTTPChannel):
         if self._refused:
             self._linger_left -= len(data)
             if self._linger_left < 0:
-                self.transport.abortConnection()
+                self._tcp().abortConnection()
             return None
         return super().rawDataReceived(data)
 
@@ -345,7 +345,8 @@ class LimitedChannel(http.HTTPChannel):
         if limits is not None:
             limits._log(reason, "http request refused", client=peer, status=status, detail=message)
         body = message.encode("utf-8", "replace") + b"\n"
-        self.transport.write(
+        transport = self._tcp()
+        transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b"Refused"), len(body), body)
         )
@@ -353,15 +354,20 @@ class LimitedChannel(http.HTTPChannel):
         self.setRawMode()  # whatever follows is dropped (rawDataReceived)
         self.setTimeout(LINGER_SECONDS)
         try:
-            self.transport.loseWriteConnection()
+            transport.loseWriteConnection()
         except (AttributeError, NotImplementedError):
             self.loseConnection()
 
     def timeoutConnection(self) -> None:
         if self._refused:
-            self.transport.abortConnection()
+            self._tcp().abortConnection()
             return None
         return super().timeoutConnection()
+
+    def _tcp(self) -> Any:
+        """The connection's transport (a TCP one: it can abort and half-close)."""
+        assert self.transport is not None  # only called from the channel's own data and timers
+        return self.transport
 
 
 def install(site: server.Site, settings: HttpSettings, transfer_routes: Iterable[str] | None = None) -> HttpLimits:
@@ -372,5 +378,5 @@ def install(site: server.Site, settings: HttpSettings, transfer_routes: Iterable
     channel = type("SiteLimitedChannel", (LimitedChannel,), {"settings": settings})
     site.limits = limits  # type: ignore[attr-defined]
     site.requestFactory = LimitedRequest
-    site.protocol = channel  # type: ignore[assignment]
+    site.protocol = channel  # type: ignore[method-assign]
     return limits
