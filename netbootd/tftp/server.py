@@ -16,6 +16,7 @@ from netbootd.core.files import AccessDenied, FileNotFound
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.ratelimit import PerClientLimiter
 from netbootd.tftp import codec, metrics
+from netbootd.tftp.content import SharedContent
 from netbootd.tftp.session import TransferSession, file_size
 
 log = get_logger("netbootd.tftp")
@@ -55,6 +56,7 @@ class TftpServer(DatagramProtocol):
         # test hook passed to every session: drop every Nth outgoing packet
         self.drop_every = drop_every
         self.sessions: dict[tuple[str, int], TransferSession] = {}
+        self.shared = SharedContent()  # one copy of each hot file (the iPXE binaries) for every session
         self.hook_dropped = 0  # packets dropped by the test hook, over all finished sessions
         # the local address the current datagram was sent to (set by PktinfoPort; None if unknown)
         self.local_address: str | None = None
@@ -155,6 +157,7 @@ class TftpServer(DatagramProtocol):
             self.reactor,
             on_done=self._session_done,
             drop_every=self.drop_every,
+            shared=self.shared,
         )
         identify = getattr(self.files, "mac_for_ip", None)  # the core knows MACs from DHCP
         session.mac = identify(addr[0]) if identify is not None else None

@@ -30,6 +30,7 @@ from twisted.internet.protocol import DatagramProtocol
 from netbootd.config.settings import TftpSettings
 from netbootd.logs import get_logger
 from netbootd.tftp import codec, metrics
+from netbootd.tftp.content import SharedContent
 
 log = get_logger("netbootd.tftp")
 
@@ -124,7 +125,7 @@ class _Source:
     byte, so chunks are translated independently.
     """
 
-    def __init__(self, fileobj: BinaryIO, blksize: int, netascii: bool) -> None:
+    def __init__(self, fileobj: BinaryIO, blksize: int, netascii: bool, content: bytes | None = None) -> None:
         self._file = fileobj
         self._blksize = blksize
         self._netascii = netascii
@@ -133,6 +134,8 @@ class _Source:
         self._view = memoryview(self._buf)
         self._pos = 0
         self._eof = False
+        if content is not None and not netascii:  # the whole file, shared with other sessions
+            self._buf, self._view, self._eof = content, memoryview(content), True
 
     def _read_chunk(self) -> bytes:
         want = self._chunk
@@ -188,8 +191,10 @@ class TransferSession(DatagramProtocol):
         clock: Any,
         on_done: Callable[[TransferSession, str], None] | None = None,
         drop_every: int = 0,
+        shared: SharedContent | None = None,
     ) -> None:
         self.client = client
+        self.shared = shared  # the server's in-memory copies of hot files (content.py)
         self.mac: str | None = None  # the client's MAC when DHCP told the core (for log lines)
         self.request = request
         self.size = size
@@ -271,7 +276,8 @@ class TransferSession(DatagramProtocol):
         self.started_at = self.clock.seconds()
         req = self.request
         self.negotiated = neg = negotiate(req.options, self.settings, self.size, req.mode, path_mtu)
-        self._source = _Source(self._file, neg.blksize, netascii=req.mode == "netascii")
+        content = self.shared.get(self._file) if self.shared is not None and req.mode == "octet" else None
+        self._source = _Source(self._file, neg.blksize, netascii=req.mode == "netascii", content=content)
         self._windowsize = neg.windowsize
         if neg.oack:
             self._base = 0
