@@ -3,13 +3,13 @@
     sudo python bench/storm.py                          # N=500 against both stacks (~2 min)
     sudo python bench/storm.py --find-limit 1000,2000   # then netbootd at N=1000, 2000 until one fails
     sudo python bench/storm.py -n 200 --kernel-mib 2 --initrd-mib 8      # quicker
-    sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 4096' \
-        --dnsmasq-tftp-max 1024                         # both stacks' TFTP caps raised
+    sudo python bench/storm.py --dnsmasq-tftp-max 1024  # dnsmasq's TFTP cap raised to netbootd's order
+    sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 1024'  # a setting
     sudo python bench/storm.py --only netbootd --profile                 # cProfile netbootd's storm
     sudo python bench/storm.py --only netbootd --netbootd-pythonpath /tmp/patched   # storm a patch
 
 Both stacks run with their shipped defaults unless told otherwise (netbootd: tftp.max_transfers
-1024, beyond which requests are dropped (the machine resends), http.max_transfers 1024, beyond
+4096, beyond which requests are dropped (the machine resends), http.max_transfers 1024, beyond
 which downloads wait in a queue (8192, 60 s, then 503); dnsmasq: tftp-max 50, beyond which
 requests are not answered). The host's other load shows in the results (2 cores):
 the load average is printed at the start and end.

@@ -45,7 +45,7 @@ class TftpSettings:
     listen: str = ""  # empty: all addresses
     root: Path | None = None  # extra files served over TFTP (besides the iPXE binaries)
     ipxe_dir: Path = DEFAULT_IPXE_DIR
-    max_transfers: int = 1024  # beyond: the request is dropped, the client's retransmission retries it
+    max_transfers: int = 4096  # beyond: the request is dropped, the client's retransmission retries it
     timeout: float = 1.0  # seconds before a block is retransmitted (RFC 2349 may change it)
     retries: int = 5
     max_blksize: int = 1468  # cap: fits a 1500-byte MTU without IP fragmentation

@@ -13,13 +13,13 @@ TRANSFERS_COMPLETED = Counter("netbootd_tftp_transfers_completed", "TFTP transfe
 TRANSFERS_FAILED = Counter(
     "netbootd_tftp_transfers_failed",
     "TFTP transfers that did not complete",
-    # timeout, client_error, aborted_after_oack (tsize probe), client_unreachable, superseded,
+    # timeout, client_error, aborted_after_oack (tsize probe), client_unreachable, final_ack_lost, superseded,
     # shutdown, read_error, send_error, internal
     ["reason"],
 )
 REQUESTS_REFUSED = Counter(
     "netbootd_tftp_requests_refused",
-    "TFTP requests answered with an ERROR instead of a transfer",
+    "TFTP requests answered with an ERROR instead of a transfer (busy: dropped unanswered, the client resends)",
     ["reason"],  # not_found, access_denied, write_request, bad_mode, busy, draining, malformed, internal, rate_limited
 )
 BYTES_SENT = Counter("netbootd_tftp_bytes_sent", "Payload bytes sent in DATA packets (retransmissions included)")

@@ -174,6 +174,7 @@ class _Source:
 # outcome values passed to the `on_done` callback (and the `reason` label of failures)
 COMPLETED = "completed"
 ABORTED_AFTER_OACK = "aborted_after_oack"  # the client only wanted the OACK (tsize probe)
+FINAL_ACK_LOST = "final_ack_lost"  # every block sent, then the client's port closed: it most likely has the file
 
 
 class TransferSession(DatagramProtocol):
@@ -367,6 +368,11 @@ class TransferSession(DatagramProtocol):
         elif outcome in (ABORTED_AFTER_OACK, "shutdown"):
             metrics.TRANSFERS_FAILED.labels(outcome).inc()
             log.info("tftp transfer ended", reason=outcome, **fields)
+        elif outcome == "client_unreachable" and self.all_sent:
+            # RFC 1350 lets a client close once it sent its final ACK, which may be lost: its port
+            # is gone after it had every block (frequent in storms). Not worth a warning.
+            metrics.TRANSFERS_FAILED.labels(FINAL_ACK_LOST).inc()
+            log.info("tftp transfer ended: every block sent, final ACK lost", reason=FINAL_ACK_LOST, **fields)
         else:
             metrics.TRANSFERS_FAILED.labels(outcome).inc()
             log.warn("tftp transfer failed", reason=outcome, **fields)

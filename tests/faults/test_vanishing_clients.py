@@ -63,6 +63,23 @@ def test_tftp_client_closing_its_socket_mid_transfer(daemon_factory):
     assert metric(d, "netbootd_tftp_transfers_failed_total", reason="shutdown") == 0
 
 
+def test_tftp_client_closing_after_the_last_block_is_not_a_failure_warning(daemon_factory):
+    """RFC 1350: a client may close once it has sent its final ACK, which can be lost."""
+    d = _tftp_daemon(daemon_factory)
+    (d.root / "tftp" / "small.bin").write_bytes(b"s" * 100)  # one block: the first DATA is the last
+    lost = metric(d, "netbootd_tftp_transfers_failed_total", reason="final_ack_lost")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.bind(("127.0.0.1", 0))
+    s.sendto(codec.encode_request("small.bin", "octet", {}), ("127.0.0.1", d.tftp_port))
+    data, _addr = s.recvfrom(65536)
+    assert data[4:] == b"s" * 100
+    s.close()  # its final ACK "lost": the retransmitted last block draws an ICMP port unreachable
+    wait_for(lambda: metric(d, "netbootd_tftp_transfers_failed_total", reason="final_ack_lost") == lost + 1, timeout=10)
+    assert "every block sent, final ACK lost" in d.log()
+    assert "tftp transfer failed" not in d.log()
+
+
 def test_tftp_client_going_silent_mid_transfer(daemon_factory):
     """A machine powered off mid-transfer: no ICMP, just silence; the session times out."""
     d = _tftp_daemon(daemon_factory)
