@@ -1,7 +1,7 @@
 """Boot storm: N simulated machines boot at once from netbootd, and from dnsmasq + nginx, same run.
 
     sudo python bench/storm.py                          # N=500 against both stacks (~2 min)
-    sudo python bench/storm.py --find-limit 1000,2000   # then netbootd at N=1000, 2000 until one fails
+    sudo python bench/storm.py --find-limit 1000,2000   # then both at N=1000, 2000, each until it fails
     sudo python bench/storm.py -n 200 --kernel-mib 2 --initrd-mib 8      # quicker
     sudo python bench/storm.py --dnsmasq-tftp-max 1024  # dnsmasq's TFTP cap raised to netbootd's order
     sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 1024'  # a setting
@@ -545,7 +545,7 @@ def main() -> None:
     parser.add_argument("--attempts", type=int, default=3, help="tries per stage before a machine fails (default 3)")
     parser.add_argument("--deadline", type=float, default=600.0, help="a storm's time limit, seconds (default 600)")
     parser.add_argument("--only", choices=("netbootd", "classic"), help="run one stack only")
-    parser.add_argument("--find-limit", default="", help="then netbootd storms of these N until one fails: 1000,2000")
+    parser.add_argument("--find-limit", default="", help="then storms of these N, each stack until it fails: 1000,2000")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ipxe-dir", type=Path, default=IPXE_DIR)
     parser.add_argument("--server-nofile", type=int, default=0,
@@ -580,13 +580,18 @@ def main() -> None:
             print(f"# {stack} N={args.machines}: {s['n'] - s['failed']} booted, {s['failed']} failed, "
                   f"all done in {s['makespan']:.1f} s", flush=True)  # fmt: skip
             results.append(r)
+        # each stack goes on to the next N until it fails a boot
+        climbing = [st for st in stacks if not summary(next(r for r in results if r["stack"] == st))["failed"]]
         for n in [int(x) for x in args.find_limit.split(",") if x]:
-            r = bench.storm("netbootd", n)
-            s = summary(r)
-            print(f"# netbootd N={n}: {s['n'] - s['failed']} booted, {s['failed']} failed, "
-                  f"all done in {s['makespan']:.1f} s", flush=True)  # fmt: skip
-            results.append(r)
-            if s["failed"]:
+            for stack in list(climbing):
+                r = bench.storm(stack, n)
+                s = summary(r)
+                print(f"# {stack} N={n}: {s['n'] - s['failed']} booted, {s['failed']} failed, "
+                      f"all done in {s['makespan']:.1f} s", flush=True)  # fmt: skip
+                results.append(r)
+                if s["failed"]:
+                    climbing.remove(stack)
+            if not climbing:
                 break
         print_report(results, args)
         if args.json:
