@@ -202,8 +202,9 @@ class Netbootd:
                 self.images.on_resolved = self._image_resolved
                 self.site = make_site(self.core, self.health, images=self.images)
                 try:
-                    # backlog 1024 (Twisted's default is 50): a boot storm opens hundreds of connections at once
-                    self.http_port = self.reactor.listenTCP(s.http.port, self.site, backlog=1024, interface=s.http.listen)
+                    # backlog 4096 (Twisted's default is 50; the kernel caps it at net.core.somaxconn): a storm of
+                    # 4000 machines overflowed 1024 (bench/storm.py), and each overflow costs a machine a 1 s SYN retry
+                    self.http_port = self.reactor.listenTCP(s.http.port, self.site, backlog=4096, interface=s.http.listen)
                 except CannotListenError as exc:
                     raise bind_error("TCP", s.http.port, "http.port", exc) from None
                 self.ports.append(self.http_port)
