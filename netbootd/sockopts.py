@@ -1,8 +1,11 @@
-"""Socket options shared by the UDP edges (DHCP, TFTP)."""
+"""Socket options shared by the UDP edges (DHCP, TFTP): receive buffers and IP_PKTINFO."""
 
 from __future__ import annotations
 
 import socket
+import struct
+from collections.abc import Iterable
+from typing import NamedTuple
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; lets root exceed net.core.rmem_max
 
@@ -20,3 +23,41 @@ def enlarge_receive_buffer(skt: socket.socket, size: int = STORM_RECEIVE_BUFFER)
         skt.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:
         skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+# IP_PKTINFO: which local address (and interface) a datagram on a wildcard socket was sent to,
+# read with recvmsg(); the same structure on sendmsg() picks the source address and interface.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11's socket module lacks it
+_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)  # recvmsg's ancillary buffer size
+
+
+class PacketInfo(NamedTuple):
+    """IP_PKTINFO of a received datagram."""
+
+    ifindex: int
+    local: str  # ipi_addr: the destination address in the IP header (ours, or a broadcast address)
+    spec_dst: str  # ipi_spec_dst: the local address the kernel would reply from
+
+
+_PKTINFO_CACHE: dict[bytes, PacketInfo] = {}  # a storm repeats the same few (ifindex, addresses)
+
+
+def parse_pktinfo(ancdata: Iterable[tuple[int, int, bytes]]) -> PacketInfo | None:
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
+            info = _PKTINFO_CACHE.get(data)
+            if info is None:
+                ifindex, spec_dst, addr = _PKTINFO.unpack_from(data)
+                info = PacketInfo(ifindex, socket.inet_ntoa(addr), socket.inet_ntoa(spec_dst))
+                if len(_PKTINFO_CACHE) >= 1024:
+                    _PKTINFO_CACHE.clear()
+                _PKTINFO_CACHE[data] = info
+            return info
+    return None
+
+
+def pktinfo_cmsg(ifindex: int = 0, source: str = "") -> tuple[int, int, bytes]:
+    """Ancillary data for sendmsg(): out of interface `ifindex` (0: routing decides), from `source`."""
+    spec_dst = socket.inet_aton(source) if source else b"\0\0\0\0"
+    return (socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0"))

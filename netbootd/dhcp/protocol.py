@@ -25,7 +25,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
@@ -35,38 +34,17 @@ from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Answer, Arrival, DhcpController
 from netbootd.dhcp.metrics import DROPPED
 from netbootd.logs import RateLimiter, get_logger
-from netbootd.sockopts import enlarge_receive_buffer
+from netbootd.sockopts import (
+    CMSG_SPACE,
+    IP_PKTINFO,
+    PacketInfo,
+    enlarge_receive_buffer,
+    parse_pktinfo,
+    pktinfo_cmsg,
+)
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11's socket module lacks it
 SIOCGIFADDR = 0x8915
-_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
-_CMSG_SPACE = socket.CMSG_SPACE(_PKTINFO.size)
 READ_SIZE = codec.MAX_PACKET + 1  # one byte more than we accept, so oversize is seen
-
-
-class PacketInfo(NamedTuple):
-    """IP_PKTINFO of a received datagram."""
-
-    ifindex: int
-    local: str  # ipi_addr: the destination address in the IP header (ours, or a broadcast address)
-    spec_dst: str  # ipi_spec_dst: the local address the kernel would reply from
-
-
-_PKTINFO_CACHE: dict[bytes, PacketInfo] = {}  # a storm repeats the same few (ifindex, addresses)
-
-
-def parse_pktinfo(ancdata: Iterable[tuple[int, int, bytes]]) -> PacketInfo | None:
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _PKTINFO.size:
-            info = _PKTINFO_CACHE.get(data)
-            if info is None:
-                ifindex, spec_dst, addr = _PKTINFO.unpack_from(data)
-                info = PacketInfo(ifindex, socket.inet_ntoa(addr), socket.inet_ntoa(spec_dst))
-                if len(_PKTINFO_CACHE) >= 1024:
-                    _PKTINFO_CACHE.clear()
-                _PKTINFO_CACHE[data] = info
-            return info
-    return None
 
 
 class PktinfoPort(udp.Port):
@@ -86,7 +64,7 @@ class PktinfoPort(udp.Port):
         protocol = self.protocol
         while read < self.maxThroughput:
             try:
-                data, ancdata, flags, addr = recvmsg(self.maxPacketSize, _CMSG_SPACE)
+                data, ancdata, flags, addr = recvmsg(self.maxPacketSize, CMSG_SPACE)
             except OSError as se:
                 if se.args[0] in udp._sockErrReadIgnore or se.args[0] in udp._sockErrReadRefuse:
                     return
@@ -102,9 +80,7 @@ class PktinfoPort(udp.Port):
         if not ifindex and not source:
             self.socket.sendto(datagram, addr)
             return
-        spec_dst = socket.inet_aton(source) if source else b"\0\0\0\0"
-        cmsg = (socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0"))
-        self.socket.sendmsg([datagram], [cmsg], 0, addr)
+        self.socket.sendmsg([datagram], [pktinfo_cmsg(ifindex, source)], 0, addr)
 
 
 class InterfaceAddresses:
