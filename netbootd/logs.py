@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.logger import (
@@ -185,3 +186,12 @@ class RateLimiter:
 
     def take_suppressed(self, key: str) -> int:
         return self.suppressed.pop(key, 0)
+
+    def log(self, emit: Callable[..., Any], key: str, message: str, **fields: Any) -> None:
+        """`emit(message, **fields)` unless `key` is over its rate; the first line after
+        suppressed ones says how many (`suppressed=`)."""
+        if self.allow(key):
+            suppressed = self.take_suppressed(key)
+            if suppressed:
+                fields["suppressed"] = suppressed
+            emit(message, **fields)

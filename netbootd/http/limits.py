@@ -199,11 +199,7 @@ class HttpLimits:
             self._reaper = self.reactor.callLater(self._reap_interval(), self._reap)
 
     def _log(self, key: str, message: str, **fields: Any) -> None:
-        if self.log_limiter.allow(key):
-            suppressed = self.log_limiter.take_suppressed(key)
-            if suppressed:
-                fields["suppressed"] = suppressed
-            log.info(message, **fields)
+        self.log_limiter.log(log.info, key, message, **fields)
 
 
 class _Waiting:

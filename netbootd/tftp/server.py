@@ -229,11 +229,7 @@ class TftpServer(DatagramProtocol):
             pass
 
     def _log_limited(self, key: str, message: str, **fields: Any) -> None:
-        if self._limiter.allow(key):
-            suppressed = self._limiter.take_suppressed(key)
-            if suppressed:
-                fields["suppressed"] = suppressed
-            log.info(message, **fields)
+        self._limiter.log(log.info, key, message, **fields)
 
     # -- shutdown ----------------------------------------------------------------------------
 
