@@ -38,9 +38,14 @@ CONTENT_TYPES = {
 }
 
 
-def etag_for(path: Path) -> str:
-    st = os.stat(path)
+def etag_for(st: os.stat_result) -> str:
     return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def _disappeared(request) -> bytes:
+    request.setResponseCode(404)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"file disappeared\n"
 
 
 class FileResource(Resource):
@@ -54,27 +59,20 @@ class FileResource(Resource):
 
     def render(self, request):
         try:
-            etag = etag_for(self._path)
+            st = os.stat(self._path)
         except OSError:
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"file disappeared\n"
-        if request.setETag(etag.encode()) == http.CACHED:
+            return _disappeared(request)
+        if request.setETag(etag_for(st).encode()) == http.CACHED:
             return b""
         inner = static.File(str(self._path), defaultType="application/octet-stream")
         inner.contentTypes = {**inner.contentTypes, **CONTENT_TYPES}
         inner.encoding = None
         inner.contentEncodings = {}  # never claim Content-Encoding: the client wants the bytes as stored
         if request.method == b"GET" and request.getHeader(b"range") is None and sendfile_possible(request):
-            return self._sendfile(request, inner)
+            return self._sendfile(request, inner, st)
         return inner.render(request)
 
-    def _sendfile(self, request, inner: static.File):
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            request.setResponseCode(404)
-            return b"file disappeared\n"
+    def _sendfile(self, request, inner: static.File, st: os.stat_result):
         if request.setLastModified(st.st_mtime) == http.CACHED:
             return b""
         ctype, _ = static.getTypeAndEncoding(self._path.name, inner.contentTypes, {}, inner.defaultType)
@@ -83,8 +81,6 @@ class FileResource(Resource):
         request.setHeader(b"content-length", b"%d" % st.st_size)
         try:
             TailReader(Committed(self._path, st.st_size), request, lambda _err: request.loseConnection(), label=None)
-        except OSError:  # removed between stat and open
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"file disappeared\n"
+        except OSError:  # removed since the stat
+            return _disappeared(request)
         return server.NOT_DONE_YET

@@ -189,8 +189,7 @@ class HttpLimits:
             elif now - since >= self.settings.stall_timeout:
                 del self._progress[request]
                 metrics.refused.labels("stalled").inc()
-                client = getattr(request.getClientAddress(), "host", "")
-                self._log("stalled", "http download cut: nothing sent", client=client, sent=current,
+                self._log("stalled", "http download cut: nothing sent", client=_client(request), sent=current,
                           path=request.path.decode("latin-1", "replace")[:200], seconds=round(now - since, 1))
                 channel = request.channel
                 if channel is not None and channel.transport is not None:
