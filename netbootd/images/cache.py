@@ -450,7 +450,6 @@ class TailReader:
         self._served = metrics.bytes_served.labels(label) if label else _Uncounted()
         self.request = request
         self.on_fail = on_fail
-        self.label = label
         self.fd = os.open(flight.path, os.O_RDONLY)  # stays valid across the rename (or an unlink)
         self.pos = 0
         self.paused = False
@@ -561,8 +560,7 @@ class TailReader:
                 return
             else:
                 if n == 0:  # end of file before `limit`: the file shrank under us (an operator's in-place rewrite)
-                    self.flight.error = UpstreamError("file shrank while being sent")
-                    self._fail()
+                    self._fail(UpstreamError("file shrank while being sent"))
                     return
             self.pos += n
             budget -= n
@@ -582,7 +580,8 @@ class TailReader:
             transport.registerProducer(channel, True)
         self.request.finish()
 
-    def _fail(self) -> None:
+    def _fail(self, error: RegistryError | None = None) -> None:
+        """This reader ends: `error`, or its flight's, goes to on_fail (or the connection is cut)."""
         self._close()
         if self.sock is not None and self.started:
             transport = self.request.channel.transport
@@ -591,4 +590,4 @@ class TailReader:
             return
         if self.sock is None:
             self.request.unregisterProducer()
-        self.on_fail(self.flight.error or UpstreamError("blob fetch failed"))
+        self.on_fail(error or self.flight.error or UpstreamError("blob fetch failed"))
