@@ -53,15 +53,12 @@ def cmd_check(args) -> int:
         print(err)
     unresolved = 0
     if args.resolve:
-        from netbootd.config.machines import BootKind
         from netbootd.images.registry import RegistryClient
-        from netbootd.images.resolve import resolve_machines
+        from netbootd.images.resolve import image_machines, resolve_machines
 
-        pairs = [(m.name, m.boot.image) for m in result.machines.values()
-                 if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
         client = RegistryClient(settings.registry)
         try:
-            for res in resolve_machines(client, pairs):
+            for res in resolve_machines(client, image_machines(result.machines.values())):
                 print(res.line())
                 unresolved += not res.ok
         finally:

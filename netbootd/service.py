@@ -125,11 +125,9 @@ class Netbootd:
         core can offer a UKI to HTTP-boot firmware and leave out a squashfs an image lacks."""
         from twisted.internet import threads
 
-        from netbootd.config.machines import BootKind
-        from netbootd.images.resolve import resolve_machines
+        from netbootd.images.resolve import image_machines, resolve_machines
 
-        pairs = [(m.name, m.boot.image) for m in self.core.catalog.files.values()
-                 if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
+        pairs = image_machines(self.core.catalog.files.values())
         if not pairs or self.images is None:
             return defer.succeed(None)
 

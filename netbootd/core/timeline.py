@@ -89,13 +89,8 @@ class Timeline:
         """`record("dhcp", ...)` for the DHCP hot path: learns the address and adds the event
         with no keyword-argument shuffling (thousands of calls a second in a boot storm)."""
         now = self.clock()
+        self.learn(mac, ip)
         m = self._get(mac)
-        if ip and ip != "0.0.0.0":
-            m.ip = ip
-            self._by_ip[ip] = mac
-            self._by_ip.move_to_end(ip)
-            if len(self._by_ip) > self.max_machines * 2:
-                self._by_ip.popitem(last=False)
         if m.attempt_start is None or now - m.last > ATTEMPT_IDLE:
             m.attempt_start = now
         event["time"] = round(now, 3)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from netbootd.config.machines import BootKind, Machine
 from netbootd.images.reference import ImageRef
 from netbootd.images.registry import Layer, RegistryClient, RegistryError, ResolvedImage
 
@@ -68,6 +69,11 @@ class Resolution:
         where = f"{self.image.digest[:19]}" + (f" {self.image.platform}" if self.image.platform else "")
         verdict = "" if layers.bootable else " ERROR: neither kernel + initramfs nor a UKI layer"
         return f"{self.machine}: {self.ref} → {where}: {layers.describe()}{verdict}"
+
+
+def image_machines(machines: Iterable[Machine]) -> list[tuple[str, ImageRef]]:
+    """(machine name, image) of every machine that boots an OCI image."""
+    return [(m.name, m.boot.image) for m in machines if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
 
 
 def resolve_machines(client: RegistryClient, machines: Iterable[tuple[str, ImageRef]]) -> list[Resolution]:
