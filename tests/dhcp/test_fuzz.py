@@ -13,6 +13,7 @@ from netbootd.dhcp.protocol import DhcpProtocol, PacketInfo
 from tests.dhcp.conftest import FakeCore, client_requests
 from tests.dhcp.test_codec import request_bytes
 from tests.dhcp.test_protocol import PktinfoTransport, StubAddresses
+from tests.fuzz.conftest import mutated as mutate
 
 # Seeds: every captured firmware request, plus a synthetic one so the test runs without captures.
 SEEDS = [d.payload for d in client_requests()] or [
@@ -21,25 +22,9 @@ SEEDS = [d.payload for d in client_requests()] or [
 INFO = PacketInfo(ifindex=3, local="255.255.255.255", spec_dst="192.0.2.1")
 
 
-@st.composite
-def mutated(draw):
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 8))):
-        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "extend"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=40))
-        elif op == "delete" and data:
-            del data[pos : pos + draw(st.integers(1, 40))]
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "extend":
-            data += draw(st.binary(max_size=300))
-    return bytes(data)
+def mutated():
+    """The captures with 1..8 byte edits (the fuzz suite's mutation strategy, its basic edits)."""
+    return mutate(SEEDS, 8, ops=("flip", "set", "insert", "delete", "truncate", "extend"))
 
 
 def structured_options():

@@ -50,7 +50,7 @@ MUTATIONS = ("flip", "set", "insert", "delete", "truncate", "extend", "splice", 
 INTERESTING = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00", b"\xff\xff", b"\x00\x01", b"\x01\x00", b"\xff\x00")
 
 
-def mutated(seeds: list[bytes], max_ops: int = 8):
+def mutated(seeds: list[bytes], max_ops: int = 8, ops: tuple[str, ...] = MUTATIONS):
     """A strategy: a seed with 1..max_ops random edits (AFL-style havoc, driven by hypothesis so
     failures shrink to a minimal edit list)."""
     from hypothesis import strategies as st
@@ -59,7 +59,7 @@ def mutated(seeds: list[bytes], max_ops: int = 8):
     def build(draw):
         data = bytearray(draw(st.sampled_from(seeds)))
         for _ in range(draw(st.integers(1, max_ops))):
-            op = draw(st.sampled_from(MUTATIONS))
+            op = draw(st.sampled_from(ops))
             pos = draw(st.integers(0, max(len(data) - 1, 0)))
             if op == "flip" and data:
                 data[pos] ^= 1 << draw(st.integers(0, 7))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from prometheus_client import REGISTRY
+from tftpy.TftpPacketFactory import TftpPacketFactory
 from twisted.internet import defer, protocol, reactor, task
 
 from netbootd.config.settings import IpxeBinaries, Settings, TftpSettings
@@ -34,6 +35,24 @@ def sha256(path: Path) -> str:
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def check_codec(data: bytes) -> None:
+    """The codec's contract on any bytes: a packet of a known kind, or MalformedPacket with a reason."""
+    try:
+        packet = codec.parse(data)
+    except codec.MalformedPacket as e:
+        assert e.reason
+        return
+    assert isinstance(
+        packet,
+        codec.ReadRequest | codec.WriteRequest | codec.Ack | codec.Error | codec.Data | codec.OptionAck,
+    )
+    if isinstance(packet, codec.Ack):
+        # same block number as tftpy's own decoder
+        assert TftpPacketFactory().parse(bytes(data)).blocknumber == packet.block
+    if isinstance(packet, codec.ReadRequest | codec.WriteRequest):
+        assert all(k == k.lower() for k in packet.options)
 
 
 def open_fds() -> int:
