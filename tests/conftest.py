@@ -71,10 +71,12 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    run_as: tuple[str, ...] = ()  # a command prefix, e.g. setpriv to drop root (tests/faults)
+
     def start(self, *args: str, env: dict[str, str] | None = None) -> Daemon:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "netbootd", "serve", "--config", str(self.config), *args],
+            [*self.run_as, sys.executable, "-m", "netbootd", "serve", "--config", str(self.config), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.root,

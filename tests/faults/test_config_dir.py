@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import Daemon, wait_for
@@ -121,10 +120,12 @@ def test_deleting_a_subdirectory_keeps_hot_reload_working(daemon_factory):
     assert "Unhandled" not in d.log() and "Traceback" not in d.log()
 
 
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+
+
 def _can_run_as_nobody(path) -> bool:
     probe = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
-         f"import netbootd, os; os.listdir({str(path)!r})"],
+        [*AS_NOBODY, sys.executable, "-c", f"import netbootd, os; os.listdir({str(path)!r})"],
         capture_output=True,
     )
     return probe.returncode == 0
@@ -133,24 +134,7 @@ def _can_run_as_nobody(path) -> bool:
 class NobodyDaemon(Daemon):
     """The daemon run as `nobody` (setpriv), so that file permissions bind it (root ignores them)."""
 
-    def start(self, *args: str, env=None) -> Daemon:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             sys.executable, "-m", "netbootd", "serve", "--config", str(self.config), *args],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root,
-        )
-        wait_for(lambda: self._up(), timeout=20, interval=0.1)
-        return self
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"netbootd exited {self.proc.returncode}:\n{self.log()}")
-        try:
-            httpx.get(self.url + "/healthz", timeout=0.5)
-            return True
-        except httpx.HTTPError:
-            return False
+    run_as = AS_NOBODY
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,3 +55,27 @@ def raw_http(port: int, data: bytes, source: str = "127.0.0.1", timeout: float =
 def loopback_client(source: str) -> httpx.Client:
     """An HTTP client whose connections come from `source` (any 127.x.y.z): one simulated machine."""
     return httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=20)
+
+
+def machine_address(n: int) -> str:
+    """Simulated machine n's own loopback address (127.0.x.y): on a real segment each has its own."""
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
+def boot_machines(count: int, boot: Callable[[int, str], list[str]]) -> list[str]:
+    """`boot(n, address)` for `count` machines at once, a thread each; what they report as failed,
+    and any exception they raise (which a thread would otherwise lose), in one list."""
+    failures: list[str] = []
+
+    def run(n: int) -> None:
+        try:
+            failures.extend(boot(n, machine_address(n)))
+        except Exception as exc:
+            failures.append(f"{n}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures

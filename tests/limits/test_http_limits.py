@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import socket
-import threading
 
 import httpx
 
 from tests.conftest import wait_for
-from tests.limits.conftest import http_settings, loopback_client, metric, raw_http
+from tests.limits.conftest import boot_machines, http_settings, loopback_client, metric, raw_http
 
 MAC = "52:54:00:12:34:56"
 
@@ -51,23 +50,20 @@ def test_boot_storm_from_many_addresses_is_never_limited(daemon_factory):
     d = daemon_factory()
     _machine(d)
     d.start()
-    failures: list[str] = []
 
-    def boot(n: int) -> None:
+    def boot(n: int, address: str) -> list[str]:
+        failures = []
         mac = f"52:54:00:00:{n // 256:02x}:{n % 256:02x}"
-        with loopback_client(f"127.0.{1 + n // 250}.{1 + n % 250}") as client:
+        with loopback_client(address) as client:
             for _ in range(3):
                 for path in ("/ipxe", f"/ipxe?mac={mac}&arch=efi64", "/files/vmlinuz", "/files/initrd.img",
                              f"/beacon?mac={mac}&stage=loaded"):
                     r = client.get(d.url + path)
                     if r.status_code != 200:
                         failures.append(f"{n} {path} {r.status_code} {r.text[:80]}")
+        return failures
 
-    threads = [threading.Thread(target=boot, args=(n,)) for n in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failures = boot_machines(100, boot)
     assert not failures, failures[:5]
     assert metric(d, "netbootd_http_rate_limited_total") == 0
     assert metric(d, "netbootd_http_refused_total", reason="busy") == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 
 import pytest
@@ -14,7 +13,7 @@ import tftpy
 
 from netbootd.tftp import codec
 from tests.conftest import wait_for
-from tests.limits.conftest import metric
+from tests.limits.conftest import boot_machines, metric
 
 logging.getLogger("tftpy").setLevel(logging.CRITICAL)
 
@@ -92,31 +91,24 @@ def test_machines_booting_from_their_own_addresses_are_not_limited(daemon_factor
     default limits; a few also retry. Every transfer completes."""
     d, root = _tftp_daemon(daemon_factory)
     want = (root / "payload.bin").read_bytes()
-    failures: list[str] = []
 
-    def boot(n: int) -> None:
-        source = f"127.0.{1 + n // 250}.{1 + n % 250}"
-        try:
-            for _attempt in range(2 if n % 5 else 4):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.settimeout(10)
-                    s.bind((source, 0))
-                    probe, addr = _rrq(s, d.tftp_port, options={"tsize": 0, "blksize": 1468})
-                    assert isinstance(probe, codec.OptionAck), probe
-                    s.sendto(codec.encode_error(codec.ERR_OPTIONS, "tsize probe done"), addr)
-                out = d.root / f"out-{n}.bin"
-                data = _download(source, d.tftp_port)
-                if data != want:
-                    failures.append(f"{n}: {len(data)} bytes")
-                out.write_bytes(data)
-        except Exception as exc:  # collected: a thread's exception would be lost
-            failures.append(f"{n}: {exc!r}")
+    def boot(n: int, source: str) -> list[str]:
+        failures = []
+        for _attempt in range(2 if n % 5 else 4):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(10)
+                s.bind((source, 0))
+                probe, addr = _rrq(s, d.tftp_port, options={"tsize": 0, "blksize": 1468})
+                assert isinstance(probe, codec.OptionAck), probe
+                s.sendto(codec.encode_error(codec.ERR_OPTIONS, "tsize probe done"), addr)
+            out = d.root / f"out-{n}.bin"
+            data = _download(source, d.tftp_port)
+            if data != want:
+                failures.append(f"{n}: {len(data)} bytes")
+            out.write_bytes(data)
+        return failures
 
-    threads = [threading.Thread(target=boot, args=(n,)) for n in range(60)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failures = boot_machines(60, boot)
     assert not failures, failures[:5]
     assert metric(d, "netbootd_tftp_requests_refused_total", reason="rate_limited") == 0
 
