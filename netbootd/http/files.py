@@ -17,7 +17,7 @@ from pathlib import Path
 from twisted.web import http, server, static
 from twisted.web.resource import Resource
 
-from netbootd.images.cache import Committed, TailReader, sendfile_possible
+from netbootd.images.cache import send_whole_file, sendfile_possible
 
 CONTENT_TYPES = {
     ".efi": "application/efi",  # EDK2 HTTP boot decides the image type from this
@@ -77,10 +77,8 @@ class FileResource(Resource):
             return b""
         ctype, _ = static.getTypeAndEncoding(self._path.name, inner.contentTypes, {}, inner.defaultType)
         request.setHeader(b"content-type", ctype.encode())
-        request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"content-length", b"%d" % st.st_size)
         try:
-            TailReader(Committed(self._path, st.st_size), request, lambda _err: request.loseConnection(), label=None)
+            send_whole_file(request, self._path, st.st_size, lambda _err: request.loseConnection(), label=None)
         except OSError:  # removed since the stat
             return _disappeared(request)
         return server.NOT_DONE_YET

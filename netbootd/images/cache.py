@@ -428,6 +428,15 @@ def sendfile_possible(request) -> bool:
     return _sendfile_socket(request) is not None
 
 
+def send_whole_file(request, path: Path, size: int, on_fail: Callable[[RegistryError], None],
+                    label: str | None) -> None:
+    """The whole of a finished file as the response body (by sendfile on plain TCP), with
+    Accept-Ranges and Content-Length. Raises OSError when the file cannot be opened."""
+    request.setHeader(b"accept-ranges", b"bytes")
+    request.setHeader(b"content-length", b"%d" % size)
+    TailReader(Committed(path, size), request, on_fail, label=label)
+
+
 @implementer(IPushProducer)
 class TailReader:
     """Sends one blob to one client, at the client's own pace, from a flight's growing temp file

@@ -17,7 +17,7 @@ from twisted.web import http, resource, server, static
 
 from netbootd.config.settings import Settings
 from netbootd.images import metrics
-from netbootd.images.cache import BlobCache, Committed, Flight, TailReader
+from netbootd.images.cache import BlobCache, Flight, TailReader, send_whole_file
 from netbootd.images.pump import Fetcher, PassThrough, fail_request
 from netbootd.images.reference import ImageRef
 from netbootd.images.registry import (
@@ -171,11 +171,7 @@ class ImageProxy:
     def _send_committed(self, request, path) -> Any:
         """A full warm hit: sendfile(2) from the cache file (static.File does ranges and HEAD)."""
         try:
-            size = path.stat().st_size
-            source = Committed(path, size)
-            request.setHeader(b"accept-ranges", b"bytes")
-            request.setHeader(b"content-length", b"%d" % size)
-            TailReader(source, request, lambda err: fail_request(request, err), label="cache")
+            send_whole_file(request, path, path.stat().st_size, lambda err: fail_request(request, err), label="cache")
         except FileNotFoundError:  # evicted between lookup and open
             fail_request(request, UpstreamError("cached blob vanished; retry"))
         return server.NOT_DONE_YET
