@@ -5,8 +5,8 @@ producer; it has no ETag, and guesses types for boot files poorly, so both are a
 
 A whole-file GET on plain TCP (what every booting machine sends for its kernel and initrd)
 goes out with sendfile(2) through the image cache's TailReader instead: static.File reads
-64 KiB chunks into Python and copies them to the socket, which made a 500-machine boot storm
-CPU-bound (bench/storm.py: 35 s → 11 s, netbootd CPU 30 → 6.5 s).
+64 KiB chunks into Python and copies them to the socket, for every byte of every kernel and
+initrd of a boot storm (bench/storm.py; README, "Boot storms").
 """
 
 from __future__ import annotations
