@@ -119,6 +119,8 @@ EXPECTED = {
     (b"PXEClient:Arch:00007:UNDI:003000", False): (Arch.EFI64, Firmware.EFI_PXE),
     (b"PXEClient:Arch:00007:UNDI:003010", True): (Arch.EFI64, Firmware.IPXE),
     (b"HTTPClient:Arch:00016:UNDI:003000", False): (Arch.EFI64, Firmware.HTTP_BOOT),
+    (b"PXEClient:Arch:00011:UNDI:003000", False): (Arch.ARM64, Firmware.EFI_PXE),  # AAVMF
+    (b"HTTPClient:Arch:00019:UNDI:003000", False): (Arch.ARM64, Firmware.HTTP_BOOT),
 }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from netbootd.config.load import build_catalog, load_machines
-from netbootd.config.settings import HttpSettings, Settings
+from netbootd.config.settings import HttpSettings, IpxeBinaries, Settings
 from netbootd.core import BootCore
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Arrival, DhcpController
@@ -19,7 +21,8 @@ def core(tmp_path):
     (tmp_path / "files").mkdir()
     (machines / "default.toml").write_text('[boot]\nchain = "http://boot.example/menu.ipxe"\n')
     (machines / "52-54-00-99-99-99.toml").write_text("[boot]\nignore = true\n")
-    settings = Settings(machines_dir=machines, files_root=tmp_path / "files", http=HttpSettings(port=8080))
+    settings = Settings(machines_dir=machines, files_root=tmp_path / "files", http=HttpSettings(port=8080),
+                        ipxe=IpxeBinaries(arm64="arm64/snponly.efi"))
     result = load_machines(settings)
     assert result.errors == []
     return BootCore(settings, build_catalog(result))
@@ -41,17 +44,23 @@ def test_captured_firmware_against_real_core(core):
         request = codec.decode(d.payload)
         reply = answer(core, d.payload, d.dport)
         assert reply is not None, d
-        key = (request.options[60][:10], request.options.get(77), d.dport)
+        # (client kind, arch code of option 60, iPXE user class, port)
+        arch = re.search(rb"Arch:(\d{5})", request.options[60]).group(1)
+        key = (request.options[60][:10], arch, request.options.get(77), d.dport)
         seen[key] = (reply.file.decode(), reply.options[60])
     # iPXE (BIOS or EFI): the script URL on the advertised address, with mac and arch
-    assert seen[(b"PXEClient:", b"iPXE", 67)][0].startswith(
-        f"http://{BOOT_SERVER}:8080/ipxe?mac=52-54-00-77-00-10"
-    )
-    # EDK2 PXE: nothing on 67, snponly.efi on 4011
-    assert seen[(b"PXEClient:", None, 67)] == ("", b"PXEClient")
-    assert seen[(b"PXEClient:", None, 4011)] == ("snponly.efi", b"PXEClient")
-    # HTTP boot: an IP-literal URL of the EFI iPXE binary
-    assert seen[(b"HTTPClient", None, 67)] == (f"http://{BOOT_SERVER}:8080/boot/snponly.efi", b"HTTPClient")
+    for arch in (b"00000", b"00007"):
+        assert seen[(b"PXEClient:", arch, b"iPXE", 67)][0].startswith(
+            f"http://{BOOT_SERVER}:8080/ipxe?mac=52-54-00-77-00-10"
+        )
+    # EDK2 PXE: nothing on 67, the arch's binary on 4011
+    assert seen[(b"PXEClient:", b"00007", None, 67)] == ("", b"PXEClient")
+    assert seen[(b"PXEClient:", b"00007", None, 4011)] == ("snponly.efi", b"PXEClient")
+    assert seen[(b"PXEClient:", b"00011", None, 67)] == ("", b"PXEClient")
+    # HTTP boot: an IP-literal URL of the arch's EFI binary
+    assert seen[(b"HTTPClient", b"00016", None, 67)] == (f"http://{BOOT_SERVER}:8080/boot/snponly.efi", b"HTTPClient")
+    assert seen[(b"HTTPClient", b"00019", None, 67)] == (
+        f"http://{BOOT_SERVER}:8080/boot/arm64/snponly.efi", b"HTTPClient")
 
 
 @requires_captures
