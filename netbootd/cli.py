@@ -10,7 +10,8 @@ import attrs
 
 from netbootd import __version__
 from netbootd.config.errors import ConfigInvalid
-from netbootd.config.load import build_catalog, load_machines, load_settings
+from netbootd.config.load import DEFAULT_CONFIG, build_catalog, load_machines, load_settings
+from netbootd.config.machines import machine_count
 from netbootd.config.settings import Settings
 from netbootd.model import Arch, Client, Firmware, normalize_mac
 
@@ -26,28 +27,53 @@ EXPLAIN_ARCHS = {
 SAMPLE_SERVER = "192.0.2.1"
 
 
-def _settings_for_dir(directory: Path) -> Settings:
-    """`netbootd check DIR`: DIR is a config directory (with netbootd.toml), or one with a
-    machines/ subdirectory, or the machines directory itself."""
-    if (directory / "netbootd.toml").is_file():
-        return load_settings(directory / "netbootd.toml")
-    if (directory / "machines").is_dir():
-        return Settings(machines_dir=directory / "machines", files_root=directory / "files")
-    return Settings(machines_dir=directory, files_root=directory.parent / "files")
+class NoConfig(Exception):
+    """No usable configuration; the message says what to do."""
+
+
+def find_settings(config: str | None, *, required: bool) -> Settings:
+    """How every command finds its configuration: `--config` names netbootd.toml, or a directory
+    holding it, or a directory with machines/ (and files/), or the machines directory itself;
+    without it, /etc/netbootd/netbootd.toml. `required`: built-in defaults will not do (check,
+    explain), so a missing file is an error saying what to pass. Raises ConfigInvalid, NoConfig."""
+    if config is None:
+        if DEFAULT_CONFIG.is_file():
+            return load_settings(DEFAULT_CONFIG)
+        if required:
+            raise NoConfig(f"no configuration at {DEFAULT_CONFIG}: pass --config with netbootd.toml or its directory")
+        return Settings()
+    path = Path(config)
+    if path.is_file():
+        return load_settings(path)
+    if path.is_dir():
+        if (path / "netbootd.toml").is_file():
+            return load_settings(path / "netbootd.toml")
+        if (path / "machines").is_dir():
+            return Settings(machines_dir=path / "machines", files_root=path / "files", source=path)
+        return Settings(machines_dir=path, files_root=path.parent / "files", source=path)
+    raise NoConfig(f"{path}: no such file or directory (--config takes netbootd.toml, or its directory)")
+
+
+def _settings_or_exit(command: str, config: str | None, required: bool) -> Settings | int:
+    try:
+        return find_settings(config, required=required)
+    except NoConfig as exc:
+        print(f"netbootd {command}: {exc}", file=sys.stderr)
+        return 2
+    except ConfigInvalid as exc:
+        print(f"netbootd {command}: the settings file has errors:", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 2
 
 
 def cmd_check(args) -> int:
-    directory = Path(args.dir)
-    if not directory.is_dir():
-        print(f"netbootd check: {directory} is not a directory", file=sys.stderr)
+    if args.dir and args.config:
+        print("netbootd check: give the configuration once (a path or --config)", file=sys.stderr)
         return 2
-    try:
-        settings = _settings_for_dir(directory)
-    except ConfigInvalid as exc:
-        for err in exc.errors:
-            print(err)
-        print(f"{len(exc.errors)} error(s) in the settings file", file=sys.stderr)
-        return 1
+    settings = _settings_or_exit("check", args.dir or args.config, required=True)
+    if isinstance(settings, int):
+        return settings
     result = load_machines(settings)
     for err in result.errors:
         print(err)
@@ -63,41 +89,57 @@ def cmd_check(args) -> int:
                 unresolved += not res.ok
         finally:
             client.close()
+    default = "default" in result.machines
+    count = machine_count(len(result.machines) - default, default)
     if result.errors or unresolved:
-        print(f"{len(result.errors)} error(s), {unresolved} image(s) not bootable; "
-              f"{len(result.machines)} machine file(s) OK", file=sys.stderr)
+        failed = f", {len(result.causes)} machine file(s) failed" if result.causes else ""
+        print(f"{len(result.errors)} error(s), {unresolved} image(s) not bootable; {count} OK{failed}", file=sys.stderr)
         return 1
-    default = " + default.toml" if "default" in result.machines else " (no default.toml: unknown machines get no answer)"
-    print(f"OK: {len(result.machines) - ('default' in result.machines)} machine file(s){default}")
+    print(f"OK: {count}")
     return 0
 
 
 def cmd_explain(args) -> int:
+    from netbootd.config.lastgood import LastGoodStore
     from netbootd.config.machines import BootKind
     from netbootd.core import BootCore, NoScript
 
     try:
-        settings = load_settings(Path(args.config) if args.config else None)
         mac = normalize_mac(args.mac)
-    except ConfigInvalid as exc:
-        print(exc, file=sys.stderr)
-        return 2
     except ValueError as exc:
         print(f"netbootd explain: {exc}", file=sys.stderr)
         return 2
+    settings = _settings_or_exit("explain", args.config, required=True)
+    if isinstance(settings, int):
+        return settings
+    if not settings.machines_dir.is_dir():
+        print(f"netbootd explain: the machines directory {settings.machines_dir} does not exist "
+              f"(set machines_dir in {settings.source or 'netbootd.toml'}, or pass --config)", file=sys.stderr)
+        return 2
     result = load_machines(settings)
-    core = BootCore(settings, build_catalog(result))
+    # What a restarted daemon would serve: a broken file's last good version, if one was kept.
+    catalog = build_catalog(result, None, LastGoodStore(settings.state_dir))
+    core = BootCore(settings, catalog)
     for err in result.errors:
         print(f"warning: {err}")
     server = args.server or settings.advertise or SAMPLE_SERVER
     firmware, arch = EXPLAIN_ARCHS[args.arch]
     machine = core.find(mac, None)
     print(f"machine   {mac}")
+    held = catalog.held_for(mac)
+    if held is not None:
+        print(f"config    HELD: {held.error}")
+        print("          this machine gets nothing (no DHCP answer, no TFTP file, /ipxe 404), never the default, "
+              "until the file is fixed")
+        return 0
     if machine is None:
-        print("config    none: no machine file and no default.toml → netbootd does not answer")
+        print(f"config    none: {core.no_machine_reason()} → netbootd does not answer")
         return 0
     profile = f" (profile {machine.profile})" if machine.profile else ""
     print(f"config    {machine.source}{profile}")
+    if machine.name in catalog.stale:
+        print(f"          the file has errors ({catalog.stale[machine.name]}); this is its last good version, "
+              f"kept in {settings.state_dir}")
     print(f"boot      {machine.boot.kind.value}")
     if machine.vars:
         print("vars      " + ", ".join(f"{k}={v}" for k, v in machine.vars.items()))
@@ -110,10 +152,18 @@ def cmd_explain(args) -> int:
         where = "4011 ACK" if firmware is Firmware.EFI_PXE else "67 OFFER"
         print(f"DHCP      {where}: {decision.offer.kind.value} {decision.offer.bootfile}")
     ipxe_decision = core.decide(Client(mac, arch, Firmware.IPXE, None), server)
-    direct_efi = firmware is Firmware.HTTP_BOOT and machine.boot.kind is BootKind.EFI
-    if ipxe_decision.offer is None:
+    direct_efi = (
+        firmware is Firmware.HTTP_BOOT
+        and decision.offer is not None
+        and decision.offer.bootfile == core.efi_url(machine, core.base_url(server))
+    )
+    if firmware is Firmware.HTTP_BOOT and decision.offer is not None and not direct_efi:
+        print("          UEFI HTTP boot loads iPXE from that URL; iPXE then asks DHCP again:")
+    if direct_efi:
+        print("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
+    elif ipxe_decision.offer is None:
         print(f"iPXE      no answer: {ipxe_decision.reason}")
-    elif not direct_efi:
+    else:
         print(f"iPXE      DHCP answer: script {ipxe_decision.offer.bootfile}")
         try:
             script = core.script(mac, None, arch, server)
@@ -129,12 +179,13 @@ def cmd_explain(args) -> int:
     if machine.booty is not None:
         print("--- BOOTy " + "-" * 55)
         print(core.booty(mac).decode())  # type: ignore[union-attr]
-    if firmware is Firmware.HTTP_BOOT:
+    if firmware is Firmware.HTTP_BOOT and machine.boot.kind in (BootKind.EFI, BootKind.IMAGE):
         status, body = core.httpboot([mac], server)
-        import json
+        if status == 200:
+            import json
 
-        print(f"--- /httpboot JSON (HTTP {status}) " + "-" * 31)
-        print(json.dumps(body, indent=1))
+            print("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
+            print(json.dumps(body, indent=1))
     return 0
 
 
@@ -144,13 +195,9 @@ def cmd_serve(args) -> int:
     from netbootd.logs import get_logger, start_logging
     from netbootd.service import Netbootd, StartupError
 
-    try:
-        settings = load_settings(Path(args.config) if args.config else None)
-    except ConfigInvalid as exc:
-        print("netbootd: the settings file has errors:", file=sys.stderr)
-        for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
-        return 2
+    settings = _settings_or_exit("serve", args.config, required=False)
+    if isinstance(settings, int):
+        return settings
     if args.log_format:
         settings = attrs.evolve(settings, log=attrs.evolve(settings.log, format=args.log_format))
     start_logging(settings.log.format, settings.log.level)
@@ -173,45 +220,53 @@ def cmd_status(args) -> int:
 
     url = args.url
     if not url:
-        try:
-            settings = load_settings(Path(args.config) if args.config else None)
-        except ConfigInvalid as exc:
-            print(exc, file=sys.stderr)
-            return 2
+        settings = _settings_or_exit("status", args.config, required=False)
+        if isinstance(settings, int):
+            return settings
         host = settings.http.listen if settings.http.listen not in ("", "0.0.0.0", "::") else "127.0.0.1"
         url = f"http://{host}:{settings.http.port}"
     return status(url, args.mac, args.watch)
 
 
+CONFIG_HELP = f"netbootd.toml, or its directory (default: {DEFAULT_CONFIG})"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netbootd", description="Network-boot server: proxy DHCP, TFTP, HTTP.")
-    p.add_argument("--version", action="version", version=f"netbootd {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"netbootd {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the daemon")
-    serve.add_argument("--config", help="netbootd.toml (default: /etc/netbootd/netbootd.toml, else built-in defaults)")
+    serve.add_argument("--config", help=CONFIG_HELP + "; without one, built-in defaults")
     serve.add_argument("--log-format", choices=["text", "json"], help="override log.format")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate a configuration directory; non-zero exit on errors")
-    check.add_argument("dir", help="directory with netbootd.toml, or with machines/, or the machines directory")
+    check = sub.add_parser("check", help="validate a configuration; non-zero exit on errors (for CI)")
+    check.add_argument("dir", nargs="?", metavar="CONFIG",
+                       help="the same as --config: netbootd.toml, its directory, a directory with machines/, "
+                            "or the machines directory")
+    check.add_argument("--config", help=CONFIG_HELP)
     check.add_argument("--resolve", action="store_true",
                        help="also resolve every boot.image in its registry and show the layers it boots")
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser("explain", help="show what a machine would be offered and the script it gets")
-    explain.add_argument("mac")
-    explain.add_argument("--arch", choices=sorted(EXPLAIN_ARCHS), default="efi64")
-    explain.add_argument("--config", help="netbootd.toml")
-    explain.add_argument("--server", help="address to put in URLs (default: advertise)")
+    explain.add_argument("mac", help="the machine's MAC address (any of 52:54:00:12:34:56, 52-54-00-12-34-56)")
+    explain.add_argument("--arch", choices=sorted(EXPLAIN_ARCHS), default="efi64",
+                         help="the firmware asking: bios (BIOS PXE), efi32/efi64/arm64 (UEFI PXE), "
+                              "http/http-arm64 (UEFI HTTP boot); default efi64")
+    explain.add_argument("--config", help=CONFIG_HELP)
+    explain.add_argument("--server", help="address to put in URLs (default: advertise, else 192.0.2.1)")
     explain.add_argument("--show-secrets", action="store_true", help="print Ignition contents")
     explain.set_defaults(func=cmd_explain)
 
-    st = sub.add_parser("status", help="the boot timeline of a running netbootd (all machines, or one)")
-    st.add_argument("mac", nargs="?")
-    st.add_argument("--url", help="netbootd's HTTP address (default: from --config)")
-    st.add_argument("--config", help="netbootd.toml")
-    st.add_argument("--watch", nargs="?", type=float, const=2.0, help="refresh every N seconds (default 2)")
+    st = sub.add_parser("status", help="problems and the boot timeline of a running netbootd (all machines, or one)")
+    st.add_argument("mac", nargs="?", help="one machine's timeline instead of the summary")
+    st.add_argument("--url", help="netbootd's HTTP address (default: from the configuration)")
+    st.add_argument("--config", help=CONFIG_HELP)
+    st.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2)")
     st.set_defaults(func=cmd_status)
     return p
 

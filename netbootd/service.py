@@ -14,12 +14,14 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
-from netbootd import metrics
-from netbootd.config.load import build_catalog, load_machines
+from netbootd import health, metrics
+from netbootd.config.lastgood import LastGoodStore
+from netbootd.config.load import build_catalog, is_ignored_name, load_machines
 from netbootd.config.settings import Settings
 from netbootd.config.watch import DirectoryWatcher
 from netbootd.core import BootCore
 from netbootd.core.signing import UrlSigner
+from netbootd.images.resolve import image_machines
 from netbootd.logs import get_logger
 from netbootd.sdnotify import Notifier
 
@@ -83,7 +85,10 @@ class Netbootd:
         self.images: Any = None  # netbootd.images.proxy.ImageProxy once HTTP is up
         self.resolver: task.LoopingCall | None = None
         self._resolve_retry: Any = None
-        self._resolve_backoff = 5.0
+        self._resolve_backoff = health.IMAGE_RETRY_FIRST
+        self.images_watch = health.ImageWatch(reactor.seconds)
+        self.last_good = LastGoodStore(settings.state_dir)
+        self.problems: list[dict[str, Any]] = []
         self.last_reload = 0.0
         self.started = time.time()
         self.reload("start")
@@ -93,61 +98,117 @@ class Netbootd:
     def reload(self, why: str = "") -> None:
         if self.ports:
             self.notifier.reloading()
+        previous = self.core.catalog if self.last_reload else None
         result = load_machines(self.settings)
-        catalog = build_catalog(result, self.core.catalog if self.last_reload else None)
+        catalog = build_catalog(result, previous, self.last_good)
         self.core.replace_catalog(catalog)
         self.last_reload = time.time()
+        if result.directory_ok:
+            self.last_good.save(result.machines.values())  # what loaded cleanly is the new last good
+            self.last_good.forget({p.name[: -len(".toml")] for p in self._machine_files()})
         metrics.config_errors.set(len(result.errors))
         metrics.machines.set(len(catalog.files))
         metrics.config_reloads.labels("errors" if result.errors else "ok").inc()
-        for err in result.errors:
-            log.error("config error", file=str(err.file), line=err.line, key=err.key, error=err.message)
-        kept = sorted(n for n in result.failed if n in catalog.files)
-        log.info(
-            "configuration loaded",
-            trigger=why,
-            machines=len(catalog.files),
-            errors=len(result.errors),
-            kept_last_good=",".join(kept) if kept else "",
-        )
+        self._log_changes(why, previous, catalog)
         if self.ports:
             self.notifier.ready(self.status_line())
+        self.images_watch.configured(image_machines(catalog.files.values()))
+        self.refresh_problems()
         if self.images is not None:
             self.resolve_images()
+
+    def _machine_files(self):
+        try:
+            return [p for p in self.settings.machines_dir.iterdir() if not is_ignored_name(p.name)]
+        except OSError:
+            return []
+
+    def _log_changes(self, why: str, previous, catalog) -> None:
+        """Log what changed, not everything again: new and fixed errors, and which machine files
+        were added, changed, removed, broken or held (never an editor's temp file name)."""
+        before = set(previous.errors) if previous is not None else set()
+        for err in catalog.errors:
+            if err not in before:
+                log.error("config error", file=str(err.file), line=err.line, key=err.key, error=err.message)
+        for err in sorted(before - set(catalog.errors), key=str):
+            log.info("config error fixed", file=str(err.file), line=err.line, key=err.key)
+        old = previous.files if previous is not None else {}
+        changes = []
+        for name in sorted(set(old) | set(catalog.files) | set(h.name for h in catalog.held.values())):
+            if any(h.name == name for h in catalog.held.values()):
+                change = "held"
+            elif name in catalog.stale:
+                change = "broken, serving last good" if (previous is None or name not in previous.stale) else ""
+            elif name not in old:
+                change = "added"
+            elif name not in catalog.files:
+                change = "removed"
+            elif old[name] != catalog.files[name] or (previous is not None and name in previous.stale):
+                change = "changed"
+            else:
+                change = ""
+            if change:
+                changes.append(f"{name}.toml {change}")
+        log.info(
+            "configuration loaded" if previous is None else "configuration reloaded",
+            trigger=why,
+            machines=catalog.count_line(),
+            errors=len(catalog.errors),
+            held=len(catalog.held),
+            changed="; ".join(changes[:20]) + (f"; and {len(changes) - 20} more" if len(changes) > 20 else "")
+            or "nothing",
+        )
+
+    def refresh_problems(self) -> list[dict[str, Any]]:
+        catalog = self.core.catalog
+        self.problems = (
+            health.config_problems(catalog)
+            + health.loader_problems(self.settings, catalog)
+            + self.images_watch.problems()
+        )
+        health.set_gauges(self.problems)
+        return self.problems
 
     def _image_resolved(self, ref, image) -> None:
         from netbootd.images.resolve import boot_layers
 
-        self.core.image_layers[str(ref)] = boot_layers(image).kinds()
+        layers = boot_layers(image)
+        self.core.image_layers[str(ref)] = layers.kinds()
+        if str(ref) in self.images_watch.images and not self.images_watch.images[str(ref)].ok:
+            self.images_watch.resolved(str(ref), image.digest, layers.describe())
+            self.refresh_problems()
 
     def resolve_images(self) -> defer.Deferred:
         """Learn, off the reactor thread, which boot layers every configured image has, so the
         core can offer a UKI to HTTP-boot firmware and leave out a squashfs an image lacks."""
         from twisted.internet import threads
 
-        from netbootd.images.resolve import image_machines, resolve_machines
+        from netbootd.images.resolve import boot_layers, resolve_machines
 
         pairs = image_machines(self.core.catalog.files.values())
         if not pairs or self.images is None:
             return defer.succeed(None)
 
         def done(results) -> None:
-            failed = False
+            seen: set[str] = set()
             for res in results:
+                key = str(res.ref)
+                if key in seen:
+                    continue
+                seen.add(key)
                 if res.image is not None:
-                    self._image_resolved(res.ref, res.image)
-                    log.info("image resolved", machine=res.machine, line=res.line())
+                    self.core.image_layers[key] = boot_layers(res.image).kinds()
+                    self.images_watch.resolved(key, res.image.digest, boot_layers(res.image).describe())
                 else:
-                    failed = True
-                    log.warn("image not resolvable yet; retrying", machine=res.machine, image=str(res.ref),
-                             error=res.error, retry_in=self._resolve_backoff)
-            if failed:
-                # don't wait for the 10-minute tick: a registry that comes back is seen within a minute
+                    self.images_watch.failed(key, res.ref.registry, res.error, res.kind)
+            self.refresh_problems()
+            if self.images_watch.failing():
+                # don't wait for the 10-minute tick: a registry that comes back is seen soon
                 if self._resolve_retry is None or not self._resolve_retry.active():
                     self._resolve_retry = self.reactor.callLater(self._resolve_backoff, self.resolve_images)
-                self._resolve_backoff = min(self._resolve_backoff * 2, 60.0)
+                self._resolve_backoff = min(self._resolve_backoff * 2, health.IMAGE_RETRY_MAX)
             else:
-                self._resolve_backoff = 5.0
+                self._resolve_backoff = health.IMAGE_RETRY_FIRST
 
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), resolve_machines,
                                       self.images.registry, pairs)
@@ -166,20 +227,25 @@ class Netbootd:
         """One line for `systemctl status`."""
         catalog = self.core.catalog
         errors = f", {len(catalog.errors)} config error(s)" if catalog.errors else ""
+        errors += f", {len(catalog.held)} held" if catalog.held else ""
         s = self.settings
         edges = [
             f"dhcp {s.dhcp.port}+{s.dhcp.proxy_port}" if s.dhcp.enabled else "",
             f"tftp {s.tftp.port}" if s.tftp.enabled else "",
             f"http {s.http.port}" if s.http.enabled else "",
         ]
-        return f"serving {len(catalog.files)} machine config(s){errors}; " + ", ".join(e for e in edges if e)
+        return f"serving {catalog.count_line()}{errors}; " + ", ".join(e for e in edges if e)
 
     def health(self) -> dict[str, Any]:
+        """/healthz: "ok", or "degraded" with every problem (HTTP 200 either way: the daemon serves)."""
         catalog = self.core.catalog
         return {
-            "status": "degraded" if catalog.errors else "ok",
+            "status": "degraded" if self.problems else "ok",
+            "summary": catalog.count_line(),
             "machines": len(catalog.files),
             "default": catalog.default is not None,
+            "held": sorted(h.name for h in catalog.held.values()),
+            "problems": self.problems,
             "config_errors": [str(e) for e in catalog.errors],
             "last_reload": round(self.last_reload, 3),
             "uptime": round(time.time() - self.started, 1),

@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 
 from netbootd.config.errors import ConfigError, ConfigInvalid, find_line
-from netbootd.config.machines import KIND_KEYS, OTHER_BOOT_KEYS, Boot, BootKind, Catalog, Machine
+from netbootd.config.lastgood import LastGoodStore
+from netbootd.config.machines import KIND_KEYS, OTHER_BOOT_KEYS, Boot, BootKind, Catalog, Held, Machine
 from netbootd.config.settings import Settings
 from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
 from netbootd.config.typed import build
@@ -196,6 +197,8 @@ class _Loader:
         self.dir = machines_dir
         self.errors: list[ConfigError] = []
         self.profiles: dict[str, _Source | None] = {}  # None: the profile file is broken
+        self.profile_errors: dict[str, list[ConfigError]] = {}  # each profile's own errors
+        self.cause: ConfigError | None = None  # why the last machine() returned None, if not its own error
 
     # -- helpers
 
@@ -209,6 +212,7 @@ class _Loader:
     def profile(self, name: str) -> _Source | None:
         if name not in self.profiles:
             path = self.dir / PROFILES_DIR / f"{name}.toml"
+            before = len(self.errors)
             toml = read_toml(path) if path.is_file() else None
             if isinstance(toml, ConfigError):
                 self.errors.append(toml)
@@ -216,7 +220,6 @@ class _Loader:
             elif toml is None:
                 self.profiles[name] = None
             else:
-                before = len(self.errors)
                 self._check_keys(toml, toml.data, _PROFILE_KEYS, "profile")
                 boot = toml.data.get("boot", {})
                 for key in boot if isinstance(boot, dict) else ():
@@ -224,11 +227,13 @@ class _Loader:
                         known = ", ".join(sorted({*KIND_KEYS, *OTHER_BOOT_KEYS}))
                         self.errors.append(toml.error(f"boot.{key}", f"unknown key; expected one of: {known}"))
                 self.profiles[name] = _Source(toml, toml.data) if len(self.errors) == before else None
+            self.profile_errors[name] = self.errors[before:]
         return self.profiles[name]
 
     # -- one machine
 
     def machine(self, path: Path, name: str, mac: str | None) -> Machine | None:
+        self.cause = None
         toml = read_toml(path)
         if isinstance(toml, ConfigError):
             self.errors.append(toml)
@@ -263,6 +268,9 @@ class _Loader:
                 self.errors.append(toml.error("uuid", "expected an SMBIOS UUID like 4c4c4544-0042-..."))
 
         if profile_name is not None and profile_src is None:
+            # The profile's own first error is the root of it (a missing profile: this file's error).
+            if isinstance(profile_name, str) and self.profile_errors.get(profile_name):
+                self.cause = self.profile_errors[profile_name][0]
             return None  # the profile's error says it all; "no boot defined" would only add noise
         layers = [s for s in (profile_src, _Source(toml, data)) if s is not None]
         boot = self._boot(layers)
@@ -559,8 +567,14 @@ class _Loader:
 class LoadResult:
     machines: dict[str, Machine]  # by file stem (canonical dash form, or "default")
     errors: list[ConfigError]
-    failed: set[str]  # file stems that exist but did not load
+    # file stems that exist but did not load → the error at the root of it (for a machine whose
+    # profile is broken: the profile's own error)
+    causes: dict[str, ConfigError] = attrs.field(factory=dict)
     directory_ok: bool = True  # False: the directory itself is gone or unreadable
+
+    @property
+    def failed(self) -> set[str]:
+        return set(self.causes)
 
 
 def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadResult:
@@ -568,16 +582,16 @@ def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadR
     directory = machines_dir or settings.machines_dir
     loader = _Loader(settings, directory)
     machines: dict[str, Machine] = {}
-    failed: set[str] = set()
+    causes: dict[str, ConfigError] = {}
     seen_macs: dict[str, Path] = {}
     try:
         entries = sorted(directory.iterdir())
     except FileNotFoundError:
         loader.errors.append(ConfigError(directory, 0, "", "machines directory does not exist (create it)"))
-        return LoadResult(machines, loader.errors, failed, directory_ok=False)
+        return LoadResult(machines, loader.errors, causes, directory_ok=False)
     except OSError as exc:
         loader.errors.append(ConfigError(directory, 0, "", f"machines directory unreadable: {exc.strerror or exc}"))
-        return LoadResult(machines, loader.errors, failed, directory_ok=False)
+        return LoadResult(machines, loader.errors, causes, directory_ok=False)
     for path in entries:
         if is_ignored_name(path.name) or not path.is_file():
             continue
@@ -599,13 +613,18 @@ def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadR
                 continue
             name = mac_hyphen(mac)
             if mac in seen_macs:
-                loader.errors.append(ConfigError(path, 0, "", f"same MAC as {seen_macs[mac].name}; keep one file"))
-                failed.add(name)
+                # Which of the two is meant cannot be known: neither is served as it stands.
+                error = ConfigError(path, 0, "", f"same MAC as {seen_macs[mac].name}; keep one file")
+                loader.errors.append(error)
+                machines.pop(name, None)
+                causes[name] = error
                 continue
             seen_macs[mac] = path
+        before = len(loader.errors)
         machine = loader.machine(path, name, mac)
         if machine is None:
-            failed.add(name)
+            own = loader.errors[before:]
+            causes[name] = loader.cause or (own[0] if own else ConfigError(path, 0, "", "failed to load"))
         else:
             machines[name] = machine
     # Profiles that no machine uses are still checked (a CI pipeline wants to know).
@@ -620,15 +639,14 @@ def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadR
         if machine.uuid:
             other = by_uuid.get(machine.uuid)
             if other is not None:
-                loader.errors.append(
-                    ConfigError(machine.source, find_line(machine.source.read_text(), "uuid"), "uuid",
-                                f"UUID {machine.uuid} is also used by {other.source.name}")
-                )
-                failed.add(name)
+                error = ConfigError(machine.source, find_line(machine.source.read_text(), "uuid"), "uuid",
+                                    f"UUID {machine.uuid} is also used by {other.source.name}")
+                loader.errors.append(error)
+                causes[name] = error
                 del machines[name]
             else:
                 by_uuid[machine.uuid] = machine
-    return LoadResult(machines, _dedupe(loader.errors), failed)
+    return LoadResult(machines, _dedupe(loader.errors), causes)
 
 
 def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
@@ -641,24 +659,46 @@ def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
     return out
 
 
-def build_catalog(result: LoadResult, previous: Catalog | None = None) -> Catalog:
-    """The catalog to serve: the fresh good files, plus the last good version of any file that
-    failed this time (hot reload keeps a broken edit from taking a machine off the network)."""
-    if not result.directory_ok and previous is not None:
-        return attrs.evolve(previous, errors=tuple(result.errors))
+def build_catalog(result: LoadResult, previous: Catalog | None = None, last_good: LastGoodStore | None = None) -> Catalog:
+    """The catalog to serve: the fresh good files; for a file that failed, its last good version
+    (from the running catalog, else from `last_good` on disk); with none, its machine is held.
+
+    A failed machine file never lets its MAC fall through to default.toml: at a real site the
+    default may be an installer that wipes disks.
+    """
+    if not result.directory_ok:
+        if previous is not None:
+            return attrs.evolve(previous, errors=tuple(result.errors))
+        if last_good is not None:  # a restart with the directory gone: serve what served before
+            saved = {n: m for n in last_good.names() if (m := last_good.load(n)) is not None}
+            gone = result.errors[0] if result.errors else ConfigError(Path(""), 0, "", "machines directory unavailable")
+            return _catalog(saved, result.errors, {}, dict.fromkeys(saved, gone))
     files = dict(result.machines)
-    if previous is not None:
-        for name in result.failed:
-            if name in previous.files:
-                files[name] = previous.files[name]
-    machines = {m.mac: m for m in files.values() if m.mac}
-    by_uuid = {m.uuid: m for m in files.values() if m.uuid}
+    held: dict[str, Held] = {}
+    stale: dict[str, ConfigError] = {}
+    for name, cause in result.causes.items():
+        kept = previous.files.get(name) if previous is not None else None
+        if kept is None and last_good is not None:
+            kept = last_good.load(name)
+        if kept is not None:
+            files[name] = kept
+            stale[name] = cause
+        else:
+            files.pop(name, None)
+            mac = None if name == DEFAULT_NAME else machine_file_name(name)
+            held[mac or name] = Held(name, mac, cause)
+    return _catalog(files, result.errors, held, stale)
+
+
+def _catalog(files: dict[str, Machine], errors, held: dict[str, Held], stale: dict[str, ConfigError]) -> Catalog:
     return Catalog(
-        machines=machines,
-        by_uuid=by_uuid,
+        machines={m.mac: m for m in files.values() if m.mac},
+        by_uuid={m.uuid: m for m in files.values() if m.uuid},
         default=files.get(DEFAULT_NAME),
-        errors=tuple(result.errors),
+        errors=tuple(errors),
         files=files,
+        held=held,
+        stale=stale,
     )
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import attrs
-import jinja2
 
+from netbootd.config.templates import Template
 from netbootd.images.reference import ImageRef
 
 
@@ -48,11 +48,11 @@ class Boot:
     kind: BootKind
     kernel: str = ""  # URL, or a path under the files root
     initrds: tuple[str, ...] = ()
-    cmdline: jinja2.Template | None = None
+    cmdline: Template | None = None
     image: ImageRef | None = None
     efi: str = ""  # URL or path under the files root
-    script: jinja2.Template | None = None
-    chain: jinja2.Template | None = None
+    script: Template | None = None
+    chain: Template | None = None
 
 
 @attrs.frozen
@@ -79,6 +79,20 @@ class Machine:
 
 
 @attrs.frozen
+class Held:
+    """A machine whose own file (or its profile) is broken and has no last good version: it gets
+    nothing at all until the file is fixed — never the default, which may install over its disks."""
+
+    name: str  # machine file stem: "52-54-00-12-34-56" (or "default")
+    mac: str | None
+    error: object  # the ConfigError at the root of it (the profile's own error for a broken profile)
+
+    @property
+    def reason(self) -> str:
+        return f"held: {self.error}"
+
+
+@attrs.frozen
 class Catalog:
     """Everything the core knows about machines, swapped atomically on reload."""
 
@@ -87,11 +101,30 @@ class Catalog:
     default: Machine | None = None
     errors: tuple = ()  # tuple[ConfigError, ...] of the last load
     files: Mapping[str, Machine] = attrs.field(factory=dict, converter=_freeze)  # by file name stem
+    held: Mapping[str, Held] = attrs.field(factory=dict, converter=_freeze)  # by MAC (and "default")
+    # Machine files that failed to load and are served from their last good version (stem → root error).
+    stale: Mapping[str, object] = attrs.field(factory=dict, converter=_freeze)
 
     def find(self, mac: str | None = None, uuid: str | None = None) -> Machine | None:
-        """The machine's own config (by MAC, then UUID), else the default, else None."""
+        """The machine's own config (by MAC, then UUID), else the default, else None.
+        A held machine is None: it must not fall back to the default."""
         if mac and mac in self.machines:
             return self.machines[mac]
+        if mac and mac in self.held:
+            return None
         if uuid and uuid in self.by_uuid:
             return self.by_uuid[uuid]
         return self.default
+
+    def held_for(self, mac: str | None) -> Held | None:
+        return self.held.get(mac) if mac else None
+
+    def count_line(self) -> str:
+        """How every command and log line states the machine count."""
+        return machine_count(len(self.files) - (self.default is not None), self.default is not None)
+
+
+def machine_count(files: int, default: bool) -> str:
+    """'12 machine files + default', the one way netbootd states it (CLI, logs, status, health)."""
+    noun = "machine file" if files == 1 else "machine files"
+    return f"{files} {noun} + default" if default else f"{files} {noun}, no default"

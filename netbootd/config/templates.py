@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import jinja2
 import jinja2.sandbox
 
@@ -44,18 +45,27 @@ _ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(
 )
 
 
-def compile_template(text: str) -> jinja2.Template:
+@attrs.frozen
+class Template:
+    """A compiled template that keeps its source: the last good copy of a machine is saved as
+    text (netbootd.config.lastgood) and two loads of the same text compare equal."""
+
+    source: str
+    compiled: jinja2.Template = attrs.field(eq=False, repr=False)
+
+
+def compile_template(text: str) -> Template:
     try:
-        return _ENV.from_string(text)
+        return Template(text, _ENV.from_string(text))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
     except RecursionError:  # the parser recurses into nested expressions
         raise TemplateError("template expression nested too deeply") from None
 
 
-def render(template: jinja2.Template, context: Mapping[str, Any], file_url: Callable[[str], str]) -> str:
+def render(template: Template, context: Mapping[str, Any], file_url: Callable[[str], str]) -> str:
     try:
-        return template.render(**context, file=file_url)
+        return template.compiled.render(**context, file=file_url)
     except jinja2.UndefinedError as exc:
         known = ", ".join(sorted(k for k in context if k != "vars"))
         raise TemplateError(f"{exc.message}; known variables: {known}") from None

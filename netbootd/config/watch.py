@@ -105,7 +105,8 @@ class DirectoryWatcher:
             if self._retry is None:
                 self._retry = self._reactor.callLater(1.0 if ours else 0, self._rewatch)
             return
-        self._schedule(f"{inotify.humanReadableMask(mask)[0]} {name}")
+        # Not the file name: it is often an editor's temp file; the reload names the machine files that changed.
+        self._schedule("file change")
 
     def _schedule(self, why: str) -> None:
         if self._pending is not None and self._pending.active():

@@ -89,10 +89,24 @@ class BootCore:
 
     # ------------------------------------------------------------------ DHCP
 
+    def held(self, mac: str | None) -> str | None:
+        """Why this MAC gets nothing ("held: <file>:<line>: <error>"), or None. Recorded in its timeline."""
+        held = self.catalog.held_for(mac)
+        if held is None:
+            return None
+        self.timeline.record("held", mac=mac, error=str(held.error))
+        return held.reason
+
+    def no_machine_reason(self) -> str:
+        default = self.catalog.held.get("default")
+        if default is not None:
+            return f"unknown machine, and default.toml is broken with no last good version ({default.reason})"
+        return "unknown machine and no default.toml"
+
     def decide(self, client: Client, server_ip: str) -> Decision:
         machine = self.find(client.mac, client.uuid)
         if machine is None:
-            return Decision(None, "unknown machine and no default.toml")
+            return Decision(None, self.held(client.mac) or self.no_machine_reason())
         kind = machine.boot.kind
         if kind is BootKind.IGNORE:
             return Decision(None, f"{machine.name}: boot.ignore = true", machine)
@@ -158,7 +172,11 @@ class BootCore:
 
     def open_tftp(self, name: str, client_ip: str = "") -> BinaryIO:
         """The configured iPXE binaries come from the iPXE directory; everything else
-        (per-machine binaries included) from the TFTP root. Raises files.FileError."""
+        (per-machine binaries included) from the TFTP root. Raises files.FileError.
+        A held machine (known by the address DHCP saw) gets no file at all."""
+        why = self.held(self.mac_for_ip(client_ip)) if client_ip and self.catalog.held else None
+        if why:
+            raise files.AccessDenied(why)
         clean = files.clean_name(name)
         if clean in self.settings.ipxe.names():
             return files.open_under(self.settings.tftp.ipxe_dir, clean)
@@ -180,7 +198,7 @@ class BootCore:
     def script(self, mac: str | None, uuid: str | None, arch: Arch, host: str) -> str:
         machine = self.find(mac, uuid)
         if machine is None:
-            raise NoScript("unknown machine and no default.toml")
+            raise NoScript(self.held(mac) or self.no_machine_reason())
         if not machine.answers:
             raise NoScript(f"{machine.name}: boot.ignore = true")
         uki_only = self.uki_only(machine)
@@ -226,6 +244,9 @@ class BootCore:
                 mac = normalize_mac(ident)
             except ValueError:
                 continue
+            held = self.held(mac)
+            if held:
+                return 404, {"ClientIPs": body["ClientIPs"], "error": held}
             machine = self.catalog.machines.get(mac)
             if machine is not None and machine.answers and self.efi_url(machine, base):
                 if machine.uuid:

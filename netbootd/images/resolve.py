@@ -14,7 +14,16 @@ import attrs
 
 from netbootd.config.machines import BootKind, Machine
 from netbootd.images.reference import ImageRef
-from netbootd.images.registry import Layer, RegistryClient, RegistryError, ResolvedImage
+from netbootd.images.registry import (
+    AuthFailed,
+    Disallowed,
+    Layer,
+    NotFound,
+    RegistryClient,
+    RegistryError,
+    ResolvedImage,
+    UpstreamTimeout,
+)
 
 KERNEL = "application/vnd.ironcore.image.kernel"
 INITRAMFS = "application/vnd.ironcore.image.initramfs"
@@ -51,12 +60,26 @@ def boot_layers(image: ResolvedImage) -> BootLayers:
     return BootLayers(image.layer(KERNEL), image.layer(INITRAMFS), image.layer(SQUASHFS), image.layer(UKI))
 
 
+def failure_kind(exc: RegistryError) -> str:
+    """What an operator checks first for this failure (health problems group by it)."""
+    if isinstance(exc, Disallowed):
+        return "not allowed"
+    if isinstance(exc, NotFound):
+        return "no such image or tag"
+    if isinstance(exc, AuthFailed) or exc.status in (401, 403):
+        return "credentials"
+    if isinstance(exc, UpstreamTimeout):
+        return "unreachable"
+    return "unreachable" if exc.status >= 500 else "refused"
+
+
 @attrs.frozen
 class Resolution:
     machine: str
     ref: ImageRef
     image: ResolvedImage | None = None
     error: str = ""
+    kind: str = ""  # failure_kind() of the error
 
     @property
     def ok(self) -> bool:
@@ -83,7 +106,8 @@ def resolve_machines(client: RegistryClient, machines: Iterable[tuple[str, Image
         try:
             out.append(Resolution(name, ref, client.resolve(ref)))
         except RegistryError as exc:
-            out.append(Resolution(name, ref, error=f"{exc.message} (HTTP {exc.status} to a client)"))
+            out.append(Resolution(name, ref, error=f"{exc.message} (HTTP {exc.status} to a client)",
+                                  kind=failure_kind(exc)))
     return out
 
 

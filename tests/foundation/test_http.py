@@ -402,9 +402,9 @@ def test_hot_reload_configmap_symlink_swap(daemon_factory):
 
 
 def test_sighup_reloads(daemon):
-    before = daemon.log().count("configuration loaded")
+    before = daemon.log().count("configuration reloaded")
     daemon.signal(signal.SIGHUP)
-    wait_for(lambda: daemon.log().count("configuration loaded") > before)
+    wait_for(lambda: daemon.log().count("configuration reloaded") > before)
     assert "trigger=SIGHUP" in daemon.log()
 
 

@@ -144,7 +144,8 @@ def test_hot_reload(lab):
     text = path.read_text().replace("nbd_gen=1", "nbd_gen=2").replace("generation-1", "generation-2")
     text = text.replace('hostname = "vm10"', 'hostname = "vm10-renamed"')
     path.write_text(text)  # in place, as an editor would
-    lab.wait_log(r"configuration loaded trigger=(?!start\b).* machines=1 errors=0", after=before)
+    lab.wait_log(rf'configuration reloaded trigger="file change" .*errors=0 .*changed="{MAC.replace(":", "-")}.toml changed"',
+                 after=before)
 
     second = lab.boot(MAC, "bios")
     assert_booted(second, MAC, "vm10-renamed", "generation-2")

@@ -41,7 +41,7 @@ def test_ready_status_reloading_and_watchdog(daemon_factory, notify_socket):
     d.start(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
     seen = receive_until(sock, "READY=1")
     ready = next(m for m in seen if "READY=1" in m)
-    assert "STATUS=serving 1 machine config(s); http" in ready
+    assert "STATUS=serving 1 machine file, no default; http" in ready
     # the watchdog pings at half of WATCHDOG_USEC
     receive_until(sock, "WATCHDOG=1")
     d.signal(signal.SIGHUP)
