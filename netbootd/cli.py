@@ -235,7 +235,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netbootd", description="Network-boot server: proxy DHCP, TFTP, HTTP.")
     p.add_argument("--version", action="version", version=f"netbootd {__version__}",
                    help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="serve, check, explain or status; `netbootd COMMAND --help` for its options")
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help=CONFIG_HELP + "; without one, built-in defaults")

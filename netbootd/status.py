@@ -31,6 +31,21 @@ def render_summary(doc: dict[str, Any], now: float) -> str:
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
 
 
+def render_health(doc: dict[str, Any]) -> str:
+    """The same problems /healthz lists, one per line: what, which machines, what is wrong."""
+    head = f"netbootd {doc.get('status', '?')}: {doc.get('summary', '')}"
+    problems = doc.get("problems") or []
+    if not problems:
+        return head + ", no problems\n"
+    lines = [f"{head}, {len(problems)} problem(s):"]
+    for p in problems:
+        machines = ", ".join(p.get("machines") or []) or "-"
+        lines.append(f"  {p['kind']:<16} {p['what']}")
+        lines.append(f"  {'':<16} machines: {machines}")
+        lines.append(f"  {'':<16} {p['message']}")
+    return "\n".join(lines) + "\n"
+
+
 def render_machine(doc: dict[str, Any], now: float) -> str:
     lines = [f"{doc['mac']}  ip {doc.get('ip') or '-'}  stage {doc.get('stage') or '-'}"]
     start = doc["events"][0]["time"] if doc.get("events") else now
@@ -55,6 +70,11 @@ def status(url: str, mac: str | None, watch: float | None) -> int:
             return 2
         else:
             text = render_machine(r.json(), time.time()) if mac else render_summary(r.json(), time.time())
+        if not mac:
+            try:
+                text = render_health(httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()) + "\n" + text
+            except (httpx.HTTPError, ValueError) as exc:
+                text = f"netbootd health: cannot read {url}/healthz: {exc}\n\n" + text
         if watch is None:
             sys.stdout.write(text)
             return 0

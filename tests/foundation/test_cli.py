@@ -81,3 +81,74 @@ def test_serve_reports_settings_errors(tmp_path):
     out = netbootd("serve", "--config", str(cfg), check=False)
     assert out.returncode == 2
     assert f"{cfg}:2: http.port: expected a port number 0..65535, got 99999" in out.stderr
+
+
+def test_every_command_finds_the_configuration_the_same_way(tmp_path):
+    """--config takes netbootd.toml or its directory, for check, explain and serve alike."""
+    directory = REPO / "etc" / "netbootd"
+    for config in (str(EXAMPLE), str(directory)):
+        assert netbootd("check", "--config", config).stdout == "OK: 7 machine files + default\n"
+        assert "52-54-00-00-00-02.toml" in netbootd("explain", "52:54:00:00:00:02", "--config", config).stdout
+    assert netbootd("check", str(directory)).stdout == "OK: 7 machine files + default\n"  # positional, as before
+    # serve --config DIR: a directory with netbootd.toml is what serve reads too (ports taken: it reaches binding)
+    out = netbootd("serve", "--config", str(tmp_path / "nosuch"), check=False)
+    assert out.returncode == 2 and "no such file or directory" in out.stderr and "--config takes" in out.stderr
+
+
+def test_serve_accepts_a_directory(tmp_path):
+    (tmp_path / "machines").mkdir()
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    (tmp_path / "netbootd.toml").write_text(
+        f'machines_dir = "machines"\nstate_dir = "state"\ncache_dir = "cache"\n[http]\nport = {number}\n'
+        'listen = "127.0.0.1"\n[dhcp]\nenabled = false\n[tftp]\nenabled = false\n')
+    proc = subprocess.Popen([sys.executable, "-m", "netbootd", "serve", "--config", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import httpx
+
+        from tests.conftest import wait_for
+
+        def up():
+            try:
+                return httpx.get(f"http://127.0.0.1:{number}/healthz", timeout=1).json()
+            except httpx.HTTPError:
+                return None
+
+        assert wait_for(up, timeout=20)["summary"] == "0 machine files, no default"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.skipif(Path("/etc/netbootd/netbootd.toml").exists(), reason="this host has a real configuration")
+def test_explain_and_check_without_a_configuration_say_what_to_do():
+    for args in (("explain", "52:54:00:00:00:02"), ("check",)):
+        out = netbootd(*args, check=False)
+        assert out.returncode == 2, out
+        assert "no configuration at /etc/netbootd/netbootd.toml: pass --config" in out.stderr
+
+
+def test_explain_says_what_http_boot_firmware_gets_for_a_kernel_machine():
+    out = netbootd("explain", "52:54:00:00:00:01", "--arch", "http", "--config", str(EXAMPLE), "--server", "10.0.0.2").stdout
+    assert "DHCP      67 OFFER: http-efi http://10.0.0.2/boot/snponly.efi" in out
+    assert "UEFI HTTP boot loads iPXE from that URL" in out and "kernel --name kernel" in out
+    assert "HTTP 500" not in out and "/httpboot" not in out
+
+
+def test_every_option_has_help():
+    from netbootd.cli import parser
+
+    def walk(p):
+        for action in p._actions:
+            if action.dest == "help":
+                continue
+            yield p.prog, action
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from walk(action.choices[sub])
+
+    missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(parser()) if not a.help]
+    assert not missing, missing

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
+import attrs
 import pytest
 
 from netbootd.config.errors import ConfigInvalid, find_line
@@ -245,3 +248,57 @@ def test_vars_cannot_shadow_builtins(conf):
 )
 def test_find_line(text, key, line):
     assert find_line(text, key) == line
+
+
+def _documented_settings(text: str) -> set[str]:
+    """Every `key = value` line of the shipped settings file, commented out or not, as "table.key"
+    (a commented-out key is one whose default is "unset")."""
+    out, table = set(), ""
+    for line in text.splitlines():
+        header = re.match(r"^\s*\[([a-z_]+)\]", line)
+        if header:
+            table = header.group(1) + "."
+        elif key := re.match(r"^\s*(?:#\s*)?([a-z_0-9]+)\s*=", line):
+            out.add(table + key.group(1))
+    return out
+
+
+def _schema(cls, prefix: str = "") -> dict[str, object]:
+    """The settings schema: "table.key" → default, from the attrs classes themselves."""
+    attrs.resolve_types(cls)
+    out: dict[str, object] = {}
+    for field in attrs.fields(cls):
+        if field.name == "source":
+            continue
+        if attrs.has(field.type):
+            out.update(_schema(field.type, f"{prefix}{field.name}."))
+        else:
+            out[prefix + field.name] = field.default
+    return out
+
+
+def test_shipped_settings_file_lists_every_setting_with_its_default():
+    """A new setting cannot be forgotten in etc/netbootd/netbootd.toml: every field of the settings
+    schema is there (commented out when its default is "unset"), with its default value, and the
+    file has nothing the schema does not know."""
+    text = (REPO / "etc" / "netbootd" / "netbootd.toml").read_text()
+    documented = _documented_settings(text)
+    schema = _schema(Settings)
+    assert sorted(schema) == sorted(documented), (
+        f"missing from the file: {sorted(set(schema) - set(documented))}; "
+        f"not settings: {sorted(set(documented) - set(schema))}"
+    )
+    example_only = {"machines_dir", "files_root"}  # the example points at its own directories
+    loaded = tomllib.loads(text)
+    for key, default in schema.items():
+        table, _, name = key.rpartition(".")
+        section = loaded.get(table, {}) if table else loaded
+        if key in example_only:
+            continue
+        if default is None:
+            assert name not in section, f"{key} defaults to unset: show it commented out"
+            continue
+        value = section[name]
+        want = list(default) if isinstance(default, tuple) else (str(default) if isinstance(default, Path) else default)
+        assert value == want, f"{key}: the file says {value!r}, the default is {want!r}"
+    assert "registry.auth_file" in documented
