@@ -164,9 +164,9 @@ class ImageWatch:
         state.last_logged = now
         later = "" if state.failures < IMAGE_LOG_FIRST else f"; next report in {IMAGE_LOG_EVERY / 60:.0f} min unless it changes"
         log.warn(
-            "image not resolvable ({kind}): its machines cannot boot it yet; check {hint}",
+            "image not resolvable: its machines cannot boot it yet",
             kind=kind,
-            hint=hint_for(kind, registry),
+            check=hint_for(kind, registry),
             image=ref,
             machines=",".join(sorted(state.machines)),
             error=error,

@@ -149,8 +149,12 @@ class Netbootd:
                 change = ""
             if change:
                 changes.append(f"{name}.toml {change}")
+        if previous is None:
+            log.info("configuration loaded", trigger=why, machines=catalog.count_line(), errors=len(catalog.errors),
+                     held=len(catalog.held), kept_last_good=",".join(sorted(catalog.stale)))
+            return
         log.info(
-            "configuration loaded" if previous is None else "configuration reloaded",
+            "configuration reloaded",
             trigger=why,
             machines=catalog.count_line(),
             errors=len(catalog.errors),

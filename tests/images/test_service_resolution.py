@@ -60,7 +60,7 @@ def test_registry_that_comes_up_later_is_picked_up(fresh_registry, daemon_factor
     d = daemon_factory(extra_settings=registry_settings(fresh_registry.host))
     (d.machines / "52-54-00-00-00-02.toml").write_text(f'[boot]\nimage = "{fresh_registry.host}/boot/ukionly:v1"\n')
     d.start()
-    wait_for(lambda: "image not resolvable (unreachable)" in d.log(), timeout=20)
+    wait_for(lambda: "image not resolvable" in d.log(), timeout=20)
     assert d.get("/httpboot", headers={"X-Forwarded-For": "52:54:00:00:00:02"}).status_code == 500
     fresh_registry.start()
 

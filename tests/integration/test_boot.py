@@ -151,3 +151,35 @@ def test_hot_reload(lab):
     assert_booted(second, MAC, "vm10-renamed", "generation-2")
     words = second.cmdline.split()
     assert "nbd_gen=2" in words and "nbd_gen=1" not in words
+
+
+def test_broken_new_file_gets_nothing_not_the_default_then_boots_when_fixed(lab):
+    """A new machine file with an error: the machine is held — no answer at all, although a
+    default.toml that would boot it exists — and once the file is fixed it boots its own config."""
+    need("bios")
+    lab.machine("default", """\
+        [boot]
+        kernel = "vmlinuz"
+        initrds = ["initrd.cpio.gz"]
+        cmdline = "console=ttyS0 panic=-1 quiet nbd_host=THE-DEFAULT"
+        """)
+    path = lab.machine(MAC, """\
+        [vars]
+        hostname = "vm10"
+        [boot]
+        kernel = "vmlinuz"
+        initrds = ["initrd.cpio.gz"]
+        cmdline = "console=ttyS0 panic=-1 quiet nbd_host={{ hostnmae }}"
+        """)
+    lab.start_netbootd(check_config=False)
+    held = lab.no_boot(MAC, "bios", timeout=60)
+    assert not held.timed_out and "Nothing to boot" in held.proc.text()
+    log = lab.netbootd_log()
+    assert re.search(rf"not answered: held: {re.escape(str(path))}:6: boot.cmdline: 'hostnmae' is undefined.*mac={MAC}",
+                     log), log
+    assert "THE-DEFAULT" not in log and "script sent" not in log
+
+    before = len(lab.netbootd_log())
+    lab.kernel_machine(MAC, "vm10", "fixed-secret")
+    lab.wait_log(r"configuration reloaded .*changed=.*52-54-00-77-00-10.toml", after=before)
+    assert_booted(lab.boot(MAC, "bios"), MAC, "vm10", "fixed-secret")

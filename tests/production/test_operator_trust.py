@@ -170,4 +170,5 @@ def test_unresolvable_image_is_a_problem_naming_its_machines(daemon_factory):
     assert p["what"] == f"127.0.0.1:{port}/os/img:v1" and p["machines"] == ["52-54-00-00-00-01", "52-54-00-00-00-02"]
     assert p["message"].startswith("unreachable:")
     line = wait_for(lambda: [x for x in d.log().splitlines() if "image not resolvable" in x])[0]
-    assert "machines=52-54-00-00-00-01,52-54-00-00-00-02" in line and "registry.allowed" in line
+    assert "machines=52-54-00-00-00-01,52-54-00-00-00-02" in line and "kind=unreachable" in line
+    assert "registry.allowed" in line

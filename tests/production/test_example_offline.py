@@ -1,0 +1,87 @@
+"""The shipped example, started as README's first command does, on a host with no network at all
+(a fresh network namespace with only loopback): it starts cleanly, reports the one image it cannot
+resolve as a health problem naming its machine and what to check, logs that failure a few times and
+then stays quiet, and a reload does not log it again."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "etc" / "netbootd"
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def offline_ns():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (a network namespace with no network)")
+    name = f"nboff{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
+    if not Path("/usr/lib/ipxe/undionly.kpxe").exists():
+        pytest.skip("Debian's ipxe package is not installed")
+    conf = tmp_path / "netbootd"
+    shutil.copytree(EXAMPLE, conf)
+    settings = conf / "netbootd.toml"
+    # the example as shipped, except that its state and cache stay in this test's directory
+    text = re.sub(r'(?m)^state_dir = .*$', 'state_dir = "state"', settings.read_text())
+    settings.write_text(re.sub(r'(?m)^cache_dir = .*$', 'cache_dir = "cache"', text))
+    log = tmp_path / "netbootd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", offline_ns, sys.executable, "-m", "netbootd", "serve", "--config", str(settings)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        def health():
+            r = subprocess.run(["ip", "netns", "exec", offline_ns, sys.executable, "-c",
+                                "import httpx; print(httpx.get('http://127.0.0.1/healthz', timeout=2).text)"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return None
+            doc = httpx.Response(200, content=r.stdout).json()
+            return doc if doc["problems"] else None
+
+        doc = wait_for(health, timeout=30, interval=0.5)
+        assert doc["status"] == "degraded" and doc["summary"] == "7 machine files + default"
+        assert doc["problems"] == [{
+            "kind": "image_unresolved",
+            "what": "ghcr.io/gardenlinux/gardenlinux:1592.4",
+            "machines": ["52-54-00-00-00-05"],
+            "message": doc["problems"][0]["message"],
+        }], doc
+        assert doc["problems"][0]["message"].startswith("unreachable:")
+        time.sleep(16)  # three resolution attempts: 0 s, 5 s, 15 s (backoff)
+        proc.send_signal(signal.SIGHUP)  # a reload must not log the outstanding failure again
+        time.sleep(2)
+        text = log.read_text()
+        assert "Traceback" not in text and " critical " not in text and " error " not in text, text
+        failures = [line for line in text.splitlines() if "image not resolvable" in line]
+        assert 1 <= len(failures) <= 3, text
+        assert all("machines=52-54-00-00-00-05" in line and "registry.allowed" in line for line in failures)
+        assert "configuration reloaded" in text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(log.read_text())  # the closing note quotes what a new user sees
