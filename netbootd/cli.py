@@ -215,6 +215,26 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_try(args) -> int:
+    from netbootd.testing.tryboot import run
+
+    try:
+        mac = normalize_mac(args.mac)
+    except ValueError as exc:
+        print(f"netbootd try: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(mac, args.config, args.firmware, args.expect, args.timeout, args.keep, args.quiet)
+    except NoConfig as exc:
+        print(f"netbootd try: {exc}", file=sys.stderr)
+        return 2
+    except ConfigInvalid as exc:
+        print("netbootd try: the settings file has errors:", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 2
+
+
 def cmd_status(args) -> int:
     from netbootd.status import status
 
@@ -236,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"netbootd {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           help="serve, check, explain or status; `netbootd COMMAND --help` for its options")
+                           help="serve, check, explain, try or status; `netbootd COMMAND --help` for its options")
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help=CONFIG_HELP + "; without one, built-in defaults")
@@ -261,6 +281,13 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--server", help="address to put in URLs (default: advertise, else 192.0.2.1)")
     explain.add_argument("--show-secrets", action="store_true", help="print Ignition contents")
     explain.set_defaults(func=cmd_explain)
+
+    tryp = sub.add_parser("try", help="boot a throwaway QEMU machine with that MAC against the configuration "
+                                      "(in a private network namespace; needs root)")
+    from netbootd.testing.tryboot import add_arguments
+
+    add_arguments(tryp)
+    tryp.set_defaults(func=cmd_try)
 
     st = sub.add_parser("status", help="problems and the boot timeline of a running netbootd (all machines, or one)")
     st.add_argument("mac", nargs="?", help="one machine's timeline instead of the summary")

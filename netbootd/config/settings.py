@@ -6,6 +6,7 @@ iPXE binaries from Debian's ipxe package, machines and files under /etc/netbootd
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -106,3 +107,35 @@ class Settings:
     log: LogSettings = LogSettings()
     shutdown_grace: float = 30.0  # seconds SIGTERM waits for running downloads before closing them
     source: Path | None = None  # the file these came from, for messages
+
+
+def to_toml(settings: Settings) -> str:
+    """The settings as a netbootd.toml, every key explicit (for `netbootd try` and the test lab,
+    which run a private daemon on someone's configuration with a few keys changed).
+
+    Written here rather than with a TOML writer library: the schema is one level of tables of
+    scalars, paths and string lists, and tomllib reads TOML but does not write it."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Path):
+            v = v.absolute()  # the file is read from another directory than these were relative to
+        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+    top, tables = [], []
+    for field in attrs.fields(Settings):
+        v = getattr(settings, field.name)
+        if field.name == "source" or v is None:
+            continue
+        if attrs.has(type(v)):
+            lines = [f"{f.name} = {value(getattr(v, f.name))}" for f in attrs.fields(type(v))
+                     if getattr(v, f.name) is not None]
+            tables.append(f"[{field.name}]\n" + "\n".join(lines) + "\n")
+        else:
+            top.append(f"{field.name} = {value(v)}")
+    return "\n".join(top) + "\n\n" + "\n".join(tables)

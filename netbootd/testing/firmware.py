@@ -1,0 +1,139 @@
+"""The firmware a lab machine boots with: how to start QEMU for it, what it needs, when it gave up.
+
+Each kind is one entry in `FIRMWARES`, so a new boot path (Secure Boot vars, arm64, IPv6) is a new
+entry, not a new harness. Paths and package names are Debian's (qemu-lab.md in the project notes
+lists what was measured on these machines).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+IPXE_DIR = Path("/usr/lib/ipxe")
+IPXE_NIC_ROM = IPXE_DIR / "qemu" / "efi-virtio.rom"  # QEMU's default ROM for virtio-net-pci
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+# OVMF tries PXEv4, PXEv6, HTTPv4, HTTPv6 in turn: when the path under test gives up, stop there
+# instead of waiting a minute for a fallback (which could even boot, on the wrong path).
+_GAVE_UP_PXE4 = re.compile(r'failed to load Boot\d+ "UEFI PXEv4[^"]*"')
+_GAVE_UP_HTTP4 = re.compile(r'failed to load Boot\d+ "UEFI HTTPv4[^"]*"')
+
+
+@attrs.frozen
+class Vm:
+    """What a firmware kind needs to build one machine's QEMU command line."""
+
+    mac: str
+    tap: str
+    workdir: Path  # private files of this machine (a copy of the UEFI variable store)
+    name: str
+    accel: str = "tcg"
+    memory_mb: int = 512
+
+
+@attrs.frozen
+class FirmwareKind:
+    name: str
+    description: str
+    qemu: str  # the QEMU binary
+    packages: tuple[str, ...]  # Debian packages that provide what it needs
+    files: tuple[Path, ...]  # firmware files that must exist
+    argv: Callable[[Vm], list[str]]
+    give_up: re.Pattern[str] | None = None  # the firmware gave up on the path under test
+    timeout: float = 150.0  # seconds, under TCG
+
+    def missing(self) -> str | None:
+        """Why this kind cannot run here (naming the packages to install), or None."""
+        if shutil.which(self.qemu) is None:
+            return f"{self.qemu} is missing (apt-get install {' '.join(self.packages)})"
+        absent = [str(p) for p in self.files if not p.is_file()]
+        if absent:
+            return f"{', '.join(absent)} missing (apt-get install {' '.join(self.packages)})"
+        return None
+
+
+def _common(vm: Vm, qemu: str) -> list[str]:
+    return [
+        qemu, "-accel", vm.accel, "-m", str(vm.memory_mb), "-nographic", "-serial", "stdio", "-monitor", "none",
+        "-no-reboot", "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
+    ]  # fmt: skip
+
+
+def _bios(vm: Vm) -> list[str]:
+    # SeaBIOS + the NIC's iPXE ROM. reboot-timeout: when nothing boots, SeaBIOS reboots after 1 s
+    # instead of waiting 60 s, and -no-reboot turns that into QEMU exiting.
+    nic = f"virtio-net-pci,netdev=n0,mac={vm.mac}"
+    return [*_common(vm, "qemu-system-x86_64"), "-machine", "pc", "-boot", "order=n,reboot-timeout=1000",
+            "-device", nic]
+
+
+def _ovmf(vm: Vm, *extra: str, code: Path = OVMF_CODE, vars_template: Path = OVMF_VARS,
+          machine: str = "q35") -> list[str]:
+    vars_copy = vm.workdir / f"{vm.name}-{vars_template.name}"
+    shutil.copy(vars_template, vars_copy)  # each machine writes its own boot variables
+    # romfile= (empty): OVMF's own PXE/HTTP boot, not the NIC's iPXE ROM; bootindex=1: the NIC first
+    return [
+        *_common(vm, "qemu-system-x86_64"), "-machine", machine,
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        "-device", f"virtio-net-pci,netdev=n0,mac={vm.mac},romfile=,bootindex=1",
+        *extra,
+    ]  # fmt: skip
+
+
+def _uefi_http(vm: Vm) -> list[str]:
+    # PXE off, else OVMF spends ~60 s on each PXE attempt before it tries HTTP
+    return _ovmf(vm, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+                 "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
+
+
+_X86 = ("qemu-system-x86",)
+FIRMWARES: dict[str, FirmwareKind] = {
+    "bios": FirmwareKind(
+        "bios", "SeaBIOS with the NIC's iPXE ROM (PXE, then iPXE)", "qemu-system-x86_64",
+        (*_X86, "ipxe-qemu"), (IPXE_NIC_ROM,), _bios, None, 90.0,
+    ),
+    "uefi": FirmwareKind(
+        "uefi", "OVMF's own UEFI PXE (4011 exchange, TFTP)", "qemu-system-x86_64",
+        (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _ovmf, _GAVE_UP_PXE4,
+    ),
+    "uefi-http": FirmwareKind(
+        "uefi-http", "OVMF's UEFI HTTP boot (IPv4)", "qemu-system-x86_64",
+        (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http, _GAVE_UP_HTTP4,
+    ),
+}
+# The names the project's own tests used before the kinds were shipped.
+ALIASES = {"uefi-pxe": "uefi"}
+
+
+def firmware(name: str) -> FirmwareKind:
+    kind = FIRMWARES.get(ALIASES.get(name, name))
+    if kind is None:
+        raise ValueError(f"unknown firmware {name!r}; known: {', '.join(FIRMWARES)}")
+    return kind
+
+
+def accelerator() -> str:
+    """"kvm" when /dev/kvm can run guests at full speed here, else "tcg" (which always works).
+    A /dev/kvm that opens but sits on a CPU without vmx/svm (nested paravirtual setups) makes
+    guests crawl, so the CPU flags decide too. NETBOOTD_QEMU_ACCEL overrides."""
+    forced = os.environ.get("NETBOOTD_QEMU_ACCEL")
+    if forced:
+        return forced
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return "tcg"
+    os.close(fd)
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "tcg"
+    return "kvm" if re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M) else "tcg"

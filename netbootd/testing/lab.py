@@ -1,0 +1,560 @@
+"""A netboot lab: real firmware in QEMU booting from a real netbootd, inside network namespaces.
+
+One `Lab` is a private network namespace with a bridge (br0) carrying the site's address server
+(dnsmasq on 10.77.0.1: addresses only, no boot options, as at a real site where netbootd runs
+beside the DHCP server), a netbootd instance (proxy mode) with its own state and cache, a tap
+per virtual machine, and (when tcpdump is there) a capture of the bridge. Nothing the lab does
+reaches the host's networks; everything it starts is stopped by PID and its namespaces removed.
+
+Where netbootd sits (`host=`):
+- "second-address" (default): on the DHCP server's host, a second address on br0 (10.77.0.2);
+- "own-host": in a namespace of its own joined to the bridge by a veth pair (10.77.0.2);
+- "site-address": on the DHCP server's host and address (10.77.0.1), `advertise` empty, as a new
+  user would leave it.
+
+netbootd's configuration is either the lab's own (machines written with `machine()`), or an
+operator's (`config=`): their settings with the addresses, interfaces, state and cache
+replaced by the lab's, and a snapshot of their machines directory (the lab never writes into
+it); files stay where the settings say.
+
+Used by `netbootd try`, by the pytest plugin (`netboot_lab` fixture) and by netbootd's own tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from netbootd.config.settings import LogSettings, Settings, to_toml
+from netbootd.testing.firmware import Vm, accelerator, firmware
+from netbootd.testing.netns import NetnsClient, TimelineWatch
+from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, stages_from
+
+SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
+BOOT_IP = "10.77.0.2"  # netbootd
+PREFIX = "10.77.0"
+HTTP_PORT = 8080
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
+
+_names = itertools.count()
+
+
+class LabError(RuntimeError):
+    """The lab itself could not be set up (not a failed boot); the message says why."""
+
+
+def missing_requirements(firmware_name: str | None = None) -> str | None:
+    """Why a lab (and a machine with that firmware) cannot run here, or None."""
+    if os.geteuid() != 0:
+        return ("needs root: a lab creates a network namespace, a bridge and tap devices, and binds the DHCP, "
+                "TFTP and HTTP ports inside it")
+    tools = {"ip": "iproute2", "dnsmasq": "dnsmasq-base"}
+    absent = [pkg for tool, pkg in tools.items() if shutil.which(tool) is None]
+    if absent:
+        return f"missing {', '.join(absent)} (apt-get install {' '.join(absent)})"
+    if firmware_name is not None:
+        return firmware(firmware_name).missing()
+    return None
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A process this lab started (inside a namespace), with its output in a file."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path | None = None, env=None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log = log
+        self._out = open(log, "wb")  # closed in stop()
+        self.popen = subprocess.Popen(
+            argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env
+        )
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def text(self) -> str:
+        try:
+            return self.log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(sig)  # by PID: only ever a process this lab started
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._out.close()
+
+
+def tail(text: str, lines: int = 40) -> str:
+    text = ANSI.sub("", text)
+    rows = [r for r in text.splitlines() if r.strip()]
+    cut = rows[-lines:]
+    return ("[...]\n" if len(rows) > lines else "") + "\n".join(cut)
+
+
+# ---------------------------------------------------------------------------------- one machine
+
+
+@attrs.define
+class Boot:
+    """One QEMU machine's run: what its console showed and how it ended."""
+
+    name: str
+    mac: str
+    firmware: str
+    proc: Proc
+    timeout: float
+    expect: re.Pattern[str]
+    fail: re.Pattern[str] | None = None  # a console line that means the boot failed (besides a panic)
+    match: re.Match[str] | None = None  # the first console line matching `expect`
+    panic: str | None = None
+    guest_failure: str | None = None
+    firmware_failure: str | None = None
+    timed_out: bool = False
+    seconds: float = 0.0
+
+    @property
+    def serial(self) -> Path:
+        return self.proc.log
+
+    @property
+    def booted(self) -> bool:
+        return self.match is not None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.match or self.panic or self.guest_failure or self.firmware_failure)
+
+    def console(self) -> str:
+        return ANSI.sub("", self.proc.text())
+
+    def scan(self) -> None:
+        give_up = firmware(self.firmware).give_up
+        for line in self.console().splitlines():
+            if self.match is None and (m := self.expect.search(line)):
+                self.match = m
+            if self.panic is None and (p := PANIC.search(line)):
+                self.panic = p.group(0)
+            if self.fail is not None and self.guest_failure is None and (f := self.fail.search(line)):
+                self.guest_failure = f.group(0)
+            if give_up is not None and self.match is None and (g := give_up.search(line)):
+                self.firmware_failure = g.group(0)
+
+    def why(self) -> str:
+        """Why it did not boot (for a report)."""
+        if self.panic:
+            return f"the kernel panicked: {self.panic}"
+        if self.guest_failure:
+            return f"the machine reported a failure: {self.guest_failure}"
+        if self.firmware_failure:
+            return f"the firmware gave up on this boot path: {self.firmware_failure}"
+        if self.timed_out:
+            return f"nothing matched {self.expect.pattern!r} within {self.timeout:.0f} s (QEMU killed)"
+        if self.match:
+            return "booted"
+        return f"QEMU exited ({self.proc.popen.returncode}) after {self.seconds:.0f} s without a match of {self.expect.pattern!r}"
+
+
+# ---------------------------------------------------------------------------------- the lab
+
+
+class Lab:
+    """See the module doc. Call `up()` first and `down()` always (a context manager does both)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        config: Path | None = None,
+        host: str = "second-address",
+        http_port: int = HTTP_PORT,
+        capture: bool = True,
+        log_level: str = "debug",
+        netbootd_argv: Sequence[str] = (sys.executable, "-m", "netbootd"),
+    ) -> None:
+        if host not in ("second-address", "own-host", "site-address"):
+            raise ValueError(f"host={host!r}: expected second-address, own-host or site-address")
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.ns = f"nblab{os.getpid()}x{next(_names)}"
+        self.boot_ns = f"{self.ns}b" if host == "own-host" else self.ns
+        self.boot_if = "nb0" if host == "own-host" else "br0"
+        self.boot_ip = SITE_IP if host == "site-address" else BOOT_IP
+        self.http_port = http_port
+        self.capture = capture and shutil.which("tcpdump") is not None
+        self.netbootd_argv = list(netbootd_argv)
+        self.accel = accelerator()
+        self.procs: list[Proc] = []
+        self.boots: list[Boot] = []
+        self.taps = 0
+        self.namespaces: list[str] = []
+        self.netbootd: Proc | None = None
+        self.dnsmasq: Proc | None = None
+        self.tcpdump: Proc | None = None
+        self.pcap = root / "bridge.pcap"
+        self.conf = root / "netbootd"
+        self.conf.mkdir(exist_ok=True)
+        self.settings_path = self.conf / "netbootd.toml"
+        self.settings = self._settings(config, log_level)
+        self.machines = self.settings.machines_dir
+        self.files = self.settings.files_root
+        self.write_settings(self.settings)
+
+    # -- configuration
+
+    def _settings(self, config: Path | None, log_level: str) -> Settings:
+        """The lab's netbootd settings: the operator's (`config`) or the lab's own, with the lab's
+        addresses, interface, ports, state and cache."""
+        machines = self.conf / "machines"
+        if config is None:
+            base = Settings(machines_dir=machines, files_root=self.conf / "files")
+            base.files_root.mkdir(exist_ok=True)
+            machines.mkdir(exist_ok=True)
+            (machines / "profiles").mkdir(exist_ok=True)
+        else:
+            from netbootd.cli import find_settings
+
+            base = find_settings(str(config), required=True)
+            if not base.machines_dir.is_dir():
+                raise LabError(f"the machines directory {base.machines_dir} of {config} does not exist")
+            # a snapshot: what the lab (or a test) writes never lands in the operator's directory
+            shutil.copytree(base.machines_dir, machines, symlinks=False, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(".*"))
+        http = attrs.evolve(base.http, port=self.http_port, listen="", public_url="")
+        return attrs.evolve(
+            base,
+            advertise="" if self.host == "site-address" else self.boot_ip,
+            machines_dir=machines,
+            files_root=base.files_root.absolute(),
+            state_dir=self.root / "state",
+            cache_dir=self.root / "cache",
+            dhcp=attrs.evolve(base.dhcp, enabled=True, port=67, proxy_port=4011, interfaces=(self.boot_if,)),
+            tftp=attrs.evolve(base.tftp, enabled=True, port=69, listen=""),
+            http=http,
+            log=LogSettings(format="text", level=log_level),
+            source=None,
+        )
+
+    def write_settings(self, settings: Settings) -> None:
+        self.settings = settings
+        self.settings_path.write_text(to_toml(settings))
+
+    def machine(self, mac: str, text: str) -> Path:
+        """Write machines/<mac with dashes>.toml (atomically: a rename, as a ConfigMap or editor would)."""
+        path = self.machines / (mac.lower().replace(":", "-") + ".toml")
+        tmp = self.machines / f".{path.name}.tmp"
+        tmp.write_text(textwrap.dedent(text))
+        tmp.rename(path)
+        return path
+
+    @property
+    def url(self) -> str:
+        """netbootd's HTTP base URL, as the machines reach it."""
+        return f"http://{self.boot_ip}:{self.http_port}"
+
+    # -- plumbing
+
+    def ip(self, *args: str) -> None:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+        if proc.returncode != 0:
+            raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+    def start(self, name: str, argv: list[str], ns: str | None = None, **kw) -> Proc:
+        proc = Proc(name, ["ip", "netns", "exec", ns or self.ns, *argv], self.root / f"{name}.log", **kw)
+        self.procs.append(proc)
+        return proc
+
+    def add_netns(self, name: str) -> None:
+        self.ip("netns", "add", name)
+        self.namespaces.append(name)
+        self.ip("-n", name, "link", "set", "lo", "up")
+
+    def add_host(self, ns: str, ifname: str, address: str, bridge_port: str) -> None:
+        """A host of its own: namespace `ns`, joined to the bridge by a veth pair."""
+        self.add_netns(ns)
+        self.ip("-n", self.ns, "link", "add", bridge_port, "type", "veth", "peer", "name", ifname, "netns", ns)
+        self.ip("-n", self.ns, "link", "set", bridge_port, "master", "br0")
+        self.ip("-n", self.ns, "link", "set", bridge_port, "up")
+        self.ip("-n", ns, "addr", "add", f"{address}/24", "dev", ifname)
+        self.ip("-n", ns, "link", "set", ifname, "up")
+
+    def up(self) -> Lab:
+        self.add_netns(self.ns)
+        self.ip("-n", self.ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        self.ip("-n", self.ns, "addr", "add", f"{SITE_IP}/24", "dev", "br0")
+        self.ip("-n", self.ns, "-6", "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
+        self.ip("-n", self.ns, "link", "set", "br0", "up")
+        if self.host == "own-host":
+            self.add_host(self.boot_ns, "nb0", BOOT_IP, "vb0")
+        elif self.host == "second-address":
+            self.ip("-n", self.ns, "addr", "add", f"{BOOT_IP}/24", "dev", "br0")
+        if self.capture:
+            self.tcpdump = self.start("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "-s", "1600", "-w", str(self.pcap)])
+        self.dnsmasq = dnsmasq = self.start(
+            "dnsmasq",
+            [
+                "dnsmasq",
+                "--conf-file=/dev/null",
+                "--keep-in-foreground",
+                "--log-facility=-",
+                "--log-dhcp",
+                "--port=0",  # no DNS: addresses only
+                "--bind-interfaces",  # SO_REUSEADDR on 67, so netbootd can bind it too on this host
+                "--interface=br0",
+                "--except-interface=lo",
+                f"--listen-address={SITE_IP}",
+                "--dhcp-authoritative",
+                "--no-ping",  # else it pings ~3 s before each offer
+                f"--dhcp-range={PREFIX}.100,{PREFIX}.199,255.255.255.0,1h",
+                "--enable-ra",  # without a router advert iPXE waits ~13 s on IPv6
+                "--dhcp-range=::,constructor:br0,ra-only",
+                f"--dhcp-leasefile={self.root / 'dnsmasq.leases'}",
+                f"--pid-file={self.root / 'dnsmasq.pid'}",
+                "--user=root",
+                "--group=root",
+            ],
+        )
+        self.wait_until(lambda: "started" in dnsmasq.text(), dnsmasq, 10, "dnsmasq to start")
+        if self.tcpdump is not None:
+            self.wait_until(lambda: self.pcap.exists(), self.tcpdump, 10, "tcpdump to start")
+        return self
+
+    def wait_until(self, predicate: Callable[[], Any], proc: Proc, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if not proc.running():
+                raise LabError(f"{proc.name} exited ({proc.popen.returncode}) waiting for {what}:\n{tail(proc.text())}")
+            time.sleep(0.05)
+        raise LabError(f"timed out after {timeout:.0f} s waiting for {what}:\n{tail(proc.text())}")
+
+    def __enter__(self) -> Lab:
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- netbootd
+
+    def check_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.netbootd_argv, "check", "--config", str(self.settings_path)],
+                              capture_output=True, text=True, timeout=120)
+
+    def start_netbootd(self, check_config: bool = True, *extra: str) -> Proc:
+        """`netbootd check` first (unless the test means to start with a broken file), then serve."""
+        if check_config:
+            check = self.check_config()
+            if check.returncode != 0:
+                raise LabError(f"netbootd check {self.settings_path} failed:\n{check.stdout}{check.stderr}")
+        self.netbootd = netbootd = self.start(
+            "netbootd",
+            [*self.netbootd_argv, "serve", "--config", str(self.settings_path), *extra],
+            ns=self.boot_ns,
+            cwd=self.conf,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.wait_until(lambda: re.search(r"\blistening\b", netbootd.text()), netbootd, 30, "netbootd to listen")
+        return netbootd
+
+    def netbootd_log(self) -> str:
+        return self.netbootd.text() if self.netbootd else ""
+
+    def netbootd_lines(self, mac: str) -> list[str]:
+        """netbootd's log lines about one machine (they carry its MAC)."""
+        forms = (mac.lower(), mac.lower().replace(":", "-"))
+        return [line for line in self.netbootd_log().splitlines() if any(f in line.lower() for f in forms)]
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, after: int = 0) -> re.Match[str]:
+        """Wait until netbootd's log (from character `after`) matches `pattern`."""
+        assert self.netbootd is not None
+        found: list[re.Match[str]] = []
+
+        def match() -> bool:
+            m = re.search(pattern, self.netbootd_log()[after:])
+            if m:
+                found.append(m)
+            return bool(m)
+
+        self.wait_until(match, self.netbootd, timeout, f"netbootd to log /{pattern}/")
+        return found[0]
+
+    # -- machines
+
+    def add_tap(self) -> str:
+        name = f"tap{self.taps}"
+        self.taps += 1
+        self.ip("-n", self.ns, "tuntap", "add", "dev", name, "mode", "tap")
+        self.ip("-n", self.ns, "link", "set", name, "master", "br0")
+        self.ip("-n", self.ns, "link", "set", name, "up")
+        return name
+
+    def launch(self, mac: str, firmware_name: str, timeout: float | None = None, expect: str | None = None,
+               fail: str | None = None) -> Boot:
+        """Power on one machine (it runs while the caller does other things; see `wait`)."""
+        kind = firmware(firmware_name)
+        n = len(self.boots)
+        name = f"vm{n}-{kind.name}-{mac.replace(':', '')[-4:]}"
+        vm = Vm(mac=mac, tap=self.add_tap(), workdir=self.root, name=name, accel=self.accel)
+        proc = self.start(name, kind.argv(vm))
+        boot = Boot(name, mac, kind.name, proc, timeout or kind.timeout, re.compile(expect or DEFAULT_EXPECT),
+                    re.compile(fail) if fail else None)
+        self.boots.append(boot)
+        return boot
+
+    def wait(self, *boots: Boot, on_poll: Callable[[], None] | None = None) -> None:
+        """Until every machine matched, failed, powered off, or ran out of time."""
+        pending = list(boots)
+        while pending:
+            for boot in list(pending):
+                boot.scan()
+                elapsed = time.monotonic() - boot.proc.started
+                done = not boot.proc.running()
+                if boot.finished and not done:
+                    # it printed what decides; let it power off by itself for a moment, no more
+                    try:
+                        boot.proc.popen.wait(5)
+                    except subprocess.TimeoutExpired:
+                        boot.proc.stop(signal.SIGKILL)
+                    done = True
+                if not done and elapsed > boot.timeout:
+                    boot.timed_out = True
+                    boot.proc.stop(signal.SIGKILL)
+                    done = True
+                if done:
+                    boot.seconds = elapsed
+                    boot.scan()
+                    pending.remove(boot)
+            if on_poll is not None:
+                on_poll()
+            time.sleep(0.2)
+
+    def boot(self, mac: str, firmware_name: str = "bios", expect: str | None = None, timeout: float | None = None,
+             *, fail: str | None = None, on_event: Callable[[dict], None] | None = None,
+             on_console: Callable[[str], None] | None = None) -> BootResult:
+        """Power on one machine and wait for it: the result says whether `expect` (a regular
+        expression on its console; default: the kernel started the initramfs' init) matched."""
+        return self.boot_many([(mac, firmware_name)], expect, timeout, fail=fail, on_event=on_event,
+                              on_console=on_console)[0]
+
+    def boot_many(self, machines: Sequence[tuple[str, str]], expect: str | None = None, timeout: float | None = None,
+                  *, fail: str | None = None, on_event: Callable[[dict], None] | None = None,
+                  on_console: Callable[[str], None] | None = None) -> list[BootResult]:
+        """Power on machines at the same time (each its own (mac, firmware)) and wait for all.
+        `on_event` gets netbootd's timeline events as they happen (with "mac" added), `on_console`
+        each new piece of console output (one machine at a time: for a terminal)."""
+        if self.netbootd is None:
+            self.start_netbootd()
+        boots = [self.launch(mac, fw, timeout, expect, fail) for mac, fw in machines]
+        client = NetnsClient(self.boot_ns)
+        watches = []
+        for boot in boots:
+            def forward(event: dict, mac: str = boot.mac) -> None:
+                if on_event is not None:
+                    on_event({**event, "mac": mac})
+            watches.append(TimelineWatch(client, f"http://127.0.0.1:{self.http_port}", boot.mac, forward))
+        offsets = [0] * len(boots)
+
+        def poll() -> None:
+            for watch in watches:
+                watch.poll()
+            if on_console is not None:
+                for i, boot in enumerate(boots):
+                    text = boot.proc.text()
+                    if len(text) > offsets[i]:
+                        on_console(ANSI.sub("", text[offsets[i]:]))
+                        offsets[i] = len(text)
+
+        try:
+            self.wait(*boots, on_poll=poll)
+            poll()
+        finally:
+            client.close()
+        return [
+            BootResult(
+                mac=boot.mac,
+                firmware=boot.firmware,
+                booted=boot.booted,
+                seconds=round(boot.seconds, 2),
+                reason=boot.why(),
+                stages=stages_from(watch.events, boot.proc.started_wall),
+                console=boot.console(),
+                timeline=list(watch.events),
+                netbootd_log=self.netbootd_lines(boot.mac),
+                match=boot.match.group(0) if boot.match else "",
+            )
+            for boot, watch in zip(boots, watches, strict=True)
+        ]
+
+    # -- reports and teardown
+
+    def report(self) -> str:
+        parts = [f"lab files: {self.root}"]
+        for boot in self.boots:
+            parts.append(f"--- serial {boot.name} ({boot.seconds:.0f} s): {boot.why()} ---\n{tail(boot.proc.text(), 30)}")
+        if self.netbootd:
+            parts.append(f"--- netbootd log ---\n{tail(self.netbootd.text(), 40)}")
+        if self.dnsmasq:
+            parts.append(f"--- dnsmasq (site DHCP) ---\n{tail(self.dnsmasq.text(), 15)}")
+        if self.capture:
+            from netbootd.testing.capture import summary
+
+            parts.append(f"--- capture on br0 ({self.pcap.name}) ---\n{summary(self.pcap, 40)}")
+        return "\n".join(parts)
+
+    def keep(self, dest: Path) -> Path:
+        """Copy the lab's logs, capture and configuration to `dest` (a failed test's artefacts)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in self.root.iterdir():
+            if path.is_file() and path.suffix in (".log", ".pcap", ".leases"):
+                shutil.copy(path, dest / path.name)
+        shutil.copytree(self.machines, dest / "machines", dirs_exist_ok=True)
+        shutil.copy(self.settings_path, dest / "netbootd.toml")
+        if self.capture and self.pcap.exists():
+            from netbootd.testing.capture import decoded
+
+            (dest / "capture.txt").write_text(decoded(self.pcap))
+        return dest
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"lab {self.ns}: stopping {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
+        self.procs = []
+        for ns in reversed(self.namespaces):
+            # Deleting a namespace deletes its bridge, taps and veth ends.
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        self.namespaces = []

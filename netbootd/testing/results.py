@@ -1,0 +1,75 @@
+"""What a lab boot tells its caller: booted or not, seconds to each stage, the console, the
+timeline netbootd recorded for the machine, and where it stopped."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+# "the kernel has started the initramfs' init" (info messages: a `quiet` command line hides them)
+DEFAULT_EXPECT = r"Run /init as init process|Freeing unused kernel (image )?(\(initmem\) )?memory"
+PANIC = re.compile(r"Kernel panic - not syncing.*")
+
+
+def stage_names(events: list[dict[str, Any]]) -> list[str]:
+    """A name per timeline event, as an operator reads a boot: dhcp, tftp, loader (an EFI binary
+    over HTTP before any script: UEFI HTTP boot), script, kernel, initrd, initrd2, ..., ignition,
+    beacon. Downloads after the script are the kernel first, then the initrds, in the order the
+    generated scripts fetch them."""
+    names = []
+    after_script = 0
+    seen_script = False
+    for e in events:
+        stage = e.get("stage", "")
+        if stage == "script":
+            seen_script, after_script = True, 0
+            names.append("script")
+        elif stage == "http":
+            if not seen_script:
+                names.append("loader")
+            else:
+                after_script += 1
+                names.append("kernel" if after_script == 1 else ("initrd" if after_script == 2 else f"initrd{after_script - 1}"))
+        elif stage == "beacon":
+            names.append(f"beacon:{e.get('beacon', '')}" if e.get("beacon") not in (None, "loaded") else "beacon")
+        else:
+            names.append(stage)
+    return names
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line for an event: what happened, without the bookkeeping fields."""
+    skip = {"time", "stage", "ip"}
+    return " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+
+
+@attrs.frozen
+class BootResult:
+    mac: str
+    firmware: str
+    booted: bool
+    seconds: float  # power-on to the decision (match, failure, timeout)
+    reason: str  # "booted", or why not
+    stages: dict[str, float]  # stage name → seconds from power-on to its first event
+    console: str  # the serial console, escape sequences removed
+    timeline: list[dict[str, Any]]  # netbootd's events for this machine
+    netbootd_log: list[str]  # netbootd's log lines that name this machine
+    match: str = ""  # the console text that matched `expect`
+
+    def stopped_at(self) -> str:
+        """The last stage netbootd saw, for "where the boot stopped"."""
+        if not self.timeline:
+            return "netbootd saw nothing of this machine (no DHCP request reached it)"
+        name = stage_names(self.timeline)[-1]
+        last = self.timeline[-1]
+        return f"{name} ({describe(last)})"
+
+
+def stages_from(events: list[dict[str, Any]], started_wall: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, event in zip(stage_names(events), events, strict=True):
+        if name not in out and isinstance(event.get("time"), (int, float)):
+            out[name] = round(max(0.0, event["time"] - started_wall), 2)
+    return out

@@ -1,0 +1,168 @@
+"""`netbootd try MAC`: boot a throwaway QEMU machine with that MAC against a configuration.
+
+Everything happens in a private lab (netbootd.testing.lab): a network namespace with a bridge, a
+tap, an address-only dnsmasq as the site's DHCP server and a private netbootd on the same
+configuration with its own state and cache. The console streams to the terminal, netbootd's
+timeline for the machine is printed as stages complete, and the exit status says whether it booted.
+
+Before QEMU starts, the configuration is asked what the machine would get: a held, ignored or
+unknown machine, or one whose kernel is a remote URL the isolated lab cannot reach, is reported
+at once (exit 1) instead of after a timeout.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from netbootd.config.load import DEFAULT_CONFIG
+from netbootd.testing.firmware import FIRMWARES, firmware
+from netbootd.testing.results import DEFAULT_EXPECT, BootResult, describe, stage_names
+
+# the client each firmware kind presents on its first request
+_CLIENTS = {"bios": ("BIOS_PXE", "BIOS"), "uefi": ("EFI_PXE", "EFI64"), "uefi-http": ("HTTP_BOOT", "EFI64")}
+
+
+class Refused(Exception):
+    """The machine cannot boot in the lab; the message says why (before QEMU starts)."""
+
+
+def preflight(config: str | None, mac: str, firmware_name: str) -> str:
+    """What the configuration gives this machine, as one line; raises Refused when it cannot boot
+    in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach)."""
+    from netbootd.cli import find_settings
+    from netbootd.config.load import build_catalog, load_machines
+    from netbootd.config.machines import BootKind
+    from netbootd.core import BootCore
+    from netbootd.model import Arch, Client, Firmware
+
+    settings = find_settings(config, required=True)
+    core = BootCore(settings, build_catalog(load_machines(settings)))  # a fresh daemon: no last good versions
+    fw, arch = _CLIENTS.get(firmware_name, ("EFI_PXE", "EFI64"))
+    decision = core.decide(Client(mac, Arch[arch], Firmware[fw]), "10.77.0.2")
+    if decision.offer is None:
+        raise Refused(f"netbootd would not answer {mac}: {decision.reason}")
+    machine = decision.machine
+    assert machine is not None
+    remote = []
+    boot = machine.boot
+    if boot.kind is BootKind.KERNEL:
+        remote = [loc for loc in (boot.kernel, *boot.initrds) if "://" in loc]
+    elif boot.kind is BootKind.EFI and "://" in boot.efi:
+        remote = [boot.efi]
+    elif boot.kind is BootKind.CHAIN:
+        remote = ["the chain URL of boot.chain"]
+    elif boot.kind is BootKind.IMAGE:
+        remote = [f"{boot.image} (netbootd fetches image layers from the registry {boot.image.registry if boot.image else ''})"]
+    if remote:
+        raise Refused(
+            f"{mac} ({machine.source.name}) boots from outside the lab: {', '.join(remote)}. The lab is an isolated "
+            "network namespace with no route out (it never touches this host's networks), so neither the machine "
+            "nor the lab's netbootd could fetch it. Put the files under files_root (and name them by path in the "
+            "machine file) to try this boot here."
+        )
+    return f"{machine.name}: {boot.kind.value}; {decision.offer.describe()}"
+
+
+class Printer:
+    """The terminal side: console text, and the timeline lines in between."""
+
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.started = time.time()
+        self.events: list[dict] = []
+
+    def console(self, text: str) -> None:
+        if not self.quiet:
+            self.out.write(text)
+            self.out.flush()
+
+    def event(self, event: dict) -> None:
+        self.events.append(event)
+        name = stage_names(self.events)[-1]
+        at = event.get("time", time.time()) - self.started
+        self.say(f"+{at:6.2f} s  {name:<9} {describe({k: v for k, v in event.items() if k != 'mac'})}")
+
+    def say(self, line: str) -> None:
+        prefix = "\n" if not self.quiet else ""
+        self.out.write(f"{prefix}==> {line}\n")
+        self.out.flush()
+
+
+def run(mac: str, config: str | None, firmware_name: str, expect: str | None, timeout: float | None,
+        keep: bool, quiet: bool, out: TextIO = sys.stdout) -> int:
+    """The command; returns the exit status (0 booted, 1 did not, 2 cannot try here)."""
+    from netbootd.testing.lab import Lab, LabError, missing_requirements
+
+    reason = missing_requirements(firmware_name)
+    if reason:
+        print(f"netbootd try: {reason}", file=sys.stderr)
+        return 2
+    try:
+        offered = preflight(config, mac, firmware_name)
+    except Refused as exc:
+        print(f"netbootd try: {exc}", file=sys.stderr)
+        return 1
+    kind = firmware(firmware_name)
+    printer = Printer(out, quiet)
+    root = Path(tempfile.mkdtemp(prefix="netbootd-try-"))
+    lab = Lab(root, config=Path(config) if config else DEFAULT_CONFIG, log_level="debug")
+    result: BootResult | None = None
+    try:
+        lab.up()
+        lab.start_netbootd(check_config=False)  # errors in other machines' files must not stop this one
+        printer.say(f"{mac}: {kind.description}, {lab.accel.upper()}{' (no usable KVM)' if lab.accel == 'tcg' else ''}; "
+                    f"netbootd offers {offered}")
+        printer.started = time.time()
+        result = lab.boot(mac, kind.name, expect, timeout, on_event=printer.event, on_console=printer.console)
+    except LabError as exc:
+        print(f"netbootd try: the lab could not be set up: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nnetbootd try: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        lab.down()
+        if not (keep or (quiet and result is not None)):
+            shutil.rmtree(root, ignore_errors=True)
+    report(printer, result, expect)
+    if keep or quiet:
+        printer.say(f"lab files kept in {root} (console: {root}/{lab.boots[0].name}.log, netbootd.log, bridge.pcap)")
+    return 0 if result.booted else 1
+
+
+def report(printer: Printer, result: BootResult, expect: str | None) -> None:
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.stages.items()) or "none"
+    if result.booted:
+        printer.say(f"BOOTED in {result.seconds:.1f} s: {result.match.strip()!r}")
+        printer.say(f"stages: {stages}")
+        return
+    printer.say(f"DID NOT BOOT ({result.seconds:.1f} s): {result.reason}")
+    printer.say(f"stopped after: {result.stopped_at()}")
+    printer.say(f"stages: {stages}")
+    if expect is None and "quiet" in result.console and not result.match:
+        printer.say(f"(the default test {DEFAULT_EXPECT!r} needs the kernel's info messages, which `quiet` hides: "
+                    "pass --expect with something your system prints)")
+    from netbootd.testing.lab import tail
+
+    printer.out.write("--- last console lines ---\n" + tail(result.console, 15) + "\n")
+    printer.out.write("--- netbootd log lines for this machine ---\n" + "\n".join(result.netbootd_log[-15:]) + "\n")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("mac", help="the MAC the virtual machine gets (its machine file decides what it boots)")
+    parser.add_argument("--config", help="netbootd.toml, or its directory (default: /etc/netbootd/netbootd.toml)")
+    parser.add_argument("--firmware", default="bios", choices=sorted(FIRMWARES),
+                        help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items()) + " (default bios)")
+    parser.add_argument("--expect", help=f"a regular expression on the console that means success (default: the "
+                                         f"kernel started the initramfs' init: {DEFAULT_EXPECT!r})")
+    parser.add_argument("--timeout", type=float, help="seconds before giving up (default: per firmware, 90-150 under TCG)")
+    parser.add_argument("--keep", action="store_true", help="keep the lab's files (logs, capture, configuration)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not stream the console (it is kept in the lab's files, whose path is printed)")
+
