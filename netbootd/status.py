@@ -33,7 +33,9 @@ def render_summary(doc: dict[str, Any], now: float) -> str:
     else:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         text = "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
-    return text + _render_unattributed(doc.get("unattributed", []), now)
+    if "unattributed" not in doc:  # a netbootd from before the list
+        return text
+    return text + _render_unattributed(doc["unattributed"], now)
 
 
 def _render_unattributed(events: list[dict[str, Any]], now: float) -> str:
