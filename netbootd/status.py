@@ -21,14 +21,35 @@ def _details(event: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
 
 
+UNATTRIBUTED_SHOWN = 10  # the newest; /machines has the rest
+
+
 def render_summary(doc: dict[str, Any], now: float) -> str:
     rows = [("MAC", "IP", "STAGE", "LAST SEEN", "EVENTS")]
     for m in doc.get("machines", []):
         rows.append((m["mac"], m.get("ip") or "-", m.get("stage") or "-", _age(now, m.get("last_seen")), str(m["events"])))
     if len(rows) == 1:
-        return "netbootd has seen no machine yet\n"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
+        text = "netbootd has seen no machine yet\n"
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        text = "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows)
+    if "unattributed" not in doc:  # a netbootd from before the list
+        return text
+    return text + _render_unattributed(doc["unattributed"], now)
+
+
+def _render_unattributed(events: list[dict[str, Any]], now: float) -> str:
+    """Requests no machine could be found for (unknown, stale or shared address), newest last."""
+    if not events:
+        return "\nunattributed: none\n"
+    shown = events[-UNATTRIBUTED_SHOWN:]
+    more = f", the newest {len(shown)} shown (all in /machines)" if len(events) > len(shown) else ""
+    lines = [f"\nunattributed: {len(events)} event(s) no machine could be found for{more}"]
+    for e in shown:
+        details = _details({k: v for k, v in e.items() if k != "why"})
+        lines.append(f"  {_age(now, e.get('time')):>8}  {e.get('ip') or '-':<15} {e.get('stage', '?'):<9} {details}"
+                     f"  ({e.get('why', '')})")
+    return "\n".join(lines) + "\n"
 
 
 def render_health(doc: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from netbootd.config.machines import BootKind, Catalog, Machine
 from netbootd.config.settings import Settings
 from netbootd.core import files, ipxe, urls
 from netbootd.core.context import boot_context, signing_identity
+from netbootd.core.ident import mac_in_path
 from netbootd.core.signing import UrlSigner
 from netbootd.core.timeline import Timeline
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
@@ -155,13 +156,24 @@ class BootCore:
         self.timeline.record_dhcp(client.mac, client_ip, event)
 
     def mac_for_ip(self, ip: str) -> str | None:
-        """The MAC DHCP saw at this address (TFTP and HTTP only see addresses)."""
+        """The MAC that claimed this address, if reliably known (TFTP and HTTP only see addresses)."""
         return self.timeline.mac_for(ip)
 
-    def tftp_done(self, client_ip: str, name: str, size: int, seconds: float, error: str = "") -> str | None:
-        """The TFTP edge reports a finished (or failed) transfer; returns the MAC if known."""
+    def tftp_done(
+        self, client_ip: str, name: str, size: int, seconds: float, error: str = "", probe: bool = False
+    ) -> str | None:
+        """The TFTP edge reports a finished (or failed) transfer; returns the MAC if known.
+
+        Filed under the MAC the file name carries (a per-machine file), else under the machine
+        that claimed the client's address. `probe`: the client only read the file's size from
+        the OACK and ended the transfer (EDK2 does, before asking for the file again): a normal
+        step, not an error."""
+        if probe:
+            return self.timeline.record("tftp", mac=mac_in_path(name), ip=client_ip, file=name, probe=True,
+                                        seconds=round(seconds, 3))
         return self.timeline.record(
             "tftp",
+            mac=mac_in_path(name),
             ip=client_ip,
             file=name,
             bytes=size,

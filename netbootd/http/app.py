@@ -20,6 +20,7 @@ from netbootd import metrics as core_metrics
 from netbootd.config.templates import TemplateError
 from netbootd.core import BootCore, Denied, NoScript
 from netbootd.core import files as core_files
+from netbootd.core.ident import mac_in_path
 from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
 from netbootd.http.guard import GuardedResource
@@ -164,8 +165,8 @@ class BootApp:
             raise HttpError(500, f"the machine's configuration failed to render: {exc}") from None
         machine = self.core.find(mac, uuid)
         ip = request.getClientAddress().host
-        if mac:
-            self.core.timeline.learn(mac, ip)
+        # with mac= the event is this machine's and teaches its address; by UUID only, the
+        # address decides (the timeline is keyed by MAC)
         self.core.timeline.record("script", mac=mac, ip=ip, arch=arch.value, machine=machine.name if machine else None)
         log.info("script sent", mac=mac or "", uuid=uuid or "", arch=arch.value,
                  machine=machine.name if machine else "", kind=machine.boot.kind.value if machine else "")
@@ -271,7 +272,8 @@ class BootApp:
 
     @app.route("/machines", methods=["GET"])
     def machines(self, request):
-        return _json(request, {"machines": self.core.timeline.summary()})
+        timeline = self.core.timeline
+        return _json(request, {"machines": timeline.summary(), "unattributed": timeline.unattributed()})
 
     @app.route("/machines/<ident>", methods=["GET"])
     def machine(self, request, ident: str):
@@ -350,10 +352,12 @@ class MetricsSite(server.Site):
             seconds = max(self.reactor.seconds() - started, 1e-6) if started else None
             ip = request.getClientAddress().host
             size = request.sentLength or 0
+            path = request.path.decode("latin-1", "replace")
             mac = self.core.timeline.record(
                 "http",
+                mac=mac_in_path(path),  # a per-machine file ("/files/52-54-00-12-34-56/...") names its machine
                 ip=ip,
-                path=request.path.decode("latin-1", "replace")[:200],
+                path=path[:200],
                 bytes=size,
                 seconds=round(seconds, 3) if seconds else None,
                 mbps=round(size / seconds / 1e6, 1) if seconds else None,

@@ -1,7 +1,9 @@
 """Prometheus metrics of the TFTP edge (prometheus_client's default registry).
 
-Invariant: started = completed + failed + active. Requests refused before a transfer starts
-(file not found, write request, busy, ...) are counted in `requests_refused`, not in `failed`.
+Invariant: started = completed + size_probes + failed + active. Requests refused before a transfer
+starts (file not found, write request, busy, ...) are counted in `requests_refused`, not in `failed`.
+A size probe (the client reads tsize from the OACK and ends the transfer, to ask again: EDK2 does
+before every download) is a normal step, counted apart from both.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ TRANSFERS_COMPLETED = Counter("netbootd_tftp_transfers_completed", "TFTP transfe
 TRANSFERS_FAILED = Counter(
     "netbootd_tftp_transfers_failed",
     "TFTP transfers that did not complete",
-    # timeout, client_error, aborted_after_oack (tsize probe), client_unreachable, final_ack_lost, superseded,
+    # timeout, client_error, aborted_after_oack (options refused), client_unreachable, final_ack_lost, superseded,
     # shutdown, read_error, send_error, internal
     ["reason"],
+)
+SIZE_PROBES = Counter(
+    "netbootd_tftp_size_probes",
+    "TFTP transfers the client ended after reading tsize from the OACK, before any DATA (outcome size_probe)",
 )
 REQUESTS_REFUSED = Counter(
     "netbootd_tftp_requests_refused",

@@ -13,11 +13,12 @@ from twisted.internet.protocol import DatagramProtocol
 
 from netbootd.config.settings import TftpSettings
 from netbootd.core.files import AccessDenied, FileNotFound
+from netbootd.core.ident import mac_in_path
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.ratelimit import PerClientLimiter
 from netbootd.tftp import codec, metrics
 from netbootd.tftp.content import SharedContent
-from netbootd.tftp.session import TransferSession, file_size
+from netbootd.tftp.session import SIZE_PROBE, TransferSession, file_size
 
 log = get_logger("netbootd.tftp")
 
@@ -27,8 +28,9 @@ RATE_LIMITED = "rate limit exceeded, retry later"
 class FileResolver(Protocol):
     """What the server asks for files (the boot core, or `netbootd.tftp.files.TftpFiles`).
 
-    Optionally it also has `tftp_done(client_ip, name, size, seconds, error="")`, called after
-    every transfer and every refused (not found / access denied) request.
+    Optionally it also has `tftp_done(client_ip, name, size, seconds, error="", probe=False)`, called
+    after every transfer and every refused (not found / access denied) request; `probe=True` (passed
+    only then) for a size probe, the client ending the transfer after reading tsize from the OACK.
     """
 
     def open_tftp(self, name: str, client_ip: str) -> BinaryIO:
@@ -159,8 +161,12 @@ class TftpServer(DatagramProtocol):
             drop_every=self.drop_every,
             shared=self.shared,
         )
-        identify = getattr(self.files, "mac_for_ip", None)  # the core knows MACs from DHCP
-        session.mac = identify(addr[0]) if identify is not None else None
+        # for log lines: the MAC a per-machine file name carries, else the one the core knows
+        # at this address (from DHCP)
+        session.mac = mac_in_path(request.filename)
+        identify = getattr(self.files, "mac_for_ip", None)
+        if session.mac is None and identify is not None:
+            session.mac = identify(addr[0])
         self.sessions[addr] = session
         metrics.TRANSFERS_STARTED.inc()
         metrics.ACTIVE_TRANSFERS.inc()
@@ -187,18 +193,25 @@ class TftpServer(DatagramProtocol):
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
             metrics.ACTIVE_TRANSFERS.dec()
+        name = session.request.filename
+        if outcome == SIZE_PROBE:  # a normal step of EDK2's download, not an error
+            self._report(session.client[0], name, 0, session.duration, "", probe=True)
+            return
         error = "" if outcome == "completed" else outcome
         if session.client_error:
             error = f"{outcome}: {session.client_error}"
-        self._report(session.client[0], session.request.filename, session.bytes_acked, session.duration, error)
+        self._report(session.client[0], name, session.bytes_acked, session.duration, error)
 
-    def _report(self, client_ip: str, name: str, size: int, seconds: float, error: str) -> None:
+    def _report(self, client_ip: str, name: str, size: int, seconds: float, error: str, probe: bool = False) -> None:
         """Tell the resolver (the boot core's timeline), if it wants to know."""
         report = getattr(self.files, "tftp_done", None)
         if report is None:
             return
         try:
-            report(client_ip, name, size, seconds, error)
+            if probe:
+                report(client_ip, name, size, seconds, error, probe=True)
+            else:
+                report(client_ip, name, size, seconds, error)
         except Exception:
             log.failure("tftp_done report failed", client=client_ip, file=name)
 

@@ -173,7 +173,11 @@ class _Source:
 
 # outcome values passed to the `on_done` callback (and the `reason` label of failures)
 COMPLETED = "completed"
-ABORTED_AFTER_OACK = "aborted_after_oack"  # the client only wanted the OACK (tsize probe)
+ABORTED_AFTER_OACK = "aborted_after_oack"  # the client refused the options we acknowledged
+# The client read tsize from the OACK and ended the transfer before ACK 0, to ask for the file
+# again: EDK2's PXE does this before every NBP download (ERROR 8 "User aborted the transfer",
+# ../shared/captures/proxy-uefi-edk2-pxe.pcap). A normal step, not a failure.
+SIZE_PROBE = "size_probe"
 FINAL_ACK_LOST = "final_ack_lost"  # every block sent, then the client's port closed: it most likely has the file
 
 
@@ -365,6 +369,9 @@ class TransferSession(DatagramProtocol):
         if outcome == COMPLETED:
             metrics.TRANSFERS_COMPLETED.inc()
             log.info("tftp transfer completed", **fields)
+        elif outcome == SIZE_PROBE:
+            metrics.SIZE_PROBES.inc()
+            log.debug("tftp size probe answered", outcome=outcome, **fields)
         elif outcome in (ABORTED_AFTER_OACK, "shutdown"):
             metrics.TRANSFERS_FAILED.labels(outcome).inc()
             log.info("tftp transfer ended", reason=outcome, **fields)
@@ -391,9 +398,14 @@ class TransferSession(DatagramProtocol):
                 return
             if isinstance(packet, codec.Error):
                 self.client_error = f"{packet.code} {packet.message}"
-                # PXE ROMs routinely ask for tsize, read it from the OACK and abort, to ask
-                # again for the file itself: not a failure worth a warning
-                self._finish(ABORTED_AFTER_OACK if self._base == 0 else "client_error")
+                if self._base != 0:  # after ACK 0 (or with no OACK): a real error mid-transfer
+                    self._finish("client_error")
+                elif self.negotiated.tsize is not None:
+                    # ended after an OACK that gave the size, before any DATA: a size probe,
+                    # whatever the code (EDK2 sends 8, others 0); the real request follows
+                    self._finish(SIZE_PROBE)
+                else:
+                    self._finish(ABORTED_AFTER_OACK)  # it refused blksize/windowsize/timeout
             else:
                 metrics.DROPPED_PACKETS.labels("unexpected").inc()
         except Exception:

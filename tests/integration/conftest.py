@@ -21,6 +21,7 @@ their tails are added to the failure report.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -408,6 +410,15 @@ class Lab:
 
     def netbootd_log(self) -> str:
         return self.netbootd.text() if self.netbootd else ""
+
+    def get_json(self, path: str) -> Any:
+        """GET netbootd's http://BOOT_IP:HTTP_PORT<path> from inside its namespace (curl)."""
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.boot_ns, "curl", "-sSf", "--max-time", "10", f"http://{BOOT_IP}:{HTTP_PORT}{path}"],
+            capture_output=True, text=True, timeout=20,
+        )
+        assert out.returncode == 0, f"GET {path}: {out.stderr.strip()}"
+        return json.loads(out.stdout)
 
     def wait_log(self, pattern: str, timeout: float = 10.0, after: int = 0) -> re.Match:
         """Wait until netbootd's log (from character `after`) matches `pattern`."""

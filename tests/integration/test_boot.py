@@ -43,10 +43,24 @@ def test_bios_ipxe_rom(lab):
     assert "firmware=ipxe" in log and "arch=bios" in log, "netbootd's DHCP answer to the iPXE ROM not logged"
 
 
-def check_edk2_pxe_path(log: str) -> None:
+def check_edk2_pxe_path(lab) -> None:
+    log = lab.netbootd_log()
     assert "firmware=efi-pxe" in log and "port=4011" in log, "no 4011 answer to EDK2's PXE in netbootd's log"
     assert re.search(r"tftp transfer completed .*file=snponly.efi", log), "no completed TFTP transfer of snponly.efi"
     assert "firmware=http-boot" not in log, "the machine booted through OVMF's HTTP boot fallback, not PXE"
+    # OVMF's size probe (tsize from the OACK, then ERROR 8) is a normal step: a debug line, not a failure
+    assert re.search(r"debug tftp tftp size probe answered .*file=snponly.efi", log), "no size probe logged"
+    assert "tftp transfer failed" not in log and "aborted_after_oack" not in log, log
+    # and in the timeline, whose every request here is attributed to the machine
+    doc = lab.get_json(f"/machines/{MAC}")
+    tftp = [e for e in doc["events"] if e["stage"] == "tftp"]
+    assert [e.get("probe", False) for e in tftp] == [True, False], doc
+    assert not any("error" in e for e in doc["events"]), doc
+    stages = [e["stage"] for e in doc["events"]]
+    assert set(stages[: stages.index("tftp")]) == {"dhcp"} and stages[-1] == "ignition", stages  # 67/4011, probe
+    assert stages.index("script") < stages.index("http") < stages.index("beacon"), stages
+    assert doc["stage"] == "ignition", doc  # fetched by the booted guest, after the script's beacon
+    assert lab.get_json("/machines")["unattributed"] == []
 
 
 def test_uefi_edk2_pxe(lab_separate_host):
@@ -59,7 +73,7 @@ def test_uefi_edk2_pxe(lab_separate_host):
     lab.start_netbootd()
     marker = lab.boot(MAC, "uefi-pxe")
     assert_booted(marker, MAC, "vm10", "vm10-uefi-pxe")
-    check_edk2_pxe_path(lab.netbootd_log())
+    check_edk2_pxe_path(lab)
 
 
 def test_uefi_edk2_pxe_shared_host(lab):
@@ -72,7 +86,7 @@ def test_uefi_edk2_pxe_shared_host(lab):
     lab.start_netbootd()
     marker = lab.boot(MAC, "uefi-pxe")
     assert_booted(marker, MAC, "vm10", "vm10-uefi-pxe")
-    check_edk2_pxe_path(lab.netbootd_log())
+    check_edk2_pxe_path(lab)
 
 
 def test_uefi_http_boot(lab):

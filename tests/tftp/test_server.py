@@ -428,8 +428,8 @@ class RecordingFiles(TftpFiles):
         super().__init__(settings)
         self.reports: list[tuple] = []
 
-    def tftp_done(self, client_ip, name, size, seconds, error=""):
-        self.reports.append((client_ip, name, size, error))
+    def tftp_done(self, client_ip, name, size, seconds, error="", probe=False):
+        self.reports.append((client_ip, name, size, error, probe) if probe else (client_ip, name, size, error))
 
 
 @pytest_twisted.ensureDeferred
@@ -444,5 +444,39 @@ async def test_transfers_are_reported_to_the_resolver(tftp_root, ipxe_dir, tmp_p
         assert await wait_for(lambda: len(files.reports) == 2)
         assert files.reports[0] == ("127.0.0.1", "odd.bin", 1_000_003, "")
         assert files.reports[1][1:] == ("nope", 0, "file not found")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_size_probe_is_reported_as_a_probe_not_an_error(tftp_root, ipxe_dir, raw_client):
+    """EDK2 asks with tsize, reads the OACK and sends ERROR 8 before ACK 0, then asks again;
+    an ERROR after ACK 0, or after an OACK without tsize, stays a failure."""
+    settings = make_settings(tftp_root, ipxe_dir, port=0)
+    files = RecordingFiles(settings)
+    port = listen_tftp(reactor, settings, files)
+    probes = metric("netbootd_tftp_size_probes_total")
+    aborted = metric("netbootd_tftp_transfers_failed_total", reason="aborted_after_oack")
+    client_errors = metric("netbootd_tftp_transfers_failed_total", reason="client_error")
+    try:
+        number = port.getHost().port
+        cases = (({"tsize": 0, "blksize": 1468}, False), ({"blksize": 1468}, False), ({"tsize": 0, "blksize": 1468}, True))
+        for done, (options, ack0) in enumerate(cases, 1):
+            c = raw_client()
+            c.send(codec.encode_request("odd.bin", "octet", options), ("127.0.0.1", number))
+            packet, _, addr = await c.recv()
+            assert isinstance(packet, codec.OptionAck)
+            if ack0:
+                c.send(codec.encode_ack(0), addr)
+                assert (await c.recv())[0] == codec.Data(1, 1468)
+            c.send(codec.encode_error(codec.ERR_OPTIONS, "User aborted the transfer"), addr)
+            assert await wait_for(lambda n=done: len(files.reports) == n)
+        probe, refused, failed = files.reports
+        assert probe == ("127.0.0.1", "odd.bin", 0, "", True)
+        assert refused[1:] == ("odd.bin", 0, "aborted_after_oack: 8 User aborted the transfer")
+        assert failed[1:] == ("odd.bin", 0, "client_error: 8 User aborted the transfer")
+        assert metric("netbootd_tftp_size_probes_total") == probes + 1
+        assert metric("netbootd_tftp_transfers_failed_total", reason="aborted_after_oack") == aborted + 1
+        assert metric("netbootd_tftp_transfers_failed_total", reason="client_error") == client_errors + 1
     finally:
         await port.stopListening()
