@@ -36,8 +36,13 @@ def request_4011(mac: str) -> bytes:
     raise AssertionError("no 4011 request in the capture")
 
 
+# each machine asks from an address of its own (as on a real segment)
+ADDRESS = {HELD: "127.0.0.2", GOOD: "127.0.0.3"}
+
+
 def ask_4011(daemon, mac: str, timeout: float = 2.0) -> dpkt.dhcp.DHCP | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((ADDRESS.get(mac, "127.0.0.1"), 0))
         s.settimeout(timeout)
         s.sendto(request_4011(mac), ("127.0.0.1", daemon.proxy_port))
         try:
@@ -72,10 +77,12 @@ def test_held_machine_gets_nothing_anywhere_and_health_says_why(site, tmp_path):
     assert ask_4011(site, HELD) is None
     good = ask_4011(site, GOOD)
     assert good is not None and good.file.rstrip(b"\0") == b"snponly.efi"
-    # TFTP: nothing for the held machine's address (DHCP saw it at 127.0.0.1 last... so ask as it)
-    assert ask_4011(site, HELD) is None
+    # TFTP: nothing for the held machine's address (the one DHCP saw it ask from); the good one gets its file
     with pytest.raises(tftpy.TftpException, match="Access violation"):
-        tftpy.TftpClient("127.0.0.1", site.tftp_port).download("snponly.efi", str(tmp_path / "x"), timeout=3)
+        tftpy.TftpClient("127.0.0.1", site.tftp_port, localip=ADDRESS[HELD]).download(
+            "snponly.efi", str(tmp_path / "x"), timeout=3)
+    tftpy.TftpClient("127.0.0.1", site.tftp_port, localip=ADDRESS[GOOD]).download(
+        "snponly.efi", str(tmp_path / "y"), timeout=3)
     # HTTP: 404 naming the file and line
     r = site.get(f"/ipxe?mac={HELD}&arch=efi64")
     assert r.status_code == 404 and f"held: {held_file}:3: boot.cmdline: 'hostnmae' is undefined" in r.text
