@@ -4,13 +4,12 @@ Pure: no sockets, no clock. The protocol (protocol.py) decodes and hands request
 module classifies the client, asks the boot core what it gets, and builds the reply packet and
 its destination. Policy is in overridable methods, so tests can subclass it.
 
-What goes on the wire (reference.md §1; byte-checked against ../shared/captures):
-- port 67: DISCOVER → OFFER, REQUEST → ACK (with the same content). iPXE and EDK2 ignore an ACK
-  that names a server they did not select, so answering REQUEST costs nothing and serves firmware
-  that does read proxy ACKs. Destination: giaddr:67 for a relayed request, else
-  255.255.255.255:68 out of the receiving interface. The broadcast flag is set in the reply (as
-  dnsmasq does and every captured firmware accepted): the client has no address yet, and a relay
-  must broadcast our answer onto the client's segment since yiaddr is 0.
+What goes on the wire (reference.md §1, except its ACK on 67: see below; byte-checked against
+../shared/captures):
+- port 67: DISCOVER → OFFER; a REQUEST is never answered (below). Destination: giaddr:67 for a
+  relayed request, else 255.255.255.255:68 out of the receiving interface. The broadcast flag is
+  set in the reply (as dnsmasq does and every captured firmware accepted): the client has no
+  address yet, and a relay must broadcast our answer onto the client's segment since yiaddr is 0.
 - port 4011 (PXE boot-server discovery): REQUEST/INFORM → ACK with siaddr, sname and file,
   unicast back to the sender's address and port; flags copied.
 - always: yiaddr 0, siaddr = boot server address, option 54 = same, option 60 `PXEClient`
@@ -19,6 +18,21 @@ What goes on the wire (reference.md §1; byte-checked against ../shared/captures
 - EFI PXE on 67: no file (the firmware then asks on 4011, where it gets the file).
 - A URL too long for the 128-byte `file` field goes in option 67 instead (iPXE and EDK2 HTTP boot
   both read it); a TFTP name that long is refused (a configuration error, logged).
+
+Why no REQUEST on 67 is answered: it is the client taking a lease from the server whose OFFER it
+chose (option 54), and firmware only chooses an OFFER with an address: EDK2 files yiaddr-0 offers
+as proxy offers (PxeBcDhcp4.c, HttpBootDhcp4.c), iPXE takes its server only from an OFFER with
+yiaddr (dhcp.c). Every REQUEST to 67 in the captures names the site's server. Nothing after it
+needs a proxy ACK: iPXE boots from the proxy OFFER (siaddr + file, else it asks on 4011), EDK2 PXE
+asks option 54 of the proxy OFFER on 4011, EDK2 HTTP boot uses the proxy OFFER. An ACK can only
+hurt: EDK2's Dhcp4Dxe (Dhcp4Io.c, DhcpHandleRequest) takes the first ACK whose option 54 is the
+chosen server's and, if its yiaddr differs from the lease, DECLINEs and aborts (PXE-E07). On the
+DHCP server's host and address our ACK carries that very option 54 and races the real one; a proxy
+cannot know whether its address is also the site server's, so it answers none, as dnsmasq's proxy
+mode does (REQUEST only on 4011). A boot-server discovery REQUEST broadcast to 67 (PXE spec) only
+follows an OFFER that enables broadcast discovery, which ours never do. Such a REQUEST is still
+reported to the core: its option 50 tells the boot timeline which address the machine is about to
+have.
 """
 
 from __future__ import annotations
@@ -33,6 +47,9 @@ from netbootd.logs import RateLimiter, get_logger
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
 OPT_REQUESTED_IP = 50
+# A REQUEST on 67 (module doc): the metric label, and the reason the boot timeline shows.
+SITE_REQUEST_REASON = "request-for-dhcp-server"
+SITE_REQUEST = "REQUEST for the site's DHCP server: a proxy answers only on 4011"
 
 BROADCAST = "255.255.255.255"
 ANSWER_LINES_PER_SECOND = 200
@@ -41,7 +58,7 @@ RELAY_PORT = 67
 
 # Option 43 for BIOS offers: discovery control 8, "boot the file named in this offer".
 _USE_BOOTFILE = codec.pxe_options([(codec.PXE_DISCOVERY_CONTROL, bytes([codec.DISCOVERY_USE_BOOTFILE]))])
-_DHCP_TYPES = {codec.DISCOVER: codec.OFFER, codec.REQUEST: codec.ACK}
+_DHCP_TYPES = {codec.DISCOVER: codec.OFFER}  # a REQUEST on 67 is the site server's (module doc)
 _PROXY_TYPES = {codec.REQUEST: codec.ACK, codec.INFORM: codec.ACK}
 
 
@@ -93,7 +110,10 @@ class DhcpController:
     def answer(self, request: codec.Packet, arrival: Arrival) -> Answer | None:
         reply_type = (_PROXY_TYPES if arrival.proxy else _DHCP_TYPES).get(request.msgtype)
         if reply_type is None:
-            self.refuse("msgtype", request, arrival, msgtype=request.msgtype_name)
+            if request.msgtype == codec.REQUEST:
+                self.site_server_request(request, arrival)
+            else:
+                self.refuse("msgtype", request, arrival, msgtype=request.msgtype_name)
             return None
         client, why = classify_reason(request.options, request.mac)
         if client is None:
@@ -142,6 +162,19 @@ class DhcpController:
         if self.answer_lines is None or self.answer_lines.allow("answered"):
             self.log_answer(request, client, offer, reply, arrival, firmware, arch)
         return Answer(payload, dest, broadcast)
+
+    def site_server_request(self, request: codec.Packet, arrival: Arrival) -> None:
+        """A REQUEST on 67: not answered (module doc), but counted, logged at debug, and reported
+        to the boot timeline, which learns the address the machine asks for (option 50)."""
+        client, why = classify_reason(request.options, request.mac)
+        if client is None:
+            self.refuse(why, request, arrival)
+            return
+        REQUESTS.inc(client.firmware._value_, client.arch._value_, request.msgtype_name)
+        server = request.options.get(codec.OPT_SERVER_ID, b"")
+        server_id = socket.inet_ntoa(server) if len(server) == 4 else "none"
+        self.report(client, None, f"{SITE_REQUEST} (server id {server_id})", request, arrival)
+        self.refuse(SITE_REQUEST_REASON, request, arrival, server_id=server_id)
 
     def report(self, client: Client, offer: Offer | None, why: str, request: codec.Packet, arrival: Arrival) -> None:
         """Tell the core's boot timeline what happened, with the address this client has or asks

@@ -1,8 +1,9 @@
 """Prometheus counters of the DHCP edge, in prometheus_client's default REGISTRY.
 
 - netbootd_dhcp_dropped_total{reason}: packets not answered for a packet-level reason: malformed
-  (codec.REASONS), not a PXE client, unsupported arch, wrong message type, wrong interface,
-  no address to advertise, internal error, send failure.
+  (codec.REASONS), not a PXE client, unsupported arch, wrong message type, a REQUEST on 67 (it is
+  the site server's: `request-for-dhcp-server`, see answer.py), wrong interface, no address to
+  advertise, internal error, send failure.
 - netbootd_dhcp_requests_total{firmware,arch,msgtype}: classified PXE/iPXE/HTTP-boot requests.
 - netbootd_dhcp_answers_total{firmware,kind}: decisions; kind is the offer kind or "none" when the
   core declined the machine.

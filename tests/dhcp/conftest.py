@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +11,14 @@ import attrs
 import dpkt
 import pytest
 
+from netbootd.dhcp import codec
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
-# The captures live beside the repository (../shared/captures), not in it.
-CAPTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "captures"
+# The captures live beside the repository (../shared/captures), not in it; NETBOOTD_CAPTURES points
+# elsewhere (a checkout that is not beside them, e.g. a second git worktree).
+CAPTURES = Path(
+    os.environ.get("NETBOOTD_CAPTURES") or Path(__file__).resolve().parents[2] / ".." / "shared" / "captures"
+)
 
 BOOT_SERVER = "10.77.0.2"  # the proxy that answered in the captures
 ADDRESS_SERVER = "10.77.0.1"
@@ -61,19 +66,28 @@ def client_requests() -> list[Datagram]:
     return out
 
 
+def port67_requests() -> list[Datagram]:
+    """Every DHCPREQUEST a firmware sent to port 67 in the captures (the lease it took)."""
+    return [d for d in client_requests() if d.dport == 67 and codec.decode(d.payload).msgtype == codec.REQUEST]
+
+
 requires_captures = pytest.mark.skipif(
     not capture_files(),
-    reason=f"firmware captures not found at {CAPTURES} (../shared/captures beside the repo)",
+    reason=f"firmware captures not found at {CAPTURES} (../shared/captures beside the repo, or set NETBOOTD_CAPTURES)",
 )
 
 
 class FakeCore:
-    """Test double of OUR OWN interface `netbootd.core.BootCore.offer` (the real core is tested with it
-    in test_real_core.py). Answers what the boot server in the captures answered."""
+    """Test double of OUR OWN interface `netbootd.core.BootCore.offer` / `.dhcp_seen` (the real core is
+    tested with it in test_real_core.py). Answers what the boot server in the captures answered."""
 
     def __init__(self, answer: bool = True) -> None:
         self.answer = answer
         self.calls: list[tuple[Client, str]] = []
+        self.seen: list[tuple[Client, Offer | None, str, str, int]] = []  # dhcp_seen(...) arguments
+
+    def dhcp_seen(self, client: Client, offer: Offer | None, reason: str, client_ip: str = "", port: int = 67) -> None:
+        self.seen.append((client, offer, reason, client_ip, port))
 
     def offer(self, client: Client, server_ip: str) -> Offer | None:
         self.calls.append((client, server_ip))

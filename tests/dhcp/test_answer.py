@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from prometheus_client import REGISTRY
+from twisted.logger import LogLevel
 
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Arrival, DhcpController
 from netbootd.model import Offer, OfferKind
-from tests.dhcp.conftest import BOOT_SERVER, FakeCore, capture_files, read_capture, requires_captures
+from tests.dhcp.conftest import (
+    BOOT_SERVER,
+    FakeCore,
+    capture_files,
+    client_requests,
+    port67_requests,
+    read_capture,
+    requires_captures,
+)
 
 
 def answered_pairs():
@@ -148,12 +159,88 @@ def test_bios_on_4011_is_answered_with_boot_item_echo():
     assert not reply.broadcast  # flags copied on 4011
 
 
-def test_request_on_67_gets_ack():
-    _, reply = reply_of(
-        DhcpController(FakeCore()), discover({**BIOS_PXE, 77: b"iPXE"}, msgtype=codec.REQUEST)
-    )
+def site_server_of(d) -> str:
+    return socket.inet_ntoa(codec.decode(d.payload).options[54])
+
+
+@requires_captures
+def test_captured_port67_requests_all_name_the_site_server():
+    """What the firmware sends on 67 after the OFFERs: a REQUEST for the site server's lease,
+    never one naming the proxy (10.77.0.2), which is why netbootd answers none of them."""
+    requests = port67_requests()
+    assert len(requests) >= 10
+    assert {site_server_of(d) for d in requests} == {"10.77.0.1", "10.99.0.1"}
+    assert all(54 in codec.decode(d.payload).options and 50 in codec.decode(d.payload).options for d in requests)
+
+
+@requires_captures
+@pytest.mark.parametrize("shared", [False, True], ids=["own-address", "dhcp-server-address"])
+@pytest.mark.parametrize("req_d", port67_requests(), ids=lambda d: f"{d.capture}#{d.index}")
+def test_captured_port67_request_is_never_answered(req_d, shared, capture_log):
+    """Whether netbootd advertises an address of its own or the one the REQUEST names in option 54
+    (netbootd on the DHCP server's host and address: an ACK from us would race the real one and
+    EDK2 would DECLINE the lease), a REQUEST on 67 gets nothing. It is counted, logged at debug
+    only, and reported to the boot timeline with the address the machine asks for (option 50)."""
+    request = codec.decode(req_d.payload)
+    core = FakeCore()
+    arrival = arrival_for(req_d, site_server_of(req_d) if shared else BOOT_SERVER)
+    before = counter("netbootd_dhcp_dropped_total", reason="request-for-dhcp-server")
+    assert DhcpController(core).answer(request, arrival) is None
+    assert counter("netbootd_dhcp_dropped_total", reason="request-for-dhcp-server") == before + 1
+    assert core.calls == []  # nothing to decide
+    ((client, offer, reason, ip, port),) = core.seen
+    assert (client.mac, offer, port) == (request.mac, None, 67)
+    assert ip == socket.inet_ntoa(request.options[50])
+    assert site_server_of(req_d) in reason
+    ours = [e for e in capture_log if e.get("log_namespace") == "netbootd.dhcp"]
+    assert [e["log_level"] for e in ours] == [LogLevel.debug]
+    assert ours[0]["reason"] == "request-for-dhcp-server"
+    assert ours[0]["server_id"] == site_server_of(req_d)
+
+
+@requires_captures
+@pytest.mark.parametrize("shared", [False, True], ids=["own-address", "dhcp-server-address"])
+def test_captured_discovers_and_4011_requests_are_still_answered(shared):
+    """The same captures: every DISCOVER gets an OFFER on 67 and every 4011 REQUEST an ACK, also
+    when netbootd advertises the DHCP server's own address."""
+    ctl = DhcpController(FakeCore())
+    kinds = set()
+    for d in client_requests():
+        request = codec.decode(d.payload)
+        if d.dport == 67 and request.msgtype == codec.REQUEST:
+            continue
+        server_ip = "10.77.0.1" if shared else BOOT_SERVER
+        answer = ctl.answer(request, arrival_for(d, server_ip))
+        assert answer is not None, d
+        reply = codec.decode(answer.payload, op=codec.BOOTREPLY)
+        kinds.add((d.dport, request.msgtype_name, reply.msgtype_name))
+        assert reply.yiaddr == "0.0.0.0" and reply.options[54] == socket.inet_aton(server_ip)
+    assert kinds == {(67, "discover", "offer"), (4011, "request", "ack")}
+
+
+def test_request_on_67_is_not_answered():
+    """A REQUEST on 67 names the server whose lease the client takes: never a proxy's to ACK, even
+    with the PXE options of a client we would answer on 4011 (iPXE here)."""
+    core = FakeCore()
+    request = discover({**BIOS_PXE, 77: b"iPXE", 50: bytes([192, 0, 2, 50])}, msgtype=codec.REQUEST)
+    labels = {"firmware": "ipxe", "arch": "bios", "msgtype": "request"}
+    before = counter("netbootd_dhcp_requests_total", **labels)
+    assert DhcpController(core).answer(request, ON_67) is None
+    assert counter("netbootd_dhcp_requests_total", **labels) == before + 1  # still counted as received
+    assert [(ip, port) for _c, _o, _r, ip, port in core.seen] == [("192.0.2.50", 67)]
+    assert "server id none" in core.seen[0][2]
+    # the same request on 4011 is answered
+    _, reply = reply_of(DhcpController(core), request, ON_4011)
     assert reply.msgtype == codec.ACK
     assert reply.file == b"http://192.0.2.1:8080/E.ipxe"
+
+
+def test_request_on_67_from_a_non_pxe_client_is_refused_as_such():
+    before = counter("netbootd_dhcp_dropped_total", reason="not-pxe")
+    core = FakeCore()
+    assert DhcpController(core).answer(discover({60: b"MSFT 5.0"}, msgtype=codec.REQUEST), ON_67) is None
+    assert counter("netbootd_dhcp_dropped_total", reason="not-pxe") == before + 1
+    assert core.seen == [] and core.calls == []
 
 
 def test_http_boot_gets_url_and_httpclient():

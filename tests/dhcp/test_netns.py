@@ -216,12 +216,12 @@ def test_interfaces_setting_filters(topo, machines, tmp_path):
         proc.stop()
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed")
-@pytest.mark.parametrize("first", ["netbootd", "dnsmasq"])
-def test_coexists_with_dnsmasq_bind_interfaces(topo, machines, tmp_path, first):
+def start_beside_dnsmasq(topo: Topology, machines: Path, tmp_path: Path, first: str, *extra: str) -> list[Process]:
+    """netbootd and an address-only dnsmasq (`--bind-interfaces`) on the server namespace's one
+    address (10.77.0.2), `first` started first; the caller stops them (reversed)."""
     dnsmasq_argv = [
         "ip", "netns", "exec", topo.srv, shutil.which("dnsmasq"),
-        "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+        "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--no-ping",
         f"--interface={topo.srv_if}", "--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h",
         f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
         "--user=root", "--group=root", "--log-facility=-", "--log-dhcp",
@@ -230,10 +230,25 @@ def test_coexists_with_dnsmasq_bind_interfaces(topo, machines, tmp_path, first):
     try:
         for which in (first, "dnsmasq" if first == "netbootd" else "netbootd"):
             if which == "netbootd":
-                procs.append(start_netbootd(topo, machines, tmp_path))
+                procs.append(start_netbootd(topo, machines, tmp_path, *extra))
             else:
                 procs.append(Process(dnsmasq_argv, log=tmp_path / "dnsmasq.log"))
                 wait_for_log(procs[-1], "DHCP, IP range")  # logged once its DHCP socket is bound
+    except BaseException:
+        for p in reversed(procs):
+            p.stop()
+        raise
+    return procs
+
+
+needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed")
+
+
+@needs_dnsmasq
+@pytest.mark.parametrize("first", ["netbootd", "dnsmasq"])
+def test_coexists_with_dnsmasq_bind_interfaces(topo, machines, tmp_path, first):
+    procs = start_beside_dnsmasq(topo, machines, tmp_path, first)
+    try:
         replies = topo.client("discover", "--iface", topo.cli_if, "--arch", "0", expect=2)
         by_yiaddr = {r["yiaddr"] != "0.0.0.0": r for r in replies}
         assert set(by_yiaddr) == {True, False}, replies
@@ -245,6 +260,30 @@ def test_coexists_with_dnsmasq_bind_interfaces(topo, machines, tmp_path, first):
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+@needs_dnsmasq
+@pytest.mark.parametrize("first", ["netbootd", "dnsmasq"])
+@pytest.mark.parametrize("arch", [7, 0])
+def test_request_for_the_shared_address_is_left_to_dnsmasq(topo, machines, tmp_path, first, arch):
+    """netbootd and dnsmasq on ONE address: the client's REQUEST names it (option 54) for dnsmasq's
+    lease. Only dnsmasq may ACK: EDK2 takes the first ACK with that server id and DECLINEs one
+    without the offered address (PXE-E07). Every answer to the REQUEST is captured up to netbootd's
+    answer to a later DISCOVER (netns_client.py `lease`), so an ACK from netbootd cannot slip by."""
+    procs = start_beside_dnsmasq(topo, machines, tmp_path, first, "--log-level", "debug")
+    try:
+        answers = topo.client("lease", "--iface", topo.cli_if, "--arch", str(arch), "--wait", "20")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    offers = {a["yiaddr"] == "0.0.0.0": a for a in answers if a["to"] == "discover"}
+    lease, proxy = offers[False], offers[True]
+    assert lease["options"]["54"] == proxy["options"]["54"] == "0a4d0002", "not one shared address"
+    acks = [a for a in answers if a["to"] == "request"]
+    assert [(a["src"], a["options"]["53"], a["yiaddr"]) for a in acks] == [(SERVER_IP, "05", lease["yiaddr"])], acks
+    assert any(a["to"] == "barrier" and a["yiaddr"] == "0.0.0.0" for a in answers)  # netbootd was alive and in order
+    log = procs[-1 if first == "dnsmasq" else 0].stderr()
+    assert "request-for-dhcp-server" in log and "server_id=10.77.0.2" in log, log
 
 
 def test_second_address_advertised_and_used_as_source(topo, machines, tmp_path):

@@ -81,6 +81,25 @@ def test_unicast_uses_the_address_it_was_sent_to():
     assert codec.decode(payload, op=codec.BOOTREPLY).siaddr == "192.0.2.7"
 
 
+# A BIOS PXE client's REQUEST for the lease of the server at 192.0.2.1 (option 54), asking for .50.
+REQUEST_FOR_192_0_2_1 = BIOS.replace(b"\x35\x01\x01", b"\x35\x01\x03\x36\x04\xc0\x00\x02\x01\x32\x04\xc0\x00\x02\x32")
+
+
+@pytest.mark.parametrize("advertise", ["", "192.0.2.1", "203.0.113.9"])
+def test_request_on_67_sends_nothing(advertise):
+    """Whatever we advertise, the interface's own address (192.0.2.1: the DHCP server's host and
+    address) included, a REQUEST broadcast to 67 leaves nothing on the wire; on 4011 it is answered."""
+    before = dropped("request-for-dhcp-server")
+    proto = make(advertise=advertise)
+    proto.packetReceived(request_bytes(REQUEST_FOR_192_0_2_1), ("0.0.0.0", 68), BCAST, False)
+    assert proto.transport.sent == []
+    assert dropped("request-for-dhcp-server") == before + 1
+    proxy = make(proxy=True, advertise=advertise)
+    proxy.packetReceived(request_bytes(REQUEST_FOR_192_0_2_1), ("192.0.2.50", 4011), BCAST, False)
+    ((payload, _dest, _ifindex, _source),) = proxy.transport.sent
+    assert codec.decode(payload, op=codec.BOOTREPLY).msgtype == codec.ACK
+
+
 def test_advertise_overrides():
     proto = make(advertise="203.0.113.9")
     proto.packetReceived(request_bytes(BIOS), ("0.0.0.0", 68), BCAST, False)

@@ -4,8 +4,11 @@ One `Lab` per test: a fresh namespace with a bridge (br0) carrying the site's ad
 (dnsmasq on 10.77.0.1, addresses only, no boot options) and netbootd (10.77.0.2, proxy mode,
 started as `ip netns exec NS python -m netbootd serve`), a tap per virtual machine, and a
 tcpdump capture of the bridge. Fixture `lab`: netbootd shares the DHCP server's host (10.77.0.2
-is a second address on br0). Fixture `lab_separate_host`: netbootd in a second namespace, a
-host of its own joined to the bridge by a veth pair. QEMU boots a kernel from Debian's linux-image package with a
+is a second address on br0). Fixture `lab_shared_address`: netbootd on the DHCP server's host AND
+address (br0 has only 10.77.0.1; netbootd's `advertise` is empty, as a new user would leave it).
+Fixture `lab_separate_host`: netbootd in a second namespace, a host of its own joined to the
+bridge by a veth pair. `Lab.assert_no_ack_on_67()` reads the capture: netbootd answers no REQUEST
+on 67. QEMU boots a kernel from Debian's linux-image package with a
 busybox initramfs (assets.sh) whose /init prints one marker line:
 
     NETBOOT-OK mac=<mac> ip=<addr/len> cmdline=<the kernel command line> ignition=<fetched body>
@@ -26,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import dpkt
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -234,19 +239,84 @@ class Boot:
                 self.firmware_failure = g.group(0)
 
 
+# ---------------------------------------------------------------------------------- the capture
+
+DHCP_OFFER, DHCP_REQUEST, DHCP_ACK = 2, 3, 5
+
+
+@attrs.frozen
+class DhcpPacket:
+    op: int  # 1 BOOTREQUEST, 2 BOOTREPLY
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    msgtype: int | None
+    xid: int
+    yiaddr: str
+    server_id: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.src}:{self.sport} -> {self.dst}:{self.dport} op {self.op} type {self.msgtype} xid {self.xid:08x}"
+            f" yiaddr {self.yiaddr} server id {self.server_id}"
+        )
+
+
+def dhcp_packets(pcap: Path) -> list[DhcpPacket]:
+    """The DHCP packets (UDP 67/68/4011) of a capture. A record tcpdump is still writing is skipped."""
+    out: list[DhcpPacket] = []
+    with pcap.open("rb") as fh:
+        for _ts, frame in dpkt.pcap.Reader(fh):
+            try:
+                ip = dpkt.ethernet.Ethernet(frame).data
+                udp = ip.data
+                if not isinstance(ip, dpkt.ip.IP) or not isinstance(udp, dpkt.udp.UDP):
+                    continue
+                if not {udp.sport, udp.dport} & {67, 68, 4011}:
+                    continue
+                dhcp = dpkt.dhcp.DHCP(bytes(udp.data))
+            except (dpkt.UnpackError, ValueError):
+                continue
+            opts = dict(dhcp.opts)
+            msgtype = opts.get(53, b"")[:1]
+            server_id = opts.get(54, b"")
+            out.append(
+                DhcpPacket(
+                    dhcp.op,
+                    socket.inet_ntoa(ip.src),
+                    udp.sport,
+                    socket.inet_ntoa(ip.dst),
+                    udp.dport,
+                    msgtype[0] if msgtype else None,
+                    dhcp.xid,
+                    socket.inet_ntoa(dhcp.yiaddr.to_bytes(4, "big")),
+                    socket.inet_ntoa(server_id) if len(server_id) == 4 else "",
+                )
+            )
+    return out
+
+
 # ---------------------------------------------------------------------------------- the lab
 
 
 class Lab:
     """A namespace with bridge, site DHCP, netbootd, taps and a capture. See the module doc."""
 
-    def __init__(self, root: Path, assets: Assets, separate_host: bool = False) -> None:
+    def __init__(
+        self, root: Path, assets: Assets, separate_host: bool = False, boot_ip: str = BOOT_IP, advertise: str | None = None
+    ) -> None:
         """separate_host=False: netbootd shares the site DHCP server's host (br0 carries both
         10.77.0.1 and 10.77.0.2; both bind UDP 67 with SO_REUSEADDR). True: netbootd runs in a
-        second namespace, a host of its own joined to the bridge by a veth pair (nb0, 10.77.0.2)."""
+        second namespace, a host of its own joined to the bridge by a veth pair (nb0, 10.77.0.2).
+        boot_ip=SITE_IP: netbootd shares the site server's one address too (br0: 10.77.0.1 only).
+        advertise: netbootd's setting (default: boot_ip)."""
+        if separate_host and boot_ip == SITE_IP:
+            raise ValueError("a separate host cannot have the site server's address")
         self.root = root
         self.assets = assets
         self.separate_host = separate_host
+        self.boot_ip = boot_ip
         self.ns = f"nbit{os.getpid()}x{next(_names)}"
         self.boot_ns = f"{self.ns}b" if separate_host else self.ns
         self.boot_if = "nb0" if separate_host else "br0"
@@ -270,7 +340,7 @@ class Lab:
         self.settings.write_text(
             textwrap.dedent(
                 f"""\
-                advertise = "{BOOT_IP}"
+                advertise = "{boot_ip if advertise is None else advertise}"
                 machines_dir = "machines"
                 files_root = "files"
                 state_dir = "state"
@@ -321,10 +391,10 @@ class Lab:
             self.ip("-n", self.ns, "link", "add", "vb0", "type", "veth", "peer", "name", "nb0", "netns", self.boot_ns)
             self.ip("-n", self.ns, "link", "set", "vb0", "master", "br0")
             self.ip("-n", self.ns, "link", "set", "vb0", "up")
-            self.ip("-n", self.boot_ns, "addr", "add", f"{BOOT_IP}/24", "dev", "nb0")
+            self.ip("-n", self.boot_ns, "addr", "add", f"{self.boot_ip}/24", "dev", "nb0")
             self.ip("-n", self.boot_ns, "link", "set", "nb0", "up")
-        else:
-            self.ip("-n", self.ns, "addr", "add", f"{BOOT_IP}/24", "dev", "br0")
+        elif self.boot_ip != SITE_IP:
+            self.ip("-n", self.ns, "addr", "add", f"{self.boot_ip}/24", "dev", "br0")
         self.tcpdump = self.start("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "-s", "1600", "-w", str(self.pcap)])
         self.dnsmasq = self.start(
             "dnsmasq",
@@ -553,6 +623,26 @@ class Lab:
             why = f"QEMU exited ({boot.proc.popen.returncode}) after {boot.seconds:.0f} s without the marker"
         return f"{boot.name} ({boot.mac}, {boot.firmware}): {why}"
 
+    # -- the capture
+
+    def dhcp_packets(self) -> list[DhcpPacket]:
+        """Every DHCP packet on the bridge so far (tcpdump -U writes each one as it is captured)."""
+        return dhcp_packets(self.pcap)
+
+    def assert_no_ack_on_67(self) -> None:
+        """netbootd answered no REQUEST on port 67: the capture has no ACK from port 67 with yiaddr
+        0.0.0.0 (the site's server puts the lease there; only a proxy sends none). An ACK like that
+        with the site server's id races the real one and EDK2 DECLINEs the lease (PXE-E07), so
+        every answer is checked, not only whether this boot happened to win the race."""
+        packets = self.dhcp_packets()
+        requests = [p for p in packets if p.op == 1 and p.dport == 67 and p.msgtype == DHCP_REQUEST]
+        offers = [p for p in packets if p.op == 2 and p.sport == 67 and p.msgtype == DHCP_OFFER and p.yiaddr == "0.0.0.0"]
+        assert requests and offers, (
+            f"the capture holds no REQUEST on 67 or no proxy OFFER ({len(packets)} DHCP packets): the check would prove nothing"
+        )
+        acks = [p for p in packets if p.op == 2 and p.sport == 67 and p.msgtype == DHCP_ACK and p.yiaddr == "0.0.0.0"]
+        assert not acks, "netbootd answered REQUESTs on 67 (the site server's to answer):\n" + "\n".join(map(str, acks))
+
     # -- reports and teardown
 
     def _tcpdump(self, *args: str) -> str:
@@ -621,9 +711,9 @@ class Lab:
         self.namespaces = []
 
 
-def _lab(tmp_path: Path, assets: Assets, request, separate_host: bool) -> Iterator[Lab]:
+def _lab(tmp_path: Path, assets: Assets, request, separate_host: bool, **kw) -> Iterator[Lab]:
     _tools_or_fail()
-    the_lab = Lab(tmp_path, assets, separate_host=separate_host)
+    the_lab = Lab(tmp_path, assets, separate_host=separate_host, **kw)
     request.node.netboot_lab = the_lab
     try:
         the_lab.up()
@@ -636,6 +726,12 @@ def _lab(tmp_path: Path, assets: Assets, request, separate_host: bool) -> Iterat
 def lab(tmp_path, assets, request) -> Iterator[Lab]:
     """netbootd on the site DHCP server's host (the bridge carries both addresses)."""
     yield from _lab(tmp_path, assets, request, separate_host=False)
+
+
+@pytest.fixture
+def lab_shared_address(tmp_path, assets, request) -> Iterator[Lab]:
+    """netbootd on the site DHCP server's host and address (br0: 10.77.0.1 only, advertise empty)."""
+    yield from _lab(tmp_path, assets, request, separate_host=False, boot_ip=SITE_IP, advertise="")
 
 
 @pytest.fixture
