@@ -156,8 +156,8 @@ def cmd_serve(args) -> int:
     start_logging(settings.log.format, settings.log.level)
     log = get_logger("netbootd")
     log.info("starting", version=__version__, config=str(settings.source or "(built-in defaults)"))
-    daemon = Netbootd(settings, reactor)
     try:
+        daemon = Netbootd(settings, reactor)
         daemon.start()
     except StartupError as exc:
         log.critical("{error}", error=str(exc))

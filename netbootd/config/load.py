@@ -141,6 +141,13 @@ def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
     for name in attrs.astuple(s.ipxe):
         if name and ("\\" in name or ".." in name.split("/")):
             errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))
+    if s.http.signing_key_file is not None:
+        from netbootd.core.signing import SigningKeyError, read_key_file  # the core owns what a fit key is
+
+        try:
+            read_key_file(s.http.signing_key_file)
+        except SigningKeyError as exc:
+            errors.append(toml.error("http.signing_key_file", str(exc)))
     return errors
 
 
