@@ -25,8 +25,11 @@ import dpkt
 ETH_P_IP = 0x0800
 
 
-def dhcp_request(mac: bytes, xid: int, msgtype: int, arch: int, *, giaddr: str = "0.0.0.0", ciaddr="0.0.0.0"):
+def dhcp_request(
+    mac: bytes, xid: int, msgtype: int, arch: int, *, giaddr: str = "0.0.0.0", ciaddr="0.0.0.0", user_class: str = ""
+):
     vendor = b"PXEClient:Arch:%05d:UNDI:003000" % arch
+    extra = [(77, user_class.encode())] if user_class else []  # "iPXE": iPXE asking for its script
     return dpkt.dhcp.DHCP(
         op=1,
         xid=xid,
@@ -42,6 +45,7 @@ def dhcp_request(mac: bytes, xid: int, msgtype: int, arch: int, *, giaddr: str =
             (94, b"\x01\x03\x00"),
             (60, vendor),
             (97, b"\x00" + bytes(range(16))),
+            *extra,
         ],
     )
 
@@ -69,7 +73,7 @@ def describe(ip_src: str, sport: int, ip_dst: str, dport: int, payload: bytes) -
 def run_discover(args) -> None:
     mac = bytes.fromhex(args.mac.replace(":", ""))
     xid = int.from_bytes(os.urandom(4), "big")
-    dhcp = bytes(dhcp_request(mac, xid, 1, args.arch))
+    dhcp = bytes(dhcp_request(mac, xid, 1, args.arch, user_class=args.user_class))
     udp = dpkt.udp.UDP(sport=68, dport=67, data=dhcp)
     udp.ulen = len(udp)
     ip = dpkt.ip.IP(src=b"\0\0\0\0", dst=b"\xff\xff\xff\xff", p=dpkt.ip.IP_PROTO_UDP, ttl=64, data=udp)
@@ -130,6 +134,7 @@ def main() -> None:
     parser.add_argument("--bind", default="")
     parser.add_argument("--expect", type=int, default=1)
     parser.add_argument("--wait", type=float, default=10.0)
+    parser.add_argument("--user-class", default="", help='option 77, e.g. "iPXE" (discover only)')
     args = parser.parse_args()
     mac = bytes.fromhex(args.mac.replace(":", ""))
     xid = int.from_bytes(os.urandom(4), "big")
