@@ -5,8 +5,10 @@ One `Lab` per test: a fresh namespace with a bridge (br0) carrying the site's ad
 started as `ip netns exec NS python -m netbootd serve`), a tap per virtual machine, and a
 tcpdump capture of the bridge. Fixture `lab`: netbootd shares the DHCP server's host (10.77.0.2
 is a second address on br0). Fixture `lab_separate_host`: netbootd in a second namespace, a
-host of its own joined to the bridge by a veth pair. QEMU boots a kernel from Debian's linux-image package with a
-busybox initramfs (assets.sh) whose /init prints one marker line:
+host of its own joined to the bridge by a veth pair. Fixture `lab_pair`: two netbootd on hosts of
+their own (10.77.0.2 and 10.77.0.3, active-active), same machine files, same signing key. QEMU
+boots a kernel from Debian's linux-image package with a busybox initramfs (assets.sh) whose /init
+prints one marker line:
 
     NETBOOT-OK mac=<mac> ip=<addr/len> cmdline=<the kernel command line> ignition=<fetched body>
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -49,6 +52,7 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
 BOOT_IP = "10.77.0.2"  # netbootd
+PEER_IP = "10.77.0.3"  # the second netbootd of lab_pair
 HTTP_PORT = 8080
 MARKER = re.compile(
     r"NETBOOT-OK mac=(?P<mac>\S+) ip=(?P<ip>\S*) cmdline=(?P<cmdline>.*?) ignition=(?P<ignition>.*?)\s*$"
@@ -238,21 +242,26 @@ class Boot:
 class Lab:
     """A namespace with bridge, site DHCP, netbootd, taps and a capture. See the module doc."""
 
-    def __init__(self, root: Path, assets: Assets, separate_host: bool = False) -> None:
+    def __init__(self, root: Path, assets: Assets, separate_host: bool = False, pair: bool = False) -> None:
         """separate_host=False: netbootd shares the site DHCP server's host (br0 carries both
         10.77.0.1 and 10.77.0.2; both bind UDP 67 with SO_REUSEADDR). True: netbootd runs in a
-        second namespace, a host of its own joined to the bridge by a veth pair (nb0, 10.77.0.2)."""
+        second namespace, a host of its own joined to the bridge by a veth pair (nb0, 10.77.0.2).
+        pair=True (implies separate_host): a second netbootd, `peer`, on a third host (nb0 of its
+        own namespace, 10.77.0.3), reading the same machine files and the same signing key file."""
         self.root = root
         self.assets = assets
-        self.separate_host = separate_host
+        self.separate_host = separate_host or pair
+        self.pair = pair
         self.ns = f"nbit{os.getpid()}x{next(_names)}"
-        self.boot_ns = f"{self.ns}b" if separate_host else self.ns
-        self.boot_if = "nb0" if separate_host else "br0"
+        self.boot_ns = f"{self.ns}b" if self.separate_host else self.ns
+        self.peer_ns = f"{self.ns}p"
+        self.boot_if = "nb0" if self.separate_host else "br0"
         self.procs: list[Proc] = []
         self.boots: list[Boot] = []
         self.taps = 0
         self.namespaces: list[str] = []
         self.netbootd: Proc | None = None
+        self.peer: Proc | None = None
         self.dnsmasq: Proc | None = None
         self.tcpdump: Proc | None = None
         self.pcap = root / "bridge.pcap"
@@ -265,30 +274,39 @@ class Lab:
         shutil.copy(assets.kernel, self.files / "vmlinuz")
         shutil.copy(assets.initrd, self.files / "initrd.cpio.gz")
         self.settings = self.conf / "netbootd.toml"
-        self.settings.write_text(
-            textwrap.dedent(
-                f"""\
-                advertise = "{BOOT_IP}"
-                machines_dir = "machines"
-                files_root = "files"
-                state_dir = "state"
-                cache_dir = "cache"
-                [http]
-                port = {HTTP_PORT}
-                [tftp]
-                port = 69
-                ipxe_dir = "{IPXE_DIR}"
-                [dhcp]
-                port = 67
-                proxy_port = 4011
-                interfaces = ["{self.boot_if}"]
-                [ipxe]
-                bios = "undionly.kpxe"
-                efi64 = "snponly.efi"
-                [log]
-                level = "debug"
-                """
-            )
+        self.peer_settings = self.conf / "netbootd-peer.toml"
+        key = ""
+        if pair:
+            (self.conf / "signing.key").write_bytes(secrets.token_bytes(32))
+            (self.conf / "signing.key").chmod(0o600)
+            key = 'signing_key_file = "signing.key"'
+            self.peer_settings.write_text(self._settings_text(PEER_IP, "-peer", key))
+        self.settings.write_text(self._settings_text(BOOT_IP, "", key))
+
+    def _settings_text(self, advertise: str, suffix: str, http_extra: str) -> str:
+        return textwrap.dedent(
+            f"""\
+            advertise = "{advertise}"
+            machines_dir = "machines"
+            files_root = "files"
+            state_dir = "state{suffix}"
+            cache_dir = "cache{suffix}"
+            [http]
+            port = {HTTP_PORT}
+            {http_extra}
+            [tftp]
+            port = 69
+            ipxe_dir = "{IPXE_DIR}"
+            [dhcp]
+            port = 67
+            proxy_port = 4011
+            interfaces = ["{self.boot_if}"]
+            [ipxe]
+            bios = "undionly.kpxe"
+            efi64 = "snponly.efi"
+            [log]
+            level = "debug"
+            """
         )
 
     # -- plumbing
@@ -323,6 +341,13 @@ class Lab:
             self.ip("-n", self.boot_ns, "link", "set", "nb0", "up")
         else:
             self.ip("-n", self.ns, "addr", "add", f"{BOOT_IP}/24", "dev", "br0")
+        if self.pair:
+            self.add_netns(self.peer_ns)
+            self.ip("-n", self.ns, "link", "add", "vb1", "type", "veth", "peer", "name", "nb0", "netns", self.peer_ns)
+            self.ip("-n", self.ns, "link", "set", "vb1", "master", "br0")
+            self.ip("-n", self.ns, "link", "set", "vb1", "up")
+            self.ip("-n", self.peer_ns, "addr", "add", f"{PEER_IP}/24", "dev", "nb0")
+            self.ip("-n", self.peer_ns, "link", "set", "nb0", "up")
         self.tcpdump = self.start("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "-s", "1600", "-w", str(self.pcap)])
         self.dnsmasq = self.start(
             "dnsmasq",
@@ -394,14 +419,19 @@ class Lab:
         )
         assert check.returncode == 0, f"netbootd check {self.conf} failed:\n{check.stdout}{check.stderr}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.netbootd = self.start(
-            "netbootd",
-            [sys.executable, "-m", "netbootd", "serve", "--config", str(self.settings)],
-            ns=self.boot_ns,
-            cwd=self.conf,
-            env=env,
-        )
-        self._wait_for(lambda: re.search(r"\blistening\b", self.netbootd.text()), self.netbootd, 30, "netbootd to listen")
+        hosts = [("netbootd", self.settings, self.boot_ns)]
+        if self.pair:
+            hosts.append(("netbootd-peer", self.peer_settings, self.peer_ns))
+        procs = []
+        for name, settings, ns in hosts:
+            proc = self.start(
+                name, [sys.executable, "-m", "netbootd", "serve", "--config", str(settings)], ns=ns, cwd=self.conf, env=env
+            )
+            procs.append(proc)
+        for proc in procs:
+            self._wait_for(lambda p=proc: re.search(r"\blistening\b", p.text()), proc, 30, f"{proc.name} to listen")
+        self.netbootd = procs[0]
+        self.peer = procs[1] if self.pair else None
         return self.netbootd
 
     def netbootd_log(self) -> str:
@@ -581,6 +611,8 @@ class Lab:
             parts.append(f"--- serial {boot.name} ({boot.seconds:.0f} s) ---\n{tail(boot.proc.text(), 30)}")
         if self.netbootd:
             parts.append(f"--- netbootd log ---\n{tail(self.netbootd.text(), 40)}")
+        if self.peer:
+            parts.append(f"--- netbootd-peer log ({PEER_IP}) ---\n{tail(self.peer.text(), 40)}")
         if self.dnsmasq:
             parts.append(f"--- dnsmasq (site DHCP) ---\n{tail(self.dnsmasq.text(), 15)}")
         parts.append(f"--- capture on br0 ({self.pcap.name}) ---\n{self.capture_summary(40)}")
@@ -593,6 +625,8 @@ class Lab:
                 shutil.copy(path, dest / path.name)
         shutil.copytree(self.conf / "machines", dest / "machines", dirs_exist_ok=True)
         shutil.copy(self.settings, dest / "netbootd.toml")
+        if self.pair:
+            shutil.copy(self.peer_settings, dest / "netbootd-peer.toml")
         (dest / "capture.txt").write_text(self._tcpdump("-v") if self.pcap.exists() else "(no capture)")
         return dest
 
@@ -608,9 +642,9 @@ class Lab:
         self.namespaces = []
 
 
-def _lab(tmp_path: Path, assets: Assets, request, separate_host: bool) -> Iterator[Lab]:
+def _lab(tmp_path: Path, assets: Assets, request, separate_host: bool, pair: bool = False) -> Iterator[Lab]:
     _tools_or_fail()
-    the_lab = Lab(tmp_path, assets, separate_host=separate_host)
+    the_lab = Lab(tmp_path, assets, separate_host=separate_host, pair=pair)
     request.node.netboot_lab = the_lab
     try:
         the_lab.up()
@@ -629,6 +663,12 @@ def lab(tmp_path, assets, request) -> Iterator[Lab]:
 def lab_separate_host(tmp_path, assets, request) -> Iterator[Lab]:
     """netbootd on a host of its own (second namespace, veth into the bridge)."""
     yield from _lab(tmp_path, assets, request, separate_host=True)
+
+
+@pytest.fixture
+def lab_pair(tmp_path, assets, request) -> Iterator[Lab]:
+    """Two netbootd, active-active, on hosts of their own (10.77.0.2 and 10.77.0.3)."""
+    yield from _lab(tmp_path, assets, request, separate_host=True, pair=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
