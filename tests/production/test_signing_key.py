@@ -51,7 +51,7 @@ def serve_fails(d: Daemon) -> subprocess.CompletedProcess:
     """`netbootd serve` that must exit on its own (it never gets to listen)."""
     out = subprocess.run(
         [sys.executable, "-m", "netbootd", "serve", "--config", str(d.config)],
-        capture_output=True, text=True, timeout=60, cwd=d.root,
+        capture_output=True, text=True, timeout=30, cwd=d.root,
     )  # fmt: skip
     assert out.returncode != 0, out.stdout + out.stderr
     assert "listening" not in out.stdout + out.stderr
