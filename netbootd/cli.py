@@ -77,7 +77,7 @@ def cmd_explain(args) -> int:
     from netbootd.core import BootCore, NoScript
 
     try:
-        settings = load_settings(Path(args.config) if args.config else None)
+        settings = load_settings(Path(args.config) if args.config else None, signing_key=False)
         mac = normalize_mac(args.mac)
     except ConfigInvalid as exc:
         print(exc, file=sys.stderr)
@@ -174,7 +174,7 @@ def cmd_status(args) -> int:
     url = args.url
     if not url:
         try:
-            settings = load_settings(Path(args.config) if args.config else None)
+            settings = load_settings(Path(args.config) if args.config else None, signing_key=False)
         except ConfigInvalid as exc:
             print(exc, file=sys.stderr)
             return 2

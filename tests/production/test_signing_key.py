@@ -184,3 +184,17 @@ def test_kubernetes_daemonset_mounts_the_key_where_the_settings_expect_it():
     secret = volumes["signing-key"]["secret"]
     assert secret["defaultMode"] == 0o400  # netbootd refuses the default 0644
     assert secret["secretName"] == "netbootd-signing-key" and secret["optional"] is True
+
+
+def test_explain_needs_no_key(daemon_factory):
+    """explain signs nothing the daemon will verify: an operator who cannot read the key (or a
+    checkout without it) still sees what a machine would get."""
+    d = daemon_factory()
+    use_key(d, d.root / "nosuch.key")
+    machine_with_ignition(d)
+    out = subprocess.run(
+        [sys.executable, "-m", "netbootd", "explain", MAC, "--config", str(d.config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ign=http://" in out.stdout
