@@ -31,32 +31,34 @@ class NoConfig(Exception):
     """No usable configuration; the message says what to do."""
 
 
-def find_settings(config: str | None, *, required: bool) -> Settings:
+def find_settings(config: str | None, *, required: bool, signing_key: bool = True) -> Settings:
     """How every command finds its configuration: `--config` names netbootd.toml, or a directory
     holding it, or a directory with machines/ (and files/), or the machines directory itself;
     without it, /etc/netbootd/netbootd.toml. `required`: built-in defaults will not do (check,
-    explain), so a missing file is an error saying what to pass. Raises ConfigInvalid, NoConfig."""
+    explain), so a missing file is an error saying what to pass. `signing_key=False`: do not read
+    http.signing_key_file (commands that sign nothing need not be able to read the daemon's key).
+    Raises ConfigInvalid, NoConfig."""
     if config is None:
         if DEFAULT_CONFIG.is_file():
-            return load_settings(DEFAULT_CONFIG)
+            return load_settings(DEFAULT_CONFIG, signing_key=signing_key)
         if required:
             raise NoConfig(f"no configuration at {DEFAULT_CONFIG}: pass --config with netbootd.toml or its directory")
         return Settings()
     path = Path(config)
     if path.is_file():
-        return load_settings(path)
+        return load_settings(path, signing_key=signing_key)
     if path.is_dir():
         if (path / "netbootd.toml").is_file():
-            return load_settings(path / "netbootd.toml")
+            return load_settings(path / "netbootd.toml", signing_key=signing_key)
         if (path / "machines").is_dir():
             return Settings(machines_dir=path / "machines", files_root=path / "files", source=path)
         return Settings(machines_dir=path, files_root=path.parent / "files", source=path)
     raise NoConfig(f"{path}: no such file or directory (--config takes netbootd.toml, or its directory)")
 
 
-def _settings_or_exit(command: str, config: str | None, required: bool) -> Settings | int:
+def _settings_or_exit(command: str, config: str | None, required: bool, signing_key: bool = True) -> Settings | int:
     try:
-        return find_settings(config, required=required)
+        return find_settings(config, required=required, signing_key=signing_key)
     except NoConfig as exc:
         print(f"netbootd {command}: {exc}", file=sys.stderr)
         return 2
@@ -109,7 +111,7 @@ def cmd_explain(args) -> int:
     except ValueError as exc:
         print(f"netbootd explain: {exc}", file=sys.stderr)
         return 2
-    settings = _settings_or_exit("explain", args.config, required=True)
+    settings = _settings_or_exit("explain", args.config, required=True, signing_key=False)
     if isinstance(settings, int):
         return settings
     if not settings.machines_dir.is_dir():
@@ -203,8 +205,8 @@ def cmd_serve(args) -> int:
     start_logging(settings.log.format, settings.log.level)
     log = get_logger("netbootd")
     log.info("starting", version=__version__, config=str(settings.source or "(built-in defaults)"))
-    daemon = Netbootd(settings, reactor)
     try:
+        daemon = Netbootd(settings, reactor)
         daemon.start()
     except StartupError as exc:
         log.critical("{error}", error=str(exc))
@@ -240,7 +242,7 @@ def cmd_status(args) -> int:
 
     url = args.url
     if not url:
-        settings = _settings_or_exit("status", args.config, required=False)
+        settings = _settings_or_exit("status", args.config, required=False, signing_key=False)
         if isinstance(settings, int):
             return settings
         host = settings.http.listen if settings.http.listen not in ("", "0.0.0.0", "::") else "127.0.0.1"

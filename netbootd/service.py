@@ -20,7 +20,7 @@ from netbootd.config.load import build_catalog, is_ignored_name, load_machines
 from netbootd.config.settings import Settings
 from netbootd.config.watch import DirectoryWatcher
 from netbootd.core import BootCore
-from netbootd.core.signing import UrlSigner
+from netbootd.core.signing import SigningKeyError, UrlSigner
 from netbootd.images.resolve import image_machines
 from netbootd.logs import get_logger
 from netbootd.sdnotify import Notifier
@@ -68,11 +68,24 @@ def bind_error(proto: str, port: int, setting: str, exc: Exception) -> StartupEr
     return StartupError(f"cannot bind {proto} port {port}: {err}")
 
 
+def url_signer(settings: Settings) -> UrlSigner:
+    """The shared key file when configured (HA: every host verifies every host's URLs), else
+    this host's own key in state_dir. load_settings already checked the file; reading it again
+    here catches a file changed since, before anything listens."""
+    ttl = settings.http.signed_url_ttl
+    if settings.http.signing_key_file is None:
+        return UrlSigner.from_state_dir(settings.state_dir, ttl)
+    try:
+        return UrlSigner.from_key_file(settings.http.signing_key_file, ttl)
+    except SigningKeyError as exc:
+        raise StartupError(f"http.signing_key_file: {exc}") from None
+
+
 class Netbootd:
     def __init__(self, settings: Settings, reactor) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.core = BootCore(settings, signer=UrlSigner.from_state_dir(settings.state_dir, settings.http.signed_url_ttl))
+        self.core = BootCore(settings, signer=url_signer(settings))
         self.ports: list[Any] = []
         self.site: Any = None
         self.http_port: Any = None

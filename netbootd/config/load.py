@@ -70,11 +70,13 @@ def read_toml(path: Path) -> TomlFile | ConfigError:
 # ---------------------------------------------------------------- netbootd.toml
 
 
-def load_settings(path: Path | None) -> Settings:
+def load_settings(path: Path | None, *, signing_key: bool = True) -> Settings:
     """Settings from `path`; with None, /etc/netbootd/netbootd.toml if present, else defaults.
 
     Relative paths in the file are relative to the file's own directory.
-    Raises ConfigInvalid listing every problem.
+    Raises ConfigInvalid listing every problem. signing_key=False skips reading
+    http.signing_key_file: commands that sign nothing (status, explain) must work for an
+    operator who cannot read the daemon's key.
     """
     if path is None:
         if not DEFAULT_CONFIG.exists():
@@ -86,13 +88,13 @@ def load_settings(path: Path | None) -> Settings:
     errors: list[ConfigError] = []
     settings = build(Settings, toml.data, "", path, toml.line, errors)
     settings = attrs.evolve(settings, source=path)
-    errors += _check_settings(settings, toml)
+    errors += _check_settings(settings, toml, signing_key)
     if errors:
         raise ConfigInvalid(errors)
     return settings
 
 
-def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
+def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> list[ConfigError]:
     errors = []
     for key, port in (
         ("dhcp.port", s.dhcp.port),
@@ -142,6 +144,13 @@ def _check_settings(s: Settings, toml: TomlFile) -> list[ConfigError]:
     for name in attrs.astuple(s.ipxe):
         if name and ("\\" in name or ".." in name.split("/")):
             errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))
+    if signing_key and s.http.signing_key_file is not None:
+        from netbootd.core.signing import SigningKeyError, read_key_file  # the core owns what a fit key is
+
+        try:
+            read_key_file(s.http.signing_key_file)
+        except SigningKeyError as exc:
+            errors.append(toml.error("http.signing_key_file", str(exc)))
     return errors
 
 

@@ -65,6 +65,10 @@ class HttpSettings:
     # address the machine reached us on (DHCP: the receiving interface; HTTP: the Host header).
     public_url: str = ""
     signed_url_ttl: float = 3600.0  # lifetime of the signed Ignition/BOOTy URLs put in boot scripts
+    # A key shared by every netbootd that answers the same machines (active-active HA), so a URL
+    # signed by one verifies on the others: at least 32 random bytes, readable by no other users
+    # (netbootd refuses to start otherwise). None: a key of this host's own, kept in state_dir.
+    signing_key_file: Path | None = None
     # Abuse limits (netbootd.http.limits).
     rate_limit: float = 50.0  # requests a second per client IP (0: no limit); beyond: 429
     rate_burst: int = 200  # requests a client may make at once above the rate

@@ -3,14 +3,20 @@
 A URL netbootd generates for machine M carries `exp` (unix time) and `sig` = HMAC-SHA256 over
 (scope, M, exp) with a key kept in the state directory, so URLs survive restarts (pixiecore's
 die with the process) and one machine's URL never opens another's config.
+
+Several netbootd answering the same machines (active-active HA) share one key instead: the file
+named by http.signing_key_file, distributed by the operator, so a URL signed by one verifies on
+the others. `read_key_file` is the one place that decides whether such a file is fit to use.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +26,85 @@ from netbootd.logs import get_logger
 log = get_logger("netbootd.core")
 
 KEY_FILE = "url-signing.key"
+MIN_KEY_BYTES = 32
+MAX_KEY_BYTES = 64 * 1024  # a key file is small; anything bigger is the wrong file
+
+# Group read is allowed: the file's group is picked by whoever deploys it (Kubernetes adds group
+# read for the pod's fsGroup to Secret files, and a dedicated group is how a daemon that does not
+# own a root-owned key gets to read it). "Others" is every account and container on the host:
+# refused. Write by group or others is refused as well: whoever can replace the key can pick one
+# they know and forge URLs after the next restart.
+FORBIDDEN_MODE_BITS = stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP
+
+
+class SigningKeyError(Exception):
+    """The signing key file cannot be used; the message names the file and the fix."""
+
+
+def make_key_hint(path: Path) -> str:
+    return (
+        f"make one with `head -c {MIN_KEY_BYTES} /dev/urandom > {path} && chmod 600 {path}` and give every "
+        "netbootd that answers the same machines the same file (a Kubernetes Secret: defaultMode: 0400)"
+    )
+
+
+def read_key_file(path: Path) -> bytes:
+    """The key in `path` (symlinks followed, as in a Kubernetes Secret volume), or SigningKeyError.
+
+    The file is opened once and checked through its descriptor, so what is checked is what is read.
+    """
+    try:
+        # O_NONBLOCK: a FIFO would block the open; it is refused below as not a regular file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except ValueError:  # a NUL byte in the configured path
+        raise SigningKeyError(f"signing key file {path!r} is not a valid path") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise SigningKeyError(f"signing key file {path} does not exist: {make_key_hint(path)}") from None
+        raise SigningKeyError(
+            f"cannot read signing key file {path}: {exc.strerror or exc} (netbootd runs as uid {os.geteuid()}; "
+            f"the file must be readable by it, and by no other users)"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SigningKeyError(f"signing key file {path} is not a regular file: {make_key_hint(path)}")
+        bad = st.st_mode & FORBIDDEN_MODE_BITS
+        if bad:
+            who = []
+            if bad & stat.S_IROTH:
+                who.append("readable by other users")
+            if bad & (stat.S_IWOTH | stat.S_IWGRP):
+                who.append("writable by " + ("other users" if bad & stat.S_IWOTH else "its group"))
+            raise SigningKeyError(
+                f"signing key file {path} is {' and '.join(who)} (mode {stat.S_IMODE(st.st_mode):04o}): whoever can read "
+                f"or replace it can forge signed Ignition/BOOTy URLs; run `chmod 600 {path}` (a Kubernetes Secret: "
+                "defaultMode: 0400)"
+            )
+        key = b""
+        while len(key) <= MAX_KEY_BYTES:
+            chunk = os.read(fd, MAX_KEY_BYTES + 1 - len(key))
+            if not chunk:
+                break
+            key += chunk
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read signing key file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(key) < MIN_KEY_BYTES:
+        raise SigningKeyError(
+            f"signing key file {path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES} random bytes: "
+            f"{make_key_hint(path)}"
+        )
+    if len(key) > MAX_KEY_BYTES:
+        raise SigningKeyError(f"signing key file {path} is larger than {MAX_KEY_BYTES} bytes: is it the right file?")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A short fingerprint to compare keys across hosts in their logs; reveals nothing of the key
+    (SHA-256 of at least 32 random bytes)."""
+    return hashlib.sha256(b"netbootd url-signing key id\n" + key).hexdigest()[:12]
 
 
 class UrlSigner:
@@ -28,16 +113,30 @@ class UrlSigner:
         self.ttl = ttl
         self._clock = clock
 
+    def __repr__(self) -> str:  # never the key itself, wherever a signer gets printed
+        return f"UrlSigner(key_id={key_id(self._key)}, ttl={self.ttl})"
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self._key)
+
+    @classmethod
+    def from_key_file(cls, path: Path, ttl: float) -> UrlSigner:
+        """The key an operator shares between hosts; SigningKeyError when unfit (see read_key_file)."""
+        signer = cls(read_key_file(path), ttl)
+        log.info("URL signing key loaded", path=str(path), key_id=signer.key_id)
+        return signer
+
     @classmethod
     def from_state_dir(cls, state_dir: Path, ttl: float) -> UrlSigner:
         path = state_dir / KEY_FILE
         try:
             key = path.read_bytes()
-            if len(key) >= 32:
+            if len(key) >= MIN_KEY_BYTES:
                 return cls(key, ttl)
         except OSError:
             pass
-        key = secrets.token_bytes(32)
+        key = secrets.token_bytes(MIN_KEY_BYTES)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -4,8 +4,11 @@ DHCP packets decoded (what each firmware asked and who answered what)."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from pathlib import Path
+
+import attrs
 
 from netbootd.testing.lab import tail
 
@@ -54,3 +57,68 @@ def summary(pcap: Path, lines: int = 40) -> str:
         if not line.startswith((" ", "\t")) or "BOOTP/DHCP" in line or DHCP_DETAIL.search(line):
             dhcp.append(line)
     return f"{tail(chr(10).join(out), lines)}\n--- DHCP packets decoded ---\n{tail(chr(10).join(dhcp), lines * 2)}"
+
+
+DHCP_OFFER, DHCP_REQUEST, DHCP_ACK = 2, 3, 5
+
+
+@attrs.frozen
+class DhcpPacket:
+    op: int  # 1 BOOTREQUEST, 2 BOOTREPLY
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    msgtype: int | None
+    xid: int
+    yiaddr: str
+    server_id: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.src}:{self.sport} -> {self.dst}:{self.dport} op {self.op} type {self.msgtype} xid {self.xid:08x}"
+            f" yiaddr {self.yiaddr} server id {self.server_id}"
+        )
+
+
+def dhcp_packets(pcap: Path) -> list[DhcpPacket]:
+    """The DHCP packets (UDP 67/68/4011) of a capture. A record tcpdump is still writing is skipped."""
+    import dpkt
+
+    out: list[DhcpPacket] = []
+    with pcap.open("rb") as fh:
+        for _ts, frame in dpkt.pcap.Reader(fh):
+            try:
+                ip = dpkt.ethernet.Ethernet(frame).data
+                udp = ip.data
+                if not isinstance(ip, dpkt.ip.IP) or not isinstance(udp, dpkt.udp.UDP):
+                    continue
+                if not {udp.sport, udp.dport} & {67, 68, 4011}:
+                    continue
+                dhcp = dpkt.dhcp.DHCP(bytes(udp.data))
+            except (dpkt.UnpackError, ValueError):
+                continue
+            opts = dict(dhcp.opts)
+            msgtype = opts.get(53, b"")[:1]
+            server_id = opts.get(54, b"")
+            out.append(
+                DhcpPacket(
+                    dhcp.op,
+                    socket.inet_ntoa(ip.src),
+                    udp.sport,
+                    socket.inet_ntoa(ip.dst),
+                    udp.dport,
+                    msgtype[0] if msgtype else None,
+                    dhcp.xid,
+                    socket.inet_ntoa(dhcp.yiaddr.to_bytes(4, "big")),
+                    socket.inet_ntoa(server_id) if len(server_id) == 4 else "",
+                )
+            )
+    return out
+
+
+def proxy_acks_on_67(packets: list[DhcpPacket]) -> list[DhcpPacket]:
+    """ACKs from port 67 with no address: a proxy answering a REQUEST meant for the site's server
+    (which puts the lease in yiaddr). With the same server id, such an ACK races the real one and
+    EDK2 DECLINEs the lease (PXE-E07), so a lab checks every answer, not whether one boot won."""
+    return [p for p in packets if p.op == 2 and p.sport == 67 and p.msgtype == DHCP_ACK and p.yiaddr == "0.0.0.0"]

@@ -372,21 +372,38 @@ class Lab:
         return subprocess.run([*self.netbootd_argv, "check", "--config", str(self.settings_path)],
                               capture_output=True, text=True, timeout=120)
 
-    def start_netbootd(self, check_config: bool = True, *extra: str) -> Proc:
-        """`netbootd check` first (unless the test means to start with a broken file), then serve."""
+    def start_netbootd(self, check_config: bool = True, argv: Sequence[str] | None = None) -> Proc:
+        """`netbootd check` first (unless the test means to start with a broken file), then serve.
+        `argv`: another command that serves the lab's configuration (e.g. a container image's)."""
         if check_config:
             check = self.check_config()
             if check.returncode != 0:
                 raise LabError(f"netbootd check {self.settings_path} failed:\n{check.stdout}{check.stderr}")
         self.netbootd = netbootd = self.start(
             "netbootd",
-            [*self.netbootd_argv, "serve", "--config", str(self.settings_path), *extra],
+            list(argv or [*self.netbootd_argv, "serve", "--config", str(self.settings_path)]),
             ns=self.boot_ns,
             cwd=self.conf,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.wait_until(lambda: re.search(r"\blistening\b", netbootd.text()), netbootd, 30, "netbootd to listen")
         return netbootd
+
+    def get_json(self, path: str) -> Any:
+        """GET netbootd's <url><path> from inside its namespace, as JSON."""
+        client = NetnsClient(self.boot_ns)
+        try:
+            r = client.get(f"http://127.0.0.1:{self.http_port}{path}")
+        finally:
+            client.close()
+        r.raise_for_status()
+        return r.json()
+
+    def dhcp_packets(self) -> list:
+        """Every DHCP packet on the bridge so far (netbootd.testing.capture.DhcpPacket)."""
+        from netbootd.testing.capture import dhcp_packets
+
+        return dhcp_packets(self.pcap) if self.capture else []
 
     def netbootd_log(self) -> str:
         return self.netbootd.text() if self.netbootd else ""

@@ -41,8 +41,11 @@ def dhcp_request(
     ciaddr="0.0.0.0",
     broadcast: bool | None = None,
     extra: tuple[tuple[int, bytes], ...] = (),
+    user_class: str = "",
 ):
     vendor = b"PXEClient:Arch:%05d:UNDI:003000" % arch
+    if user_class:  # "iPXE": iPXE asking for its script
+        extra = (*extra, (77, user_class.encode()))
     return dpkt.dhcp.DHCP(
         op=1,
         xid=xid,
@@ -129,7 +132,7 @@ def run_discover(args) -> None:
     mac = bytes.fromhex(args.mac.replace(":", ""))
     xid = int.from_bytes(os.urandom(4), "big")
     client = RawClient(args.iface, mac)
-    client.broadcast(bytes(dhcp_request(mac, xid, 1, args.arch)))
+    client.broadcast(bytes(dhcp_request(mac, xid, 1, args.arch, user_class=args.user_class)))
     deadline = time.monotonic() + args.wait
     for _ in range(args.expect):
         info = client.answer({xid}, deadline)
@@ -196,6 +199,7 @@ def main() -> None:
     parser.add_argument("--bind", default="")
     parser.add_argument("--expect", type=int, default=1)
     parser.add_argument("--wait", type=float, default=10.0)
+    parser.add_argument("--user-class", default="", help='option 77, e.g. "iPXE" (discover only)')
     args = parser.parse_args()
     mac = bytes.fromhex(args.mac.replace(":", ""))
     xid = int.from_bytes(os.urandom(4), "big")

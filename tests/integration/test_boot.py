@@ -37,7 +37,7 @@ def test_bios_ipxe_rom(lab):
     need("bios")
     lab.kernel_machine(MAC, "vm10", "vm10-secret")
     lab.start_netbootd()
-    marker = lab.boot(MAC, "bios")
+    marker = lab.booted(MAC, "bios")
     assert_booted(marker, MAC, "vm10", "vm10-secret")
     log = lab.netbootd_log()
     assert "firmware=ipxe" in log and "arch=bios" in log, "netbootd's DHCP answer to the iPXE ROM not logged"
@@ -75,7 +75,7 @@ def test_uefi_edk2_pxe(lab_separate_host):
     lab = lab_separate_host
     lab.kernel_machine(MAC, "vm10", "vm10-uefi-pxe")
     lab.start_netbootd()
-    marker = lab.boot(MAC, "uefi-pxe")
+    marker = lab.booted(MAC, "uefi-pxe")
     assert_booted(marker, MAC, "vm10", "vm10-uefi-pxe")
     check_edk2_pxe_path(lab)
 
@@ -88,7 +88,7 @@ def test_uefi_edk2_pxe_shared_host(lab):
     need("uefi")
     lab.kernel_machine(MAC, "vm10", "vm10-uefi-pxe")
     lab.start_netbootd()
-    marker = lab.boot(MAC, "uefi-pxe")
+    marker = lab.booted(MAC, "uefi-pxe")
     assert_booted(marker, MAC, "vm10", "vm10-uefi-pxe")
     check_edk2_pxe_path(lab)
 
@@ -102,7 +102,7 @@ def test_uefi_edk2_pxe_shared_address(lab_shared_address):
     lab = lab_shared_address
     lab.kernel_machine(MAC, "vm10", "vm10-uefi-pxe")
     lab.start_netbootd()
-    marker = lab.boot(MAC, "uefi-pxe")
+    marker = lab.booted(MAC, "uefi-pxe")
     assert_booted(marker, MAC, "vm10", "vm10-uefi-pxe", boot_ip=SITE_IP)
     check_edk2_pxe_path(lab)
     server_ids = {p.server_id for p in lab.dhcp_packets() if p.op == 2}  # every answer, site's and ours
@@ -115,7 +115,7 @@ def test_uefi_http_boot(lab):
     need("uefi")
     lab.kernel_machine(MAC, "vm10", "vm10-uefi-http")
     lab.start_netbootd()
-    marker = lab.boot(MAC, "uefi-http")
+    marker = lab.booted(MAC, "uefi-http")
     assert_booted(marker, MAC, "vm10", "vm10-uefi-http")
     log = lab.netbootd_log()
     assert "firmware=http-boot" in log, "no answer to the HTTPClient in netbootd's log"
@@ -132,7 +132,7 @@ def test_per_machine_data(lab):
     lab.kernel_machine(MAC_A, "alpha", "alpha-secret", extra=" nbd_role=control")
     lab.kernel_machine(MAC_B, "beta", "beta-secret", extra=" nbd_role=worker")
     lab.start_netbootd()
-    a, b = lab.boot_many([(MAC_A, "bios"), (MAC_B, "bios")])
+    a, b = lab.booted_many([(MAC_A, "bios"), (MAC_B, "bios")])
     assert_booted(a, MAC_A, "alpha", "alpha-secret")
     assert_booted(b, MAC_B, "beta", "beta-secret")
     assert "nbd_role=control" in a.cmdline.split() and "nbd_role=worker" in b.cmdline.split()
@@ -151,7 +151,7 @@ def test_ignored_and_unknown_machines_do_not_boot(lab):
     lab.machine(MAC_IGNORED, "[boot]\nignore = true\n")
     lab.kernel_machine(MAC_A, "alpha", "alpha-secret")  # a bootable machine, so the catalog is not empty
     lab.start_netbootd()
-    ignored, unknown = lab.no_boot_many([(MAC_IGNORED, "bios"), (MAC_UNKNOWN, "bios")], timeout=60)
+    ignored, unknown = lab.not_booted_many([(MAC_IGNORED, "bios"), (MAC_UNKNOWN, "bios")], timeout=60)
     for boot in (ignored, unknown):
         assert not boot.timed_out, f"{boot.name}: QEMU did not end by itself within {boot.timeout:.0f} s"
         serial = boot.proc.text()
@@ -170,7 +170,7 @@ def test_hot_reload(lab):
     need("bios")
     path = lab.kernel_machine(MAC, "vm10", "generation-1", extra=" nbd_gen=1")
     lab.start_netbootd()
-    first = lab.boot(MAC, "bios")
+    first = lab.booted(MAC, "bios")
     assert_booted(first, MAC, "vm10", "generation-1")
     assert "nbd_gen=1" in first.cmdline.split()
 
@@ -181,7 +181,7 @@ def test_hot_reload(lab):
     lab.wait_log(rf'configuration reloaded trigger="file change" .*errors=0 .*changed="{MAC.replace(":", "-")}.toml changed"',
                  after=before)
 
-    second = lab.boot(MAC, "bios")
+    second = lab.booted(MAC, "bios")
     assert_booted(second, MAC, "vm10-renamed", "generation-2")
     words = second.cmdline.split()
     assert "nbd_gen=2" in words and "nbd_gen=1" not in words
@@ -206,7 +206,7 @@ def test_broken_new_file_gets_nothing_not_the_default_then_boots_when_fixed(lab)
         cmdline = "console=ttyS0 panic=-1 quiet nbd_host={{ hostnmae }}"
         """)
     lab.start_netbootd(check_config=False)
-    held = lab.no_boot(MAC, "bios", timeout=60)
+    held = lab.not_booted(MAC, "bios", timeout=60)
     assert not held.timed_out and "Nothing to boot" in held.proc.text()
     log = lab.netbootd_log()
     assert re.search(rf"not answered: held: {re.escape(str(path))}:6: boot.cmdline: 'hostnmae' is undefined.*mac={MAC}",
@@ -216,4 +216,4 @@ def test_broken_new_file_gets_nothing_not_the_default_then_boots_when_fixed(lab)
     before = len(lab.netbootd_log())
     lab.kernel_machine(MAC, "vm10", "fixed-secret")
     lab.wait_log(r"configuration reloaded .*changed=.*52-54-00-77-00-10.toml", after=before)
-    assert_booted(lab.boot(MAC, "bios"), MAC, "vm10", "fixed-secret")
+    assert_booted(lab.booted(MAC, "bios"), MAC, "vm10", "fixed-secret")

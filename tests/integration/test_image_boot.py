@@ -19,13 +19,14 @@ import hashlib
 import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 from netbootd.core import urls
 from netbootd.images.reference import parse_reference
 from tests.images import harness as h
 
-from .conftest import BOOT_IP, HTTP_PORT, IPXE_DIR, Lab, need
+from .conftest import BOOT_IP, HTTP_PORT, IPXE_DIR, ProjectLab, need
 from .test_boot import assert_booted
 
 pytestmark = [
@@ -49,7 +50,7 @@ class LabRegistry:
     """Images pushed from the host's loopback into `storage`, then served by a registry inside
     netbootd's namespace (REGISTRY), started and stopped with the lab's other processes."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: ProjectLab) -> None:
         self.lab = lab
         self.storage = lab.root / "registry-storage"
         self.reg: h.Registry | None = None
@@ -71,9 +72,10 @@ class LabRegistry:
         """The registry in the lab (config.yml and registry.log in the lab's directory)."""
         reg = h.Registry(self.lab.root, storage=self.storage, port=REGISTRY_PORT)
         proc = self.lab.start("registry", [str(h.REGISTRY_BIN), "serve", str(reg.config)])
-        self.lab._wait_for(lambda: f"listening on {REGISTRY}" in proc.text(), proc, 20, "docker-registry to listen")
-        settings = self.lab.settings.read_text()
-        self.lab.settings.write_text(settings + f'[registry]\nallowed = ["{REGISTRY}"]\ninsecure = ["{REGISTRY}"]\n')
+        self.lab.wait_until(lambda: f"listening on {REGISTRY}" in proc.text(), proc, 20, "docker-registry to listen")
+        settings = self.lab.settings
+        self.lab.write_settings(attrs.evolve(settings, registry=attrs.evolve(
+            settings.registry, allowed=(REGISTRY,), insecure=(REGISTRY,))))
         self.reg = reg
         return reg
 
@@ -88,7 +90,7 @@ def registry(lab) -> LabRegistry:
     return LabRegistry(lab)
 
 
-def image_machine(lab: Lab, mac: str, image: str, hostname: str, marker: str) -> Path:
+def image_machine(lab: ProjectLab, mac: str, image: str, hostname: str, marker: str) -> Path:
     """A machine booting `image` (kernel + initramfs layers); command line and Ignition of its own."""
     return lab.machine(
         mac,
@@ -109,13 +111,13 @@ def blob_lines(log: str, digest: str) -> list[str]:
     return [line for line in log.splitlines() if "blob requested" in line and digest in line]
 
 
-def check_cached(lab: Lab, digest: str, content: Path) -> None:
-    cached = lab.conf / "cache" / "blobs" / "sha256" / digest.removeprefix("sha256:")
+def check_cached(lab: ProjectLab, digest: str, content: Path) -> None:
+    cached = lab.settings.cache_dir / "blobs" / "sha256" / digest.removeprefix("sha256:")
     assert cached.is_file(), f"{digest} is not in netbootd's blob cache ({cached.parent})"
     assert cached.read_bytes() == content.read_bytes(), f"the cached {digest} differs from {content.name}"
 
 
-def check_through_image(lab: Lab, registry: LabRegistry, image: str, client_ip: str, blobs: dict[str, Path]) -> None:
+def check_through_image(lab: ProjectLab, registry: LabRegistry, image: str, client_ip: str, blobs: dict[str, Path]) -> None:
     """Each blob went registry → netbootd (one upstream GET) → the machine, and is cached, verified."""
     log = lab.netbootd_log()
     for what, path in blobs.items():
@@ -145,7 +147,7 @@ def test_bios_kernel_initrd_from_image(lab, registry):
     registry.serve()
     image_machine(lab, MAC, image, "img10", "img10-secret")
     lab.start_netbootd()
-    marker = lab.boot(MAC, "bios")
+    marker = lab.booted(MAC, "bios")
     assert_booted(marker, MAC, "img10", "img10-secret")
     log = lab.netbootd_log()
     assert re.search(rf"script sent .*mac={MAC}.*kind=image", log), "no image script sent to the machine"
@@ -169,7 +171,7 @@ def test_uefi_http_boot_uki_layer(lab, registry):
     lab.start_netbootd()
     # The core offers the UKI once the daemon resolved the image (in the background, at start).
     lab.wait_log(r"image resolved .*uki sha256:", timeout=30)
-    marker = lab.boot(MAC, "uefi-http")
+    marker = lab.booted(MAC, "uefi-http")
     assert_booted(marker, MAC, "uki10", "uki10-secret")
 
     log = lab.netbootd_log()
