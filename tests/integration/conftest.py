@@ -388,7 +388,11 @@ class Lab:
             """,
         )
 
-    def start_netbootd(self) -> Proc:
+    def start_netbootd(self, argv: list[str] | None = None) -> Proc:
+        """Start netbootd in the boot namespace and wait until it listens. argv: the command that
+        runs it, by default this checkout's `python -m netbootd serve --config <the lab's
+        netbootd.toml>`; another one (e.g. the container image's netbootd, with self.conf mounted
+        at its /etc/netbootd) must serve the lab's configuration directory too."""
         check = subprocess.run(
             [sys.executable, "-m", "netbootd", "check", str(self.conf)], capture_output=True, text=True, timeout=60
         )
@@ -396,7 +400,7 @@ class Lab:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.netbootd = self.start(
             "netbootd",
-            [sys.executable, "-m", "netbootd", "serve", "--config", str(self.settings)],
+            argv or [sys.executable, "-m", "netbootd", "serve", "--config", str(self.settings)],
             ns=self.boot_ns,
             cwd=self.conf,
             env=env,
