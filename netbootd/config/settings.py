@@ -113,7 +113,7 @@ class Settings:
     source: Path | None = None  # the file these came from, for messages
 
 
-def to_toml(settings: Settings) -> str:
+def to_toml(settings: Settings, relative_to: Path | None = None) -> str:
     """The settings as a netbootd.toml, every key explicit (for `netbootd try` and the test lab,
     which run a private daemon on someone's configuration with a few keys changed).
 
@@ -129,6 +129,8 @@ def to_toml(settings: Settings) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, Path):
             v = v.absolute()  # the file is read from another directory than these were relative to
+            if relative_to is not None and v.is_relative_to(relative_to.absolute()):
+                v = v.relative_to(relative_to.absolute())
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
     top, tables = [], []

@@ -253,8 +253,9 @@ class Lab:
             advertise="" if self.host == "site-address" else self.boot_ip,
             machines_dir=machines,
             files_root=base.files_root.absolute(),
-            state_dir=self.root / "state",
-            cache_dir=self.root / "cache",
+            # in the configuration directory: a lab's netbootd.toml works wherever that is mounted
+            state_dir=self.conf / "state",
+            cache_dir=self.conf / "cache",
             dhcp=attrs.evolve(base.dhcp, enabled=True, port=67, proxy_port=4011, interfaces=(self.boot_if,)),
             tftp=attrs.evolve(base.tftp, enabled=True, port=69, listen=""),
             http=http,
@@ -264,7 +265,7 @@ class Lab:
 
     def write_settings(self, settings: Settings) -> None:
         self.settings = settings
-        self.settings_path.write_text(to_toml(settings))
+        self.settings_path.write_text(to_toml(settings, relative_to=self.conf))
 
     def machine(self, mac: str, text: str) -> Path:
         """Write machines/<mac with dashes>.toml (atomically: a rename, as a ConfigMap or editor would)."""
@@ -477,12 +478,12 @@ class Lab:
                 on_poll()
             time.sleep(0.2)
 
-    def boot(self, mac: str, firmware_name: str = "bios", expect: str | None = None, timeout: float | None = None,
+    def boot(self, mac: str, firmware: str = "bios", expect: str | None = None, timeout: float | None = None,
              *, fail: str | None = None, on_event: Callable[[dict], None] | None = None,
              on_console: Callable[[str], None] | None = None) -> BootResult:
         """Power on one machine and wait for it: the result says whether `expect` (a regular
         expression on its console; default: the kernel started the initramfs' init) matched."""
-        return self.boot_many([(mac, firmware_name)], expect, timeout, fail=fail, on_event=on_event,
+        return self.boot_many([(mac, firmware)], expect, timeout, fail=fail, on_event=on_event,
                               on_console=on_console)[0]
 
     def boot_many(self, machines: Sequence[tuple[str, str]], expect: str | None = None, timeout: float | None = None,
@@ -492,7 +493,9 @@ class Lab:
         `on_event` gets netbootd's timeline events as they happen (with "mac" added), `on_console`
         each new piece of console output (one machine at a time: for a terminal)."""
         if self.netbootd is None:
-            self.start_netbootd()
+            # not refused for errors elsewhere in the configuration: netbootd holds a broken machine
+            # (its boot then fails, saying why) and serves the others; `netbootd check` is the gate
+            self.start_netbootd(check_config=False)
         boots = [self.launch(mac, fw, timeout, expect, fail) for mac, fw in machines]
         client = NetnsClient(self.boot_ns)
         watches = []
@@ -530,6 +533,7 @@ class Lab:
                 timeline=list(watch.events),
                 netbootd_log=self.netbootd_lines(boot.mac),
                 match=boot.match.group(0) if boot.match else "",
+                timed_out=boot.timed_out,
             )
             for boot, watch in zip(boots, watches, strict=True)
         ]

@@ -57,6 +57,7 @@ class BootResult:
     timeline: list[dict[str, Any]]  # netbootd's events for this machine
     netbootd_log: list[str]  # netbootd's log lines that name this machine
     match: str = ""  # the console text that matched `expect`
+    timed_out: bool = False  # nothing decided within the timeout (QEMU was killed)
 
     def stopped_at(self) -> str:
         """The last stage netbootd saw, for "where the boot stopped"."""

@@ -124,9 +124,9 @@ class ProjectLab(Lab):
         if self.pair:
             from netbootd.config.settings import to_toml
 
-            peer = attrs.evolve(self.settings, advertise=PEER_IP, state_dir=self.root / "state-peer",
-                                cache_dir=self.root / "cache-peer")
-            self.peer_settings_path.write_text(to_toml(peer))
+            peer = attrs.evolve(self.settings, advertise=PEER_IP, state_dir=self.conf / "state-peer",
+                                cache_dir=self.conf / "cache-peer")
+            self.peer_settings_path.write_text(to_toml(peer, relative_to=self.conf))
             self.peer = peer_proc = self.start(
                 "netbootd-peer", [*self.netbootd_argv, "serve", "--config", str(self.peer_settings_path)],
                 ns=self.peer_ns, cwd=self.conf, env={**os.environ, "PYTHONUNBUFFERED": "1"},

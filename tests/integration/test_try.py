@@ -1,0 +1,165 @@
+"""`netbootd try` as an operator runs it, and the pytest plugin as an OS image builder uses it.
+
+Each `try` is a subprocess making its own lab (namespace, site DHCP server, private netbootd,
+QEMU) on a configuration written here, with this project's test kernel and initramfs as the
+machine's files. The kernel command lines have no `quiet`, so try's default success test (the
+kernel started the initramfs' init) is what decides.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import need
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+OK = "52:54:00:88:00:01"
+PANICS = "52:54:00:88:00:02"
+BROKEN = "52:54:00:88:00:03"
+IGNORED = "52:54:00:88:00:04"
+
+
+@pytest.fixture
+def config(tmp_path, assets) -> Path:
+    """An operator's configuration directory whose machines boot local files."""
+    conf = tmp_path / "conf"
+    (conf / "machines").mkdir(parents=True)
+    (conf / "files").mkdir()
+    shutil.copy(assets.kernel, conf / "files" / "vmlinuz")
+    shutil.copy(assets.initrd, conf / "files" / "initrd.img")
+    (conf / "netbootd.toml").write_text('machines_dir = "machines"\nfiles_root = "files"\nstate_dir = "/nonexistent"\n')
+    machines = {
+        OK: '[boot]\nkernel = "vmlinuz"\ninitrds = ["initrd.img"]\ncmdline = "console=ttyS0 panic=-1"\n',
+        # no initramfs and no root device: "VFS: Unable to mount root fs", a kernel panic
+        PANICS: '[boot]\nkernel = "vmlinuz"\ncmdline = "console=ttyS0 panic=-1"\n',
+        BROKEN: '[boot]\nkernel = "vmlinuz"\ncmdline = "console=ttyS0 {{ hostnmae }}"\n',
+        IGNORED: "[boot]\nignore = true\n",
+    }
+    for mac, text in machines.items():
+        (conf / "machines" / f"{mac.replace(':', '-')}.toml").write_text(text)
+    return conf
+
+
+def netbootd_try(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "netbootd", "try", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def check_booted(code: int, out: str, firmware_stages: list[str]) -> None:
+    assert code == 0, out
+    assert "==> BOOTED in" in out and "Freeing unused kernel" in out, out
+    for stage in ["dhcp", *firmware_stages, "script", "kernel", "initrd", "beacon"]:
+        assert f"s  {stage} " in out, f"stage {stage} not printed:\n{out}"
+
+
+def test_bios_and_uefi_http_side_by_side(config):
+    """Two tries at once (each its own namespace): BIOS PXE and UEFI HTTP boot of the same machine."""
+    need("bios")
+    need("uefi-http")
+    bios = netbootd_try(OK, "--config", str(config), "--firmware", "bios")
+    http = netbootd_try(OK, "--config", str(config / "netbootd.toml"), "--firmware", "uefi-http", "--quiet")
+    code, out = finish(bios)
+    check_booted(code, out, [])
+    code, out = finish(http)
+    check_booted(code, out, ["loader"])
+    assert "lab files kept in" in out  # --quiet keeps the console in a file
+    console = out.split("(console: ")[1].split(",")[0]
+    assert "Freeing unused kernel" in Path(console).read_text(errors="replace")
+    assert "Freeing unused kernel" not in out.split("==> BOOTED")[0], "--quiet streamed the console"
+
+
+def test_uefi_pxe(config):
+    need("uefi")
+    code, out = finish(netbootd_try(OK, "--config", str(config), "--firmware", "uefi"))
+    check_booted(code, out, ["tftp"])
+    assert "probe=True" in out  # OVMF's size probe, shown as the normal step it is
+
+
+def test_a_panic_says_where_the_boot_stopped(config):
+    need("bios")
+    code, out = finish(netbootd_try(PANICS, "--config", str(config)))
+    assert code == 1, out
+    assert "==> DID NOT BOOT" in out and "the kernel panicked: Kernel panic - not syncing" in out, out
+    assert "==> stopped after: beacon" in out, out  # netbootd delivered everything; the kernel had no root
+    assert "--- last console lines ---" in out and "--- netbootd log lines for this machine ---" in out
+    log_part = out.split("--- netbootd log lines for this machine ---")[1]
+    assert "script sent" in log_part and OK not in log_part
+
+
+@pytest.mark.parametrize(("mac", "why"), [(BROKEN, "held: "), (IGNORED, "boot.ignore = true")])
+def test_held_or_ignored_machine_is_refused_before_qemu(config, mac, why):
+    need("bios")
+    code, out = finish(netbootd_try(mac, "--config", str(config)), timeout=60)
+    assert code == 1 and f"netbootd would not answer {mac}: " in out and why in out, out
+    assert "==>" not in out, "a lab was started"
+
+
+def test_shipped_example_says_why_a_remote_kernel_cannot_be_tried():
+    need("bios")
+    code, out = finish(netbootd_try("52:54:00:00:00:01", "--config", str(REPO / "etc/netbootd/netbootd.toml")), 60)
+    assert code == 1, out
+    assert "boots from outside the lab: https://stable.release.flatcar-linux.net/" in out
+    assert "no route out" in out and "files_root" in out
+
+
+def test_not_root_says_why_root_is_needed(config):
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is missing")
+    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+                          "netbootd", "try", OK, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "needs root: a lab creates a network namespace" in out.stderr, out
+
+
+EXAMPLE_TEST = '''\
+"""A repository of machine files, tested in QEMU on every change (netbootd's pytest plugin)."""
+
+
+def test_worker_boots_its_initramfs(netboot_lab):
+    result = netboot_lab.boot("52:54:00:88:00:01", firmware="bios", expect=r"Run /init as init process", timeout=120)
+    assert result.booted, result.reason
+    assert list(result.stages)[:2] == ["dhcp", "script"] and result.stages["beacon"] > 0
+    assert "kernel --name kernel" not in result.console  # iPXE does not echo scripts; the console is the machine's
+
+
+def test_written_machine_boots_too(netboot_lab):
+    netboot_lab.machine("52:54:00:88:00:09", """
+        [boot]
+        kernel = "vmlinuz"
+        initrds = ["initrd.img"]
+        cmdline = "console=ttyS0 panic=-1 role=extra"
+        """)
+    result = netboot_lab.boot("52:54:00:88:00:09", expect=r"Command line: .*role=extra")
+    assert result.booted, result.reason
+'''
+
+
+def test_plugin_in_a_users_repository(config, tmp_path):
+    """A user's repository: machine files, a pytest.ini naming them, one test file — run with pytest."""
+    need("bios")
+    repo = tmp_path / "user-repo"
+    repo.mkdir()
+    shutil.copytree(config, repo / "netboot")
+    (repo / "pytest.ini").write_text("[pytest]\nnetboot_config = netboot/netbootd.toml\n")
+    (repo / "test_boots.py").write_text(textwrap.dedent(EXAMPLE_TEST))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo,
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 passed" in out.stdout, out.stdout
+    # the lab never wrote into the repository's machine files
+    assert sorted(p.name for p in (repo / "netboot" / "machines").iterdir()) == sorted(
+        p.name for p in (config / "machines").iterdir())
