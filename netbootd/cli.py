@@ -159,10 +159,15 @@ def cmd_explain(args) -> int:
         and decision.offer is not None
         and decision.offer.bootfile == core.efi_url(machine, core.base_url(server))
     )
+    grub_chain = (decision.offer is not None and machine.loader == "grub" and firmware is Firmware.EFI_PXE)
     if firmware is Firmware.HTTP_BOOT and decision.offer is not None and not direct_efi:
         print("          UEFI HTTP boot loads iPXE from that URL; iPXE then asks DHCP again:")
-    if direct_efi:
+    if grub_chain:
+        explain_grub(core, machine, mac, arch, server)
+    elif direct_efi:
         print("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
+    elif machine.secure_boot:
+        print("iPXE      not used: Secure Boot firmware runs only signed binaries, and iPXE is not signed")
     elif ipxe_decision.offer is None:
         print(f"iPXE      no answer: {ipxe_decision.reason}")
     else:
@@ -189,6 +194,18 @@ def cmd_explain(args) -> int:
             print("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
             print(json.dumps(body, indent=1))
     return 0
+
+
+def explain_grub(core, machine, mac: str, arch: Arch, server: str) -> None:
+    """The shim → GRUB → grub.cfg chain a loader = "grub" machine gets over TFTP."""
+    from netbootd.core import grub
+
+    steps = [grub.shim_name(arch.value), grub.grub_name(arch.value)] if machine.secure_boot else [grub.grub_name(arch.value)]
+    print("GRUB      " + " → ".join([*steps, grub.GENERIC_CFG, grub.machine_cfg_name(mac)]) + " (all over TFTP)")
+    print("          Debian's signed GRUB asks the TFTP server in the site DHCP server's answer (next-server), "
+          "not the proxy's: run netbootd on the DHCP server's host, or point next-server at it (README: Secure Boot)")
+    print(f"--- /{grub.machine_cfg_name(mac)} " + "-" * 30)
+    print(core.grub_files.config(machine, mac, server).rstrip())
 
 
 def cmd_serve(args) -> int:

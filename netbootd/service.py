@@ -100,6 +100,8 @@ class Netbootd:
         self._resolve_retry: Any = None
         self._resolve_backoff = health.IMAGE_RETRY_FIRST
         self.images_watch = health.ImageWatch(reactor.seconds)
+        self.url_cache: Any = None  # netbootd.images.urlcache.UrlCache, made when GRUB first needs a URL
+        self.grub_watch: task.LoopingCall | None = None
         self.last_good = LastGoodStore(settings.state_dir)
         self.problems: list[dict[str, Any]] = []
         self.last_reload = 0.0
@@ -233,6 +235,16 @@ class Netbootd:
         d.addErrback(lambda f: log.failure("image resolution failed", f))
         return d
 
+    def fetch_artefact(self, artefact) -> defer.Deferred:
+        """A URL or image layer on disk, for GRUB's TFTP (netbootd.core.grubfiles)."""
+        if artefact.kind == "layer":
+            return self.images.layer_file(artefact.image, artefact.media_type)
+        if self.url_cache is None:
+            from netbootd.images.urlcache import UrlCache
+
+            self.url_cache = UrlCache(self.settings.cache_dir / "urls", self.reactor)
+        return self.url_cache.get(artefact.location)
+
     def sighup(self) -> None:
         """Reload soon: a burst of SIGHUPs is one reload (each would block the reactor for the
         whole reload: a storm of 200 took every request's turn for seconds). Every signal is
@@ -281,6 +293,7 @@ class Netbootd:
 
                 self.images = ImageProxy(s, self.reactor)
                 self.images.on_resolved = self._image_resolved
+                self.core.grub_files.fetch = self.fetch_artefact
                 self.site = make_site(self.core, self.health, images=self.images)
                 try:
                     # backlog 4096 (Twisted's default is 50; the kernel caps it at net.core.somaxconn): a storm of
@@ -322,6 +335,10 @@ class Netbootd:
             self.resolver = task.LoopingCall(self.resolve_images)
             self.resolver.clock = self.reactor
             self.resolver.start(600.0, now=True)
+        # GRUB sent but its grub.cfg never asked for: say what most likely happened (grubfiles.py)
+        self.grub_watch = task.LoopingCall(lambda: self.core.grub_files.overdue(time.time()))
+        self.grub_watch.clock = self.reactor
+        self.grub_watch.start(10.0, now=False)
         if self.site is not None:
             self.progress = task.LoopingCall(self.site.log_progress)
             self.progress.clock = self.reactor
@@ -365,7 +382,7 @@ class Netbootd:
             request.channel.transport.abortConnection()
         if self.tftp_port is not None:
             yield self.tftp_port.stopListening()
-        for loop in (self.watchdog, self.progress, self.resolver):
+        for loop in (self.watchdog, self.progress, self.resolver, self.grub_watch):
             if loop is not None and loop.running:
                 loop.stop()
         if self._resolve_retry is not None and self._resolve_retry.active():

@@ -49,6 +49,8 @@ def to_json(machine: Machine) -> dict[str, Any]:
         "booty": None if machine.booty is None else dict(machine.booty),
         "ipxe_binary": machine.ipxe_binary,
         "signed_urls": machine.signed_urls,
+        "loader": machine.loader,
+        "secure_boot": machine.secure_boot,
         "boot": {
             "kind": boot.kind.value,
             "kernel": boot.kernel,
@@ -94,6 +96,8 @@ def from_json(doc: dict[str, Any]) -> Machine:
         booty=doc["booty"],
         ipxe_binary=doc["ipxe_binary"],
         signed_urls=bool(doc["signed_urls"]),
+        loader=doc.get("loader", "ipxe"),
+        secure_boot=bool(doc.get("secure_boot", False)),
     )
 
 

@@ -20,7 +20,7 @@ import attrs
 
 from netbootd.config.errors import ConfigError, ConfigInvalid, find_line
 from netbootd.config.lastgood import LastGoodStore
-from netbootd.config.machines import KIND_KEYS, OTHER_BOOT_KEYS, Boot, BootKind, Catalog, Held, Machine
+from netbootd.config.machines import GRUB_KINDS, KIND_KEYS, LOADERS, OTHER_BOOT_KEYS, Boot, BootKind, Catalog, Held, Machine
 from netbootd.config.settings import Settings
 from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
 from netbootd.config.typed import build
@@ -179,7 +179,9 @@ class _Source:
     data: dict[str, Any]
 
 
-_MACHINE_KEYS = {"profile", "uuid", "ipxe_binary", "vars", "boot", "ignition", "booty", "signed_urls"}
+_MACHINE_KEYS = {
+    "profile", "uuid", "ipxe_binary", "vars", "boot", "ignition", "booty", "signed_urls", "loader", "secure_boot",
+}
 _PROFILE_KEYS = _MACHINE_KEYS - {"profile", "uuid"}
 _BOOTY_KEYS: dict[str, type] = {
     "action": str,
@@ -288,6 +290,8 @@ class _Loader:
         booty = self._booty(layers)
         ipxe_binary = self._string(layers, "ipxe_binary")
         signed = self._bool(layers, "signed_urls", True)
+        secure_boot = self._bool(layers, "secure_boot", False)
+        loader = self._loader(layers, secure_boot, boot)
 
         if len(self.errors) != before or boot is None:
             return None
@@ -303,6 +307,8 @@ class _Loader:
             booty=booty,
             ipxe_binary=ipxe_binary,
             signed_urls=signed,
+            loader=loader,
+            secure_boot=secure_boot,
         )
         self._check_templates(machine, layers)
         return machine if len(self.errors) == before else None
@@ -329,6 +335,29 @@ class _Loader:
             self.errors.append(src.file.error(key, "expected true or false"))
             return default
         return value
+
+    def _loader(self, layers: list[_Source], secure_boot: bool, boot: Boot | None) -> str:
+        """"ipxe" or "grub"; secure_boot implies grub (iPXE is not signed for Secure Boot)."""
+        src = self._owner(layers, "loader")
+        value = src.data.get("loader")
+        if value is None:
+            loader = "grub" if secure_boot else "ipxe"
+        elif value not in LOADERS:
+            self.errors.append(src.file.error("loader", f'expected "ipxe" or "grub", got {value!r}'))
+            return "ipxe"
+        else:
+            loader = value
+        if secure_boot and loader != "grub":
+            self.errors.append(src.file.error(
+                "loader", 'secure_boot = true boots through shim and GRUB: iPXE is not signed for Secure Boot '
+                '(drop loader = "ipxe", or set secure_boot = false)'))
+        if loader == "grub" and boot is not None and boot.kind.value not in GRUB_KINDS:
+            key = f"boot.{boot.kind.value}"
+            why = "secure_boot = true" if secure_boot else 'loader = "grub"'
+            owner = self._owner([s for s in layers if "boot" in s.data] or layers, "boot")
+            self.errors.append(owner.file.error(key, f"{key} is iPXE's; with {why} a machine boots a kernel, an "
+                                                     "image, an EFI binary / UKI, local or ignore"))
+        return loader
 
     def _vars(self, layers: list[_Source]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -15,6 +15,11 @@ import attrs
 from netbootd.config.templates import Template
 from netbootd.images.reference import ImageRef
 
+LOADERS = ("ipxe", "grub")
+# What GRUB can boot: a kernel with initrds (files, URLs or image layers, all fetched over TFTP), an
+# EFI binary or UKI (chainloader), or the next boot device. Scripts and chain URLs are iPXE's.
+GRUB_KINDS = ("kernel", "image", "efi", "local", "ignore")
+
 
 class BootKind(enum.Enum):
     KERNEL = "kernel"  # kernel + initrds + command line
@@ -71,7 +76,11 @@ class Machine:
         default=None, converter=lambda m: None if m is None else _freeze(m)
     )
     ipxe_binary: str = ""  # per-machine TFTP binary (under the TFTP root); "" = the arch default
-    signed_urls: bool = True  # issue 8; the schema accepts it now
+    signed_urls: bool = True  # Ignition/BOOTy URLs carry an expiry and an HMAC bound to the machine
+    # How PXE firmware gets to the boot: "ipxe" (chainload iPXE, then its script) or "grub" (shim →
+    # GRUB over TFTP, then a per-machine grub.cfg). secure_boot = true: the signed chain (implies grub).
+    loader: str = "ipxe"
+    secure_boot: bool = False
 
     @property
     def answers(self) -> bool:

@@ -32,6 +32,25 @@ class IpxeBinaries:
 
 
 @attrs.frozen
+class GrubBinaries:
+    """The signed shim and network GRUB that `loader = "grub"` / `secure_boot = true` machines
+    chainload, per UEFI architecture. Defaults: Debian's packages shim-signed and
+    grub-efi-amd64-signed / grub-efi-arm64-signed. Keep shim and GRUB from the same Debian release:
+    shim refuses a GRUB whose SBAT generation it has revoked."""
+
+    efi64_shim: Path = Path("/usr/lib/shim/shimx64.efi.signed")
+    efi64_grub: Path = Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")
+    arm64_shim: Path = Path("/usr/lib/shim/shimaa64.efi.signed")
+    arm64_grub: Path = Path("/usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed")
+
+    def for_arch(self, arch: str) -> tuple[Path, Path] | None:
+        """(shim, grub) for an arch name, None where netbootd has no GRUB path (BIOS, 32-bit)."""
+        if arch not in ("efi64", "arm64"):
+            return None
+        return getattr(self, f"{arch}_shim"), getattr(self, f"{arch}_grub")
+
+
+@attrs.frozen
 class DhcpSettings:
     enabled: bool = True
     port: int = 67
@@ -104,6 +123,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/netbootd")
     cache_dir: Path = Path("/var/cache/netbootd")
     ipxe: IpxeBinaries = IpxeBinaries()
+    grub: GrubBinaries = GrubBinaries()
     dhcp: DhcpSettings = DhcpSettings()
     tftp: TftpSettings = TftpSettings()
     http: HttpSettings = HttpSettings()

@@ -11,11 +11,13 @@ import secrets
 from typing import BinaryIO
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from netbootd.config.machines import BootKind, Catalog, Machine
 from netbootd.config.settings import Settings
-from netbootd.core import files, ipxe, urls
+from netbootd.core import files, grub, ipxe, urls
 from netbootd.core.context import boot_context, signing_identity
+from netbootd.core.grubfiles import GrubFiles
 from netbootd.core.ident import mac_in_path
 from netbootd.core.signing import UrlSigner
 from netbootd.core.timeline import Timeline
@@ -47,6 +49,7 @@ class BootCore:
         # Boot layers each OCI image is known to have ({"kernel", "initramfs", "squashfs", "uki"}),
         # filled in the background by the service; decisions read it, never the network.
         self.image_layers: dict[str, frozenset[str]] = {}
+        self.grub_files = GrubFiles(self)
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix
@@ -127,12 +130,28 @@ class BootCore:
             direct = self.efi_url(machine, base)
             if direct:
                 return self._offer(OfferKind.HTTP_EFI, direct, machine)
+            if machine.secure_boot:
+                return Decision(None, f"{machine.name}: secure_boot = true and a kernel boot: over UEFI HTTP boot "
+                                      "Secure Boot firmware runs only signed binaries, and Debian's signed GRUB has no "
+                                      "HTTP; PXE-boot this machine (shim + GRUB over TFTP) or boot a signed UKI "
+                                      "(boot.efi, or an image with a UKI layer)", machine)
             if not binary:
                 return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
             return self._offer(OfferKind.HTTP_EFI, urls.binary_url(base, binary), machine)
+        if machine.loader == "grub":
+            return self._grub_offer(client, machine)
         if not binary:
             return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
         return self._offer(OfferKind.TFTP, binary, machine)
+
+    def _grub_offer(self, client: Client, machine: Machine) -> Decision:
+        """UEFI PXE of a GRUB machine: shim (Secure Boot) or GRUB itself, from netbootd's TFTP."""
+        arch = client.arch._value_
+        if self.settings.grub.for_arch(arch) is None:
+            return Decision(None, f"{machine.name}: loader grub needs UEFI x86-64 or arm64 firmware, client is {arch}",
+                            machine)
+        name = grub.shim_name(arch) if machine.secure_boot else grub.grub_name(arch)
+        return self._offer(OfferKind.TFTP, name, machine)
 
     @staticmethod
     def _offer(kind: OfferKind, bootfile: str, machine: Machine) -> Decision:
@@ -171,6 +190,9 @@ class BootCore:
         if probe:
             return self.timeline.record("tftp", mac=mac_in_path(name), ip=client_ip, file=name, probe=True,
                                         seconds=round(seconds, 3))
+        if error == "file not found" and grub.optional(name):
+            # shim's optional files and GRUB's module lists: "not found" is the normal answer
+            return self.timeline.record("tftp", mac=mac_in_path(name), ip=client_ip, file=name, optional=True)
         return self.timeline.record(
             "tftp",
             mac=mac_in_path(name),
@@ -182,14 +204,19 @@ class BootCore:
             error=error or None,
         )
 
-    def open_tftp(self, name: str, client_ip: str = "") -> BinaryIO:
-        """The configured iPXE binaries come from the iPXE directory; everything else
-        (per-machine binaries included) from the TFTP root. Raises files.FileError.
-        A held machine (known by the address DHCP saw) gets no file at all."""
+    def open_tftp(self, name: str, client_ip: str = "", server_ip: str = "") -> BinaryIO | Deferred:
+        """The configured iPXE binaries come from the iPXE directory; the GRUB chain (shim, GRUB,
+        grub.cfg, kernels and initrds) from netbootd.core.grubfiles; everything else (per-machine
+        binaries included) from the TFTP root. Raises files.FileError. A Deferred when the bytes
+        must be fetched first (a URL or image layer for GRUB). A held machine (known by the
+        address DHCP saw) gets no file at all."""
         why = self.held(self.mac_for_ip(client_ip)) if client_ip and self.catalog.held else None
         if why:
             raise files.AccessDenied(why)
         clean = files.clean_name(name)
+        request = grub.parse(clean)
+        if request is not None:
+            return self.grub_files.open(request, client_ip, server_ip)
         if clean in self.settings.ipxe.names():
             return files.open_under(self.settings.tftp.ipxe_dir, clean)
         if self.settings.tftp.root is None:

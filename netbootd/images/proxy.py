@@ -108,6 +108,41 @@ class ImageProxy:
             size = await self._thread(self.registry.blob_size, ref, digest)
         return BlobResource(self, ref, digest, size, EFI)
 
+    def layer_file(self, ref: ImageRef, media_type: str) -> defer.Deferred:
+        """The cache file of an image's layer, fetched (and verified) first if needed: what the
+        TFTP edge serves to a GRUB, which cannot take bytes over HTTP as they arrive."""
+        return defer.ensureDeferred(self._layer_file(ref, media_type))
+
+    async def _layer_file(self, ref: ImageRef, media_type: str):
+        self.registry.check(ref)
+        image = await self._thread(self.registry.resolve, ref)
+        if self.on_resolved is not None:
+            self.on_resolved(ref, image)
+        layer = image.layer(media_type)
+        if layer is None:
+            have = ", ".join(sorted({x.media_type for x in image.layers})) or "none"
+            raise NotFound(f"image {ref} has no layer of type {' or '.join(media_aliases(media_type))} (it has: {have})")
+        cached = self.cache.lookup(layer.digest)
+        if cached is not None:
+            metrics.cache_requests.labels("hit").inc()
+            return cached
+        flight = self.flights.get(layer.digest)
+        if flight is None:
+            writer = self.cache.begin(layer.digest, layer.size)
+            if writer is None:
+                raise UpstreamError(f"blob {layer.digest} cannot be staged in the cache ({self.cache.root}: full or "
+                                    "not writable): a TFTP client needs the whole file")
+            metrics.cache_requests.labels("miss").inc()
+            flight = Flight(writer, self.reactor, self._flight_ended)
+            self.flights[layer.digest] = flight
+            flight.fetch = self.fetcher.fetch(ref, layer.digest, layer.size, flight)
+        ended: defer.Deferred = defer.Deferred()
+        flight.waiters.append(ended.callback)
+        await ended
+        if flight.state != "committed" or flight.final is None:
+            raise flight.error or UpstreamError(f"blob {layer.digest}: fetch failed")
+        return flight.final
+
     # ------------------------------------------------------------------ serving
 
     def serve(self, request, ref: ImageRef, digest: str, size: int, content_type: str) -> Any:

@@ -197,7 +197,10 @@ class Lab:
         capture: bool = True,
         log_level: str = "debug",
         netbootd_argv: Sequence[str] = (sys.executable, "-m", "netbootd"),
+        site_next_server: bool = False,
     ) -> None:
+        """`site_next_server`: the site's DHCP server names netbootd as next-server (BOOTP siaddr),
+        as a site must for Debian's signed GRUB when netbootd runs on another host."""
         if host not in ("second-address", "own-host", "site-address"):
             raise ValueError(f"host={host!r}: expected second-address, own-host or site-address")
         self.root = root
@@ -210,6 +213,7 @@ class Lab:
         self.http_port = http_port
         self.capture = capture and shutil.which("tcpdump") is not None
         self.netbootd_argv = list(netbootd_argv)
+        self.site_next_server = site_next_server
         self.accel = accelerator()
         self.procs: list[Proc] = []
         self.boots: list[Boot] = []
@@ -337,6 +341,7 @@ class Lab:
                 "--enable-ra",  # without a router advert iPXE waits ~13 s on IPv6
                 "--dhcp-range=::,constructor:br0,ra-only",
                 f"--dhcp-leasefile={self.root / 'dnsmasq.leases'}",
+                *([f"--dhcp-boot=,,{self.boot_ip}"] if self.site_next_server else []),  # siaddr only, no file
                 f"--pid-file={self.root / 'dnsmasq.pid'}",
                 "--user=root",
                 "--group=root",

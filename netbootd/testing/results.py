@@ -32,11 +32,29 @@ def stage_names(events: list[dict[str, Any]]) -> list[str]:
             else:
                 after_script += 1
                 names.append("kernel" if after_script == 1 else ("initrd" if after_script == 2 else f"initrd{after_script - 1}"))
+        elif stage == "tftp":
+            names.append(_tftp_stage(e))
         elif stage == "beacon":
             names.append(f"beacon:{e.get('beacon', '')}" if e.get("beacon") not in (None, "loaded") else "beacon")
         else:
             names.append(stage)
     return names
+
+
+def _tftp_stage(event: dict[str, Any]) -> str:
+    """TFTP steps by what they carry: the GRUB chain's files have names of their own."""
+    base = str(event.get("file", "")).rsplit("/", 1)[-1].lower()
+    if event.get("optional") or event.get("probe"):
+        return "tftp"
+    if base.startswith("shim") and base.endswith(".efi"):
+        return "shim"
+    if base.startswith("grub") and base.endswith(".efi"):
+        return "grub"
+    if base.endswith(".cfg"):
+        return "grub.cfg"
+    if base == "kernel" or base.startswith("initrd") or base == "image.efi":
+        return {"kernel": "kernel", "image.efi": "efi"}.get(base, "initrd")
+    return "tftp"
 
 
 def describe(event: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ class TftpFiles:
         self.settings = settings
         self._ipxe_names = frozenset(settings.ipxe.names())
 
-    def open_tftp(self, name: str, client_ip: str) -> BinaryIO:
+    def open_tftp(self, name: str, client_ip: str, server_ip: str = "") -> BinaryIO:
         """Open `name` for the client at `client_ip`; raises FileNotFound / AccessDenied."""
         rel = clean_name(name)  # AccessDenied / FileNotFound for hostile or empty names
         tftp = self.settings.tftp

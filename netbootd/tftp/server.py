@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from netbootd.config.settings import TftpSettings
 from netbootd.core.files import AccessDenied, FileNotFound
@@ -33,8 +35,9 @@ class FileResolver(Protocol):
     only then) for a size probe, the client ending the transfer after reading tsize from the OACK.
     """
 
-    def open_tftp(self, name: str, client_ip: str) -> BinaryIO:
-        """An open binary file for `name`; raises FileNotFound / AccessDenied."""
+    def open_tftp(self, name: str, client_ip: str, server_ip: str = "") -> BinaryIO | Deferred:
+        """An open binary file for `name` (or a Deferred firing with one, when it must be fetched
+        first); raises FileNotFound / AccessDenied. `server_ip`: the address the request reached."""
         ...
 
 
@@ -58,6 +61,7 @@ class TftpServer(DatagramProtocol):
         # test hook passed to every session: drop every Nth outgoing packet
         self.drop_every = drop_every
         self.sessions: dict[tuple[str, int], TransferSession] = {}
+        self.fetching: dict[tuple[str, int], codec.ReadRequest] = {}  # requests waiting for their file to be fetched
         self.shared = SharedContent()  # one copy of each hot file (the iPXE binaries) for every session
         self.hook_dropped = 0  # packets dropped by the test hook, over all finished sessions
         # the local address the current datagram was sent to (set by PktinfoPort; None if unknown)
@@ -104,6 +108,11 @@ class TftpServer(DatagramProtocol):
             metrics.DROPPED_PACKETS.labels("unexpected").inc()
 
     def _read_request(self, request: codec.ReadRequest, addr: tuple[str, int]) -> None:
+        if self.fetching.get(addr) == request:
+            # the client repeated its request while its file is being fetched (an image layer or a URL
+            # for GRUB): the transfer starts when the fetch ends
+            metrics.DROPPED_PACKETS.labels("duplicate_request").inc()
+            return
         existing = self.sessions.get(addr)
         if existing is not None:
             if existing.request == request and not existing.all_sent:
@@ -131,25 +140,53 @@ class TftpServer(DatagramProtocol):
             self._log_limited("busy", "tftp request dropped: too many transfers; the client will resend",
                               client=addr[0], file=request.filename, active=len(self.sessions))
             return
+        local = self.local_address
         try:
-            fileobj = self.files.open_tftp(request.filename, addr[0])
-        except FileNotFound:
-            self._log_limited("refused", "tftp file not found", client=addr[0], file=request.filename)
+            opened = self.files.open_tftp(request.filename, addr[0], local or "")
+        except Exception as exc:
+            self._not_opened(exc, request, addr)
+            return
+        if isinstance(opened, Deferred):
+            self.fetching[addr] = request
+            log.debug("tftp file being fetched first", client=addr[0], file=request.filename)
+
+            def fetched(fileobj: BinaryIO) -> None:
+                if self.fetching.get(addr) == request:
+                    del self.fetching[addr]
+                    self._start_session(request, addr, fileobj, local)
+                else:
+                    fileobj.close()  # the client moved on (a new request from this port)
+
+            def failed(failure) -> None:
+                if self.fetching.get(addr) == request:
+                    del self.fetching[addr]
+                    self._not_opened(failure.value, request, addr)
+
+            opened.addCallbacks(fetched, failed)
+            return
+        self._start_session(request, addr, opened, local)
+
+    def _not_opened(self, exc: BaseException, request: codec.ReadRequest, addr: tuple[str, int]) -> None:
+        """Answer a request whose file could not be opened (at once, or after a failed fetch)."""
+        if isinstance(exc, FileNotFound):
+            self._log_limited("refused", "tftp file not found", client=addr[0], file=request.filename, why=str(exc))
             self._refuse(addr, "not_found", codec.ERR_NOT_FOUND, "File not found")
             self._report(addr[0], request.filename, 0, 0.0, "file not found")
-            return
-        except AccessDenied as e:
-            self._log_limited("refused", "tftp access denied", client=addr[0], file=request.filename, why=str(e))
+        elif isinstance(exc, AccessDenied):
+            self._log_limited("refused", "tftp access denied", client=addr[0], file=request.filename, why=str(exc))
             self._refuse(addr, "access_denied", codec.ERR_ACCESS, "Access violation")
-            self._report(addr[0], request.filename, 0, 0.0, f"access denied: {e}")
-            return
-        except Exception:
-            log.failure("tftp file lookup failed", client=addr[0], file=request.filename)
+            self._report(addr[0], request.filename, 0, 0.0, f"access denied: {exc}")
+        elif isinstance(getattr(exc, "status", None), int):  # an upstream error (image registry, URL)
+            # a URL or image layer that could not be fetched: say so to the client and the operator
+            log.warn("tftp file could not be fetched", client=addr[0], file=request.filename, error=str(exc))
+            self._refuse(addr, "fetch_failed", codec.ERR_UNDEFINED, f"fetch failed: {str(exc)[:100]}")
+            self._report(addr[0], request.filename, 0, 0.0, f"fetch failed: {exc}")
+        else:
+            log.failure("tftp file lookup failed", failure=Failure(exc), client=addr[0], file=request.filename)
             self._refuse(addr, "internal", codec.ERR_UNDEFINED, "internal error")
-            return
-        self._start_session(request, addr, fileobj)
 
-    def _start_session(self, request: codec.ReadRequest, addr: tuple[str, int], fileobj: BinaryIO) -> None:
+    def _start_session(self, request: codec.ReadRequest, addr: tuple[str, int], fileobj: BinaryIO,
+                       local: str | None = None) -> None:
         session = TransferSession(
             addr,
             request,
@@ -180,7 +217,7 @@ class TftpServer(DatagramProtocol):
         try:
             # startProtocol() runs inside: connect, negotiate, first packet
             # answer from the address the client asked (see port.py)
-            interface = self.settings.listen or self.local_address or ""
+            interface = self.settings.listen or local or ""
             self.reactor.listenUDP(0, session, interface=interface, maxPacketSize=2048)
         except Exception:
             log.failure("tftp cannot open a transfer port", client=addr[0])
