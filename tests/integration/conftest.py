@@ -98,8 +98,9 @@ class Marker:
 class ProjectLab(Lab):
     """The shipped lab with netbootd's own test guest in files/ and a marker-reading boot."""
 
-    def __init__(self, root: Path, assets: Assets, *, host: str = "second-address", pair: bool = False) -> None:
-        super().__init__(root, host="own-host" if pair else host)
+    def __init__(self, root: Path, assets: Assets, *, host: str = "second-address", pair: bool = False,
+                 **lab_options) -> None:
+        super().__init__(root, host="own-host" if pair else host, **lab_options)
         self.assets = assets
         shutil.copy(assets.kernel, self.files / "vmlinuz")
         shutil.copy(assets.initrd, self.files / "initrd.cpio.gz")

@@ -71,7 +71,7 @@ class LabRegistry:
     def serve(self) -> h.Registry:
         """The registry in the lab (config.yml and registry.log in the lab's directory)."""
         reg = h.Registry(self.lab.root, storage=self.storage, port=REGISTRY_PORT)
-        proc = self.lab.start("registry", [str(h.REGISTRY_BIN), "serve", str(reg.config)])
+        proc = self.lab.start("registry", [str(h.REGISTRY_BIN), "serve", str(reg.config)], ns=self.lab.boot_ns)
         self.lab.wait_until(lambda: f"listening on {REGISTRY}" in proc.text(), proc, 20, "docker-registry to listen")
         settings = self.lab.settings
         self.lab.write_settings(attrs.evolve(settings, registry=attrs.evolve(
