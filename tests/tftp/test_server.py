@@ -4,6 +4,7 @@ packet loss, the concurrency limit, shutdown, and descriptor hygiene."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp
 from netbootd.tftp.files import TftpFiles
@@ -480,3 +481,53 @@ async def test_a_size_probe_is_reported_as_a_probe_not_an_error(tftp_root, ipxe_
         assert metric("netbootd_tftp_transfers_failed_total", reason="client_error") == client_errors + 1
     finally:
         await port.stopListening()
+
+
+class _Fetching:
+    """A resolver whose files must be fetched first (as the core's are for GRUB: URLs, image
+    layers): open_tftp returns a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred] = []
+
+    def open_tftp(self, name: str, client_ip: str, server_ip: str = ""):
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class _Upstream(Exception):
+    status = 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_fetched_first_is_sent_once_it_is_there(server, raw_client):
+    files = server.server.files = _Fetching()
+    c = raw_client()
+    addr = ("127.0.0.1", server.port)
+    request = codec.encode_request("grub/m/52-54-00-99-00-01/kernel", "octet", {"blksize": "1024"})
+    dropped = metric("netbootd_tftp_dropped_packets_total", reason="duplicate_request")
+    c.send(request, addr)
+    assert await c.recv(timeout=0.3) is None  # nothing until the file is there
+    c.send(request, addr)  # GRUB resends its request meanwhile: dropped, not a second fetch
+    assert await c.recv(timeout=0.3) is None
+    assert len(files.pending) == 1
+    assert metric("netbootd_tftp_dropped_packets_total", reason="duplicate_request") == dropped + 1
+    files.pending[0].callback(io.BytesIO(b"k" * 1500))
+    packet, _, session = await c.recv()
+    assert packet == codec.OptionAck({"blksize": "1024"})
+    c.send(codec.encode_ack(0), session)
+    packet, raw, _ = await c.recv()
+    assert packet == codec.Data(1, 1024) and raw[4:] == b"k" * 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_fetch_is_an_error_saying_so(server, raw_client):
+    files = server.server.files = _Fetching()
+    c = raw_client()
+    c.send(codec.encode_request("grub/m/52-54-00-99-00-01/kernel"), ("127.0.0.1", server.port))
+    await sleep(0.1)
+    files.pending[0].errback(_Upstream("http://mirror.example/vmlinuz: HTTP 503"))
+    packet, _, _ = await c.recv()
+    assert isinstance(packet, codec.Error) and packet.code == codec.ERR_UNDEFINED
+    assert packet.message == "fetch failed: http://mirror.example/vmlinuz: HTTP 503"
