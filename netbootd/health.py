@@ -95,6 +95,14 @@ def loader_problems(settings: Settings, catalog: Catalog) -> list[dict[str, Any]
                 "loader_missing", str(ipxe_dir / name), [f"every {arch} machine"],
                 f"ipxe.{arch} = {name!r} is not in tftp.ipxe_dir {ipxe_dir}: {arch} machines cannot chainload "
                 f"iPXE (install Debian's ipxe package, or fix ipxe.{arch} / tftp.ipxe_dir)"))
+    grub_machines = sorted(m.name for m in catalog.files.values() if m.loader == "grub" and m.answers)
+    if grub_machines:
+        for role, path in (("shim", settings.grub.efi64_shim), ("grub", settings.grub.efi64_grub)):
+            if not path.is_file():
+                package = "shim-signed" if role == "shim" else "grub-efi-amd64-signed"
+                out.append(problem("loader_missing", str(path), grub_machines,
+                                   f"grub.efi64_{role} {path} is missing: these machines' UEFI PXE boot fails "
+                                   f"(apt-get install {package}, or fix grub.efi64_{role})"))
     missing: dict[str, list[str]] = defaultdict(list)
     for machine in catalog.files.values():
         if machine.ipxe_binary:

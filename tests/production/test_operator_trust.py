@@ -179,3 +179,12 @@ def test_unresolvable_image_is_a_problem_naming_its_machines(daemon_factory):
     line = wait_for(lambda: [x for x in d.log().splitlines() if "image not resolvable" in x])[0]
     assert "machines=52-54-00-00-00-01,52-54-00-00-00-02" in line and "kind=unreachable" in line
     assert "registry.allowed" in line
+
+
+def test_missing_shim_is_a_problem_for_grub_machines(daemon_factory, tmp_path):
+    d = daemon_factory(extra_settings=f'[grub]\nefi64_shim = "{tmp_path}/nosuch-shim.efi"\n')
+    (d.machines / "52-54-00-77-00-20.toml").write_text('secure_boot = true\n[boot]\nlocal = true\n')
+    d.start()
+    problems = [p for p in d.get("/healthz").json()["problems"] if p["kind"] == "loader_missing"]
+    assert [(p["what"], p["machines"]) for p in problems] == [(f"{tmp_path}/nosuch-shim.efi", ["52-54-00-77-00-20"])]
+    assert "shim-signed" in problems[0]["message"]
