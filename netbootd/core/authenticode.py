@@ -12,7 +12,7 @@ Debian 12: its dependency oscrypto 1.3.0, the last release, fails to parse OpenS
 that hash.
 
 `inspect` never raises: anything it cannot read or parse is a `Signature` saying so. Results are
-cached by (device, inode, size, mtime), as check, explain and the daemon look at the same files.
+cached by (device, inode, size, mtime): check, explain and later the daemon ask about the same files.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class _SecureBootMachine(Machine):
 def secure(machine: Machine) -> Machine:
     """The same machine with secure_boot = true, whether or not Machine has the field yet."""
     if "secure_boot" in attrs.fields_dict(Machine):
-        return attrs.evolve(machine, secure_boot=True)  # type: ignore[misc]
+        return attrs.evolve(machine, secure_boot=True)
     return _SecureBootMachine(**attrs.asdict(machine, recurse=False))
 
 
