@@ -91,14 +91,39 @@ def cmd_check(args) -> int:
                 unresolved += not res.ok
         finally:
             client.close()
+    refused = _check_secure_boot(settings, result.machines.values())
     default = "default" in result.machines
     count = machine_count(len(result.machines) - default, default)
-    if result.errors or unresolved:
+    if result.errors or unresolved or refused:
         failed = f", {len(result.causes)} machine file(s) failed" if result.causes else ""
-        print(f"{len(result.errors)} error(s), {unresolved} image(s) not bootable; {count} OK{failed}", file=sys.stderr)
+        unsigned = f", {refused} binary(ies) Secure Boot would refuse" if refused else ""
+        print(f"{len(result.errors)} error(s), {unresolved} image(s) not bootable{unsigned}; {count} OK{failed}",
+              file=sys.stderr)
         return 1
     print(f"OK: {count}")
     return 0
+
+
+def _check_secure_boot(settings: Settings, machines) -> int:
+    """One line per binary a Secure Boot machine is offered; returns how many its firmware would refuse."""
+    from netbootd.core.secureboot import findings
+
+    refused = 0
+    for finding in findings(settings, machines):
+        print(finding.line())
+        refused += finding.refused
+    return refused
+
+
+def _explain_secure_boot(settings: Settings, machine) -> None:
+    """The signatures section of `explain`, for a Secure Boot machine."""
+    from netbootd.core.secureboot import findings
+
+    found = findings(settings, [machine])
+    if found:
+        print("--- Secure Boot signatures " + "-" * 38)
+        for finding in found:
+            print(finding.line(with_machine=False))
 
 
 def cmd_explain(args) -> int:
@@ -193,6 +218,7 @@ def cmd_explain(args) -> int:
 
             print("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
             print(json.dumps(body, indent=1))
+    _explain_secure_boot(settings, machine)
     return 0
 
 
