@@ -40,7 +40,7 @@ Provider = Callable[[Settings, Machine], Iterable[OfferedBinary]]
 
 def is_secure_boot(machine: Machine) -> bool:
     """Whether the machine boots with Secure Boot on (its machine file's `secure_boot = true`)."""
-    return bool(getattr(machine, "secure_boot", False))
+    return machine.secure_boot
 
 
 def shown_path(settings: Settings, path: Path) -> str:
@@ -73,8 +73,24 @@ def boot_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinar
         yield OfferedBinary("kernel/uki", str(boot.image), None)  # the image's layers, pulled at boot
 
 
-# In boot order. The loader stages (shim, GRUB) go in front of boot_binaries.
-PROVIDERS: tuple[Provider, ...] = (boot_binaries,)
+def loader_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinary]:
+    """shim and GRUB, for the architectures this host can offer them to: x86-64 always, arm64 when
+    its binaries are installed (an x86 boot host without arm64 machines need not have them)."""
+    if machine.loader != "grub":
+        return
+    for arch in ("efi64", "arm64"):
+        pair = settings.grub.for_arch(arch)
+        assert pair is not None
+        if arch == "arm64" and not any(p.exists() for p in pair):
+            continue
+        for role, path in zip(("shim", "grub"), pair, strict=True):
+            if role == "shim" and not machine.secure_boot:
+                continue  # loader = "grub" without Secure Boot boots GRUB directly
+            yield OfferedBinary(f"{role} ({arch})", shown_path(settings, path), path)
+
+
+# In boot order: the loader stages (shim, GRUB), then what they boot.
+PROVIDERS: tuple[Provider, ...] = (loader_binaries, boot_binaries)
 
 
 def secure_boot_binaries(
