@@ -73,9 +73,16 @@ def cmd_check(args) -> int:
     if args.dir and args.config:
         print("netbootd check: give the configuration once (a path or --config)", file=sys.stderr)
         return 2
-    settings = _settings_or_exit("check", args.dir or args.config, required=True)
-    if isinstance(settings, int):
-        return settings
+    try:
+        settings = find_settings(args.dir or args.config, required=True)
+    except NoConfig as exc:
+        print(f"netbootd check: {exc}", file=sys.stderr)
+        return 2
+    except ConfigInvalid as exc:  # what check is for: the errors on stdout, exit 1, as for machine files
+        for err in exc.errors:
+            print(err)
+        print(f"{len(exc.errors)} error(s) in the settings file", file=sys.stderr)
+        return 1
     result = load_machines(settings)
     for err in result.errors:
         print(err)
