@@ -148,7 +148,7 @@ FIRMWARES: dict[str, FirmwareKind] = {
         (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http, _GAVE_UP_HTTP4,
     ),
     "uefi-secure": FirmwareKind(
-        "uefi-secure", "OVMF's own UEFI PXE, Secure Boot enforced with Microsoft's keys (boots shim, not iPXE)",
+        "uefi-secure", "OVMF's own UEFI PXE, Secure Boot enforced with Microsoft's keys (shim loads, unsigned iPXE is refused)",
         "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE_MS, OVMF_VARS_MS), _uefi_secure, _GAVE_UP_PXE4, 180.0,
     ),
     "uefi-http-secure": FirmwareKind(
