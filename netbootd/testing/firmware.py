@@ -115,8 +115,10 @@ def _ovmf(vm: Vm, *extra: str, code: Path = OVMF_CODE, vars_template: Path = OVM
 # PXE off, else OVMF spends ~60 s on each PXE attempt before it tries HTTP
 _NO_PXE = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
            "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
-# Debian's Secure Boot OVMF (ms and snakeoil alike: one secboot.fd) is the SMM build: it keeps its
-# variables in SMM-only flash, and does not start without SMM emulation and that flash secured.
+# Debian's Secure Boot OVMF (ms and snakeoil alike: symlinks to one secboot.fd) is the SMM build:
+# its variables (the Secure Boot keys among them) belong in flash only SMM code may write. QEMU 7.2's
+# q35 has SMM on by default and the firmware starts without these flags, but then the guest could
+# write the flash directly; stated here so the lab is set up as a real machine is.
 _SMM_MACHINE = "q35,smm=on"
 _SMM = ("-global", "driver=cfi.pflash01,property=secure,value=on")
 
