@@ -19,11 +19,35 @@ IPXE_DIR = Path("/usr/lib/ipxe")
 IPXE_NIC_ROM = IPXE_DIR / "qemu" / "efi-virtio.rom"  # QEMU's default ROM for virtio-net-pci
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot builds (SMM): Microsoft's keys enrolled (what real machines trust: shim, not ours), or
+# the snakeoil test key (/usr/share/ovmf/PkKek-1-snakeoil.pem), with which a test can sign its own UKI.
+OVMF_CODE_MS = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
+OVMF_VARS_MS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+OVMF_CODE_SNAKEOIL = Path("/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd")
+OVMF_VARS_SNAKEOIL = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
 
 # OVMF tries PXEv4, PXEv6, HTTPv4, HTTPv6 in turn: when the path under test gives up, stop there
-# instead of waiting a minute for a fallback (which could even boot, on the wrong path).
-_GAVE_UP_PXE4 = re.compile(r'failed to load Boot\d+ "UEFI PXEv4[^"]*"')
-_GAVE_UP_HTTP4 = re.compile(r'failed to load Boot\d+ "UEFI HTTPv4[^"]*"')
+# instead of waiting a minute for a fallback (which could even boot, on the wrong path). BdsDxe
+# prints `failed to load Boot0001 "UEFI HTTPv4 (MAC:...)" from <device path>: <status>` (or `failed
+# to start` when the image ran and returned an error); the match takes the whole line, so a report
+# says why: `Access Denied` is Secure Boot refusing the image. A console line is read while it is
+# being written, so a status counts only once complete: EDK2's %r names (the table in OVMF 2022.11's
+# binary, and two that newer EDK2 adds) or, for a status it has no name for, its hex value.
+_EFI_STATUS = (
+    "Load Error|Invalid Parameter|Unsupported|Bad Buffer Size|Buffer Too Small|Not Ready|Device Error|"
+    "Write Protected|Out of Resources|Volume Corrupt|Volume Full|No Media|Media changed|Not Found|Access Denied|"
+    "No Response|No mapping|Time out|Not started|Already started|Aborted|ICMP Error|TFTP Error|Protocol Error|"
+    "Incompatible Version|Security Violation|CRC Error|End of Media|End of File|Invalid Language|Compromised Data|"
+    "IP Address Conflict|HTTP Error|[0-9A-F]{8}(?:[0-9A-F]{8})?"
+)
+
+
+def _gave_up(description: str) -> re.Pattern[str]:
+    return re.compile(rf'failed to (?:load|start) Boot[0-9A-Fa-f]+ "{description}[^"]*" from \S+: (?:{_EFI_STATUS})\s*$')
+
+
+_GAVE_UP_PXE4 = _gave_up("UEFI PXEv4")
+_GAVE_UP_HTTP4 = _gave_up("UEFI HTTPv4")
 
 
 @attrs.frozen
@@ -88,10 +112,27 @@ def _ovmf(vm: Vm, *extra: str, code: Path = OVMF_CODE, vars_template: Path = OVM
     ]  # fmt: skip
 
 
+# PXE off, else OVMF spends ~60 s on each PXE attempt before it tries HTTP
+_NO_PXE = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+           "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
+# Debian's Secure Boot OVMF (ms and snakeoil alike: symlinks to one secboot.fd) is the SMM build:
+# its variables (the Secure Boot keys among them) belong in flash only SMM code may write. QEMU 7.2's
+# q35 has SMM on by default and the firmware starts without these flags, but then the guest could
+# write the flash directly; stated here so the lab is set up as a real machine is.
+_SMM_MACHINE = "q35,smm=on"
+_SMM = ("-global", "driver=cfi.pflash01,property=secure,value=on")
+
+
 def _uefi_http(vm: Vm) -> list[str]:
-    # PXE off, else OVMF spends ~60 s on each PXE attempt before it tries HTTP
-    return _ovmf(vm, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
-                 "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
+    return _ovmf(vm, *_NO_PXE)
+
+
+def _uefi_secure(vm: Vm) -> list[str]:
+    return _ovmf(vm, *_SMM, code=OVMF_CODE_MS, vars_template=OVMF_VARS_MS, machine=_SMM_MACHINE)
+
+
+def _uefi_http_secure(vm: Vm) -> list[str]:
+    return _ovmf(vm, *_SMM, *_NO_PXE, code=OVMF_CODE_SNAKEOIL, vars_template=OVMF_VARS_SNAKEOIL, machine=_SMM_MACHINE)
 
 
 _X86 = ("qemu-system-x86",)
@@ -107,6 +148,15 @@ FIRMWARES: dict[str, FirmwareKind] = {
     "uefi-http": FirmwareKind(
         "uefi-http", "OVMF's UEFI HTTP boot (IPv4)", "qemu-system-x86_64",
         (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http, _GAVE_UP_HTTP4,
+    ),
+    "uefi-secure": FirmwareKind(
+        "uefi-secure", "OVMF's own UEFI PXE, Secure Boot enforced with Microsoft's keys (shim loads, unsigned iPXE is refused)",
+        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE_MS, OVMF_VARS_MS), _uefi_secure, _GAVE_UP_PXE4, 180.0,
+    ),
+    "uefi-http-secure": FirmwareKind(
+        "uefi-http-secure", "OVMF's UEFI HTTP boot (IPv4), Secure Boot enforced with OVMF's snakeoil test key",
+        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE_SNAKEOIL, OVMF_VARS_SNAKEOIL), _uefi_http_secure,
+        _GAVE_UP_HTTP4, 180.0,
     ),
 }
 # The names the project's own tests used before the kinds were shipped.

@@ -24,7 +24,13 @@ from netbootd.testing.firmware import FIRMWARES, firmware
 from netbootd.testing.results import DEFAULT_EXPECT, BootResult, describe, stage_names
 
 # the client each firmware kind presents on its first request
-_CLIENTS = {"bios": ("BIOS_PXE", "BIOS"), "uefi": ("EFI_PXE", "EFI64"), "uefi-http": ("HTTP_BOOT", "EFI64")}
+_CLIENTS = {
+    "bios": ("BIOS_PXE", "BIOS"),
+    "uefi": ("EFI_PXE", "EFI64"),
+    "uefi-http": ("HTTP_BOOT", "EFI64"),
+    "uefi-secure": ("EFI_PXE", "EFI64"),
+    "uefi-http-secure": ("HTTP_BOOT", "EFI64"),
+}
 
 
 class Refused(Exception):

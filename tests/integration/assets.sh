@@ -2,7 +2,8 @@
 # Build what the QEMU boot tests boot: a kernel from Debian's linux-image package and a busybox
 # initramfs that prints a marker line and powers off. Idempotent; everything is cached in
 # tests/integration/.assets/ (gitignored). Needs apt-get (to download the kernel package, no
-# install), dpkg-deb, busybox-static, cpio and gzip. Usage: tests/integration/assets.sh [--force]
+# install), dpkg-deb, busybox-static, cpio and gzip; for the Secure Boot UKIs also systemd-boot-efi,
+# binutils, sbsigntool, openssl and ovmf (their keys). Usage: tests/integration/assets.sh [--force]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -168,5 +169,65 @@ SCRIPT
     mv "$OUT/initrd.cpio.gz.tmp" "$OUT/initrd.cpio.gz"
     echo "$stamp" > "$OUT/initrd.stamp"
     echo "assets.sh: initramfs $(du -h "$OUT/initrd.cpio.gz" | cut -f1)"
+fi
+
+# ---------------------------------------------------------------- the UKIs (Secure Boot tests)
+# The kernel + initramfs above + a command line in systemd-boot's stub: uki-signed.efi signed with
+# OVMF's snakeoil key (whose certificate OVMF_VARS_4M.snakeoil.fd trusts), uki-unsigned.efi not
+# signed. Rebuilt when an input changes. Without the tools only these two are left out (the
+# Secure Boot tests skip, naming the packages).
+UKI_STUB="${UKI_STUB:-/usr/lib/systemd/boot/efi/linuxx64.efi.stub}"
+SNAKEOIL_KEY=/usr/share/ovmf/PkKek-1-snakeoil.key  # encrypted; its passphrase is "snakeoil"
+SNAKEOIL_CERT=/usr/share/ovmf/PkKek-1-snakeoil.pem
+UKI_CMDLINE="console=ttyS0 panic=-1 nbd_uki=1"  # no `quiet`: the tests read "Secure boot enabled"
+
+uki_missing=""
+[ -f "$UKI_STUB" ] || uki_missing+=" systemd-boot-efi"
+command -v objcopy >/dev/null && command -v objdump >/dev/null || uki_missing+=" binutils"
+command -v sbsign >/dev/null || uki_missing+=" sbsigntool"
+command -v openssl >/dev/null || uki_missing+=" openssl"
+[ -f "$SNAKEOIL_KEY" ] && [ -f "$SNAKEOIL_CERT" ] || uki_missing+=" ovmf"
+if [ -n "$uki_missing" ]; then
+    rm -f "$OUT/uki-signed.efi" "$OUT/uki-unsigned.efi" "$OUT/uki.stamp"
+    echo "assets.sh: no UKIs (the Secure Boot tests skip): apt-get install$uki_missing"
+else
+    uki_stamp="$( { cat "$OUT/vmlinuz" "$OUT/initrd.cpio.gz" "$UKI_STUB" "$SNAKEOIL_CERT"
+                    echo "$UKI_CMDLINE"; sed -n '/^# -* the UKIs/,/^fi$/p' "$0"; } | sha256sum | cut -d' ' -f1)"
+    if [ "$FORCE" = 1 ] || [ ! -s "$OUT/uki-signed.efi" ] || [ ! -s "$OUT/uki-unsigned.efi" ] \
+            || [ "$(cat "$OUT/uki.stamp" 2>/dev/null)" != "$uki_stamp" ]; then
+        work="$(mktemp -d "$OUT/.uki.XXXXXX")"
+        temps+=("$work")
+        chmod 700 "$work"  # the decrypted key lives here until the EXIT trap removes it
+        printf 'NAME="netbootd test guest"\nID=netbootd-test\n' > "$work/os-release"
+        printf '%s' "$UKI_CMDLINE" > "$work/cmdline"
+        # Each section at the next 64 KiB boundary after the stub's last section and the one before,
+        # so nothing overlaps whatever the stub's and the kernel's sizes.
+        align() { echo $(( ($1 + 0xffff) & ~0xffff )); }
+        size() { stat -c %s "$1"; }
+        end=0
+        while read -r idx _ sz vma _; do  # objdump -h rows: Idx Name Size VMA LMA File-off Algn
+            [[ "$idx" =~ ^[0-9]+$ ]] && (( 0x$vma + 0x$sz > end )) && end=$(( 0x$vma + 0x$sz ))
+        done < <(objdump -h "$UKI_STUB")
+        [ "$end" -gt 0 ] || die "cannot read the sections of $UKI_STUB (objdump -h)"
+        args=()
+        for section in osrel:os-release cmdline:cmdline linux:vmlinuz initrd:initrd.cpio.gz; do
+            name="${section%%:*}"; file="${section#*:}"
+            [ -f "$work/$file" ] && path="$work/$file" || path="$OUT/$file"
+            vma="$(align "$end")"
+            args+=(--add-section ".$name=$path" --change-section-vma ".$name=$(printf '0x%x' "$vma")")
+            end=$(( vma + $(size "$path") ))
+        done
+        objcopy "${args[@]}" "$UKI_STUB" "$work/uki-unsigned.efi"
+        openssl rsa -in "$SNAKEOIL_KEY" -passin pass:snakeoil -out "$work/snakeoil.key" 2>/dev/null \
+            || die "openssl could not decrypt $SNAKEOIL_KEY with the passphrase snakeoil"
+        sbsign --key "$work/snakeoil.key" --cert "$SNAKEOIL_CERT" --output "$work/uki-signed.efi" \
+            "$work/uki-unsigned.efi" >/dev/null 2>"$work/sbsign.err" || { cat "$work/sbsign.err" >&2; die "sbsign failed"; }
+        rm -f "$work/snakeoil.key"
+        sbverify --cert "$SNAKEOIL_CERT" "$work/uki-signed.efi" >/dev/null 2>&1 || die "sbverify rejects the signed UKI"
+        mv "$work/uki-unsigned.efi" "$OUT/uki-unsigned.efi"
+        mv "$work/uki-signed.efi" "$OUT/uki-signed.efi"
+        echo "$uki_stamp" > "$OUT/uki.stamp"
+        echo "assets.sh: UKIs $(du -h "$OUT/uki-signed.efi" | cut -f1) (signed with OVMF's snakeoil key, and unsigned), cmdline: $UKI_CMDLINE"
+    fi
 fi
 echo "assets.sh: ready in $OUT ($(cat "$OUT/kernel.pkg"))"
