@@ -47,6 +47,8 @@ def _gave_up(description: str) -> re.Pattern[str]:
 
 
 _GAVE_UP_PXE4 = _gave_up("UEFI PXEv4")
+# A GRUB that found no configuration stops at its prompt: waiting on would only reach the timeout.
+_GAVE_UP_PXE4_OR_GRUB = re.compile(f"{_GAVE_UP_PXE4.pattern}|^grub> *$")
 _GAVE_UP_HTTP4 = _gave_up("UEFI HTTPv4")
 
 
@@ -151,7 +153,7 @@ FIRMWARES: dict[str, FirmwareKind] = {
     ),
     "uefi-secure": FirmwareKind(
         "uefi-secure", "OVMF's own UEFI PXE, Secure Boot enforced with Microsoft's keys (shim loads, unsigned iPXE is refused)",
-        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE_MS, OVMF_VARS_MS), _uefi_secure, _GAVE_UP_PXE4, 180.0,
+        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE_MS, OVMF_VARS_MS), _uefi_secure, _GAVE_UP_PXE4_OR_GRUB, 180.0,
     ),
     "uefi-http-secure": FirmwareKind(
         "uefi-http-secure", "OVMF's UEFI HTTP boot (IPv4), Secure Boot enforced with OVMF's snakeoil test key",

@@ -163,3 +163,26 @@ def test_plugin_in_a_users_repository(config, tmp_path):
     # the lab never wrote into the repository's machine files
     assert sorted(p.name for p in (repo / "netboot" / "machines").iterdir()) == sorted(
         p.name for p in (config / "machines").iterdir())
+
+
+def test_unsigned_uki_for_a_secure_boot_machine(tmp_path, assets):
+    """(Secure Boot, 5) flagged by `netbootd check` before any boot; `netbootd try` shows the
+    firmware refusing it (OVMF with the snakeoil keys, Secure Boot enforced)."""
+    need("uefi-http-secure")
+    unsigned = assets.kernel.parent / "uki-unsigned.efi"
+    if not unsigned.is_file():
+        pytest.skip("tests/integration/assets.sh built no UKIs (systemd-boot-efi, sbsigntool, binutils missing)")
+    conf = tmp_path / "conf"
+    (conf / "machines").mkdir(parents=True)
+    (conf / "files").mkdir()
+    shutil.copy(unsigned, conf / "files" / "uki.efi")
+    (conf / "netbootd.toml").write_text('machines_dir = "machines"\nfiles_root = "files"\n')
+    (conf / "machines" / "52-54-00-88-00-20.toml").write_text('secure_boot = true\n[boot]\nefi = "uki.efi"\n')
+    check = subprocess.run([sys.executable, "-m", "netbootd", "check", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 1, check
+    assert "52-54-00-88-00-20: secure boot: uki files/uki.efi: NOT SIGNED: Secure Boot firmware will refuse it" \
+        in check.stdout, check.stdout
+    code, out = finish(netbootd_try("52:54:00:88:00:20", "--config", str(conf), "--firmware", "uefi-http-secure"))
+    assert code == 1, out
+    assert "==> DID NOT BOOT" in out and "Access Denied" in out, out
+    assert "loader    path=/files/uki.efi" in out  # it was offered and downloaded; the firmware refused to run it
