@@ -93,9 +93,11 @@ def cmd_check(args) -> int:
 
         client = RegistryClient(settings.registry)
         try:
-            for res in resolve_machines(client, image_machines(result.machines.values())):
-                print(res.line())
-                unresolved += not res.ok
+            for res in resolve_machines(client, image_machines(result.machines.values()),
+                                        settings.registry.architecture):
+                if res.required or res.ok:  # other architectures only when the image has them
+                    print(res.line())
+                unresolved += res.required and not res.ok
         finally:
             client.close()
     refused = _check_secure_boot(settings, result.machines.values())

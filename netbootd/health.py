@@ -140,10 +140,10 @@ class ImageWatch:
         self.clock = clock
         self.images: dict[str, ImageState] = {}
 
-    def configured(self, pairs: Iterable[tuple[str, ImageRef]]) -> None:
+    def configured(self, pairs: Iterable[tuple[str, ImageRef, str | None]]) -> None:
         """The images the catalog uses now (after a reload): forget the others."""
         wanted: dict[str, set[str]] = defaultdict(set)
-        for name, ref in pairs:
+        for name, ref, _arch in pairs:
             wanted[str(ref)].add(name)
         for key in list(self.images):
             if key not in wanted:

@@ -32,6 +32,11 @@ class Arch(enum.Enum):
     ARM64 = "arm64"  # 64-bit ARM UEFI
 
     @property
+    def oci(self) -> str:
+        """The OCI platform architecture of this arch's machines (for multi-arch image indexes)."""
+        return {"bios": "amd64", "efi32": "386", "efi64": "amd64", "arm32": "arm", "arm64": "arm64"}[self.value]
+
+    @property
     def ipxe_buildarch(self) -> str:
         return {"bios": "i386", "efi32": "i386", "efi64": "x86_64", "arm32": "arm32", "arm64": "arm64"}[
             self.value

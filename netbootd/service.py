@@ -188,13 +188,15 @@ class Netbootd:
         health.set_gauges(self.problems)
         return self.problems
 
-    def _image_resolved(self, ref, image) -> None:
+    def _image_resolved(self, ref, arch: str, image) -> None:
+        """The proxy resolved an image (for a machine asking): the core learns its layers at once."""
         from netbootd.images.resolve import boot_layers
 
         layers = boot_layers(image)
-        self.core.image_layers[str(ref)] = layers.kinds()
-        if str(ref) in self.images_watch.images and not self.images_watch.images[str(ref)].ok:
-            self.images_watch.resolved(str(ref), image.digest, layers.describe())
+        self.core.image_resolved(str(ref), arch, layers.kinds())
+        key = str(ref)
+        if key in self.images_watch.images and not self.images_watch.images[key].ok:
+            self.images_watch.resolved(key, image.digest, layers.describe())
             self.refresh_problems()
 
     def resolve_images(self) -> defer.Deferred:
@@ -204,21 +206,22 @@ class Netbootd:
 
         from netbootd.images.resolve import boot_layers, resolve_machines
 
-        pairs = image_machines(self.core.catalog.files.values())
-        if not pairs or self.images is None:
+        machines = image_machines(self.core.catalog.files.values())
+        if not machines or self.images is None:
             return defer.succeed(None)
 
         def done(results) -> None:
-            seen: set[str] = set()
+            seen: set[tuple[str, str]] = set()
             for res in results:
                 key = str(res.ref)
-                if key in seen:
+                if (key, res.arch) in seen:
                     continue
-                seen.add(key)
+                seen.add((key, res.arch))
                 if res.image is not None:
-                    self.core.image_layers[key] = boot_layers(res.image).kinds()
-                    self.images_watch.resolved(key, res.image.digest, boot_layers(res.image).describe())
-                else:
+                    self.core.image_resolved(key, res.arch, boot_layers(res.image).kinds())
+                    if res.required:
+                        self.images_watch.resolved(key, res.image.digest, boot_layers(res.image).describe())
+                elif res.required:
                     self.images_watch.failed(key, res.ref.registry, res.error, res.kind)
             self.refresh_problems()
             if self.images_watch.failing():
@@ -230,7 +233,7 @@ class Netbootd:
                 self._resolve_backoff = health.IMAGE_RETRY_FIRST
 
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), resolve_machines,
-                                      self.images.registry, pairs)
+                                      self.images.registry, machines, self.settings.registry.architecture)
         d.addCallback(done)
         d.addErrback(lambda f: log.failure("image resolution failed", f))
         return d
@@ -238,7 +241,7 @@ class Netbootd:
     def fetch_artefact(self, artefact) -> defer.Deferred:
         """A URL or image layer on disk, for GRUB's TFTP (netbootd.core.grubfiles)."""
         if artefact.kind == "layer":
-            return self.images.layer_file(artefact.image, artefact.media_type)
+            return self.images.layer_file(artefact.image, artefact.media_type, artefact.arch)
         if self.url_cache is None:
             from netbootd.images.urlcache import UrlCache
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from netbootd.config.machines import Boot, BootKind, Machine
+from netbootd.config.machines import Boot, BootFiles, BootKind, Machine
 from netbootd.config.templates import Template, TemplateError, compile_template
 from netbootd.images.reference import ReferenceError, parse_reference
 from netbootd.logs import get_logger
@@ -51,6 +51,7 @@ def to_json(machine: Machine) -> dict[str, Any]:
         "signed_urls": machine.signed_urls,
         "loader": machine.loader,
         "secure_boot": machine.secure_boot,
+        "arch": machine.arch,
         "boot": {
             "kind": boot.kind.value,
             "kernel": boot.kernel,
@@ -60,6 +61,7 @@ def to_json(machine: Machine) -> dict[str, Any]:
             "efi": boot.efi,
             "script": source(boot.script),
             "chain": source(boot.chain),
+            "by_arch": {a: {"kernel": f.kernel, "initrds": list(f.initrds), "efi": f.efi} for a, f in boot.by_arch.items()},
         },
     }
 
@@ -82,6 +84,7 @@ def from_json(doc: dict[str, Any]) -> Machine:
         efi=b["efi"],
         script=template(b["script"]),
         chain=template(b["chain"]),
+        by_arch={a: BootFiles(f["kernel"], tuple(f["initrds"]), f["efi"]) for a, f in b.get("by_arch", {}).items()},
     )
     ignition = doc["ignition"]
     return Machine(
@@ -98,6 +101,7 @@ def from_json(doc: dict[str, Any]) -> Machine:
         signed_urls=bool(doc["signed_urls"]),
         loader=doc.get("loader", "ipxe"),
         secure_boot=bool(doc.get("secure_boot", False)),
+        arch=doc.get("arch"),
     )
 
 

@@ -20,12 +20,23 @@ import attrs
 
 from netbootd.config.errors import ConfigError, ConfigInvalid, find_line
 from netbootd.config.lastgood import LastGoodStore
-from netbootd.config.machines import GRUB_KINDS, KIND_KEYS, LOADERS, OTHER_BOOT_KEYS, Boot, BootKind, Catalog, Held, Machine
+from netbootd.config.machines import (
+    GRUB_KINDS,
+    KIND_KEYS,
+    LOADERS,
+    OTHER_BOOT_KEYS,
+    Boot,
+    BootFiles,
+    BootKind,
+    Catalog,
+    Held,
+    Machine,
+)
 from netbootd.config.settings import Settings
 from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
 from netbootd.config.typed import build
 from netbootd.images.reference import ReferenceError, disallowed_message, parse_reference, registry_allowed
-from netbootd.model import mac_hyphen, normalize_mac, normalize_uuid
+from netbootd.model import Arch, mac_hyphen, normalize_mac, normalize_uuid
 
 DEFAULT_CONFIG = Path("/etc/netbootd/netbootd.toml")
 DEFAULT_NAME = "default"
@@ -181,6 +192,7 @@ class _Source:
 
 _MACHINE_KEYS = {
     "profile", "uuid", "ipxe_binary", "vars", "boot", "ignition", "booty", "signed_urls", "loader", "secure_boot",
+    "arch",
 }
 _PROFILE_KEYS = _MACHINE_KEYS - {"profile", "uuid"}
 _BOOTY_KEYS: dict[str, type] = {
@@ -210,6 +222,7 @@ class _Loader:
         self.profiles: dict[str, _Source | None] = {}  # None: the profile file is broken
         self.profile_errors: dict[str, list[ConfigError]] = {}  # each profile's own errors
         self.cause: ConfigError | None = None  # why the last machine() returned None, if not its own error
+        self.templated: dict[str, tuple[_Source, str]] = {}  # per-arch locations → where they were written
 
     # -- helpers
 
@@ -292,6 +305,9 @@ class _Loader:
         signed = self._bool(layers, "signed_urls", True)
         secure_boot = self._bool(layers, "secure_boot", False)
         loader = self._loader(layers, secure_boot, boot)
+        arch = self._arch(layers)
+        if boot is not None and boot.per_arch:
+            boot = self._by_arch(boot, arch)
 
         if len(self.errors) != before or boot is None:
             return None
@@ -309,6 +325,7 @@ class _Loader:
             signed_urls=signed,
             loader=loader,
             secure_boot=secure_boot,
+            arch=arch,
         )
         self._check_templates(machine, layers)
         return machine if len(self.errors) == before else None
@@ -335,6 +352,56 @@ class _Loader:
             self.errors.append(src.file.error(key, "expected true or false"))
             return default
         return value
+
+    def _arch(self, layers: list[_Source]) -> str | None:
+        src = self._owner(layers, "arch")
+        value = src.data.get("arch")
+        if value is None:
+            return None
+        names = [a.value for a in Arch]
+        if value not in names:
+            self.errors.append(src.file.error("arch", f"expected one of {', '.join(names)}, got {value!r}"))
+            return None
+        return str(value)
+
+    def _by_arch(self, boot: Boot, arch: str | None) -> Boot | None:
+        """Render `{{ arch }}` / `{{ buildarch }}` locations for each architecture (the machine's own,
+        if its file names one): the architectures whose files all exist are the ones it boots on."""
+        arches = [Arch(arch)] if arch else list(Arch)
+        found: dict[str, BootFiles] = {}
+        tried: list[str] = []
+        errors_before = len(self.errors)
+        for candidate in arches:
+            ctx = {"arch": candidate.value, "buildarch": candidate.ipxe_buildarch}
+            rendered = []
+            for loc in (boot.kernel, *boot.initrds, boot.efi):
+                if "{{" not in loc:
+                    rendered.append(loc)
+                    continue
+                src, where = self.templated[loc]
+                try:
+                    text = render(compile_template(loc), ctx, _no_file)
+                except TemplateError as exc:
+                    self.errors.append(src.file.error(where, f"{exc} (a file location may use only arch and buildarch)"))
+                    return None
+                rendered.append(text.strip())
+            missing = [r for r in rendered if r and "://" not in r and not self._file_exists(r)]
+            if missing:
+                tried.append(f"{candidate.value}: {', '.join(missing)} missing")
+                continue
+            found[candidate.value] = BootFiles(rendered[0], tuple(rendered[1:-1]), rendered[-1])
+        if len(self.errors) != errors_before:
+            return None
+        if not found:
+            src, where = next(v for k, v in self.templated.items() if k in (boot.kernel, boot.efi, *boot.initrds))
+            self.errors.append(src.file.error(where, "no architecture has all its files under "
+                                                     f"{self.settings.files_root} ({'; '.join(tried)})"))
+            return None
+        return attrs.evolve(boot, by_arch=found)
+
+    def _file_exists(self, rel: str) -> bool:
+        parts = rel.lstrip("/").split("/")
+        return ".." not in parts and (self.settings.files_root / rel.lstrip("/")).is_file()
 
     def _loader(self, layers: list[_Source], secure_boot: bool, boot: Boot | None) -> str:
         """"ipxe" or "grub"; secure_boot implies grub (iPXE is not signed for Secure Boot)."""
@@ -480,11 +547,20 @@ class _Loader:
             self.errors.append(src.file.error(f"boot.{key}", str(exc)))
             return None
 
-    def _location(self, value: Any, src: _Source, where: str) -> str:
-        """A URL, or a path that must exist under the files root."""
+    def _location(self, value: Any, src: _Source, where: str, check: bool = True) -> str:
+        """A URL, or a path that must exist under the files root. A location with {{ arch }} or
+        {{ buildarch }} is checked per architecture by _by_arch, once the machine's arch is known."""
         if not isinstance(value, str) or not value.strip():
             self.errors.append(src.file.error(where, "expected a URL or a path under the files root"))
             return ""
+        if "{{" in value and check:
+            try:
+                compile_template(value)
+            except TemplateError as exc:
+                self.errors.append(src.file.error(where, str(exc)))
+                return ""
+            self.templated[value] = (src, where)
+            return value
         if re.match(r"^(https?|tftp)://", value):
             return value
         if "://" in value:
@@ -685,6 +761,10 @@ def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadR
             else:
                 by_uuid[machine.uuid] = machine
     return LoadResult(machines, _dedupe(loader.errors), causes)
+
+
+def _no_file(rel: str) -> str:
+    raise TemplateError("file() is not available in a file location")
 
 
 def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:

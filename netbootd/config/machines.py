@@ -49,15 +49,37 @@ def _freeze(mapping: Mapping) -> Mapping:
 
 
 @attrs.frozen
+class BootFiles:
+    """A kernel boot's or EFI boot's locations for one architecture (URLs or files_root paths)."""
+
+    kernel: str = ""
+    initrds: tuple[str, ...] = ()
+    efi: str = ""
+
+
+@attrs.frozen
 class Boot:
     kind: BootKind
-    kernel: str = ""  # URL, or a path under the files root
+    kernel: str = ""  # URL, or a path under the files root; may use {{ arch }} / {{ buildarch }}
     initrds: tuple[str, ...] = ()
     cmdline: Template | None = None
     image: ImageRef | None = None
     efi: str = ""  # URL or path under the files root
     script: Template | None = None
     chain: Template | None = None
+    # Locations written with {{ arch }} or {{ buildarch }} (one profile for a mixed fleet), rendered
+    # at load time for every architecture whose files all exist: arch name → its files.
+    by_arch: Mapping[str, BootFiles] = attrs.field(factory=dict, converter=_freeze)
+
+    @property
+    def per_arch(self) -> bool:
+        return any("{{" in loc for loc in (self.kernel, self.efi, *self.initrds))
+
+    def files(self, arch: str) -> BootFiles | None:
+        """The locations for a client of architecture `arch`; None: none for that architecture."""
+        if not self.per_arch:
+            return BootFiles(self.kernel, self.initrds, self.efi)
+        return self.by_arch.get(arch)
 
 
 @attrs.frozen
@@ -81,6 +103,7 @@ class Machine:
     # GRUB over TFTP, then a per-machine grub.cfg). secure_boot = true: the signed chain (implies grub).
     loader: str = "ipxe"
     secure_boot: bool = False
+    arch: str | None = None  # the machine's architecture when its file says (`arch = "arm64"`)
 
     @property
     def answers(self) -> bool:

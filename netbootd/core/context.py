@@ -30,14 +30,16 @@ def boot_context(
     booty_sig = signer.sign("booty", mac) if signed and mac else None  # type: ignore[union-attr]
     boot = machine.boot
     if boot.kind is BootKind.IMAGE and boot.image is not None:
-        kernel = urls.image_layer_url(base, boot.image, urls.KERNEL_MEDIA)
-        initrds = [urls.image_layer_url(base, boot.image, urls.INITRD_MEDIA)]
+        oci = arch.oci  # a multi-arch image: the layers of this machine's architecture
+        kernel = urls.image_layer_url(base, boot.image, urls.KERNEL_MEDIA, oci)
+        initrds = [urls.image_layer_url(base, boot.image, urls.INITRD_MEDIA, oci)]
         # Until the image is resolved, assume a squashfs; once known, only if the image has one.
         has_squashfs = image_layers is None or "squashfs" in image_layers
-        squashfs = urls.image_layer_url(base, boot.image, urls.SQUASHFS_MEDIA) if has_squashfs else ""
+        squashfs = urls.image_layer_url(base, boot.image, urls.SQUASHFS_MEDIA, oci) if has_squashfs else ""
     else:
-        kernel = urls.location_url(base, boot.kernel) if boot.kernel else ""
-        initrds = [urls.location_url(base, i) for i in boot.initrds]
+        files = boot.files(arch.value)  # None: this arch has none (decisions refuse it before a script)
+        kernel = urls.location_url(base, files.kernel) if files and files.kernel else ""
+        initrds = [urls.location_url(base, i) for i in (files.initrds if files else ())]
         squashfs = ""
     ctx: dict[str, Any] = {
         "mac": mac or "",

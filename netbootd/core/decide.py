@@ -13,7 +13,7 @@ from typing import BinaryIO
 import attrs
 from twisted.internet.defer import Deferred
 
-from netbootd.config.machines import BootKind, Catalog, Machine
+from netbootd.config.machines import GRUB_KINDS, BootKind, Catalog, Machine
 from netbootd.config.settings import Settings
 from netbootd.core import files, grub, ipxe, urls
 from netbootd.core.context import boot_context, signing_identity
@@ -48,7 +48,7 @@ class BootCore:
         self.timeline = Timeline()  # what each machine's boot has done so far (edges report to it)
         # Boot layers each OCI image is known to have ({"kernel", "initramfs", "squashfs", "uki"}),
         # filled in the background by the service; decisions read it, never the network.
-        self.image_layers: dict[str, frozenset[str]] = {}
+        self.image_layers: dict[tuple[str, str], frozenset[str]] = {}  # (image, OCI arch) → boot layers
         self.grub_files = GrubFiles(self)
 
     def replace_catalog(self, catalog: Catalog) -> None:
@@ -72,24 +72,44 @@ class BootCore:
 
         return url
 
-    def layers_of(self, machine: Machine) -> frozenset[str] | None:
-        """The boot layers of an image machine's image, None while not yet resolved."""
+    def machine_arch(self, machine: Machine, arch: Arch | None) -> Arch:
+        """The architecture to serve: what the client said, else what its machine file says, else
+        x86-64 UEFI (boot-operator's clients say nothing)."""
+        if arch is not None:
+            return arch
+        return Arch(machine.arch) if machine.arch else Arch.EFI64
+
+    def layers_of(self, machine: Machine, arch: Arch = Arch.EFI64) -> frozenset[str] | None:
+        """The boot layers of an image machine's image for `arch` (a multi-arch index resolves per
+        architecture), None while not yet resolved."""
         if machine.boot.kind is not BootKind.IMAGE or machine.boot.image is None:
             return None
-        return self.image_layers.get(str(machine.boot.image))
+        return self.image_layers.get((str(machine.boot.image), arch.oci))
 
-    def uki_only(self, machine: Machine) -> bool:
+    def image_resolved(self, ref: str, oci_arch: str, kinds: frozenset[str]) -> None:
+        """The service learned (in the background, off the reactor) which boot layers an image has."""
+        self.image_layers[(ref, oci_arch)] = kinds
+
+    def uki_only(self, machine: Machine, arch: Arch = Arch.EFI64) -> bool:
         """An image with a UKI and no kernel: every client gets the UKI (HTTP boot, or chained by iPXE)."""
-        layers = self.layers_of(machine)
+        layers = self.layers_of(machine, arch)
         return layers is not None and "uki" in layers and "kernel" not in layers
 
-    def efi_url(self, machine: Machine, base: str) -> str:
+    def efi_url(self, machine: Machine, base: str, arch: Arch = Arch.EFI64) -> str:
         if machine.boot.kind is BootKind.EFI:
-            return urls.location_url(base, machine.boot.efi)
-        layers = self.layers_of(machine)
+            found = machine.boot.files(arch.value)
+            return urls.location_url(base, found.efi) if found and found.efi else ""
+        layers = self.layers_of(machine, arch)
         if machine.boot.image is not None and layers is not None and "uki" in layers:
-            return urls.image_layer_url(base, machine.boot.image, urls.UKI_MEDIA)
+            return urls.image_layer_url(base, machine.boot.image, urls.UKI_MEDIA, arch.oci)
         return ""
+
+    def no_files_for(self, machine: Machine, arch: Arch) -> str | None:
+        """Why a per-architecture kernel / EFI boot has nothing for this arch, or None."""
+        if machine.boot.kind in (BootKind.KERNEL, BootKind.EFI) and machine.boot.files(arch.value) is None:
+            have = ", ".join(sorted(machine.boot.by_arch)) or "none"
+            return (f"{machine.name}: no boot files for {arch.value} (its {{{{ arch }}}} locations exist for: {have})")
+        return None
 
     # ------------------------------------------------------------------ DHCP
 
@@ -122,12 +142,16 @@ class BootCore:
             # Not answering lets the firmware move on to the next boot device at once;
             # chainloading iPXE only to `exit` would cost a TFTP transfer.
             return Decision(None, f"{machine.name}: boot.local = true (firmware boots the next device)", machine)
-        if (kind is BootKind.EFI or self.uki_only(machine)) and client.arch is Arch.BIOS:
+        arch = client.arch
+        missing = self.no_files_for(machine, arch)
+        if missing:
+            return Decision(None, missing, machine)
+        if (kind is BootKind.EFI or self.uki_only(machine, arch)) and arch is Arch.BIOS:
             return Decision(None, f"{machine.name}: an EFI binary / UKI needs UEFI firmware, client is BIOS", machine)
-        binary = machine.ipxe_binary or self.settings.ipxe.for_arch(client.arch.value)
+        binary = machine.ipxe_binary or self.settings.ipxe.for_arch(arch.value)
         if client.firmware is Firmware.HTTP_BOOT:
             # UEFI HTTP boot takes the EFI binary or the image's UKI layer directly.
-            direct = self.efi_url(machine, base)
+            direct = self.efi_url(machine, base, arch)
             if direct:
                 return self._offer(OfferKind.HTTP_EFI, direct, machine)
             if machine.secure_boot:
@@ -136,13 +160,22 @@ class BootCore:
                                       "HTTP; PXE-boot this machine (shim + GRUB over TFTP) or boot a signed UKI "
                                       "(boot.efi, or an image with a UKI layer)", machine)
             if not binary:
-                return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
+                return Decision(None, f"{machine.name}: a kernel boot over UEFI HTTP boot needs iPXE, and none is "
+                                      f"configured for {arch.value}: set ipxe.{arch.value} (an arm64 iPXE: "
+                                      "deploy/ipxe-arm64.sh), or PXE-boot it (GRUB), or boot a UKI", machine)
             return self._offer(OfferKind.HTTP_EFI, urls.binary_url(base, binary), machine)
         if machine.loader == "grub":
+            return self._grub_offer(client, machine)
+        if not binary and self._grub_installed(arch) and kind.value in GRUB_KINDS:
+            # No iPXE for this arch (Debian 12 ships none for arm64): GRUB boots the same definition.
             return self._grub_offer(client, machine)
         if not binary:
             return Decision(None, f"no iPXE binary configured for {client.arch.value} (set ipxe.{client.arch.value})")
         return self._offer(OfferKind.TFTP, binary, machine)
+
+    def _grub_installed(self, arch: Arch) -> bool:
+        pair = self.settings.grub.for_arch(arch.value)
+        return pair is not None and pair[1].is_file()
 
     def _grub_offer(self, client: Client, machine: Machine) -> Decision:
         """UEFI PXE of a GRUB machine: shim (Secure Boot) or GRUB itself, from netbootd's TFTP."""
@@ -240,12 +273,15 @@ class BootCore:
             raise NoScript(self.held(mac) or self.no_machine_reason())
         if not machine.answers:
             raise NoScript(f"{machine.name}: boot.ignore = true")
-        uki_only = self.uki_only(machine)
+        missing = self.no_files_for(machine, arch)
+        if missing:
+            raise NoScript(missing)
+        uki_only = self.uki_only(machine, arch)
         if (machine.boot.kind is BootKind.EFI or uki_only) and arch is Arch.BIOS:
             raise NoScript(f"{machine.name}: an EFI binary / UKI needs UEFI firmware, client is BIOS")
         base = self.base_url(host)
-        ctx = boot_context(machine, mac, uuid, arch, base, self.signer, self.layers_of(machine))
-        return ipxe.render_script(machine, ctx, self.file_url(base), self.efi_url(machine, base), uki_only)
+        ctx = boot_context(machine, mac, uuid, arch, base, self.signer, self.layers_of(machine, arch))
+        return ipxe.render_script(machine, ctx, self.file_url(base), self.efi_url(machine, base, arch), uki_only)
 
     def ignition(self, mac: str | None, uuid: str | None, exp: str = "", sig: str = "") -> bytes | None:
         """The machine's Ignition, None if it has none; raises Denied when the machine's
@@ -287,14 +323,16 @@ class BootCore:
             if held:
                 return 404, {"ClientIPs": body["ClientIPs"], "error": held}
             machine = self.catalog.machines.get(mac)
-            if machine is not None and machine.answers and self.efi_url(machine, base):
-                if machine.uuid:
-                    body["SystemUUID"] = machine.uuid
-                body["UKIURL"] = self.efi_url(machine, base)
+            url = self.efi_url(machine, base, self.machine_arch(machine, None)) if machine and machine.answers else ""
+            if url:
+                if machine.uuid:  # type: ignore[union-attr]
+                    body["SystemUUID"] = machine.uuid  # type: ignore[union-attr]
+                body["UKIURL"] = url
                 return 200, body
         default = self.catalog.default
-        if default is not None and default.answers and self.efi_url(default, base):
-            body["UKIURL"] = self.efi_url(default, base)
+        url = self.efi_url(default, base) if default is not None and default.answers else ""
+        if url:
+            body["UKIURL"] = url
             return 200, body
         return 500, {"error": "no machine matches " + (body["ClientIPs"] or "(no X-Forwarded-For)")
                      + " and default.toml has no boot.efi or image"}

@@ -47,9 +47,15 @@ def machine_cfg_name(mac: str) -> str:
     return f"grub/machines/{mac}.cfg"
 
 
-def artefact_name(mac: str, what: str) -> str:
+# GRUB's name for its CPU ($grub_cpu) → netbootd's architecture name. A machine's grub.cfg names its
+# files with ${grub_cpu} in the path, so one configuration serves x86-64 and arm64 machines alike and
+# each fetches the kernel (or image layer) of its own architecture.
+GRUB_CPUS = {"x86_64": "efi64", "arm64": "arm64", "i386": "efi32", "arm": "arm32"}
+
+
+def artefact_name(mac: str, what: str, cpu: str = "${grub_cpu}") -> str:
     """`what`: "kernel", "initrd<N>" or "image.efi"."""
-    return f"grub/m/{mac_hyphen(mac)}/{what}"
+    return f"grub/m/{mac_hyphen(mac)}/{cpu}/{what}"
 
 
 @attrs.frozen
@@ -57,13 +63,13 @@ class GrubRequest:
     """A TFTP name in the GRUB chain, parsed: what is asked for and for which arch/machine."""
 
     what: str  # shim, grub, shim-optional, module-list, generic-cfg, machine-cfg, kernel, initrd, efi
-    arch: str = ""
+    arch: str = ""  # netbootd's name: efi64, arm64 (for artefacts: from the ${grub_cpu} in the path)
     mac: str = ""
     index: int = 0
 
 
 _BINARY = re.compile(r"^(?:boot/(x64|aa64)/)?(shim|grub)(x64|aa64)\.efi$")
-_ARTEFACT = re.compile(r"^grub/m/([0-9a-f-]{17})/(kernel|initrd(\d{1,3})|image\.efi)$")
+_ARTEFACT = re.compile(r"^grub/m/([0-9a-f-]{17})/(x86_64|arm64|i386|arm)/(kernel|initrd(\d{1,3})|image\.efi)$")
 _MACHINE_CFG = re.compile(r"^grub/machines/([0-9a-f:]{17})\.cfg$")
 _ARCH_OF_DIR = {d: a for a, d in ARCH_DIRS.items()}
 
@@ -84,12 +90,12 @@ def parse(name: str) -> GrubRequest | None:
     if m := _MACHINE_CFG.match(lower):
         return _with_mac("machine-cfg", m.group(1))
     if m := _ARTEFACT.match(lower):
-        what = m.group(2)
+        arch, what = GRUB_CPUS[m.group(2)], m.group(3)
         if what == "kernel":
-            return _with_mac("kernel", m.group(1))
+            return _with_mac("kernel", m.group(1), arch=arch)
         if what == "image.efi":
-            return _with_mac("efi", m.group(1))
-        return _with_mac("initrd", m.group(1), int(m.group(3)))
+            return _with_mac("efi", m.group(1), arch=arch)
+        return _with_mac("initrd", m.group(1), int(m.group(4)), arch=arch)
     if re.match(r"^grub/[a-z0-9_-]+/[a-z0-9_.-]+\.(lst|mod)$", lower):
         return GrubRequest("module-list")  # the signed image has its modules built in
     return None
@@ -101,9 +107,9 @@ def optional(name: str) -> bool:
     return request is not None and request.what in ("shim-optional", "module-list")
 
 
-def _with_mac(what: str, text: str, index: int = 0) -> GrubRequest | None:
+def _with_mac(what: str, text: str, index: int = 0, arch: str = "") -> GrubRequest | None:
     try:
-        return GrubRequest(what, mac=normalize_mac(text), index=index)
+        return GrubRequest(what, arch=arch, mac=normalize_mac(text), index=index)
     except ValueError:
         return None
 

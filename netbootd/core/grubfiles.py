@@ -29,6 +29,7 @@ from netbootd.core import files, grub, urls
 from netbootd.core.context import boot_context
 from netbootd.images.reference import ImageRef
 from netbootd.logs import get_logger
+from netbootd.model import Arch
 
 if TYPE_CHECKING:
     from netbootd.core.decide import BootCore
@@ -46,6 +47,7 @@ class Artefact:
     location: str = ""  # files_root-relative path, or URL
     image: ImageRef | None = None
     media_type: str = ""
+    arch: str = ""  # the OCI architecture of a layer (a multi-arch image: the machine's)
 
     def describe(self) -> str:
         return f"{self.image} {self.media_type.rsplit('.', 1)[-1]} layer" if self.kind == "layer" else self.location
@@ -55,21 +57,25 @@ def _location(location: str) -> Artefact:
     return Artefact("url" if "://" in location else "file", location)
 
 
-def artefacts(core: BootCore, machine: Machine) -> dict[str, Artefact]:
-    """"kernel", "initrd<N>", "image.efi" → source, from the machine's boot definition."""
+def artefacts(core: BootCore, machine: Machine, arch: Arch = Arch.EFI64) -> dict[str, Artefact]:
+    """"kernel", "initrd<N>", "image.efi" → source, from the machine's boot definition for `arch`."""
     boot = machine.boot
-    if boot.kind is BootKind.KERNEL:
-        out = {"kernel": _location(boot.kernel)}
-        out.update({f"initrd{i}": _location(loc) for i, loc in enumerate(boot.initrds)})
+    if boot.kind in (BootKind.KERNEL, BootKind.EFI):
+        found = boot.files(arch.value)
+        if found is None:
+            return {}
+        if boot.kind is BootKind.EFI:
+            return {"image.efi": _location(found.efi)}
+        out = {"kernel": _location(found.kernel)}
+        out.update({f"initrd{i}": _location(loc) for i, loc in enumerate(found.initrds)})
         return out
-    if boot.kind is BootKind.EFI:
-        return {"image.efi": _location(boot.efi)}
     if boot.kind is BootKind.IMAGE and boot.image is not None:
-        if core.uki_only(machine):
-            return {"image.efi": Artefact("layer", image=boot.image, media_type=urls.UKI_MEDIA)}
+        oci = arch.oci
+        if core.uki_only(machine, arch):
+            return {"image.efi": Artefact("layer", image=boot.image, media_type=urls.UKI_MEDIA, arch=oci)}
         return {
-            "kernel": Artefact("layer", image=boot.image, media_type=urls.KERNEL_MEDIA),
-            "initrd0": Artefact("layer", image=boot.image, media_type=urls.INITRD_MEDIA),
+            "kernel": Artefact("layer", image=boot.image, media_type=urls.KERNEL_MEDIA, arch=oci),
+            "initrd0": Artefact("layer", image=boot.image, media_type=urls.INITRD_MEDIA, arch=oci),
         }
     return {}
 
@@ -121,9 +127,9 @@ class GrubFiles:
             self._prefetch(machine)
             return io.BytesIO(text.encode())
         key = {"kernel": "kernel", "initrd": f"initrd{request.index}", "efi": "image.efi"}[what]
-        artefact = artefacts(self.core, machine).get(key)
+        artefact = artefacts(self.core, machine, Arch(request.arch)).get(key)
         if artefact is None:
-            raise files.FileNotFound(f"{machine.name} has no {key}")
+            raise files.FileNotFound(f"{machine.name} has no {key} for {request.arch}")
         return self._open_artefact(artefact)
 
     def _machine(self, mac: str) -> Machine:
@@ -138,14 +144,24 @@ class GrubFiles:
         return machine
 
     def config(self, machine: Machine, mac: str, host: str) -> str:
-        """The machine's grub.cfg (for TFTP and `netbootd explain`)."""
-        from netbootd.model import Arch
-
+        """The machine's grub.cfg (for TFTP and `netbootd explain`). Its file names carry ${grub_cpu}:
+        each machine fetches its own architecture's files. The command line and the number of
+        initrds are those of the machine's architecture if its file says, else x86-64's (or the
+        one architecture its files exist for)."""
+        arch = self._config_arch(machine)
         base = self.core.base_url(host)
-        ctx = boot_context(machine, mac, None, Arch.EFI64, base, self.core.signer, self.core.layers_of(machine))
-        found = artefacts(self.core, machine)
+        ctx = boot_context(machine, mac, None, arch, base, self.core.signer, self.core.layers_of(machine, arch))
+        found = artefacts(self.core, machine, arch)
         initrds = sum(1 for k in found if k.startswith("initrd"))
         return grub.machine_cfg(machine, ctx, self.core.file_url(base), mac, initrds, uki="image.efi" in found)
+
+    @staticmethod
+    def _config_arch(machine: Machine) -> Arch:
+        if machine.arch:
+            return Arch(machine.arch)
+        if machine.boot.per_arch and Arch.EFI64.value not in machine.boot.by_arch and machine.boot.by_arch:
+            return Arch(sorted(machine.boot.by_arch)[0])
+        return Arch.EFI64
 
     def _open_artefact(self, artefact: Artefact) -> BinaryIO | Deferred:
         if artefact.kind == "file":
@@ -160,7 +176,7 @@ class GrubFiles:
         """Start fetching a machine's remote artefacts as soon as GRUB reads its configuration."""
         if self.fetch is None:
             return
-        for artefact in artefacts(self.core, machine).values():
+        for artefact in artefacts(self.core, machine, self._config_arch(machine)).values():
             if artefact.kind != "file":
                 self.fetch(artefact).addErrback(lambda _f: None)  # the TFTP request reports a failure
 

@@ -65,12 +65,17 @@ def local_or_remote(settings: Settings, role: str, location: str) -> OfferedBina
 def boot_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinary]:
     """What the machine's [boot] has its loader run: the kernel, or the EFI binary / UKI."""
     boot = machine.boot
-    if boot.kind is BootKind.KERNEL and boot.kernel:
-        yield local_or_remote(settings, "kernel", boot.kernel)
-    elif boot.kind is BootKind.EFI and boot.efi:
-        yield local_or_remote(settings, "uki", boot.efi)
-    elif boot.kind is BootKind.IMAGE and boot.image is not None:
+    if boot.kind is BootKind.IMAGE and boot.image is not None:
         yield OfferedBinary("kernel/uki", str(boot.image), None)  # the image's layers, pulled at boot
+        return
+    # one per architecture when the locations say {{ arch }}
+    variants = sorted(boot.by_arch.items()) if boot.per_arch else [("", boot.files(""))]
+    for arch, files in variants:
+        suffix = f" ({arch})" if arch else ""
+        if files is not None and boot.kind is BootKind.KERNEL and files.kernel:
+            yield local_or_remote(settings, f"kernel{suffix}", files.kernel)
+        elif files is not None and boot.kind is BootKind.EFI and files.efi:
+            yield local_or_remote(settings, f"uki{suffix}", files.efi)
 
 
 def loader_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinary]:

@@ -76,10 +76,13 @@ def location_url(base: str, location: str) -> str:
     return location if "://" in location else file_url(base, location)
 
 
-def image_layer_url(base: str, ref: ImageRef, media_type: str) -> str:
+def image_layer_url(base: str, ref: ImageRef, media_type: str, arch: str = "") -> str:
+    """`arch`: the OCI architecture whose manifest to take from a multi-arch index (the machine's)."""
     query = {
         "imageName": f"{ref.registry}/{ref.repository}",
         "version": ref.digest or ref.tag or "latest",
         "layerName": media_type,
     }
+    if arch:
+        query["arch"] = arch
     return f"{base}/image?{urlencode(query)}"

@@ -88,7 +88,8 @@ def _query_identity(request) -> tuple[str | None, str | None]:
     return mac, uuid
 
 
-def _arch(request) -> Arch:
+def _arch(request) -> Arch | None:
+    """The client's architecture from the query (arch=, or iPXE's platform/buildarch); None: not said."""
     text = _arg(request, "arch")
     if text:
         try:
@@ -101,7 +102,7 @@ def _arch(request) -> Arch:
         if arch is None:
             raise HttpError(400, f"unknown platform/buildarch {platform}/{buildarch}")
         return arch
-    return Arch.EFI64  # boot-operator's clients send no arch; UEFI is the common case
+    return None  # boot-operator's clients send no arch: the machine file's, else x86-64 UEFI
 
 
 def _text(request, body: str, content_type: str = "text/plain; charset=utf-8") -> bytes:
@@ -154,7 +155,9 @@ class BootApp:
         mac, uuid = _identity(ident)
         return self._script(request, mac, uuid, _arch(request))
 
-    def _script(self, request, mac, uuid, arch: Arch):
+    def _script(self, request, mac, uuid, asked: Arch | None):
+        machine = self.core.find(mac, uuid)
+        arch = self.core.machine_arch(machine, asked) if machine is not None else (asked or Arch.EFI64)
         try:
             script = self.core.script(mac, uuid, arch, self.host(request))
         except NoScript as exc:
@@ -163,7 +166,6 @@ class BootApp:
         except (TemplateError, core_files.FileError) as exc:
             log.error("script failed", mac=mac or "", uuid=uuid or "", error=str(exc))
             raise HttpError(500, f"the machine's configuration failed to render: {exc}") from None
-        machine = self.core.find(mac, uuid)
         ip = request.getClientAddress().host
         # with mac= the event is this machine's and teaches its address; by UUID only, the
         # address decides (the timeline is keyed by MAC)
@@ -286,7 +288,7 @@ class BootApp:
 
     @app.route("/image", methods=["GET"])
     def image(self, request):
-        args = (_arg(request, n) for n in ("imageName", "version", "layerName", "layerDigest"))
+        args = (_arg(request, n) for n in ("imageName", "version", "layerName", "layerDigest", "arch"))
         return self._image_errors(self._images().layer(*args))
 
     @app.route("/httpboot/<path:rest>", methods=["GET"])

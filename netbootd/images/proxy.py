@@ -38,6 +38,7 @@ OCTET = "application/octet-stream"
 EFI = "application/efi"  # EDK2 HTTP boot decides the image type from this
 _UKI_NAME = re.compile(r"^sha256-([0-9a-f]{64})\.efi$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_ARCH = re.compile(r"^[a-z0-9]{1,16}$")
 
 
 class ImageProxy:
@@ -49,7 +50,7 @@ class ImageProxy:
         self.fetcher = Fetcher(reactor, self.registry)
         self.flights: dict[str, Flight] = {}
         # Told of every successful resolution (the service keeps the core's image layers current).
-        self.on_resolved: Callable[[ImageRef, ResolvedImage], None] | None = None
+        self.on_resolved: Callable[[ImageRef, str, ResolvedImage], None] | None = None
 
     def close(self) -> defer.Deferred:
         self.registry.close()
@@ -60,21 +61,23 @@ class ImageProxy:
 
     # ------------------------------------------------------------------ entry points
 
-    def layer(self, image_name: str, version: str, layer_name: str, layer_digest: str) -> defer.Deferred:
-        """GET /image?imageName=&version=&layerName= | &layerDigest=."""
-        return defer.ensureDeferred(self._layer(image_name, version, layer_name, layer_digest))
+    def layer(self, image_name: str, version: str, layer_name: str, layer_digest: str, arch: str = "") -> defer.Deferred:
+        """GET /image?imageName=&version=&layerName= | &layerDigest= [&arch=<OCI architecture>]."""
+        return defer.ensureDeferred(self._layer(image_name, version, layer_name, layer_digest, arch))
 
-    async def _layer(self, image_name: str, version: str, layer_name: str, layer_digest: str) -> resource.IResource:
+    async def _layer(self, image_name: str, version: str, layer_name: str, layer_digest: str,
+                     arch: str = "") -> resource.IResource:
         if not image_name:
             raise BadRequest("give imageName=<registry/repository> (and version=, layerName= or layerDigest=)")
         if bool(layer_name) == bool(layer_digest):
             raise BadRequest("give exactly one of layerName=<media type> and layerDigest=sha256:<hex>")
         if layer_digest and not is_digest(layer_digest):
             raise BadRequest(f"layerDigest={layer_digest!r}: expected sha256:<64 hex digits>")
+        if arch and not _ARCH.match(arch):
+            raise BadRequest(f"arch={arch!r}: expected an OCI architecture such as amd64 or arm64")
         ref = self.registry.parse(image_name, version)  # BadRequest, Disallowed: no I/O
-        image = await self._thread(self.registry.resolve, ref)
-        if self.on_resolved is not None:
-            self.on_resolved(ref, image)
+        arch = arch or self.settings.registry.architecture
+        image = await self._resolve(ref, arch)
         if layer_digest:
             layer = image.layer_by_digest(layer_digest)
             if layer is None:
@@ -108,16 +111,20 @@ class ImageProxy:
             size = await self._thread(self.registry.blob_size, ref, digest)
         return BlobResource(self, ref, digest, size, EFI)
 
-    def layer_file(self, ref: ImageRef, media_type: str) -> defer.Deferred:
+    async def _resolve(self, ref: ImageRef, arch: str) -> ResolvedImage:
+        image = await self._thread(lambda: self.registry.resolve(ref, architecture=arch))
+        if self.on_resolved is not None:
+            self.on_resolved(ref, arch, image)
+        return image
+
+    def layer_file(self, ref: ImageRef, media_type: str, arch: str = "") -> defer.Deferred:
         """The cache file of an image's layer, fetched (and verified) first if needed: what the
         TFTP edge serves to a GRUB, which cannot take bytes over HTTP as they arrive."""
-        return defer.ensureDeferred(self._layer_file(ref, media_type))
+        return defer.ensureDeferred(self._layer_file(ref, media_type, arch or self.settings.registry.architecture))
 
-    async def _layer_file(self, ref: ImageRef, media_type: str):
+    async def _layer_file(self, ref: ImageRef, media_type: str, arch: str):
         self.registry.check(ref)
-        image = await self._thread(self.registry.resolve, ref)
-        if self.on_resolved is not None:
-            self.on_resolved(ref, image)
+        image = await self._resolve(ref, arch)
         layer = image.layer(media_type)
         if layer is None:
             have = ", ".join(sorted({x.media_type for x in image.layers})) or "none"

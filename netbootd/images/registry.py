@@ -592,14 +592,16 @@ class RegistryClient:
             media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST if "layers" in doc else media_type
         return media_type, body, digest
 
-    def resolve(self, ref: ImageRef, *, cached: bool = True) -> ResolvedImage:
-        """The platform manifest and layers of `ref` (an index is resolved by `registry.architecture`).
+    def resolve(self, ref: ImageRef, *, cached: bool = True, architecture: str = "") -> ResolvedImage:
+        """The platform manifest and layers of `ref`; an index is resolved by `architecture` (the
+        OCI name of the asking machine's: amd64, arm64), default `registry.architecture`.
 
         Tags are cached for `resolve_ttl` seconds, digests until evicted; concurrent callers for
         the same reference share one lookup; when the registry fails, an entry up to `stale_ttl`
         old is used (a boot storm keeps booting while the registry is down)."""
         self.check(ref)
-        key = str(ref)
+        arch = architecture or self.settings.architecture
+        key = f"{ref}#{arch}"
         ttl = float("inf") if ref.digest else self.resolve_ttl
         hit = self._cached(key, ttl) if cached else None
         if hit is not None:
@@ -611,7 +613,7 @@ class RegistryClient:
                 metrics.resolutions.labels("cached").inc()
                 return hit
             try:
-                image = self._resolve(ref)
+                image = self._resolve(ref, arch)
             except (UpstreamError, UpstreamTimeout, AuthFailed) as exc:
                 stale = self._cached(key, self.stale_ttl)
                 if stale is None:
@@ -631,9 +633,10 @@ class RegistryClient:
                     self._resolved.popitem(last=False)
             return image
 
-    def peek(self, ref: ImageRef) -> ResolvedImage | None:
+    def peek(self, ref: ImageRef, architecture: str = "") -> ResolvedImage | None:
         """The cached resolution of `ref` if it is fresh, without any I/O (safe on the reactor)."""
-        return self._cached(str(ref), float("inf") if ref.digest else self.resolve_ttl)
+        key = f"{ref}#{architecture or self.settings.architecture}"
+        return self._cached(key, float("inf") if ref.digest else self.resolve_ttl)
 
     def _cached(self, key: str, ttl: float) -> ResolvedImage | None:
         with self._lock:
@@ -642,13 +645,13 @@ class RegistryClient:
             return None
         return entry[1]
 
-    def _resolve(self, ref: ImageRef) -> ResolvedImage:
+    def _resolve(self, ref: ImageRef, arch: str) -> ResolvedImage:
         media_type, body, digest = self.manifest(ref)
         doc = json.loads(body)
         index_digest, platform = "", ""
         if media_type in INDEX_TYPES:
             index_digest = digest
-            entry = self.pick_platform(ref, doc.get("manifests") or [])
+            entry = self.pick_platform(ref, doc.get("manifests") or [], arch)
             platform = "{}/{}".format((entry.get("platform") or {}).get("os", "?"),
                                       (entry.get("platform") or {}).get("architecture", "?"))
             child = str(entry.get("digest") or "")
@@ -670,8 +673,8 @@ class RegistryClient:
             layers.append(Layer(str(item.get("mediaType") or ""), layer_digest, size, item.get("annotations") or {}))
         return ResolvedImage(ref, digest, media_type, platform, tuple(layers), index_digest)
 
-    def pick_platform(self, ref: ImageRef, manifests: list[Any]) -> dict[str, Any]:
-        arch = self.settings.architecture
+    def pick_platform(self, ref: ImageRef, manifests: list[Any], arch: str = "") -> dict[str, Any]:
+        arch = arch or self.settings.architecture
         candidates = [m for m in manifests if isinstance(m, dict) and isinstance(m.get("platform"), dict)]
         matching = [m for m in candidates if m["platform"].get("architecture") == arch]
         linux = [m for m in matching if m["platform"].get("os", "linux") == "linux"]
@@ -681,7 +684,8 @@ class RegistryClient:
                 return manifests[0]  # a single-entry index without platforms: that is the image
             have = sorted({f"{m['platform'].get('os', '?')}/{m['platform'].get('architecture', '?')}" for m in candidates})
             raise NotFound(f"{ref} has no manifest for architecture {arch!r} (it has: {', '.join(have) or 'none'}; "
-                           f"set registry.architecture)")
+                           f"the machine's architecture decides: its firmware's, or `arch` in its file; "
+                           f"registry.architecture when neither says)")
         return found[0]
 
     # ------------------------------------------------------------------ blobs

@@ -80,34 +80,52 @@ class Resolution:
     image: ResolvedImage | None = None
     error: str = ""
     kind: str = ""  # failure_kind() of the error
+    arch: str = ""  # the OCI architecture it was resolved for
+    required: bool = True  # False: an architecture tried in case a machine of it asks (no machine file says so)
 
     @property
     def ok(self) -> bool:
         return self.image is not None and boot_layers(self.image).bootable
 
     def line(self) -> str:
+        arch = f" [{self.arch}]" if self.arch else ""
         if self.image is None:
-            return f"{self.machine}: {self.ref}: ERROR {self.error}"
+            return f"{self.machine}: {self.ref}{arch}: ERROR {self.error}"
         layers = boot_layers(self.image)
         where = f"{self.image.digest[:19]}" + (f" {self.image.platform}" if self.image.platform else "")
         verdict = "" if layers.bootable else " ERROR: neither kernel + initramfs nor a UKI layer"
-        return f"{self.machine}: {self.ref} → {where}: {layers.describe()}{verdict}"
+        return f"{self.machine}: {self.ref}{arch} → {where}: {layers.describe()}{verdict}"
 
 
-def image_machines(machines: Iterable[Machine]) -> list[tuple[str, ImageRef]]:
-    """(machine name, image) of every machine that boots an OCI image."""
-    return [(m.name, m.boot.image) for m in machines if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
+# The architectures netbootd boots (OCI names): an image is resolved for each, so machines of either
+# architecture find their own layers, unless the machine file names its `arch`.
+BOOT_ARCHITECTURES = ("amd64", "arm64")
 
 
-def resolve_machines(client: RegistryClient, machines: Iterable[tuple[str, ImageRef]]) -> list[Resolution]:
-    """Resolve each (machine name, image) once; the same reference is looked up only once."""
+def image_machines(machines: Iterable[Machine]) -> list[tuple[str, ImageRef, str | None]]:
+    """(machine name, image, OCI architecture or None) of every machine that boots an OCI image.
+    None: the machine's file does not say; its firmware will (any architecture netbootd boots)."""
+    from netbootd.model import Arch
+
+    return [(m.name, m.boot.image, Arch(m.arch).oci if m.arch else None)
+            for m in machines if m.boot.kind is BootKind.IMAGE and m.boot.image is not None]
+
+
+def resolve_machines(client: RegistryClient, machines: Iterable[tuple[str, ImageRef, str | None]],
+                     default_arch: str = "amd64") -> list[Resolution]:
+    """Resolve each machine's image for its architecture (for a machine that names none: the
+    default architecture, required, and the other ones netbootd boots, optional: an image need not
+    have them). The registry client caches, so an image shared by many machines is fetched once."""
     out = []
-    for name, ref in machines:
-        try:
-            out.append(Resolution(name, ref, client.resolve(ref)))
-        except RegistryError as exc:
-            out.append(Resolution(name, ref, error=f"{exc.message} (HTTP {exc.status} to a client)",
-                                  kind=failure_kind(exc)))
+    for name, ref, arch in machines:
+        wanted = [(arch, True)] if arch else [(default_arch, True)] + [
+            (a, False) for a in BOOT_ARCHITECTURES if a != default_arch]
+        for oci, required in wanted:
+            try:
+                out.append(Resolution(name, ref, client.resolve(ref, architecture=oci), arch=oci, required=required))
+            except RegistryError as exc:
+                out.append(Resolution(name, ref, error=f"{exc.message} (HTTP {exc.status} to a client)",
+                                      kind=failure_kind(exc), arch=oci, required=required))
     return out
 
 

@@ -40,11 +40,12 @@ def test_unresolved_image_http_boot_gets_ipxe_and_script_assumes_squashfs(core):
 
 
 def test_image_with_uki_is_offered_to_http_boot_firmware(core):
-    core.image_layers[REF] = frozenset({"kernel", "initramfs", "uki"})
+    core.image_resolved(REF, "amd64", frozenset({"kernel", "initramfs", "uki"}))
     offer = core.offer(http_client(), "10.0.0.2")
     assert offer.kind is OfferKind.HTTP_EFI
     assert offer.bootfile == (
         "http://10.0.0.2/image?imageName=ghcr.io%2Flab%2Fos&version=v1&layerName=application%2Fvnd.ironcore.image.uki"
+        "&arch=amd64"
     )
     # iPXE still boots kernel + initramfs, and no squashfs the image does not have
     script = core.script("52:54:00:00:00:01", None, Arch.EFI64, "10.0.0.2")
@@ -54,7 +55,7 @@ def test_image_with_uki_is_offered_to_http_boot_firmware(core):
 
 
 def test_uki_only_image(core):
-    core.image_layers[REF] = frozenset({"uki"})
+    core.image_resolved(REF, "amd64", frozenset({"uki"}))
     script = core.script("52:54:00:00:00:01", None, Arch.EFI64, "10.0.0.2")
     assert "chain --autofree http://10.0.0.2/image?" in script and "image.uki" in script
     with pytest.raises(NoScript, match="needs UEFI"):

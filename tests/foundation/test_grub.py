@@ -98,16 +98,17 @@ def test_offers(core):
         ("grub/arm64-efi/terminal.lst", "module-list"),
         ("grub/grub.cfg", "generic-cfg"),
         ("grub/machines/52:54:00:99:00:01.cfg", "machine-cfg"),
-        ("grub/m/52-54-00-99-00-01/kernel", "kernel"),
-        ("grub/m/52-54-00-99-00-01/initrd1", "initrd"),
-        ("grub/m/52-54-00-99-00-01/image.efi", "efi"),
+        ("grub/m/52-54-00-99-00-01/x86_64/kernel", "kernel"),
+        ("grub/m/52-54-00-99-00-01/arm64/initrd1", "initrd"),
+        ("grub/m/52-54-00-99-00-01/x86_64/image.efi", "efi"),
     ],
 )
 def test_names_of_the_chain(name, what):
     assert grub.parse(name).what == what
 
 
-@pytest.mark.parametrize("name", ["boot/aa64/shimx64.efi", "snponly.efi", "grub/m/nope/kernel", "x/revocations_sku.efi",
+@pytest.mark.parametrize("name", ["boot/aa64/shimx64.efi", "snponly.efi", "grub/m/nope/x86_64/kernel",
+                                  "grub/m/52-54-00-99-00-01/sparc/kernel", "x/revocations_sku.efi",
                                   "grub/machines/../../etc/passwd.cfg", "grub/m/52-54-00-99-00-01/../../x"])
 def test_other_names_are_not_the_chain(name):
     assert grub.parse(name) is None
@@ -121,22 +122,23 @@ def test_tftp_files_of_the_chain(core):
             core.open_tftp(optional, "10.0.0.50")
     generic = read(core.open_tftp("/grub/grub.cfg", "10.0.0.50")).decode()
     assert "configfile /grub/machines/${net_default_mac}.cfg" in generic
-    assert read(core.open_tftp("/grub/m/52-54-00-99-00-01/kernel", "10.0.0.50")) == b"KERNEL"
-    assert read(core.open_tftp("/grub/m/52-54-00-99-00-01/initrd0", "10.0.0.50")) == b"INITRD"
+    assert read(core.open_tftp("/grub/m/52-54-00-99-00-01/x86_64/kernel", "10.0.0.50")) == b"KERNEL"
+    assert read(core.open_tftp("/grub/m/52-54-00-99-00-01/x86_64/initrd0", "10.0.0.50")) == b"INITRD"
     with pytest.raises(FileNotFound, match="cannot fetch remote files"):  # no fetcher wired: a URL initrd
-        core.open_tftp("/grub/m/52-54-00-99-00-01/initrd1", "10.0.0.50")
+        core.open_tftp("/grub/m/52-54-00-99-00-01/x86_64/initrd1", "10.0.0.50")
     with pytest.raises(FileNotFound):
-        core.open_tftp("/grub/m/52-54-00-99-00-01/initrd2", "10.0.0.50")
+        core.open_tftp("/grub/m/52-54-00-99-00-01/x86_64/initrd2", "10.0.0.50")
 
 
 def test_each_machine_gets_its_own_grub_cfg(core):
     sb = read(core.open_tftp(f"/grub/machines/{SB}.cfg", "10.0.0.50", "10.0.0.2")).decode()
     plain = read(core.open_tftp(f"/grub/machines/{PLAIN}.cfg", "10.0.0.51", "10.0.0.2")).decode()
-    assert "linux /grub/m/52-54-00-99-00-01/kernel 'console=ttyS0' 'host=sb-1'" in sb
+    assert "linux /grub/m/52-54-00-99-00-01/${grub_cpu}/kernel 'console=ttyS0' 'host=sb-1'" in sb
     assert "'url=http://10.0.0.2/ignition?mac=52-54-00-99-00-01&exp=" in sb  # a signed URL, quoted for GRUB
     assert "'q='\\''x'\\'''" in sb  # a single quote survives GRUB's quoting
-    assert "initrd /grub/m/52-54-00-99-00-01/initrd0 /grub/m/52-54-00-99-00-01/initrd1\n" in sb
-    assert "linux /grub/m/52-54-00-99-00-02/kernel 'console=ttyS0' 'host=plain'" in plain and "initrd" not in plain
+    assert "initrd /grub/m/52-54-00-99-00-01/${grub_cpu}/initrd0 /grub/m/52-54-00-99-00-01/${grub_cpu}/initrd1\n" in sb
+    assert "linux /grub/m/52-54-00-99-00-02/${grub_cpu}/kernel 'console=ttyS0' 'host=plain'" in plain
+    assert "initrd" not in plain
     assert "sb-1" not in plain
 
 

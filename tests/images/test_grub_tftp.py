@@ -63,25 +63,26 @@ def test_kernel_and_initrd_over_tftp_from_an_image_and_a_url(fresh_registry, dae
 
     # the image machine: grub.cfg (which starts the fetches), then kernel and initrd from the layers
     cfg = fetch(d, f"/grub/machines/{IMAGE_MAC.replace('-', ':')}.cfg", tmp_path / "cfg").decode()
-    assert f"linux /grub/m/{IMAGE_MAC}/kernel 'console=ttyS0'" in cfg and f"initrd /grub/m/{IMAGE_MAC}/initrd0" in cfg
-    assert fetch(d, f"/grub/m/{IMAGE_MAC}/kernel", tmp_path / "k") == KERNEL
-    assert fetch(d, f"/grub/m/{IMAGE_MAC}/initrd0", tmp_path / "i") == INITRD
+    assert f"linux /grub/m/{IMAGE_MAC}/${{grub_cpu}}/kernel 'console=ttyS0'" in cfg
+    assert f"initrd /grub/m/{IMAGE_MAC}/${{grub_cpu}}/initrd0" in cfg
+    assert fetch(d, f"/grub/m/{IMAGE_MAC}/x86_64/kernel", tmp_path / "k") == KERNEL
+    assert fetch(d, f"/grub/m/{IMAGE_MAC}/x86_64/initrd0", tmp_path / "i") == INITRD
     for layer in (KERNEL, INITRD):
         assert len([x for x in fresh_registry.access("GET", f"/blobs/{h.sha256(layer)}") if '" 200 ' in x]) == 1
 
     # the URL machine: downloaded once, then from the cache
-    assert fetch(d, f"/grub/m/{URL_MAC}/kernel", tmp_path / "u1") == KERNEL
-    assert fetch(d, f"/grub/m/{URL_MAC}/kernel", tmp_path / "u2") == KERNEL
+    assert fetch(d, f"/grub/m/{URL_MAC}/x86_64/kernel", tmp_path / "u1") == KERNEL
+    assert fetch(d, f"/grub/m/{URL_MAC}/x86_64/kernel", tmp_path / "u2") == KERNEL
     assert Files.gets == ["/vmlinuz"]
 
     # a URL that is not there: a TFTP error saying so, at once, and a log line for the operator
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # raw: tftpy drops the message of error code 0
         s.settimeout(10)
-        s.sendto(b"\x00\x01" + f"/grub/m/{BAD_MAC}/kernel".encode() + b"\x00octet\x00", ("127.0.0.1", d.tftp_port))
+        s.sendto(b"\x00\x01" + f"/grub/m/{BAD_MAC}/x86_64/kernel".encode() + b"\x00octet\x00", ("127.0.0.1", d.tftp_port))
         reply = s.recvfrom(2048)[0]
     assert reply[:2] == b"\x00\x05" and b"fetch failed: " in reply and b"/missing: 404" in reply, reply
     assert "tftp file could not be fetched" in d.log() and "/missing: 404" in d.log()
     # the timeline files each transfer under its machine (the MAC is in the path)
     events = d.get(f"/machines/{IMAGE_MAC}").json()["events"]
     assert [e["file"] for e in events if e["stage"] == "tftp"][-2:] == [
-        f"/grub/m/{IMAGE_MAC}/kernel", f"/grub/m/{IMAGE_MAC}/initrd0"]
+        f"/grub/m/{IMAGE_MAC}/x86_64/kernel", f"/grub/m/{IMAGE_MAC}/x86_64/initrd0"]

@@ -494,3 +494,25 @@ def test_keep_alive_after_sendfile_bodies_and_http10(registry, daemon, tmp_path)
     url = urls.image_layer_url(daemon.url, parse_reference(f"{reg.host}/boot/ironcore:v1"), h.SQUASHFS)
     subprocess.run(["curl", "-sfS", "--http1.0", "-o", str(out), url], check=True, timeout=60)
     assert out.read_bytes() == c.squashfs
+
+
+def test_one_multi_arch_image_serves_each_machine_its_own_layers(registry, daemon_factory):
+    """arch= picks the manifest of a multi-arch index; the scripts netbootd writes ask with the
+    machine's architecture (from its firmware), so x86 and arm64 machines of one profile each get
+    their own kernel."""
+    reg, c = registry
+    d = daemon_factory(extra_settings=registry_settings(reg.host))
+    image = f"{reg.host}/boot/multi:v1"
+    (d.machines / "default.toml").write_text(f'[boot]\nimage = "{image}"\ncmdline = "console=ttyS0"\n')
+    d.start()
+    for arch, kernel in (("efi64", c.kernel), ("arm64", c.kernel_arm)):
+        script = d.get(f"/ipxe?mac=52-54-00-00-00-31&arch={arch}").text
+        url = next(w for w in script.split() if "layerName=application%2Fvnd.ironcore.image.kernel" in w)
+        assert f"&arch={'amd64' if arch == 'efi64' else 'arm64'}" in url, url
+        assert httpx.get(url.replace("http://127.0.0.1", d.url.rsplit(":", 1)[0]), timeout=30).content == kernel
+    r = httpx.get(d.url + "/image", params=q(f"{reg.host}/boot/armonly", layerName=h.KERNEL), timeout=30)
+    assert r.status_code == 404 and "no manifest for architecture 'amd64'" in r.text
+    r = httpx.get(d.url + "/image", params={**q(f"{reg.host}/boot/armonly", layerName=h.KERNEL), "arch": "arm64"},
+                  timeout=30)
+    assert r.status_code == 200 and r.content == c.kernel_arm
+    assert httpx.get(d.url + "/image", params={**q(image, layerName=h.KERNEL), "arch": "x y"}).status_code == 400

@@ -67,7 +67,7 @@ def test_shim_grub_signed_kernel_per_machine(sb_lab):
     for mac in (SB_A, SB_B):
         files = [e["file"] for e in lab.get_json(f"/machines/{mac}")["events"] if e["stage"] == "tftp" and "bytes" in e]
         want = ["boot/x64/shimx64.efi", "boot/x64/grubx64.efi", "/grub/grub.cfg", f"/grub/machines/{mac}.cfg",
-                f"/grub/m/{mac.replace(':', '-')}/kernel", f"/grub/m/{mac.replace(':', '-')}/initrd0"]
+                f"/grub/m/{mac.replace(':', '-')}/x86_64/kernel", f"/grub/m/{mac.replace(':', '-')}/x86_64/initrd0"]
         assert [f for f in files if f in want] == want, files
     log = lab.netbootd_log()
     assert "GRUB never asked" not in log
