@@ -32,7 +32,7 @@ def test_bios_boot_from_the_image(image_run, lab):
     """(image_run before lab: the lab, and netbootd with it, stops before the image is unmounted.)"""
     need("bios")
     lab.kernel_machine(MAC, "vm-image", "image-secret")
-    lab.start_netbootd(image_run.argv(binds={"/etc/netbootd": lab.conf}))
+    lab.start_netbootd(argv=image_run.argv(binds={"/etc/netbootd": lab.conf}))
     marker = lab.booted(MAC, "bios")
     assert_booted(marker, MAC, "vm-image", "image-secret")
 
