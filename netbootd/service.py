@@ -89,7 +89,8 @@ class Netbootd:
         self.ports: list[Any] = []
         self.site: Any = None
         self.http_port: Any = None
-        self.tftp_port: Any = None
+        self.tftp_port: Any = None  # the first TFTP port (its server's transfers are shared with the others)
+        self.tftp_ports: list[Any] = []
         self.watcher: DirectoryWatcher | None = None
         self.notifier = Notifier()
         self.watchdog: task.LoopingCall | None = None
@@ -298,19 +299,23 @@ class Netbootd:
                 self.images.on_resolved = self._image_resolved
                 self.core.grub_files.fetch = self.fetch_artefact
                 self.site = make_site(self.core, self.health, images=self.images)
-                try:
-                    # backlog 4096 (Twisted's default is 50; the kernel caps it at net.core.somaxconn): a storm of
-                    # 4000 machines overflowed 1024 (bench/storm.py), and each overflow costs a machine a 1 s SYN retry
-                    self.http_port = self.reactor.listenTCP(s.http.port, self.site, backlog=4096, interface=s.http.listen)
-                except CannotListenError as exc:
-                    raise bind_error("TCP", s.http.port, "http.port", exc) from None
-                self.ports.append(self.http_port)
-            if s.tftp.enabled:
-                from netbootd.tftp import listen_tftp
+                from netbootd.http.listen import listen_http
 
                 try:
-                    self.tftp_port = listen_tftp(self.reactor, s, self.core)
-                    self.ports.append(self.tftp_port)
+                    # a large backlog (the kernel caps it at net.core.somaxconn): each overflow in a storm costs a
+                    # machine a 1 s SYN retry
+                    http_ports = listen_http(self.reactor, s.http.port, self.site, s.http.listen)
+                except CannotListenError as exc:
+                    raise bind_error("TCP", s.http.port, "http.port", exc) from None
+                self.http_port = http_ports[0]
+                self.ports.extend(http_ports)
+            if s.tftp.enabled:
+                from netbootd.tftp import listen_tftp_all
+
+                try:
+                    self.tftp_ports = listen_tftp_all(self.reactor, s, self.core)
+                    self.tftp_port = self.tftp_ports[0]
+                    self.ports.extend(self.tftp_ports)
                 except CannotListenError as exc:  # the edge's message already says what to do
                     raise StartupError(str(exc)) from None
             if s.dhcp.enabled:
@@ -367,11 +372,12 @@ class Netbootd:
             self.watcher.stop()
             self.watcher = None
         # New connections and DHCP requests stop here; open HTTP connections carry on.
-        for port in [p for p in self.ports if p is not self.tftp_port]:
+        for port in [p for p in self.ports if p not in self.tftp_ports]:
             yield port.stopListening()
-        draining = getattr(getattr(self.tftp_port, "protocol", None), "drain", None)
-        if callable(draining):
-            draining()  # the TFTP server refuses new requests but keeps running transfers
+        for port in self.tftp_ports:
+            draining = getattr(getattr(port, "protocol", None), "drain", None)
+            if callable(draining):
+                draining()  # the TFTP server refuses new requests but keeps running transfers
         deadline = self.reactor.seconds() + self.settings.shutdown_grace
         http, tftp = self._busy()
         if http or tftp:
@@ -383,8 +389,8 @@ class Netbootd:
             log.warn("grace period over, closing transfers", http=http, tftp=tftp)
         for request in list(self.site.active if self.site is not None else ()):
             request.channel.transport.abortConnection()
-        if self.tftp_port is not None:
-            yield self.tftp_port.stopListening()
+        for port in self.tftp_ports:
+            yield port.stopListening()
         for loop in (self.watchdog, self.progress, self.resolver, self.grub_watch):
             if loop is not None and loop.running:
                 loop.stop()

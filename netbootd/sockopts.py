@@ -59,5 +59,32 @@ def parse_pktinfo(ancdata: Iterable[tuple[int, int, bytes]]) -> PacketInfo | Non
 
 def pktinfo_cmsg(ifindex: int = 0, source: str = "") -> tuple[int, int, bytes]:
     """Ancillary data for sendmsg(): out of interface `ifindex` (0: routing decides), from `source`."""
+    if ":" in source:
+        return pktinfo6_cmsg(ifindex, source)
     spec_dst = socket.inet_aton(source) if source else b"\0\0\0\0"
     return (socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0"))
+
+
+# IPv6: IPV6_RECVPKTINFO asks for, and IPV6_PKTINFO carries, struct in6_pktinfo { in6_addr addr; unsigned ifindex; }
+_PKTINFO6 = struct.Struct("=16sI")
+CMSG_SPACE6 = socket.CMSG_SPACE(_PKTINFO6.size)
+
+
+def parse_pktinfo6(ancdata: Iterable[tuple[int, int, bytes]]) -> PacketInfo | None:
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= _PKTINFO6.size:
+            addr, ifindex = _PKTINFO6.unpack_from(data)
+            local = socket.inet_ntop(socket.AF_INET6, addr)
+            return PacketInfo(ifindex, local, local)
+    return None
+
+
+def pktinfo6_cmsg(ifindex: int = 0, source: str = "") -> tuple[int, int, bytes]:
+    addr = socket.inet_pton(socket.AF_INET6, source) if source else bytes(16)
+    return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _PKTINFO6.pack(addr, ifindex))
+
+
+def v6only(skt: socket.socket) -> None:
+    """An IPv6 socket for IPv6 only: IPv4 has its own socket (and v4-mapped addresses would make one
+    client look like two, in rate limits and the boot timeline)."""
+    skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

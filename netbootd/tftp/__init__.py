@@ -13,11 +13,14 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 
 from netbootd.config.settings import Settings, TftpSettings
+from netbootd.logs import get_logger
 from netbootd.sockopts import enlarge_receive_buffer
 from netbootd.tftp.port import PktinfoPort
 from netbootd.tftp.server import FileResolver, TftpServer
 
-__all__ = ["TftpListenError", "TftpServer", "listen_tftp"]
+__all__ = ["TftpListenError", "TftpServer", "listen_tftp", "listen_tftp_all"]
+
+log = get_logger("netbootd.tftp")
 
 
 class TftpListenError(CannotListenError):
@@ -48,19 +51,39 @@ def _explain(interface: str, port: int, err: BaseException | None) -> str:
 
 
 def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileResolver) -> Any:
-    """Start the TFTP server; returns the IListeningPort (stopListening() ends all transfers)."""
+    """Start the TFTP server; returns its IListeningPort (stopListening() ends all transfers).
+    With tftp.listen empty it listens on every IPv4 address and, on a second port whose server
+    shares the transfers (`also`), every IPv6 address."""
+    return listen_tftp_all(reactor, settings, files)[0]
+
+
+def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: FileResolver) -> list[Any]:
+    """Every TFTP port: IPv4 (first) and IPv6 when tftp.listen is empty, else the one address."""
     tftp = settings.tftp if isinstance(settings, Settings) else settings
     server = TftpServer(reactor, tftp, files)
+    ports = []
     try:
         if not tftp.listen and isinstance(reactor, PosixReactorBase):
             # every address: learn each request's destination, answer from it (port.py)
             port = PktinfoPort(tftp.port, server, "", 8192, reactor)
             port.startListening()
+            ports.append(port)
+            try:
+                port6 = PktinfoPort(tftp.port, server.sibling(), "::", 8192, reactor)
+                port6.startListening()
+                ports.append(port6)
+            except CannotListenError as e:
+                if getattr(e.socketError, "errno", None) not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    raise
+                log.warn("no IPv6 on this host: TFTP answers IPv4 only", error=str(e.socketError))
         else:
-            port = reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192)
-        socket = getattr(port, "socket", None)
-        if socket is not None:
-            enlarge_receive_buffer(socket)  # a rack's RRQs wait in the kernel, not dropped, while we feed downloads
-        return port
+            ports.append(reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192))
+        for port in ports:
+            socket = getattr(port, "socket", None)
+            if socket is not None:
+                enlarge_receive_buffer(socket)  # a rack's RRQs wait in the kernel, not dropped, while we feed downloads
+        return ports
     except CannotListenError as e:
+        for started in ports:
+            started.stopListening()
         raise TftpListenError(tftp.listen, tftp.port, e.socketError, _explain(tftp.listen, tftp.port, e.socketError)) from e

@@ -16,7 +16,15 @@ from typing import Any
 from twisted.internet import udp
 from twisted.python import log as legacy_log
 
-from netbootd.sockopts import CMSG_SPACE, IP_PKTINFO, parse_pktinfo, pktinfo_cmsg
+from netbootd.sockopts import (
+    CMSG_SPACE,
+    CMSG_SPACE6,
+    IP_PKTINFO,
+    parse_pktinfo,
+    parse_pktinfo6,
+    pktinfo_cmsg,
+    v6only,
+)
 
 
 class PktinfoPort(udp.Port):
@@ -26,19 +34,30 @@ class PktinfoPort(udp.Port):
     set on the protocol beforehand (None when the kernel did not say).
     """
 
+    def createInternetSocket(self) -> socket.socket:
+        skt = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            v6only(skt)  # IPv4 has its own port
+        return skt
+
     def _bindSocket(self) -> None:
         super()._bindSocket()
-        self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        if self.addressFamily == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            self._parse, self._cmsg_space = parse_pktinfo6, CMSG_SPACE6
+        else:
+            self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            self._parse, self._cmsg_space = parse_pktinfo, CMSG_SPACE
 
     def doRead(self) -> None:
         read = 0
         while read < self.maxThroughput:
             try:
-                data, ancdata, _flags, addr = self.socket.recvmsg(self.maxPacketSize, CMSG_SPACE)
+                data, ancdata, _flags, addr = self.socket.recvmsg(self.maxPacketSize, self._cmsg_space)
             except OSError:  # EAGAIN: all read; ECONNREFUSED and friends: nothing to read now (not connected)
                 return
             read += len(data)
-            info = parse_pktinfo(ancdata)
+            info = self._parse(ancdata)
             self.protocol.local_address = info.spec_dst if info is not None else None
             try:
                 self.protocol.datagramReceived(data, addr[:2])

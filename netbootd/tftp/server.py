@@ -55,6 +55,8 @@ class TftpServer(DatagramProtocol):
         drop_every: int = 0,
         log_limiter: RateLimiter | None = None,
     ) -> None:
+        """One server per listening port (a port has one protocol); `sibling()` makes another for
+        the other address family, sharing the transfers, caps and limits."""
         self.reactor = reactor
         self.settings = settings
         self.files = files
@@ -72,6 +74,14 @@ class TftpServer(DatagramProtocol):
         # limit: a flood with a forged source address is not reflected packet for packet
         self._rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, reactor.seconds)
         self._rate_replies = PerClientLimiter(1.0, 1, reactor.seconds)
+
+    def sibling(self) -> TftpServer:
+        """A server for another port (IPv6 beside IPv4) sharing this one's transfers, in-memory
+        copies and rate limits: tftp.max_transfers and the per-client limits count both."""
+        other = TftpServer(self.reactor, self.settings, self.files, drop_every=self.drop_every, log_limiter=self._limiter)
+        other.sessions, other.fetching, other.shared = self.sessions, self.fetching, self.shared
+        other._rate, other._rate_replies = self._rate, self._rate_replies
+        return other
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class TftpServer(DatagramProtocol):
         try:
             # startProtocol() runs inside: connect, negotiate, first packet
             # answer from the address the client asked (see port.py)
-            interface = self.settings.listen or local or ""
+            interface = self.settings.listen or local or ("::" if ":" in addr[0] else "")
             self.reactor.listenUDP(0, session, interface=interface, maxPacketSize=2048)
         except Exception:
             log.failure("tftp cannot open a transfer port", client=addr[0])

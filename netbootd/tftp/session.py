@@ -42,6 +42,7 @@ MAX_WINDOW_BYTES = 256 * 1024
 # read-ahead: the file is read in chunks of about this size (a multiple of blksize)
 READ_CHUNK = 64 * 1024
 IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux
+IPV6_MTU = getattr(socket, "IPV6_MTU", 24)  # Linux
 IPV4_UDP_TFTP_OVERHEAD = 20 + 8 + 4
 
 
@@ -269,7 +270,11 @@ class TransferSession(DatagramProtocol):
         path_mtu = None
         if sock is not None:
             try:
-                path_mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+                if sock.family == socket.AF_INET6:
+                    # the IPv6 header is 20 bytes longer: report the MTU as blksize_cap's IPv4 sums need it
+                    path_mtu = sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) - 20
+                else:
+                    path_mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
             except OSError:
                 path_mtu = None
             # the hot path: a connected socket's send(), without Twisted's per-call checks
