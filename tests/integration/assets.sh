@@ -316,20 +316,21 @@ arm64_assets() {
     APT_OPTS=(-o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o "Dir::State::Lists=$apt/lists"
               -o "Dir::State::status=$apt/status" -o "Dir::Cache=$apt/cache")
     if [ "$FORCE" = 1 ] || [ ! -e "$apt/updated" ] || [ -n "$(find "$apt/updated" -mmin +1440)" ]; then
-        if apt-get "${APT_OPTS[@]}" -q update >"$apt/update.log" 2>&1; then
+        # --error-on=any: a mirror that cannot be reached is a failure, not a warning
+        if apt-get "${APT_OPTS[@]}" -q --error-on=any update >"$apt/update.log" 2>&1; then
             touch "$apt/updated"
+            rm -f "$ARM64/loaders.pkgs"  # new lists: take the loaders again (kept only when unchanged below)
         elif [ -e "$apt/updated" ]; then
             echo "assets.sh: arm64 package lists not refreshed (apt-get update failed; $apt/update.log), using the last ones"
         else
-            tail -5 "$apt/update.log" >&2
-            die "apt-get update of the arm64 package lists failed ($apt/update.log)"
+            die "apt-get update of the arm64 package lists failed: $(grep -E '^(E|W): ' "$apt/update.log" | head -1) ($apt/update.log)"
         fi
     fi
 
     pkg="$(kernel_package "$ARM64" linux-image-arm64)"
     kernel_assets "$ARM64" "$pkg" aa64
 
-    if [ "$FORCE" = 1 ] || ! [ -s "$ARM64/loaders.pkgs" ]; then
+    if [ "$FORCE" = 1 ] || ! [ -s "$ARM64/loaders.pkgs" ]; then  # missing, or the lists were refreshed
         work="$(mktemp -d "$ARM64/.loaders.XXXXXX")"
         temps+=("$work")
         # shellcheck disable=SC2086
@@ -343,8 +344,8 @@ arm64_assets() {
         done
         [ "$(pe_machine "$ARM64/shimaa64.efi.signed")" = aa64 ] && [ "$(pe_machine "$ARM64/grubnetaa64.efi.signed")" = aa64 ] \
             || die "shimaa64.efi.signed / grubnetaa64.efi.signed are not arm64 EFI binaries"
-        (cd "$work" && ls ./*.deb | sed 's|^\./||') > "$ARM64/loaders.pkgs"
-        echo "assets.sh: arm64 $(tr '\n' ' ' < "$ARM64/loaders.pkgs")"
+        for deb in "$work"/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd' '; done > "$ARM64/loaders.pkgs"
+        echo "assets.sh: arm64 $(sed 's/^Package: //; s/ Version: / /' "$ARM64/loaders.pkgs" | paste -sd, | sed 's/,/, /g')"
     fi
 
     initramfs_assets "$ARM64" "$ARM64/busybox"
