@@ -67,7 +67,7 @@ if [ -z "$deb" ]; then
          -o "Dir::Etc::Preferences=/dev/null" -o "Dir::Etc::PreferencesParts=$work/apt/parts"
          -o "Dir::State::Lists=$work/apt/lists" -o "Dir::State::status=$work/apt/status" -o "Dir::Cache=$work/apt/cache")
     say "reading $SUITE's package list from ${mirrors[*]}"
-    apt-get "${apt[@]}" -q update >"$work/update.log" 2>&1 \
+    apt-get "${apt[@]}" -q --error-on=any update >"$work/update.log" 2>&1 \
         || { cat "$work/update.log" >&2; die "apt-get update for $SUITE failed (a mirror that carries $SUITE: --mirror URI)"; }
     (cd "$work/download" && apt-get "${apt[@]}" -q download ipxe >"$work/download.log" 2>&1) \
         || { cat "$work/download.log" >&2; die "apt-get download ipxe from $SUITE failed"; }
