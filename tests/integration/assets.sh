@@ -365,7 +365,7 @@ arm64_assets() {
         rm -f "$ARM64/ipxe.unavailable"
         if ! "$HERE/../../deploy/ipxe-arm64.sh" --no-x86 "$ARM64/ipxe" >"$ARM64/ipxe.log" 2>&1; then
             tail -3 "$ARM64/ipxe.log" > "$ARM64/ipxe.unavailable"
-            echo "assets.sh: no arm64 iPXE (its test skips): $(cat "$ARM64/ipxe.unavailable")"
+            echo "assets.sh: no arm64 iPXE (its tests skip): $(cat "$ARM64/ipxe.unavailable")"
         fi
     fi
 }
