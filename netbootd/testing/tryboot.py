@@ -30,6 +30,9 @@ _CLIENTS = {
     "uefi-http": ("HTTP_BOOT", "EFI64"),
     "uefi-secure": ("EFI_PXE", "EFI64"),
     "uefi-http-secure": ("HTTP_BOOT", "EFI64"),
+    "arm64-uefi": ("EFI_PXE", "ARM64"),
+    "arm64-http": ("HTTP_BOOT", "ARM64"),
+    "arm64-secure": ("EFI_PXE", "ARM64"),
 }
 
 
@@ -167,7 +170,7 @@ def add_arguments(parser) -> None:
                         help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items()) + " (default bios)")
     parser.add_argument("--expect", help=f"a regular expression on the console that means success (default: the "
                                          f"kernel started the initramfs' init: {DEFAULT_EXPECT!r})")
-    parser.add_argument("--timeout", type=float, help="seconds before giving up (default: per firmware, 90-150 under TCG)")
+    parser.add_argument("--timeout", type=float, help="seconds before giving up (default: per firmware, 90-180 under TCG)")
     parser.add_argument("--keep", action="store_true", help="keep the lab's files (logs, capture, configuration)")
     parser.add_argument("--quiet", action="store_true",
                         help="do not stream the console (it is kept in the lab's files, whose path is printed)")

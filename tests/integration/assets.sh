@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Build what the QEMU boot tests boot: a kernel from Debian's linux-image package and a busybox
-# initramfs that prints a marker line and powers off. Idempotent; everything is cached in
-# tests/integration/.assets/ (gitignored). Needs apt-get (to download the kernel package, no
-# install), dpkg-deb, busybox-static, cpio and gzip; for the Secure Boot UKIs also systemd-boot-efi,
-# binutils, sbsigntool, openssl and ovmf (their keys). Usage: tests/integration/assets.sh [--force]
+# initramfs that prints a marker line and powers off, for x86-64 and for arm64. Idempotent;
+# everything is cached in tests/integration/.assets/ (gitignored), arm64 in its arm64/ directory.
+#
+# x86-64: needs apt-get (to download the kernel package, no install), dpkg-deb, busybox-static, cpio
+# and gzip; for the Secure Boot UKIs also systemd-boot-efi, binutils, sbsigntool, openssl and ovmf
+# (their keys).
+# arm64: Debian's arm64 packages (kernel, busybox-static, systemd-boot-efi's stub, shim-signed,
+# grub-efi-arm64-signed) are downloaded, not installed, through package lists of their own in
+# .assets/arm64/apt (the host's apt sources, arm64 only: the host needs no `dpkg --add-architecture`);
+# the arm64 UKI needs binutils-aarch64-linux-gnu; the arm64 iPXE comes from deploy/ipxe-arm64.sh
+# (Debian 13's ipxe package). When arm64 cannot be built only the arm64 tests skip (under CI they
+# fail): .assets/arm64/unavailable says why.
+#
+# Usage: tests/integration/assets.sh [--force]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="$HERE/.assets"
+ARM64="$OUT/arm64"
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
 
@@ -26,37 +37,68 @@ if command -v flock >/dev/null; then  # two test runs at once: one builds, the o
     flock 9
 fi
 
-# ---------------------------------------------------------------- the kernel package
-pkg=""
-if command -v apt-cache >/dev/null; then
-    pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-fi
-if [ -z "$pkg" ]; then
-    [ -s "$OUT/kernel.pkg" ] || die "cannot resolve linux-image-amd64's kernel package (run apt-get update?)"
-    pkg="$(cat "$OUT/kernel.pkg")"
-    echo "assets.sh: apt-cache gave no kernel package; using the cached $pkg"
-fi
+# ================================================================ shared by the architectures
+# apt-get and apt-cache run with "${APT_OPTS[@]}": nothing for the host's own package lists, the
+# private arm64 lists for arm64.
+APT_OPTS=()
 
-if [ "$FORCE" = 1 ] || [ ! -s "$OUT/vmlinuz" ] || [ ! -d "$OUT/modules" ] || [ "$(cat "$OUT/kernel.pkg" 2>/dev/null)" != "$pkg" ]; then
+# The versioned kernel package a metapackage (linux-image-amd64) depends on: the name changes with
+# Debian's updates. Without an answer from apt, the one cached in $out/kernel.pkg.
+kernel_package() {
+    local out="$1" meta="$2" pkg=""
+    if command -v apt-cache >/dev/null; then
+        pkg="$(apt-cache "${APT_OPTS[@]}" depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
+    fi
+    if [ -z "$pkg" ]; then
+        [ -s "$out/kernel.pkg" ] || die "cannot resolve $meta's kernel package (run apt-get update?)"
+        pkg="$(cat "$out/kernel.pkg")"
+        echo "assets.sh: apt-cache gave no kernel package; using the cached $pkg" >&2
+    fi
+    echo "$pkg"
+}
+
+# apt-get download PACKAGE... into the directory $1.
+apt_download() {
+    local dir="$1"; shift
+    (cd "$dir" && apt-get "${APT_OPTS[@]}" download -q "$@" >/dev/null 2>"$dir/apt.err") \
+        || { cat "$dir/apt.err" >&2; die "apt-get download $* failed"; }
+}
+
+# The COFF machine of a PE image (aa64, 8664), or nothing when the file is not one. od only: the
+# host's binutils may not know the other architecture's PE format.
+pe_machine() {
+    local file="$1" at
+    [ "$(head -c 2 "$file")" = MZ ] || return 0
+    at="$(od -An -tu4 -j 60 -N 4 "$file" | tr -d ' ')"
+    [ "$(od -An -c -j "$at" -N 4 "$file" | tr -d ' ')" = 'PE\0\0' ] || return 0
+    od -An -tx2 -j $((at + 4)) -N 2 "$file" | tr -d ' '
+}
+
+# $out/vmlinuz and $out/modules/ (the NIC's modules and a load order) from the kernel package $pkg;
+# the kernel must be an EFI PE for $machine (firmware and GRUB boot it as one).
+kernel_assets() {
+    local out="$1" pkg="$2" machine="$3" work deb vmlinuz kdir ko name m
+    if [ "$FORCE" = 0 ] && [ -s "$out/vmlinuz" ] && [ -d "$out/modules" ] && [ "$(cat "$out/kernel.pkg" 2>/dev/null)" = "$pkg" ]; then
+        return 0
+    fi
     echo "assets.sh: fetching $pkg"
-    work="$(mktemp -d "$OUT/.work.XXXXXX")"
+    work="$(mktemp -d "$out/.work.XXXXXX")"
     temps+=("$work")
-    (cd "$work" && apt-get download -q "$pkg" >/dev/null 2>"$work/apt.err") \
-        || { cat "$work/apt.err" >&2; die "apt-get download $pkg failed"; }
+    apt_download "$work" "$pkg"
     deb="$(ls "$work"/*.deb)"
     mkdir "$work/x"
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/x" --wildcards './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/*' './lib/modules/*/kernel/net/core/*'
     vmlinuz="$(ls "$work"/x/boot/vmlinuz-*)"
     kdir="$(ls -d "$work"/x/lib/modules/*)"
+    [ "$(pe_machine "$vmlinuz")" = "$machine" ] || die "$(basename "$vmlinuz") of $pkg is not an EFI PE image for machine $machine"
 
     # Resolve the module set and a load order (dependencies first) from the `depends=` fields.
-    declare -A path_of=()
+    declare -A path_of=() seen=()
+    local order=()
     while IFS= read -r ko; do
         name="$(basename "$ko")"; name="${name%.ko*}"
         path_of[${name//-/_}]="$ko"
     done < <(find "$kdir/kernel" -name '*.ko*')
-    order=()
-    declare -A seen=()
     visit() {
         local m="${1//-/_}" dep deps file
         [ -n "${seen[$m]:-}" ] && return
@@ -72,30 +114,34 @@ if [ "$FORCE" = 1 ] || [ ! -s "$OUT/vmlinuz" ] || [ ! -d "$OUT/modules" ] || [ "
     }
     for m in $ROOT_MODULES; do visit "$m"; done
 
-    rm -rf "$OUT/modules" "$OUT/vmlinuz"
-    mkdir "$OUT/modules"
-    for m in "${order[@]}"; do cp "${path_of[$m]}" "$OUT/modules/$m.ko"; done
-    printf '%s\n' "${order[@]}" > "$OUT/modules/order"
-    cp "$vmlinuz" "$OUT/vmlinuz"
-    echo "$pkg" > "$OUT/kernel.pkg"
-    rm -f "$OUT/initrd.cpio.gz"  # rebuilt below with the new modules
+    rm -rf "$out/modules" "$out/vmlinuz"
+    mkdir "$out/modules"
+    for m in "${order[@]}"; do cp "${path_of[$m]}" "$out/modules/$m.ko"; done
+    printf '%s\n' "${order[@]}" > "$out/modules/order"
+    cp "$vmlinuz" "$out/vmlinuz"
+    echo "$pkg" > "$out/kernel.pkg"
+    rm -f "$out/initrd.cpio.gz"  # rebuilt with the new modules
     echo "assets.sh: kernel $(basename "$vmlinuz"), modules: ${order[*]}"
-fi
+}
 
-# ---------------------------------------------------------------- the busybox initramfs
-# Rebuilt when this script changes (the /init below lives here) or the modules changed.
-stamp="$(sha256sum "$0" | cut -d' ' -f1)"
-if [ "$FORCE" = 1 ] || [ ! -s "$OUT/initrd.cpio.gz" ] || [ "$(cat "$OUT/initrd.stamp" 2>/dev/null)" != "$stamp" ]; then
-    [ -x "$BUSYBOX" ] || die "busybox not found (apt-get install busybox-static)"
-    if command -v ldd >/dev/null && ! { ldd "$BUSYBOX" 2>&1 || true; } | grep -q 'not a dynamic executable'; then
-        die "$BUSYBOX is dynamically linked; the initramfs needs busybox-static"
+# $out/initrd.cpio.gz: $busybox, $out/modules and the one /init both architectures boot (below).
+# Rebuilt when this script (the /init lives here), busybox or the modules change.
+initramfs_assets() {
+    local out="$1" busybox="$2" stamp root
+    stamp="$( { sha256sum "$0" "$busybox"; cat "$out"/modules/*; } | sha256sum | cut -d' ' -f1)"
+    if [ "$FORCE" = 0 ] && [ -s "$out/initrd.cpio.gz" ] && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    [ -x "$busybox" ] || die "busybox not found (apt-get install busybox-static)"
+    if command -v ldd >/dev/null && ! { ldd "$busybox" 2>&1 || true; } | grep -q 'not a dynamic executable'; then
+        die "$busybox is dynamically linked; the initramfs needs busybox-static"
     fi
     command -v cpio >/dev/null || die "cpio not found (apt-get install cpio)"
-    root="$(mktemp -d "$OUT/.root.XXXXXX")"
+    root="$(mktemp -d "$out/.root.XXXXXX")"
     temps+=("$root")
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules}
-    cp "$BUSYBOX" "$root/bin/busybox"
-    cp "$OUT"/modules/*.ko "$OUT/modules/order" "$root/lib/modules/"
+    cp "$busybox" "$root/bin/busybox"
+    cp "$out"/modules/*.ko "$out/modules/order" "$root/lib/modules/"
 
     cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -165,11 +211,44 @@ exit 0
 SCRIPT
     chmod 755 "$root/etc/udhcpc.script"
 
-    (cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -9n) > "$OUT/initrd.cpio.gz.tmp"
-    mv "$OUT/initrd.cpio.gz.tmp" "$OUT/initrd.cpio.gz"
-    echo "$stamp" > "$OUT/initrd.stamp"
-    echo "assets.sh: initramfs $(du -h "$OUT/initrd.cpio.gz" | cut -f1)"
-fi
+    (cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -9n) > "$out/initrd.cpio.gz.tmp"
+    mv "$out/initrd.cpio.gz.tmp" "$out/initrd.cpio.gz"
+    echo "$stamp" > "$out/initrd.stamp"
+    echo "assets.sh: initramfs $(du -h "$out/initrd.cpio.gz" | cut -f1) ($out)"
+}
+
+# $dest: a UKI (unsigned) of $out/vmlinuz + $out/initrd.cpio.gz + $cmdline in systemd-boot's $stub,
+# put together with that architecture's objdump/objcopy (binutils: a PE for another CPU needs its
+# cross binutils).
+build_uki() {
+    local stub="$1" objdump="$2" objcopy="$3" cmdline="$4" out="$5" dest="$6" work end idx sz vma section name file path
+    work="$(mktemp -d "$out/.uki.XXXXXX")"
+    temps+=("$work")
+    printf 'NAME="netbootd test guest"\nID=netbootd-test\n' > "$work/os-release"
+    printf '%s' "$cmdline" > "$work/cmdline"
+    # Each section at the next 64 KiB boundary after the stub's last section and the one before,
+    # so nothing overlaps whatever the stub's and the kernel's sizes.
+    align() { echo $(( ($1 + 0xffff) & ~0xffff )); }
+    end=0
+    while read -r idx _ sz vma _; do  # objdump -h rows: Idx Name Size VMA LMA File-off Algn
+        [[ "$idx" =~ ^[0-9]+$ ]] && (( 0x$vma + 0x$sz > end )) && end=$(( 0x$vma + 0x$sz ))
+    done < <("$objdump" -h "$stub")
+    [ "$end" -gt 0 ] || die "cannot read the sections of $stub ($objdump -h)"
+    local args=()
+    for section in osrel:os-release cmdline:cmdline linux:vmlinuz initrd:initrd.cpio.gz; do
+        name="${section%%:*}"; file="${section#*:}"
+        [ -f "$work/$file" ] && path="$work/$file" || path="$out/$file"
+        vma="$(align "$end")"
+        args+=(--add-section ".$name=$path" --change-section-vma ".$name=$(printf '0x%x' "$vma")")
+        end=$(( vma + $(stat -c %s "$path") ))
+    done
+    "$objcopy" "${args[@]}" "$stub" "$dest"
+}
+
+# ================================================================ x86-64
+pkg="$(kernel_package "$OUT" linux-image-amd64)"
+kernel_assets "$OUT" "$pkg" 8664
+initramfs_assets "$OUT" "$BUSYBOX"
 
 # ---------------------------------------------------------------- the UKIs (Secure Boot tests)
 # The kernel + initramfs above + a command line in systemd-boot's stub: uki-signed.efi signed with
@@ -192,32 +271,13 @@ if [ -n "$uki_missing" ]; then
     echo "assets.sh: no UKIs (the Secure Boot tests skip): apt-get install$uki_missing"
 else
     uki_stamp="$( { cat "$OUT/vmlinuz" "$OUT/initrd.cpio.gz" "$UKI_STUB" "$SNAKEOIL_CERT"
-                    echo "$UKI_CMDLINE"; sed -n '/^# -* the UKIs/,/^fi$/p' "$0"; } | sha256sum | cut -d' ' -f1)"
+                    echo "$UKI_CMDLINE"; sed -n '/^build_uki()/,/^}$/p;/^# -* the UKIs/,/^fi$/p' "$0"; } | sha256sum | cut -d' ' -f1)"
     if [ "$FORCE" = 1 ] || [ ! -s "$OUT/uki-signed.efi" ] || [ ! -s "$OUT/uki-unsigned.efi" ] \
             || [ "$(cat "$OUT/uki.stamp" 2>/dev/null)" != "$uki_stamp" ]; then
-        work="$(mktemp -d "$OUT/.uki.XXXXXX")"
+        work="$(mktemp -d "$OUT/.sign.XXXXXX")"
         temps+=("$work")
         chmod 700 "$work"  # the decrypted key lives here until the EXIT trap removes it
-        printf 'NAME="netbootd test guest"\nID=netbootd-test\n' > "$work/os-release"
-        printf '%s' "$UKI_CMDLINE" > "$work/cmdline"
-        # Each section at the next 64 KiB boundary after the stub's last section and the one before,
-        # so nothing overlaps whatever the stub's and the kernel's sizes.
-        align() { echo $(( ($1 + 0xffff) & ~0xffff )); }
-        size() { stat -c %s "$1"; }
-        end=0
-        while read -r idx _ sz vma _; do  # objdump -h rows: Idx Name Size VMA LMA File-off Algn
-            [[ "$idx" =~ ^[0-9]+$ ]] && (( 0x$vma + 0x$sz > end )) && end=$(( 0x$vma + 0x$sz ))
-        done < <(objdump -h "$UKI_STUB")
-        [ "$end" -gt 0 ] || die "cannot read the sections of $UKI_STUB (objdump -h)"
-        args=()
-        for section in osrel:os-release cmdline:cmdline linux:vmlinuz initrd:initrd.cpio.gz; do
-            name="${section%%:*}"; file="${section#*:}"
-            [ -f "$work/$file" ] && path="$work/$file" || path="$OUT/$file"
-            vma="$(align "$end")"
-            args+=(--add-section ".$name=$path" --change-section-vma ".$name=$(printf '0x%x' "$vma")")
-            end=$(( vma + $(size "$path") ))
-        done
-        objcopy "${args[@]}" "$UKI_STUB" "$work/uki-unsigned.efi"
+        build_uki "$UKI_STUB" objdump objcopy "$UKI_CMDLINE" "$OUT" "$work/uki-unsigned.efi"
         openssl rsa -in "$SNAKEOIL_KEY" -passin pass:snakeoil -out "$work/snakeoil.key" 2>/dev/null \
             || die "openssl could not decrypt $SNAKEOIL_KEY with the passphrase snakeoil"
         sbsign --key "$work/snakeoil.key" --cert "$SNAKEOIL_CERT" --output "$work/uki-signed.efi" \
@@ -230,4 +290,98 @@ else
         echo "assets.sh: UKIs $(du -h "$OUT/uki-signed.efi" | cut -f1) (signed with OVMF's snakeoil key, and unsigned), cmdline: $UKI_CMDLINE"
     fi
 fi
-echo "assets.sh: ready in $OUT ($(cat "$OUT/kernel.pkg"))"
+
+# ================================================================ arm64
+# In .assets/arm64: vmlinuz (Debian's signed kernel), modules/, initrd.cpio.gz (the same /init),
+# uki.efi (unsigned, in linuxaa64.efi.stub), shimaa64.efi.signed and grubnetaa64.efi.signed (for
+# netbootd's grub.arm64_shim / arm64_grub), ipxe/ipxe-arm64.efi (deploy/ipxe-arm64.sh).
+ARM64_UKI_CMDLINE="console=ttyAMA0 panic=-1 nbd_uki=1"
+ARM64_LOADERS="busybox-static systemd-boot-efi shim-signed grub-efi-arm64-signed"
+# package:path of each file taken from them
+ARM64_FILES="busybox-static:bin/busybox systemd-boot-efi:usr/lib/systemd/boot/efi/linuxaa64.efi.stub
+shim-signed:usr/lib/shim/shimaa64.efi.signed grub-efi-arm64-signed:usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed"
+
+arm64_assets() {
+    temps=()
+    trap 'rm -rf "${temps[@]}"' EXIT  # a subshell: the parent's trap does not run for it
+    command -v aarch64-linux-gnu-objcopy >/dev/null && command -v aarch64-linux-gnu-objdump >/dev/null \
+        || die "aarch64-linux-gnu-objcopy is missing (apt-get install binutils-aarch64-linux-gnu)"
+    command -v apt-get >/dev/null || die "apt-get is missing: Debian's arm64 packages cannot be downloaded"
+
+    # The host's apt sources, arm64 packages only, in lists of our own: refreshed daily (and with
+    # --force); when that fails (offline) the last lists serve.
+    local apt="$ARM64/apt" work entry pkg file
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+    touch "$apt/status"
+    APT_OPTS=(-o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o "Dir::State::Lists=$apt/lists"
+              -o "Dir::State::status=$apt/status" -o "Dir::Cache=$apt/cache")
+    if [ "$FORCE" = 1 ] || [ ! -e "$apt/updated" ] || [ -n "$(find "$apt/updated" -mmin +1440)" ]; then
+        # --error-on=any: a mirror that cannot be reached is a failure, not a warning
+        if apt-get "${APT_OPTS[@]}" -q --error-on=any update >"$apt/update.log" 2>&1; then
+            touch "$apt/updated"
+            rm -f "$ARM64/loaders.pkgs"  # new lists: take the loaders again (kept only when unchanged below)
+        elif [ -e "$apt/updated" ]; then
+            echo "assets.sh: arm64 package lists not refreshed (apt-get update failed; $apt/update.log), using the last ones"
+        else
+            die "apt-get update of the arm64 package lists failed: $(grep -E '^(E|W): ' "$apt/update.log" | head -1) ($apt/update.log)"
+        fi
+    fi
+
+    pkg="$(kernel_package "$ARM64" linux-image-arm64)"
+    kernel_assets "$ARM64" "$pkg" aa64
+
+    if [ "$FORCE" = 1 ] || ! [ -s "$ARM64/loaders.pkgs" ]; then  # missing, or the lists were refreshed
+        work="$(mktemp -d "$ARM64/.loaders.XXXXXX")"
+        temps+=("$work")
+        # shellcheck disable=SC2086
+        apt_download "$work" $ARM64_LOADERS
+        mkdir "$work/x"
+        for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/x"; done
+        for entry in $ARM64_FILES; do
+            file="$work/x/${entry#*:}"
+            [ -s "$file" ] || die "${entry%%:*} (arm64) has no /${entry#*:}"
+            cp "$file" "$ARM64/$(basename "$file")"
+        done
+        [ "$(pe_machine "$ARM64/shimaa64.efi.signed")" = aa64 ] && [ "$(pe_machine "$ARM64/grubnetaa64.efi.signed")" = aa64 ] \
+            || die "shimaa64.efi.signed / grubnetaa64.efi.signed are not arm64 EFI binaries"
+        for deb in "$work"/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd' '; done > "$ARM64/loaders.pkgs"
+        echo "assets.sh: arm64 $(sed 's/^Package: //; s/ Version: / /' "$ARM64/loaders.pkgs" | paste -sd, | sed 's/,/, /g')"
+    fi
+
+    initramfs_assets "$ARM64" "$ARM64/busybox"
+
+    local stub="$ARM64/linuxaa64.efi.stub" uki_stamp
+    uki_stamp="$( { cat "$ARM64/vmlinuz" "$ARM64/initrd.cpio.gz" "$stub"; echo "$ARM64_UKI_CMDLINE"
+                    sed -n '/^build_uki()/,/^}$/p' "$0"; } | sha256sum | cut -d' ' -f1)"
+    if [ "$FORCE" = 1 ] || [ ! -s "$ARM64/uki.efi" ] || [ "$(cat "$ARM64/uki.stamp" 2>/dev/null)" != "$uki_stamp" ]; then
+        build_uki "$stub" aarch64-linux-gnu-objdump aarch64-linux-gnu-objcopy "$ARM64_UKI_CMDLINE" "$ARM64" "$ARM64/uki.efi.tmp"
+        mv "$ARM64/uki.efi.tmp" "$ARM64/uki.efi"
+        echo "$uki_stamp" > "$ARM64/uki.stamp"
+        echo "assets.sh: arm64 UKI $(du -h "$ARM64/uki.efi" | cut -f1) (unsigned), cmdline: $ARM64_UKI_CMDLINE"
+    fi
+
+    # The arm64 iPXE, as an operator gets it: Debian 12 has none.
+    if [ "$FORCE" = 1 ] || [ ! -s "$ARM64/ipxe/ipxe-arm64.efi" ]; then
+        rm -f "$ARM64/ipxe.unavailable"
+        if ! "$HERE/../../deploy/ipxe-arm64.sh" --no-x86 "$ARM64/ipxe" >"$ARM64/ipxe.log" 2>&1; then
+            tail -3 "$ARM64/ipxe.log" > "$ARM64/ipxe.unavailable"
+            echo "assets.sh: no arm64 iPXE (its tests skip): $(cat "$ARM64/ipxe.unavailable")"
+        fi
+    fi
+}
+
+# A subshell: what stops the arm64 part (its `die`) leaves the x86 assets standing.
+mkdir -p "$ARM64"
+set +e
+(set -e; arm64_assets) 2>"$ARM64/errors.log"
+arm64_status=$?
+set -e
+cat "$ARM64/errors.log" >&2
+if [ "$arm64_status" = 0 ]; then
+    rm -f "$ARM64/unavailable"
+else
+    { grep '^assets.sh: ' "$ARM64/errors.log" | tail -1 | sed 's/^assets.sh: //'; } > "$ARM64/unavailable" || true
+    [ -s "$ARM64/unavailable" ] || echo "the arm64 part failed (exit $arm64_status): $(tail -1 "$ARM64/errors.log")" > "$ARM64/unavailable"
+    echo "assets.sh: no arm64 assets (the arm64 tests skip): $(cat "$ARM64/unavailable")"
+fi
+echo "assets.sh: ready in $OUT ($(cat "$OUT/kernel.pkg")$([ "$arm64_status" = 0 ] && echo ", $(cat "$ARM64/kernel.pkg")"))"

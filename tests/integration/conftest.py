@@ -54,7 +54,7 @@ def need(firmware_name: str) -> None:
     reason = missing_requirements() or kind.missing()
     if firmware_name == "bios" and not (IPXE_DIR / "undionly.kpxe").is_file():
         reason = reason or f"{IPXE_DIR}/undionly.kpxe is missing (apt-get install ipxe)"
-    if firmware_name != "bios" and not (IPXE_DIR / "snponly.efi").is_file():
+    if kind.qemu == "qemu-system-x86_64" and firmware_name != "bios" and not (IPXE_DIR / "snponly.efi").is_file():
         reason = reason or f"{IPXE_DIR}/snponly.efi is missing (apt-get install ipxe)"
     if reason:
         pytest.skip(reason)
