@@ -120,6 +120,11 @@ def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> li
             ipaddress.IPv4Address(s.advertise)
         except ValueError:
             errors.append(toml.error("advertise", f"expected an IPv4 address, got {s.advertise!r}"))
+    if s.advertise6:
+        try:
+            ipaddress.IPv6Address(s.advertise6)
+        except ValueError:
+            errors.append(toml.error("advertise6", f"expected an IPv6 address, got {s.advertise6!r}"))
     if s.http.public_url and not re.match(r"^https?://[^/\s]+/?$", s.http.public_url):
         errors.append(toml.error("http.public_url", "expected a base URL such as http://boot.example:8080"))
     if s.log.format not in ("text", "json"):

@@ -56,6 +56,7 @@ class DhcpSettings:
     port: int = 67
     proxy_port: int = 4011  # PXE boot-server discovery (EFI PXE sends its REQUEST here)
     interfaces: tuple[str, ...] = ()  # empty: every interface
+    ipv6: bool = True  # proxy DHCPv6 too: UDP 547 (multicast ff02::1:2) and 4011 over IPv6
 
 
 @attrs.frozen
@@ -118,6 +119,9 @@ class LogSettings:
 @attrs.frozen
 class Settings:
     advertise: str = ""  # IPv4 address put in siaddr/URLs; empty: the receiving interface's address
+    # IPv6 address put in DHCPv6 answers and the URLs IPv6 clients get; empty: the receiving
+    # interface's global (or unique-local) address
+    advertise6: str = ""
     machines_dir: Path = Path("/etc/netbootd/machines")
     files_root: Path = Path("/etc/netbootd/files")
     state_dir: Path = Path("/var/lib/netbootd")

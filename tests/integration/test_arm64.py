@@ -118,7 +118,7 @@ def tftp_files(lab: ProjectLab) -> list[str]:
 def grub_chain(shim: bool) -> list[str]:
     m = MAC.replace(":", "-")
     return [*(["boot/aa64/shimaa64.efi"] if shim else []), "boot/aa64/grubaa64.efi", "/grub/grub.cfg",
-            f"/grub/machines/{MAC}.cfg", f"/grub/m/{m}/kernel", f"/grub/m/{m}/initrd0"]
+            f"/grub/machines/{MAC}.cfg", f"/grub/m/{m}/arm64/kernel", f"/grub/m/{m}/arm64/initrd0"]  # GRUB fills in ${grub_cpu}
 
 
 @pytest.fixture
@@ -234,3 +234,62 @@ def test_secure_boot_refuses_unsigned_ipxe(lab, arm64):
     assert '"UEFI PXEv4' in result.reason and result.reason.endswith(": Access Denied"), result.reason
     assert "ipxe-arm64.efi" in tftp_files(lab), "not refused by the firmware: iPXE was never sent whole"
     assert "firmware=ipxe" not in lab.netbootd_log(), "iPXE ran: Secure Boot was not enforced"
+
+
+KERNEL_MEDIA, INITRD_MEDIA, UKI_MEDIA = (f"application/vnd.ironcore.image.{k}" for k in ("kernel", "initramfs", "uki"))
+X86_MAC = "52:54:00:a6:40:86"
+
+
+def test_one_multi_arch_image_boots_an_x86_and_an_arm64_machine(tmp_path, assets, arm64, request):
+    """(3) One OCI index with an amd64 and an arm64 manifest; one profile-less `image = ...` for two
+    machines of different architectures, booted at the same time: each gets its own layers (the
+    registry's log shows which blobs netbootd fetched), both reach their initramfs."""
+    from .test_image_boot import REGISTRY, LabRegistry, digest_of
+
+    need_arm64("arm64-uefi")
+    for lab in _lab(tmp_path, assets, request):
+        serve_arm64(lab, arm64)
+        registry = LabRegistry(lab)
+        registry.push_index("boot/mixed", "v1", {
+            "amd64": [(KERNEL_MEDIA, assets.kernel), (INITRD_MEDIA, assets.initrd)],
+            "arm64": [(KERNEL_MEDIA, arm64.kernel), (INITRD_MEDIA, arm64.initrd)],
+        })
+        registry.serve()
+        for mac, console in ((X86_MAC, "ttyS0"), (MAC, "ttyAMA0")):
+            lab.machine(mac, f"""\
+                [vars]
+                value = "{mac[-2:]}"
+                [boot]
+                image = "{REGISTRY}/boot/mixed:v1"
+                cmdline = "console={console} panic=-1 nbd_value={{{{ value }}}} nbd_ign={{{{ ignition_url }}}}"
+                [ignition]
+                inline = '{{"ignition": {{"version": "3.4.0"}}, "netbootd_marker": "{mac[-2:]}-ign"}}'
+                """)
+        lab.start_netbootd()
+        x86, arm = lab.booted_many([(X86_MAC, "bios"), (MAC, "arm64-uefi")])
+        assert "nbd_value=86" in x86.cmdline.split() and "nbd_value=01" in arm.cmdline.split()
+        for content in (assets.kernel, assets.initrd, arm64.kernel, arm64.initrd):
+            assert len(registry.blob_gets(digest_of(content))) == 1, f"{content}: not exactly one upstream GET"
+        log = lab.netbootd_log()
+        assert "arch=arm64" in log and "boot/aa64/grubaa64.efi" in log  # arm64 PXE: GRUB by default
+
+
+def test_http_boot_of_an_images_arm64_uki_layer(tmp_path, assets, arm64, request):
+    """(2) AAVMF HTTP boot of the UKI layer of an image's arm64 manifest (the amd64 one has none)."""
+    from .test_image_boot import REGISTRY, LabRegistry
+
+    need_arm64("arm64-http")
+    for lab in _lab(tmp_path, assets, request):
+        registry = LabRegistry(lab)
+        registry.push_index("boot/ukis", "v1", {
+            "amd64": [(KERNEL_MEDIA, assets.kernel), (INITRD_MEDIA, assets.initrd)],
+            "arm64": [(UKI_MEDIA, arm64.uki)],
+        })
+        registry.serve()
+        lab.machine(MAC, f'[boot]\nimage = "{REGISTRY}/boot/ukis:v1"\n')
+        lab.start_netbootd()
+        lab.wait_log(r"image resolved .*", timeout=30)  # the background resolution, both architectures
+        marker = lab.booted(MAC, "arm64-http")
+        assert UKI_CMDLINE in marker.cmdline, marker.cmdline
+        log = lab.netbootd_log()
+        assert "application%2Fvnd.ironcore.image.uki&arch=arm64" in log, log[-3000:]

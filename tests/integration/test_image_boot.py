@@ -57,12 +57,20 @@ class LabRegistry:
 
     def push(self, repo: str, tag: str, layers: list[tuple[str, Path]]) -> str:
         """Push an image (OCI manifest, amd64) through the registry API; its manifest digest."""
+        return self.push_index(repo, tag, {"amd64": layers}, index=False)
+
+    def push_index(self, repo: str, tag: str, per_arch: dict[str, list[tuple[str, Path]]], index: bool = True) -> str:
+        """Push one image per architecture and (index=True) an OCI index of them under `tag`."""
         pusher_reg = h.Registry(self.lab.root / "registry-push", storage=self.storage)
         try:
             pusher_reg.start()
             push = h.Pusher(pusher_reg.url)
             try:
-                return push.image(repo, tag, layers)
+                if not index:
+                    [(arch, layers)] = per_arch.items()
+                    return push.image(repo, tag, layers, arch=arch)
+                children = {arch: push.image(repo, None, layers, arch=arch) for arch, layers in per_arch.items()}
+                return push.index(repo, tag, children)
             finally:
                 push.close()
         finally:
@@ -175,7 +183,7 @@ def test_uefi_http_boot_uki_layer(lab, registry):
     assert_booted(marker, MAC, "uki10", "uki10-secret")
 
     log = lab.netbootd_log()
-    uki_url = urls.image_layer_url(f"http://{BOOT_IP}:{HTTP_PORT}", parse_reference(image), urls.UKI_MEDIA)
+    uki_url = urls.image_layer_url(f"http://{BOOT_IP}:{HTTP_PORT}", parse_reference(image), urls.UKI_MEDIA, "amd64")
     assert re.search(r"answered .*firmware=http-boot .*offered=\"http-efi " + re.escape(uki_url) + '"', log), (
         f"the HTTP-boot firmware was not offered the UKI layer {uki_url}"
     )
