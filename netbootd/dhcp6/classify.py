@@ -12,9 +12,10 @@ HttpBootDhcp6.c, and iPXE's src/net/udp/dhcpv6.c):
 
 Architecture: option 61 (first entry), else the `Arch:NNNNN` of the 343 vendor class; codes mapped
 by `model.ARCH_CODES`, the table the DHCPv4 edge uses. Two differences from DHCPv4, on purpose:
-a PXEClient that names no architecture is not guessed to be a BIOS ROM (no BIOS PXE ROM speaks
-DHCPv6; PXE over IPv6 is a UEFI feature), and PXE with the BIOS code 0 is refused the same way
-(`unsupported-arch`). iPXE on BIOS (undionly.kpxe, code 0 in 61) is answered as on DHCPv4.
+a PXE or iPXE client that names no architecture is not guessed to be a pre-RFC 4578 BIOS ROM (no
+such ROM speaks DHCPv6; iPXE's DHCPv6 always sends 61), and PXE firmware with the BIOS code 0 is
+refused too (PXE over IPv6 is a UEFI feature): both `unsupported-arch`. iPXE on BIOS
+(undionly.kpxe, code 0 in 61) is answered as on DHCPv4.
 
 Not imported from netbootd.dhcp.classify: the edges do not import each other, and that import
 would load netbootd/dhcp/__init__.py, hence Twisted and the DHCPv4 protocol; DHCPv6's user class
