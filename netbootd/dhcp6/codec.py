@@ -19,7 +19,7 @@ Why hand-written rather than a library (the project uses a well-kept library whe
 - scapy 2.8.0's `scapy.layers.dhcp6` is maintained but lenient, which is what this module must not
   be: measured on the captured EDK2 SOLICIT, it accepts the packet cut by 5 bytes (the vendor class
   silently shortened to `PXEClient:Arch:00007:UNDI:0` while its length field says 32), a client ID
-  whose length (400) runs 100+ bytes past the end (the rest of the packet swallowed into the DUID),
+  whose length (400) runs ~300 bytes past the end (the rest of the packet swallowed into the DUID),
   a duplicated client ID, an unknown message type 200 and an empty packet; a 1-byte packet raises
   a bare struct.error. Its import also costs ~0.3 s and ~44 MiB of RSS (24 MB installed), against
   a few hundred lines of struct code here.

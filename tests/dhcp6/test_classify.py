@@ -81,7 +81,7 @@ IPXE_SOLICIT = codec.encode(
         ([*pxe(7), user_class()], Arch.EFI64, Firmware.EFI_PXE),
         ([vendor(b"PXEClient:Arch:00011:UNDI:003000")], Arch.ARM64, Firmware.EFI_PXE),  # arch from 16
         ([vendor(b"HTTPClient:Arch:00019")], Arch.ARM64, Firmware.HTTP_BOOT),
-        ([arch(7, 16), vendor(b"PXEClient:Arch:00000")], Arch.EFI64, Firmware.EFI_PXE),  # 61 wins, its first
+        ([arch(7, 11), vendor(b"PXEClient:Arch:00000")], Arch.EFI64, Firmware.EFI_PXE),  # 61 wins, its first
         ([vendor(b"other", enterprise=9), *pxe(7)], Arch.EFI64, Firmware.EFI_PXE),  # the 343 one counts
     ],
 )

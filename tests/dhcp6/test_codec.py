@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -389,3 +391,13 @@ def test_relay_encode_writes_the_message_not_stale_bytes():
     assert codec.decode(codec.encode(changed)).message.transaction_id == 0xABCDEF
     no_9 = relay._replace(options=((18, b"x"),))
     assert codec.encode(no_9) == codec.encode(relay)  # the relay message is appended when missing
+
+
+def test_the_package_loads_no_twisted_and_no_other_edge():
+    """The pure modules stay pure: the edges do not import each other (and netbootd.dhcp loads Twisted)."""
+    code = (
+        "import sys, netbootd.dhcp6.codec, netbootd.dhcp6.duid, netbootd.dhcp6.classify;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted' or m.startswith('netbootd.dhcp.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
