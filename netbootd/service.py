@@ -103,6 +103,7 @@ class Netbootd:
         self.images_watch = health.ImageWatch(reactor.seconds)
         self.url_cache: Any = None  # netbootd.images.urlcache.UrlCache, made when GRUB first needs a URL
         self.grub_watch: task.LoopingCall | None = None
+        self.dhcp6_rejoin: task.LoopingCall | None = None  # joins new interfaces to ff02::1:2
         self.last_good = LastGoodStore(settings.state_dir)
         self.problems: list[dict[str, Any]] = []
         self.last_reload = 0.0
@@ -325,6 +326,14 @@ class Netbootd:
                     self.ports.extend(listen_dhcp(self.reactor, s, self.core))
                 except (DhcpBindError, OSError) as exc:
                     raise StartupError(str(exc)) from None
+                if s.dhcp.ipv6:
+                    from netbootd.dhcp6.listen import listen_dhcp6
+
+                    try:
+                        ports6, self.dhcp6_rejoin = listen_dhcp6(self.reactor, s, self.core)
+                    except OSError as exc:
+                        raise StartupError(str(exc)) from None
+                    self.ports.extend(ports6)
         except BaseException:
             self.stop()
             raise
@@ -336,6 +345,7 @@ class Netbootd:
             http=s.http.port if s.http.enabled else "off",
             tftp=s.tftp.port if s.tftp.enabled else "off",
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
+            dhcp6=f"{s.dhcp.port6},{s.dhcp.proxy_port}" if self.dhcp6_rejoin is not None else "off",
             machines_dir=str(s.machines_dir),
         )
         if self.images is not None:
@@ -391,7 +401,7 @@ class Netbootd:
             request.channel.transport.abortConnection()
         for port in self.tftp_ports:
             yield port.stopListening()
-        for loop in (self.watchdog, self.progress, self.resolver, self.grub_watch):
+        for loop in (self.watchdog, self.progress, self.resolver, self.grub_watch, self.dhcp6_rejoin):
             if loop is not None and loop.running:
                 loop.stop()
         if self._resolve_retry is not None and self._resolve_retry.active():

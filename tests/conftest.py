@@ -40,6 +40,7 @@ class Daemon:
         self.tftp_port = free_port(socket.SOCK_DGRAM)
         self.dhcp_port = free_port(socket.SOCK_DGRAM)
         self.proxy_port = free_port(socket.SOCK_DGRAM)
+        self.dhcp6_port = free_port(socket.SOCK_DGRAM)
         self.config = root / "netbootd.toml"
         self.config.write_text(
             top_settings
@@ -56,6 +57,7 @@ class Daemon:
                 enabled = {str(dhcp).lower()}
                 port = {self.dhcp_port}
                 proxy_port = {self.proxy_port}
+                port6 = {self.dhcp6_port}
                 [tftp]
                 enabled = {str(tftp).lower()}
                 port = {self.tftp_port}

@@ -110,6 +110,7 @@ def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> li
     for key, port in (
         ("dhcp.port", s.dhcp.port),
         ("dhcp.proxy_port", s.dhcp.proxy_port),
+        ("dhcp.port6", s.dhcp.port6),
         ("tftp.port", s.tftp.port),
         ("http.port", s.http.port),
     ):

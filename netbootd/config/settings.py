@@ -56,7 +56,8 @@ class DhcpSettings:
     port: int = 67
     proxy_port: int = 4011  # PXE boot-server discovery (EFI PXE sends its REQUEST here)
     interfaces: tuple[str, ...] = ()  # empty: every interface
-    ipv6: bool = True  # proxy DHCPv6 too: UDP 547 (multicast ff02::1:2) and 4011 over IPv6
+    ipv6: bool = True  # proxy DHCPv6 too: UDP port6 (multicast ff02::1:2) and proxy_port over IPv6
+    port6: int = 547
 
 
 @attrs.frozen

@@ -26,61 +26,22 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
-from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
-from twisted.python import log as legacy_log
 
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Answer, Arrival, DhcpController
 from netbootd.dhcp.metrics import DROPPED
 from netbootd.logs import RateLimiter, get_logger
-from netbootd.sockopts import (
-    CMSG_SPACE,
-    IP_PKTINFO,
-    PacketInfo,
-    enlarge_receive_buffer,
-    parse_pktinfo,
-    pktinfo_cmsg,
-)
+from netbootd.sockopts import PacketInfo
+from netbootd.udpport import PktinfoUdpPort
 
 SIOCGIFADDR = 0x8915
 READ_SIZE = codec.MAX_PACKET + 1  # one byte more than we accept, so oversize is seen
 
 
-class PktinfoPort(udp.Port):
-    """A udp.Port that reports IP_PKTINFO with each datagram and can send out of a given interface."""
-
-    def createInternetSocket(self) -> socket.socket:
-        skt = super().createInternetSocket()
-        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        skt.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        skt.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        enlarge_receive_buffer(skt)
-        return skt
-
-    def doRead(self) -> None:
-        read = 0
-        recvmsg = self.socket.recvmsg
-        protocol = self.protocol
-        while read < self.maxThroughput:
-            try:
-                data, ancdata, flags, addr = recvmsg(self.maxPacketSize, CMSG_SPACE)
-            except OSError as se:
-                if se.args[0] in udp._sockErrReadIgnore or se.args[0] in udp._sockErrReadRefuse:
-                    return
-                raise
-            read += len(data) or 1
-            try:
-                protocol.packetReceived(data, addr, parse_pktinfo(ancdata), bool(flags & socket.MSG_TRUNC))
-            except BaseException:
-                legacy_log.err()
-
-    def sendFrom(self, datagram: bytes, addr: tuple[str, int], ifindex: int = 0, source: str = "") -> None:
-        """sendmsg with IP_PKTINFO: out of interface `ifindex` (0: routing decides), from `source`."""
-        if not ifindex and not source:
-            self.socket.sendto(datagram, addr)
-            return
-        self.socket.sendmsg([datagram], [pktinfo_cmsg(ifindex, source)], 0, addr)
+class PktinfoPort(PktinfoUdpPort):
+    """The DHCP ports: netbootd.udpport's port, which tells the protocol the receiving interface
+    and sends out of it (SO_REUSEADDR, SO_BROADCAST, IP_PKTINFO)."""
 
 
 class InterfaceAddresses:

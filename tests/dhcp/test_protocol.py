@@ -19,8 +19,9 @@ from twisted.internet.testing import FakeDatagramTransport
 from netbootd.config.settings import DhcpSettings, Settings
 from netbootd.dhcp import DhcpBindError, _bind_message, codec, listen_dhcp
 from netbootd.dhcp.answer import DhcpController
-from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo, PktinfoPort, parse_pktinfo
+from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo, PktinfoPort
 from netbootd.logs import RateLimiter
+from netbootd.sockopts import parse_pktinfo
 from tests.dhcp.conftest import FakeCore
 from tests.dhcp.test_codec import request_bytes
 

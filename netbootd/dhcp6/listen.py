@@ -1,0 +1,56 @@
+"""`listen_dhcp6`: the proxy-DHCPv6 ports (547 and 4011 over IPv6), the one entry point the service
+wiring calls. Kept out of the package's __init__ so the codec and classifier import without Twisted."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.error import CannotListenError
+
+from netbootd.config.settings import Settings
+from netbootd.dhcp6.addresses import InterfaceAddresses6
+from netbootd.dhcp6.answer import Core, Dhcp6Controller
+from netbootd.dhcp6.protocol import READ_SIZE, Dhcp6Port, Dhcp6Protocol
+from netbootd.logs import get_logger
+
+log = get_logger("netbootd.dhcp6")
+JOIN_INTERVAL = 5.0  # seconds: interfaces that appear later join the multicast group this soon
+
+
+def listen_dhcp6(reactor: Any, settings: Settings, core: Core) -> tuple[list[Any], task.LoopingCall | None]:
+    """Start UDP 547 and 4011 on every IPv6 address. A host without IPv6 is not an error (logged,
+    nothing started); a port held without SO_REUSEADDR is (the message says what to do)."""
+    controller = Dhcp6Controller(core)
+    addresses = InterfaceAddresses6()
+    ports: list[Any] = []
+    servers: list[Dhcp6Protocol] = []
+    for number, proxy, setting in ((settings.dhcp.port6, False, "dhcp.port6"),
+                                   (settings.dhcp.proxy_port, True, "dhcp.proxy_port")):
+        protocol = Dhcp6Protocol(controller, proxy=proxy, advertise6=settings.advertise6,
+                                 interfaces=settings.dhcp.interfaces, addresses=addresses)
+        port = Dhcp6Port(number, protocol, interface="::", maxPacketSize=READ_SIZE, reactor=reactor)
+        try:
+            port.startListening()
+        except CannotListenError as exc:
+            for started in ports:
+                started.stopListening()
+            code = getattr(exc.socketError, "errno", None)
+            if code in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                log.warn("no IPv6 on this host: proxy DHCPv6 is off", error=str(exc.socketError))
+                return [], None
+            why = ("needs root or CAP_NET_BIND_SERVICE" if code in (errno.EACCES, errno.EPERM) else
+                   "another DHCPv6 server holds it without SO_REUSEADDR (run dnsmasq with --bind-interfaces)"
+                   if code == errno.EADDRINUSE else str(exc.socketError))
+            raise OSError(f"cannot bind UDP [::]:{number} for proxy DHCPv6: {why} (or set {setting} = false)") from exc
+        ports.append(port)
+        servers.append(protocol)
+    def join_new_interfaces() -> None:
+        for server in servers:
+            server.join_groups()
+
+    rejoin = task.LoopingCall(join_new_interfaces)
+    rejoin.clock = reactor
+    rejoin.start(JOIN_INTERVAL, now=False)
+    return ports, rejoin
