@@ -25,7 +25,7 @@ from prometheus_client import Gauge
 
 from netbootd.config.machines import Catalog
 from netbootd.config.settings import Settings
-from netbootd.images.reference import ImageRef
+from netbootd.imageref import ImageRef
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")

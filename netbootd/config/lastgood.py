@@ -22,7 +22,7 @@ from typing import Any
 
 from netbootd.config.machines import Boot, BootFiles, BootKind, Machine
 from netbootd.config.templates import Template, TemplateError, compile_template
-from netbootd.images.reference import ReferenceError, parse_reference
+from netbootd.imageref import ReferenceError, parse_reference
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.config")

@@ -35,7 +35,7 @@ from netbootd.config.machines import (
 from netbootd.config.settings import Settings
 from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
 from netbootd.config.typed import build
-from netbootd.images.reference import ReferenceError, disallowed_message, parse_reference, registry_allowed
+from netbootd.imageref import ReferenceError, disallowed_message, parse_reference, registry_allowed
 from netbootd.model import Arch, mac_hyphen, normalize_mac, normalize_uuid
 
 DEFAULT_CONFIG = Path("/etc/netbootd/netbootd.toml")

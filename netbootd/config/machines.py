@@ -13,7 +13,7 @@ from types import MappingProxyType
 import attrs
 
 from netbootd.config.templates import Template
-from netbootd.images.reference import ImageRef
+from netbootd.imageref import ImageRef
 
 LOADERS = ("ipxe", "grub")
 # What GRUB can boot: a kernel with initrds (files, URLs or image layers, all fetched over TFTP), an

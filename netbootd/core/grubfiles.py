@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from netbootd.config.machines import BootKind, Machine
 from netbootd.core import files, grub, urls
 from netbootd.core.context import boot_context
-from netbootd.images.reference import ImageRef
+from netbootd.imageref import ImageRef
 from netbootd.logs import get_logger
 from netbootd.model import Arch
 

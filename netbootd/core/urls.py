@@ -6,7 +6,7 @@ import functools
 import re
 from urllib.parse import quote, urlencode
 
-from netbootd.images.reference import ImageRef
+from netbootd.imageref import ImageRef
 
 # OCI layer media types (reference.md §3). The legacy gardenlinux names are tried after these.
 KERNEL_MEDIA = "application/vnd.ironcore.image.kernel"

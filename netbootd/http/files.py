@@ -4,7 +4,7 @@ twisted.web.static.File does Range/HEAD/Last-Modified/Content-Length and streams
 producer; it has no ETag, and guesses types for boot files poorly, so both are added here.
 
 A whole-file GET on plain TCP (what every booting machine sends for its kernel and initrd)
-goes out with sendfile(2) through the image cache's TailReader instead: static.File reads
+goes out with sendfile(2) through netbootd.transfer's TailReader instead: static.File reads
 64 KiB chunks into Python and copies them to the socket, for every byte of every kernel and
 initrd of a boot storm (bench/storm.py; README, "Boot storms").
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from twisted.web import http, server, static
 from twisted.web.resource import Resource
 
-from netbootd.images.cache import send_whole_file, sendfile_possible
+from netbootd.transfer import send_whole_file, sendfile_possible
 
 CONTENT_TYPES = {
     ".efi": "application/efi",  # EDK2 HTTP boot decides the image type from this
@@ -78,7 +78,7 @@ class FileResource(Resource):
         ctype, _ = static.getTypeAndEncoding(self._path.name, inner.contentTypes, {}, inner.defaultType)
         request.setHeader(b"content-type", ctype.encode())
         try:
-            send_whole_file(request, self._path, st.st_size, lambda _err: request.loseConnection(), label=None)
+            send_whole_file(request, self._path, st.st_size, lambda _err: request.loseConnection())
         except OSError:  # removed since the stat
             return _disappeared(request)
         return server.NOT_DONE_YET

@@ -12,8 +12,8 @@ hit sets the file's mtime, so the order survives restarts). A blob bigger than t
 never cached.
 
 Single flight: the first request for an uncached blob starts one `Flight` (one upstream GET).
-Every request for that blob while it runs, the first included, is a `TailReader` on the
-growing temp file: it sends bytes as they land, at its client's own pace (a slow client never
+Every request for that blob while it runs, the first included, is a `TailReader`
+(netbootd.transfer, which moves every file's bytes) on the growing temp file: it sends bytes as they land, at its client's own pace (a slow client never
 slows the fetch or the other clients, and memory stays flat: the disk is the buffer). A reader
 never sends the blob's last byte before the digest matched, so a failed verification aborts
 every transfer short of its Content-Length.
@@ -31,16 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
-
 from netbootd.images import metrics
 from netbootd.images.registry import RegistryError, UpstreamError, VerificationFailed, is_digest
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")
 
-CHUNK = 256 * 1024
 
 
 class BlobCache:
@@ -292,7 +288,7 @@ class Flight:
         self.digest = writer.digest
         self.size = writer.size
         self.path = writer.tmp
-        self.readers: set[TailReader] = set()
+        self.readers: set[Any] = set()  # netbootd.transfer.TailReader, each sending this blob to a client
         self.waiters: list[Callable[[Flight], None]] = []  # called once at the end (range requests)
         self.state = "running"  # → "upstream-done" → "committed" | "failed"
         self.error: RegistryError | None = None
@@ -389,214 +385,3 @@ class Flight:
         for waiter in self.waiters:
             waiter(self)
         self.waiters = []
-
-
-class Committed:
-    """A committed blob, in the shape of a finished flight (warm hits are sent by a TailReader too)."""
-
-    state = "committed"
-    error: RegistryError | None = None
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = path
-        self.size = self.durable = self.cap = size
-        self.readers: set[TailReader] = set()
-
-
-SENDFILE_BUDGET = 4 * 1024 * 1024  # per turn of the reactor, so one fast client cannot starve the others
-NO_SENDFILE = os.environ.get("NETBOOTD_NO_SENDFILE", "") not in ("", "0")  # tests of the buffered path
-
-
-def _sendfile_socket(request) -> int | None:
-    """The client socket when the body can go out with sendfile(2): plain TCP, HTTP/1.x."""
-    from twisted.internet import tcp
-
-    transport = getattr(getattr(request, "channel", None), "transport", None)
-    if NO_SENDFILE or not hasattr(os, "sendfile") or not isinstance(transport, tcp.Connection):
-        return None
-    if getattr(transport, "TLS", False) or request.clientproto not in (b"HTTP/1.1", b"HTTP/1.0"):
-        return None
-    return transport.fileno()
-
-
-class _Uncounted:
-    def inc(self, _n: int) -> None:
-        pass
-
-
-def sendfile_possible(request) -> bool:
-    return _sendfile_socket(request) is not None
-
-
-def send_whole_file(request, path: Path, size: int, on_fail: Callable[[RegistryError], None],
-                    label: str | None) -> None:
-    """The whole of a finished file as the response body (by sendfile on plain TCP), with
-    Accept-Ranges and Content-Length. Raises OSError when the file cannot be opened."""
-    request.setHeader(b"accept-ranges", b"bytes")
-    request.setHeader(b"content-length", b"%d" % size)
-    TailReader(Committed(path, size), request, on_fail, label=label)
-
-
-@implementer(IPushProducer)
-class TailReader:
-    """Sends one blob to one client, at the client's own pace, from a flight's growing temp file
-    or a committed file.
-
-    sendfile mode (plain TCP): the body goes from the page cache to the socket with sendfile(2),
-    no copy through Python. The response head is written once the first byte is there (so a
-    fetch that fails before then still gets a proper error status); then, for the body, this
-    object is the TCP transport's pull producer (the HTTP channel is registered again when the
-    body is complete): the transport calls `resumeProducing` whenever the socket can take more.
-
-    Buffered mode (any other transport): a push producer on the request; chunks straight from
-    the upstream while the client keeps up, else pread from the file.
-    """
-
-    def __init__(self, flight: Flight | Committed, request, on_fail: Callable[[RegistryError], None],
-                 label: str | None = "fetch") -> None:
-        self.flight = flight
-        # image bytes by source; None for plain files, which the HTTP site counts per route
-        self._served = metrics.bytes_served.labels(label) if label else _Uncounted()
-        self.request = request
-        self.on_fail = on_fail
-        self.fd = os.open(flight.path, os.O_RDONLY)  # stays valid across the rename (or an unlink)
-        self.pos = 0
-        self.paused = False
-        self.over = False
-        self.sock = _sendfile_socket(request)
-        self.started = False  # sendfile mode: the head is written and the transport is ours
-        self.ready = False  # sendfile mode: the transport's buffer is empty, the socket may be written
-        self._registering = False
-        flight.readers.add(self)
-        if self.sock is None:
-            request.registerProducer(self, True)
-        request.notifyFinish().addBoth(self._finished)
-        self.pump()
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        if self.sock is not None:
-            if self._registering:
-                return  # registerProducer's own first call: the head is still in the buffer
-            self.ready = True
-        self.paused = False
-        self.pump()
-
-    def stopProducing(self) -> None:
-        self._close()
-
-    def _finished(self, _result) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if not self.over:
-            self.over = True
-            self.flight.readers.discard(self)
-            os.close(self.fd)
-
-    def offer(self, chunk: bytes, start: int) -> None:
-        """A chunk just received from upstream at offset `start`: sent now if we are right there."""
-        if self.sock is not None or self.over or self.paused or self.pos != start:
-            return
-        end = min(start + len(chunk), self.flight.cap)
-        if end <= start:
-            return
-        data = chunk if end - start == len(chunk) else chunk[: end - start]
-        self.pos = end
-        self._served.inc(len(data))
-        self.request.write(data)
-
-    def pump(self) -> None:
-        if self.sock is not None:
-            self._pump_sendfile(self.sock)
-            return
-        flight = self.flight
-        while not self.paused and not self.over:
-            if flight.state == "failed":
-                self._fail()
-                return
-            limit = min(flight.durable, flight.cap)
-            if self.pos >= limit:
-                if flight.state == "committed" and self.pos >= flight.size:
-                    self._close()
-                    self.request.unregisterProducer()
-                    self.request.finish()
-                return
-            data = os.pread(self.fd, min(CHUNK, limit - self.pos), self.pos)
-            if not data:
-                return
-            self.pos += len(data)
-            self._served.inc(len(data))
-            self.request.write(data)  # may pause us before it returns
-        if flight.state == "failed" and not self.over:
-            self._fail()
-
-    def _pump_sendfile(self, sock: int) -> None:
-        flight = self.flight
-        if self.over:
-            return
-        if flight.state == "failed":
-            self._fail()
-            return
-        if not self.started:
-            if min(flight.durable, flight.cap) == 0 and flight.state != "committed":
-                return  # nothing to send yet: the head waits too
-            self.started = True
-            transport = self.request.channel.transport
-            self.request.write(b"")  # the head, into the transport's buffer
-            transport.unregisterProducer()  # the HTTP channel, registered again at the end
-            self._registering = True
-            transport.registerProducer(self, False)
-            self._registering = False
-            return  # resumeProducing comes once the head is out
-        if not self.ready:
-            return
-        budget = SENDFILE_BUDGET
-        while True:
-            limit = min(flight.durable, flight.cap)
-            if self.pos >= limit:
-                if flight.state == "committed" and self.pos >= flight.size:
-                    self._complete()
-                return  # more comes with the flight's progress (pump), the socket stays ours
-            try:
-                n = os.sendfile(sock, self.fd, self.pos, min(limit - self.pos, budget))
-            except BlockingIOError:
-                n = 0
-            except OSError:  # the client went away; the transport notices and tells us (stopProducing)
-                self.ready = False
-                return
-            else:
-                if n == 0:  # end of file before `limit`: the file shrank under us (an operator's in-place rewrite)
-                    self._fail(UpstreamError("file shrank while being sent"))
-                    return
-            self.pos += n
-            budget -= n
-            self.request.sentLength += n
-            self._served.inc(n)
-            if n == 0 or budget <= 0:
-                self.ready = False
-                self.request.channel.transport.startWriting()  # → resumeProducing when writable
-                return
-
-    def _complete(self) -> None:
-        self._close()
-        channel = self.request.channel
-        transport = channel.transport
-        transport.unregisterProducer()
-        if transport.connected and not transport.disconnecting:
-            transport.registerProducer(channel, True)
-        self.request.finish()
-
-    def _fail(self, error: RegistryError | None = None) -> None:
-        """This reader ends: `error`, or its flight's, goes to on_fail (or the connection is cut)."""
-        self._close()
-        if self.sock is not None and self.started:
-            transport = self.request.channel.transport
-            transport.unregisterProducer()
-            transport.abortConnection()  # short of Content-Length: the client knows it failed
-            return
-        if self.sock is None:
-            self.request.unregisterProducer()
-        self.on_fail(error or self.flight.error or UpstreamError("blob fetch failed"))

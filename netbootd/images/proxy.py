@@ -16,10 +16,10 @@ from twisted.internet import defer, threads
 from twisted.web import http, resource, server, static
 
 from netbootd.config.settings import Settings
+from netbootd.imageref import ImageRef
 from netbootd.images import metrics
-from netbootd.images.cache import BlobCache, Flight, TailReader, send_whole_file
+from netbootd.images.cache import BlobCache, Flight
 from netbootd.images.pump import Fetcher, PassThrough, fail_request
-from netbootd.images.reference import ImageRef
 from netbootd.images.registry import (
     BadRequest,
     NotFound,
@@ -31,6 +31,7 @@ from netbootd.images.registry import (
     media_aliases,
 )
 from netbootd.logs import get_logger
+from netbootd.transfer import TailReader, send_whole_file
 
 log = get_logger("netbootd.images")
 
@@ -192,7 +193,7 @@ class ImageProxy:
             return server.NOT_DONE_YET
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"content-length", b"%d" % size)
-        TailReader(flight, request, lambda err: fail_request(request, err))
+        TailReader(flight, request, lambda err: fail_request(request, err), metrics.bytes_served.labels("fetch").inc)
         return server.NOT_DONE_YET
 
     def _flight_ended(self, flight: Flight) -> None:
@@ -213,7 +214,8 @@ class ImageProxy:
     def _send_committed(self, request, path) -> Any:
         """A full warm hit: sendfile(2) from the cache file (static.File does ranges and HEAD)."""
         try:
-            send_whole_file(request, path, path.stat().st_size, lambda err: fail_request(request, err), label="cache")
+            send_whole_file(request, path, path.stat().st_size, lambda err: fail_request(request, err),
+                            metrics.bytes_served.labels("cache").inc)
         except FileNotFoundError:  # evicted between lookup and open
             fail_request(request, UpstreamError("cached blob vanished; retry"))
         return server.NOT_DONE_YET

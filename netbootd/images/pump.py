@@ -29,8 +29,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from netbootd.imageref import ImageRef
 from netbootd.images import metrics
-from netbootd.images.reference import ImageRef
 from netbootd.images.registry import (
     USER_AGENT,
     AuthFailed,

@@ -34,8 +34,7 @@ import httpx
 
 from netbootd import __version__
 from netbootd.config.settings import RegistrySettings
-from netbootd.images import metrics
-from netbootd.images.reference import (
+from netbootd.imageref import (
     ImageRef,
     ReferenceError,
     canonical_registry,
@@ -43,6 +42,7 @@ from netbootd.images.reference import (
     parse_reference,
     registry_allowed,
 )
+from netbootd.images import metrics
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")

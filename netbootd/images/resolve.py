@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import attrs
 
 from netbootd.config.machines import BootKind, Machine
-from netbootd.images.reference import ImageRef
+from netbootd.imageref import ImageRef
 from netbootd.images.registry import (
     AuthFailed,
     Disallowed,

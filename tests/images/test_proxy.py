@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from netbootd.core import urls
-from netbootd.images.reference import parse_reference
+from netbootd.imageref import parse_reference
 from tests.conftest import Daemon, wait_for
 from tests.images import harness as h
 from tests.images.conftest import docker_config, registry_settings

@@ -12,8 +12,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from netbootd.config.settings import RegistrySettings
+from netbootd.imageref import parse_reference
 from netbootd.images.pump import Fetcher
-from netbootd.images.reference import parse_reference
 from netbootd.images.registry import NotFound, RegistryClient, RegistryError, UpstreamTimeout
 
 BLOB = b"0123456789abcdef" * 4096

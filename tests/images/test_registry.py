@@ -9,8 +9,8 @@ import json
 import pytest
 
 from netbootd.config.settings import RegistrySettings
+from netbootd.imageref import parse_reference
 from netbootd.images import registry as r
-from netbootd.images.reference import parse_reference
 from tests.images import harness as h
 from tests.images.conftest import docker_config
 

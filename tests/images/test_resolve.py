@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netbootd.config.settings import RegistrySettings
-from netbootd.images.reference import parse_reference
+from netbootd.imageref import parse_reference
 from netbootd.images.registry import RegistryClient
 from netbootd.images.resolve import boot_layers, resolve_machines
 from tests.images import harness as h

@@ -23,7 +23,7 @@ import attrs
 import pytest
 
 from netbootd.core import urls
-from netbootd.images.reference import parse_reference
+from netbootd.imageref import parse_reference
 from tests.images import harness as h
 
 from .conftest import BOOT_IP, HTTP_PORT, IPXE_DIR, ProjectLab, need

@@ -22,7 +22,7 @@ from netbootd.core.secureboot import (
     is_secure_boot,
     secure_boot_binaries,
 )
-from netbootd.images.reference import parse_reference
+from netbootd.imageref import parse_reference
 
 MAC = "52-54-00-12-34-56"
 NOT_CHECKED = "(not checked against the firmware's db)"

@@ -1,4 +1,5 @@
-"""OCI image references and the registry allow list (reference.md §3).
+"""OCI image references and the registry allow list (reference.md §3): a pure value type, shared by
+the configuration (which validates `boot.image` at load time) and the image proxy.
 
 Parsing follows the distribution reference grammar closely enough for boot images:
 `[registry/]repository[:tag][@sha256:hex]`. A digest is never split on ':'.
