@@ -38,7 +38,6 @@ from netbootd.logs import get_logger
 log = get_logger("netbootd.images")
 
 
-
 class BlobCache:
     def __init__(self, root: Path, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self.root = Path(root)
