@@ -300,7 +300,10 @@ class Netbootd:
                 self.images.on_resolved = self._image_resolved
                 self.core.grub_files.fetch = self.fetch_artefact
                 self.site = make_site(self.core, self.health, images=self.images)
+                from netbootd import transfer
                 from netbootd.http.listen import listen_http
+
+                transfer.configure(s.http.sendfile_thread_count(), self.reactor)
 
                 try:
                     # a large backlog (the kernel caps it at net.core.somaxconn): each overflow in a storm costs a

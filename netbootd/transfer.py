@@ -68,6 +68,51 @@ class Committed:
 
 
 SENDFILE_BUDGET = 4 * 1024 * 1024  # per turn of the reactor, so one fast client cannot starve the others
+BURST_BUDGET = 16 * 1024 * 1024  # per burst on a worker thread (the reactor is free meanwhile)
+
+# Worker threads for sendfile(2) bursts (configure(); None: every sendfile runs on the reactor
+# thread). sendfile releases the GIL and its work is the kernel's copy: on worker threads the
+# bytes of many downloads move on several cores at once while the reactor thread answers DHCP,
+# TFTP and HTTP requests. Decisions, accounting and the HTTP state stay on the reactor thread.
+_pool: Any = None
+_reactor: Any = None
+
+
+def configure(threads: int, reactor: Any = None) -> None:
+    """`threads` worker threads for sendfile bursts (0: on the reactor thread, as before)."""
+    global _pool, _reactor
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _pool is not None:
+        _pool.shutdown(wait=False)
+    _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sendfile") if threads > 0 else None
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    _reactor = reactor
+
+
+def _burst(sock: int, fd: int, pos: int, limit: int) -> tuple[int, BaseException | None]:
+    """On a worker thread: sendfile until the socket is full, `limit`, or BURST_BUDGET. Its own
+    duplicates of both descriptors, so a connection the reactor closes meanwhile (and an fd number
+    reused by another connection) can never receive these bytes."""
+    sent = 0
+    try:
+        while pos + sent < limit and sent < BURST_BUDGET:
+            try:
+                n = os.sendfile(sock, fd, pos + sent, min(limit - pos - sent, BURST_BUDGET - sent))
+            except BlockingIOError:
+                break
+            if n == 0:
+                return sent, SourceError("file shrank while being sent")
+            sent += n
+        return sent, None
+    except OSError as exc:
+        return sent, exc
+    finally:
+        os.close(sock)
+        os.close(fd)
 NO_SENDFILE = os.environ.get("NETBOOTD_NO_SENDFILE", "") not in ("", "0")  # tests of the buffered path
 
 
@@ -126,6 +171,7 @@ class TailReader:
         self.sock = _sendfile_socket(request)
         self.started = False  # sendfile mode: the head is written and the transport is ours
         self.ready = False  # sendfile mode: the transport's buffer is empty, the socket may be written
+        self.bursting = False  # a sendfile burst runs on a worker thread
         self._registering = False
         flight.readers.add(self)
         if self.sock is None:
@@ -211,7 +257,10 @@ class TailReader:
             transport.registerProducer(self, False)
             self._registering = False
             return  # resumeProducing comes once the head is out
-        if not self.ready:
+        if not self.ready or self.bursting:
+            return
+        if _pool is not None and flight.state == "committed":
+            self._start_burst(sock)
             return
         budget = SENDFILE_BUDGET
         while True:
@@ -239,6 +288,28 @@ class TailReader:
                 self.ready = False
                 self.request.channel.transport.startWriting()  # → resumeProducing when writable
                 return
+
+    def _start_burst(self, sock: int) -> None:
+        self.bursting = True
+        self.ready = False
+        future = _pool.submit(_burst, os.dup(sock), os.dup(self.fd), self.pos, self.flight.size)
+        future.add_done_callback(lambda f: _reactor.callFromThread(self._burst_done, *f.result()))
+
+    def _burst_done(self, sent: int, error: BaseException | None) -> None:
+        self.bursting = False
+        self.pos += sent
+        self.request.sentLength += sent
+        self._served(sent)
+        if self.over:
+            return  # the client went away (or the transfer was cut) meanwhile
+        if isinstance(error, SourceError):
+            self._fail(error)
+        elif error is not None:
+            return  # the client went away: the transport notices and tells us (stopProducing)
+        elif self.pos >= self.flight.size:
+            self._complete()
+        else:
+            self.request.channel.transport.startWriting()  # → resumeProducing when writable again
 
     def _complete(self) -> None:
         self._close()

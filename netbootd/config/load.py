@@ -121,6 +121,10 @@ def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> li
             ipaddress.IPv4Address(s.advertise)
         except ValueError:
             errors.append(toml.error("advertise", f"expected an IPv4 address, got {s.advertise!r}"))
+    if s.http.sendfile_threads != "auto" and not (s.http.sendfile_threads.isdigit() and
+                                                  int(s.http.sendfile_threads) <= 256):
+        errors.append(toml.error("http.sendfile_threads", f'expected "auto" or a number of threads 0..256 (as a '
+                                                          f"string), got {s.http.sendfile_threads!r}"))
     if s.advertise6:
         try:
             ipaddress.IPv6Address(s.advertise6)

@@ -100,6 +100,14 @@ class HttpSettings:
     max_url_length: int = 4096  # request line bytes; beyond: 414
     max_header_bytes: int = 16384  # request line and headers; beyond: 431
     max_headers: int = 100  # header lines; beyond: 431 (request bodies are always refused: 413)
+    # Worker threads that move file bytes (sendfile bursts), so downloads use every core: "auto"
+    # (one per core), a number, or "0" (everything on the one reactor thread)
+    sendfile_threads: str = "auto"
+
+    def sendfile_thread_count(self) -> int:
+        import os
+
+        return (os.cpu_count() or 1) if self.sendfile_threads == "auto" else int(self.sendfile_threads)
 
 
 @attrs.frozen

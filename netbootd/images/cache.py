@@ -13,7 +13,8 @@ never cached.
 
 Single flight: the first request for an uncached blob starts one `Flight` (one upstream GET).
 Every request for that blob while it runs, the first included, is a `TailReader`
-(netbootd.transfer, which moves every file's bytes) on the growing temp file: it sends bytes as they land, at its client's own pace (a slow client never
+(netbootd.transfer, which moves every file's bytes) on the growing temp file: it sends bytes
+as they land, at its client's own pace (a slow client never
 slows the fetch or the other clients, and memory stays flat: the disk is the buffer). A reader
 never sends the blob's last byte before the digest matched, so a failed verification aborts
 every transfer short of its Content-Length.
