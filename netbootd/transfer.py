@@ -69,6 +69,8 @@ class Committed:
 
 SENDFILE_BUDGET = 4 * 1024 * 1024  # per turn of the reactor, so one fast client cannot starve the others
 BURST_BUDGET = 16 * 1024 * 1024  # per burst on a worker thread (the reactor is free meanwhile)
+# Below this much left to send, a burst's thread hand-offs cost more than the copy: the reactor sends.
+BURST_MIN = 1024 * 1024
 
 # Worker threads for sendfile(2) bursts (configure(); None: every sendfile runs on the reactor
 # thread). sendfile releases the GIL and its work is the kernel's copy: on worker threads the
@@ -259,7 +261,7 @@ class TailReader:
             return  # resumeProducing comes once the head is out
         if not self.ready or self.bursting:
             return
-        if _pool is not None and flight.state == "committed":
+        if _pool is not None and flight.state == "committed" and flight.size - self.pos >= BURST_MIN:
             self._start_burst(sock)
             return
         budget = SENDFILE_BUDGET
