@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 
 from netbootd.config.settings import Settings
 from netbootd.dhcp.answer import Core, DhcpController
+from netbootd.dhcp.flood import FloodGuard
 from netbootd.dhcp.protocol import READ_SIZE, DhcpProtocol, InterfaceAddresses, PktinfoPort
 
 __all__ = ["DhcpBindError", "DhcpController", "listen_dhcp"]
@@ -51,6 +52,9 @@ def listen_dhcp(
     """
     controller = controller or DhcpController(core)
     addresses = InterfaceAddresses()
+    # the boot core knows which MACs have a machine file (a test double may not: no guard then)
+    flood = (FloodGuard(lambda: core.catalog.machines, settings.dhcp.unknown_rate, settings.dhcp.unknown_burst)
+             if hasattr(core, "catalog") else None)
     ports: list[IListeningPort] = []
     for number, proxy, setting in (
         (settings.dhcp.port, False, "dhcp.port"),
@@ -62,6 +66,7 @@ def listen_dhcp(
             advertise=settings.advertise,
             interfaces=settings.dhcp.interfaces,
             addresses=addresses,
+            flood=flood,
         )
         port = PktinfoPort(number, protocol, interface="", maxPacketSize=READ_SIZE, reactor=reactor)
         try:

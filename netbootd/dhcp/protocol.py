@@ -30,6 +30,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Answer, Arrival, DhcpController
+from netbootd.dhcp.flood import FloodGuard
 from netbootd.dhcp.metrics import DROPPED
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.sockopts import PacketInfo
@@ -93,8 +94,10 @@ class DhcpProtocol(DatagramProtocol):
         interfaces: Iterable[str] = (),
         addresses: InterfaceAddresses | None = None,
         limiter: RateLimiter | None = None,
+        flood: FloodGuard | None = None,
     ) -> None:
         self.controller = controller
+        self.flood = flood  # unknown MACs beyond a budget are dropped before they are decoded
         self.proxy = proxy
         self.advertise = advertise
         self.interfaces = frozenset(interfaces)
@@ -128,6 +131,13 @@ class DhcpProtocol(DatagramProtocol):
     def _received(
         self, datagram: bytes, addr: tuple[str, int], info: PacketInfo | None, truncated: bool
     ) -> None:
+        if self.flood is not None and not self.flood.admit(datagram):
+            DROPPED.inc("unknown-over-budget")
+            if self.limiter.allow("unknown-over-budget"):
+                self.log.warn("requests from unknown MACs over dhcp.unknown_rate: dropped (a flood of spoofed MACs?); "
+                              "machines with a file of their own are still answered",
+                              suppressed=self.limiter.take_suppressed("unknown-over-budget"))
+            return
         try:
             if truncated:
                 raise codec.MalformedPacket("oversized", "truncated by the socket buffer")

@@ -1,0 +1,25 @@
+"""Known machines first: DISCOVERs from MACs without a machine file are admitted within a budget,
+decided from chaddr before decoding; a configured machine always passes (netbootd.dhcp.flood)."""
+
+from __future__ import annotations
+
+from netbootd.dhcp.flood import FloodGuard
+
+
+def discover(mac: str) -> bytes:
+    head = bytearray(300)
+    head[0:4] = bytes([1, 1, 6, 0])
+    head[28:34] = bytes.fromhex(mac.replace(":", ""))
+    return bytes(head)
+
+
+def test_unknown_macs_within_a_budget_known_ones_always():
+    now = [0.0]
+    guard = FloodGuard(lambda: {"52:54:00:00:00:01"}, rate=100, burst=10, clock=lambda: now[0])
+    flood = [guard.admit(discover(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}")) for i in range(1000)]
+    assert sum(flood) == 10  # the burst, then nothing within the same instant
+    assert all(guard.admit(discover("52:54:00:00:00:01")) for _ in range(1000))  # a configured machine: always
+    now[0] += 0.5  # half a second refills 50
+    assert sum(guard.admit(discover("02:00:00:00:ff:ff")) for _ in range(100)) == 10  # capped at the burst
+    assert FloodGuard(lambda: set(), rate=0, burst=1).admit(discover("02:00:00:00:00:01"))  # 0: no limit
+    assert not FloodGuard(lambda: set(), rate=1, burst=0).admit(b"short")  # a runt: unknown, no tokens
