@@ -41,6 +41,7 @@ SERVER_IP = "10.79.0.2"
 CLIENT_IP = "10.79.0.100"
 NET = "10.79.0.0"
 MAX_P99_MS = 100.0
+KNOWN_MAC = "02:aa:00:00:00:01"  # the configured machine of the flood run
 
 
 # ------------------------------------------------------------------------------ the client
@@ -57,7 +58,7 @@ def discover_template() -> bytearray:
     return bytearray(head + b"\x63\x82\x53\x63" + opts)
 
 
-def run_load(iface: str, count: int, rate: float, drain: float = 3.0, tick: float = 0.001) -> dict:
+def run_load(iface: str, count: int, rate: float, drain: float = 3.0, tick: float = 0.001, mac: str = "") -> dict:
     """Send `count` DISCOVERs at `rate`/s (in bursts every `tick` s, sleeping in between so the
     client does not take the CPU the server needs); return counts and per-answer latencies."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -95,7 +96,10 @@ def run_load(iface: str, count: int, rate: float, drain: float = 3.0, tick: floa
         due = min(count, int((now_ns() - start) / 1e9 * rate) + 1)
         while i < due:
             packet[4:8] = (base + i).to_bytes(4, "big")
-            packet[30:34] = i.to_bytes(4, "big")  # chaddr 02:00:<i>: a distinct MAC per DISCOVER
+            if mac:
+                packet[28:34] = bytes.fromhex(mac.replace(":", ""))  # one machine asking again and again
+            else:
+                packet[30:34] = i.to_bytes(4, "big")  # chaddr 02:00:<i>: a distinct MAC per DISCOVER
             try:
                 sock.sendto(packet, dest)
             except BlockingIOError:
@@ -130,19 +134,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve(machines: Path, log_file: Path, profile: Path | None) -> None:
+def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: float = 0.0) -> None:
     sys.path.insert(0, str(REPO))
     from twisted.internet import reactor
 
     from netbootd.config.load import build_catalog, load_machines
-    from netbootd.config.settings import HttpSettings, Settings
+    from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
     from netbootd.core import BootCore
     from netbootd.dhcp import listen_dhcp
     from netbootd.logs import start_logging
 
     stream = log_file.open("a")
     start_logging("text", os.environ.get("NETBOOTD_BENCH_LOG_LEVEL", "info"), stream)
-    settings = Settings(machines_dir=machines, files_root=machines.parent, http=HttpSettings(port=8080))
+    # unknown_rate 0 by default: the rate runs measure answers to new MACs, not the flood guard
+    settings = Settings(machines_dir=machines, files_root=machines.parent, http=HttpSettings(port=8080),
+                        dhcp=DhcpSettings(unknown_rate=unknown_rate))
     result = load_machines(settings)
     if result.errors:
         sys.exit("\n".join(map(str, result.errors)))
@@ -202,6 +208,7 @@ class Bench:
         machines = self.tmp / "machines"
         (machines / "profiles").mkdir(parents=True)
         (machines / "default.toml").write_text('[boot]\nchain = "http://boot.example/menu.ipxe"\n')
+        (machines / f"{KNOWN_MAC.replace(':', '-')}.toml").write_text('[boot]\nchain = "http://boot.example/x.ipxe"\n')
 
     def down(self) -> None:
         for proc in self.procs:
@@ -219,10 +226,11 @@ class Bench:
                 proc.kill()
                 proc.wait()
 
-    def start_netbootd(self) -> subprocess.Popen:
+    def start_netbootd(self, unknown_rate: float = 0.0) -> subprocess.Popen:
         argv = [
             *self.nice, "ip", "netns", "exec", self.srv, sys.executable, __file__, "serve",
             "--machines", str(self.tmp / "machines"), "--log", str(self.tmp / "netbootd.log"),
+            "--unknown-rate", str(unknown_rate),
         ]  # fmt: skip
         if self.args.profile:
             argv += ["--profile", str(self.tmp / "netbootd.prof")]
@@ -253,16 +261,36 @@ class Bench:
             time.sleep(0.05)
         return proc
 
-    def load(self, count: int, rate: float) -> dict:
-        argv = [
+    def load_argv(self, count: int, rate: float, mac: str = "") -> list[str]:
+        return [
             "ip", "netns", "exec", self.cli, sys.executable, __file__, "load",
-            "--iface", self.cli_if, "--count", str(count), "--rate", str(rate),
+            "--iface", self.cli_if, "--count", str(count), "--rate", str(rate), *(["--mac", mac] if mac else []),
         ]  # fmt: skip
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+
+    def load(self, count: int, rate: float) -> dict:
+        out = subprocess.run(self.load_argv(count, rate), capture_output=True, text=True, timeout=600)
         if out.returncode:
             raise SystemExit(f"load generator failed: {out.stderr}")
         self.wait_idle()
         return json.loads(out.stdout)
+
+    def flood(self, rate: float, unknown_rate: float) -> tuple[dict, dict]:
+        """A flood of spoofed-MAC DISCOVERs at `rate` for --seconds while one configured machine
+        (KNOWN_MAC, a file of its own) asks 20 times a second: (its result, the flood's)."""
+        proc = self.start_netbootd(unknown_rate)
+        try:
+            self.load(50, 1000)  # warm-up
+            seconds = self.args.seconds
+            flood = subprocess.Popen(self.load_argv(int(rate * seconds), rate), stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)  # the flood is on before the machine starts asking
+            known = subprocess.run(self.load_argv(int(20 * (seconds - 1)), 20, KNOWN_MAC), capture_output=True,
+                                   text=True, timeout=600)
+            flood_out, _ = flood.communicate(timeout=600)
+            self.wait_idle()
+            return json.loads(known.stdout), json.loads(flood_out)
+        finally:
+            self.stop(proc)
+            self.procs.remove(proc)
 
     def wait_idle(self, limit: float = 60.0) -> None:
         """Wait until the server has read every queued DISCOVER, so that one run's backlog does
@@ -335,10 +363,12 @@ def main() -> None:
     p_load.add_argument("--iface", required=True)
     p_load.add_argument("--count", type=int, required=True)
     p_load.add_argument("--rate", type=float, default=0.0)
+    p_load.add_argument("--mac", default="", help="one MAC for every DISCOVER (default: a new one each)")
     p_serve = sub.add_parser("serve")
     p_serve.add_argument("--machines", type=Path, required=True)
     p_serve.add_argument("--log", type=Path, required=True)
     p_serve.add_argument("--profile", type=Path)
+    p_serve.add_argument("--unknown-rate", type=float, default=0.0)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the paced run")
     parser.add_argument("--steps", type=int, default=7, help="runs in each server's rate search")
     parser.add_argument("--step-seconds", type=float, default=2.0, help="length of one search run")
@@ -346,13 +376,16 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile netbootd with cProfile")
     parser.add_argument("--nice", type=int, default=0, help="run both servers at this nice value (e.g. -10)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show every run of the rate search")
+    parser.add_argument("--flood", action="store_true",
+                        help="also: a spoofed-MAC flood at dnsmasq's sustained rate while a configured machine "
+                             "asks, with the flood guard (dhcp.unknown_rate default) and without it")
     args = parser.parse_args()
 
     if args.cmd == "load":
-        print(json.dumps(run_load(args.iface, args.count, args.rate)))
+        print(json.dumps(run_load(args.iface, args.count, args.rate, mac=args.mac)))
         return
     if args.cmd == "serve":
-        serve(args.machines, args.log, args.profile)
+        serve(args.machines, args.log, args.profile, args.unknown_rate)
         return
 
     if os.geteuid() != 0:
@@ -396,6 +429,19 @@ def main() -> None:
             f"CPU per answer (utime+stime): dnsmasq {dnsmasq['cpu_us_per_answer']:.0f} us, "
             f"netbootd {netbootd['cpu_us_per_answer']:.0f} us"
         )
+        if args.flood:
+            from netbootd.config.settings import DhcpSettings
+
+            guarded = DhcpSettings().unknown_rate
+            print(f"\nflood: spoofed-MAC DISCOVERs at {rate:.0f}/s for {args.seconds:.0f} s; meanwhile one configured "
+                  f"machine asks 20 times a second (goal: its answers within 100 ms)")
+            print(f"{'flood guard':<26} {'machine asked':>13} {'answered':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+                  f"| {'flood answered':>14}")
+            for label, unknown_rate in ((f"dhcp.unknown_rate {guarded:.0f}/s", guarded), ("off (unknown_rate 0)", 0.0)):
+                known, flood = bench.flood(rate, unknown_rate)
+                lat = known["latencies_ms"]
+                print(f"{label:<26} {known['sent']:>13} {known['answered']:>9} {pct(lat, 50):>8.2f} {pct(lat, 99):>8.2f} "
+                      f"{(max(lat) if lat else float('nan')):>8.2f} | {flood['answered']:>7}/{flood['sent']}")
         if args.verbose:
             for name, res in (("dnsmasq", dnsmasq), ("netbootd", netbootd)):
                 for st in res["steps"]:
