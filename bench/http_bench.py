@@ -1,8 +1,11 @@
 """HTTP: requests/s and server CPU per request, netbootd vs nginx, same run, same files.
 
-    python bench/http.py                 # the table (a few minutes)
-    python bench/http.py --quick         # fewer requests
-    python bench/http.py --netbootd-pythonpath /tmp/old-checkout   # another netbootd (before/after)
+(Not bench/http.py: a module named http.py in this directory would shadow the standard library's
+`http` for every benchmark script here.)
+
+    python bench/http_bench.py                 # the table (a few minutes)
+    python bench/http_bench.py --quick         # fewer requests
+    python bench/http_bench.py --netbootd-pythonpath /tmp/old-checkout   # another netbootd (before/after)
 
 Routes: the iPXE script (netbootd renders it per request; nginx serves the same bytes as a static
 file), a 100 KB file and a 64 MiB file; each with a new connection per request and with keep-alive.
