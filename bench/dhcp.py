@@ -354,6 +354,21 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
+def flood_table(bench: Bench, args: argparse.Namespace, rate: float) -> None:
+    from netbootd.config.settings import DhcpSettings
+
+    guarded = DhcpSettings().unknown_rate
+    print(f"\nflood: spoofed-MAC DISCOVERs at {rate:.0f}/s for {args.seconds:.0f} s; meanwhile one configured "
+          f"machine asks 20 times a second (goal: its answers within 100 ms); load average {os.getloadavg()[0]:.1f}")
+    print(f"{'flood guard':<26} {'machine asked':>13} {'answered':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"| {'flood answered':>14}")
+    for label, unknown_rate in ((f"dhcp.unknown_rate {guarded:.0f}/s", guarded), ("off (unknown_rate 0)", 0.0)):
+        known, flood = bench.flood(rate, unknown_rate)
+        lat = known["latencies_ms"]
+        print(f"{label:<26} {known['sent']:>13} {known['answered']:>9} {pct(lat, 50):>8.2f} {pct(lat, 99):>8.2f} "
+              f"{(max(lat) if lat else float('nan')):>8.2f} | {flood['answered']:>7}/{flood['sent']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -376,6 +391,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile netbootd with cProfile")
     parser.add_argument("--nice", type=int, default=0, help="run both servers at this nice value (e.g. -10)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show every run of the rate search")
+    parser.add_argument("--flood-rate", type=float, default=0.0,
+                        help="only the flood runs, at this rate (skips both servers' rate searches)")
     parser.add_argument("--flood", action="store_true",
                         help="also: a spoofed-MAC flood at dnsmasq's sustained rate while a configured machine "
                              "asks, with the flood guard (dhcp.unknown_rate default) and without it")
@@ -393,6 +410,9 @@ def main() -> None:
     bench = Bench(args)
     try:
         bench.up()
+        if args.flood_rate:
+            flood_table(bench, args, args.flood_rate)
+            return
         dnsmasq = bench.run_server("dnsmasq", None)
         rate = dnsmasq["sustained"]
         netbootd = bench.run_server("netbootd", rate)
@@ -430,18 +450,7 @@ def main() -> None:
             f"netbootd {netbootd['cpu_us_per_answer']:.0f} us"
         )
         if args.flood:
-            from netbootd.config.settings import DhcpSettings
-
-            guarded = DhcpSettings().unknown_rate
-            print(f"\nflood: spoofed-MAC DISCOVERs at {rate:.0f}/s for {args.seconds:.0f} s; meanwhile one configured "
-                  f"machine asks 20 times a second (goal: its answers within 100 ms)")
-            print(f"{'flood guard':<26} {'machine asked':>13} {'answered':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-                  f"| {'flood answered':>14}")
-            for label, unknown_rate in ((f"dhcp.unknown_rate {guarded:.0f}/s", guarded), ("off (unknown_rate 0)", 0.0)):
-                known, flood = bench.flood(rate, unknown_rate)
-                lat = known["latencies_ms"]
-                print(f"{label:<26} {known['sent']:>13} {known['answered']:>9} {pct(lat, 50):>8.2f} {pct(lat, 99):>8.2f} "
-                      f"{(max(lat) if lat else float('nan')):>8.2f} | {flood['answered']:>7}/{flood['sent']}")
+            flood_table(bench, args, rate)
         if args.verbose:
             for name, res in (("dnsmasq", dnsmasq), ("netbootd", netbootd)):
                 for st in res["steps"]:

@@ -49,19 +49,35 @@ class PktinfoUdpPort(udp.Port):
         return skt
 
     def doRead(self) -> None:
+        """Read what is queued (up to maxThroughput bytes). A protocol with `batchReceived(batch,
+        behind)` gets the whole read at once (to order it: the DHCP edge answers configured machines
+        first), with `behind` True when more was still queued (the process is not keeping up);
+        others get each datagram as it is read."""
         read = 0
         recvmsg = self.socket.recvmsg
         protocol = self.protocol
+        batch: list | None = [] if hasattr(protocol, "batchReceived") else None
+        drained = False  # the socket had nothing more: this read is not behind
         while read < self.maxThroughput:
             try:
                 data, ancdata, flags, addr = recvmsg(self.maxPacketSize, self._cmsg_space)
             except OSError as se:
                 if se.args[0] in udp._sockErrReadIgnore or se.args[0] in udp._sockErrReadRefuse:
-                    return
+                    drained = True
+                    break
                 raise
             read += len(data) or 1
+            packet = (data, addr, self._parse(ancdata), bool(flags & socket.MSG_TRUNC))
+            if batch is not None:
+                batch.append(packet)
+                continue
             try:
-                protocol.packetReceived(data, addr, self._parse(ancdata), bool(flags & socket.MSG_TRUNC))
+                protocol.packetReceived(*packet)
+            except BaseException:
+                legacy_log.err()
+        if batch:
+            try:
+                protocol.batchReceived(batch, not drained)
             except BaseException:
                 legacy_log.err()
 

@@ -54,7 +54,7 @@ def listen_dhcp(
     addresses = InterfaceAddresses()
     # the boot core knows which MACs have a machine file (a test double may not: no guard then)
     flood = (FloodGuard(lambda: core.catalog.machines, settings.dhcp.unknown_rate, settings.dhcp.unknown_burst)
-             if hasattr(core, "catalog") else None)
+             if hasattr(core, "catalog") and settings.dhcp.unknown_rate > 0 else None)
     ports: list[IListeningPort] = []
     for number, proxy, setting in (
         (settings.dhcp.port, False, "dhcp.port"),

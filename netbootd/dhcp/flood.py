@@ -8,6 +8,10 @@ from MACs without a machine file of their own are admitted at most `rate` a seco
 so the queue drains at flood speed); a machine that has a file is always admitted. `rate` is far
 above a real storm of new machines (a rack of 4000 powering on within two seconds asks ~2000 a
 second, each a few times); beyond it, a new machine retries as firmware does.
+
+And while the process is behind (a read of the socket found more queued than it takes), unknown
+MACs are not answered at all: whatever the budget, a flood beyond what this process can answer
+would otherwise build a queue in the kernel that a configured machine's DISCOVER waits behind.
 """
 
 from __future__ import annotations
@@ -28,12 +32,21 @@ class FloodGuard:
         self.tokens = float(burst)
         self.last = clock()
 
+    def is_known(self, datagram: bytes) -> bool:
+        raw = datagram[CHADDR]
+        return len(raw) == 6 and ":".join(f"{b:02x}" for b in raw) in self.known()
+
+    def order(self, batch: list) -> list:
+        """A batch of received (datagram, ...) tuples, configured machines first (each read of the
+        socket is answered in this order, so a flood queued ahead of a real machine does not delay it)."""
+        if self.rate <= 0 or len(batch) < 2:
+            return batch
+        known = [p for p in batch if self.is_known(p[0])]
+        return known + [p for p in batch if not self.is_known(p[0])] if known else batch
+
     def admit(self, datagram: bytes) -> bool:
         """True: handle this packet; False: an unknown MAC over the budget (drop it unanswered)."""
-        if self.rate <= 0:
-            return True
-        raw = datagram[CHADDR]
-        if len(raw) == 6 and ":".join(f"{b:02x}" for b in raw) in self.known():
+        if self.rate <= 0 or self.is_known(datagram):
             return True
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)

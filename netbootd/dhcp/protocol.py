@@ -119,6 +119,20 @@ class DhcpProtocol(DatagramProtocol):
         """Plain transports (no IP_PKTINFO): used by tests with fake transports."""
         self.packetReceived(datagram, addr, None, False)
 
+    def batchReceived(self, batch: list, behind: bool = False) -> None:
+        """One read of the socket (netbootd.udpport): configured machines first, then the rest —
+        none of the rest while `behind` (more was queued than one read takes: a flood), so the
+        queue drains at the speed of reading and a configured machine waits one read, not a flood."""
+        if self.flood is None:
+            for packet in batch:
+                self.packetReceived(*packet)
+            return
+        for packet in self.flood.order(batch):
+            if behind and not self.flood.is_known(packet[0]):
+                DROPPED.inc("unknown-while-behind")
+                continue
+            self.packetReceived(*packet)
+
     def packetReceived(
         self, datagram: bytes, addr: tuple[str, int], info: PacketInfo | None, truncated: bool
     ) -> None:

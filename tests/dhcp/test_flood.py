@@ -23,3 +23,25 @@ def test_unknown_macs_within_a_budget_known_ones_always():
     assert sum(guard.admit(discover("02:00:00:00:ff:ff")) for _ in range(100)) == 10  # capped at the burst
     assert FloodGuard(lambda: set(), rate=0, burst=1).admit(discover("02:00:00:00:00:01"))  # 0: no limit
     assert not FloodGuard(lambda: set(), rate=1, burst=0).admit(b"short")  # a runt: unknown, no tokens
+
+
+def test_a_read_that_is_behind_answers_configured_machines_only(capture_log):
+    """netbootd.dhcp.protocol.DhcpProtocol.batchReceived: configured machines first; while behind
+    (the socket had more than one read takes) no unknown MAC is answered at all."""
+    from netbootd.dhcp.protocol import DhcpProtocol
+
+    handled: list[str] = []
+
+    class Recording(DhcpProtocol):
+        def packetReceived(self, datagram, addr, info, truncated):
+            handled.append(":".join(f"{b:02x}" for b in datagram[28:34]))
+
+    guard = FloodGuard(lambda: {"52:54:00:00:00:01"}, rate=1000, burst=1000)
+    proto = Recording(None, proxy=False, flood=guard)
+    batch = [(discover(f"02:00:00:00:00:{i:02x}"), ("0.0.0.0", 68), None, False) for i in range(5)]
+    batch.insert(3, (discover("52:54:00:00:00:01"), ("0.0.0.0", 68), None, False))
+    proto.batchReceived(batch, behind=False)
+    assert handled[0] == "52:54:00:00:00:01" and len(handled) == 6  # first, then the others
+    handled.clear()
+    proto.batchReceived(batch, behind=True)
+    assert handled == ["52:54:00:00:00:01"]
