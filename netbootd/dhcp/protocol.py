@@ -38,6 +38,9 @@ from netbootd.udpport import PktinfoUdpPort
 
 SIOCGIFADDR = 0x8915
 READ_SIZE = codec.MAX_PACKET + 1  # one byte more than we accept, so oversize is seen
+# Reads in a row that left more queued (each takes up to 256 KiB: ~700 DISCOVERs) before unknown MACs
+# are shed: a storm's burst fills a read or two, a flood beyond this process's speed fills them all.
+SHED_AFTER_READS = 2
 
 
 class PktinfoPort(PktinfoUdpPort):
@@ -98,6 +101,7 @@ class DhcpProtocol(DatagramProtocol):
     ) -> None:
         self.controller = controller
         self.flood = flood  # unknown MACs beyond a budget are dropped before they are decoded
+        self.behind_reads = 0  # consecutive reads of the socket that left more queued
         self.proxy = proxy
         self.advertise = advertise
         self.interfaces = frozenset(interfaces)
@@ -127,8 +131,11 @@ class DhcpProtocol(DatagramProtocol):
             for packet in batch:
                 self.packetReceived(*packet)
             return
+        # Behind for several reads in a row: a standing queue (a storm's burst fills one read, then drains)
+        self.behind_reads = self.behind_reads + 1 if behind else 0
+        shedding = self.behind_reads >= SHED_AFTER_READS
         for packet in self.flood.order(batch):
-            if behind and not self.flood.is_known(packet[0]):
+            if shedding and not self.flood.is_known(packet[0]):
                 DROPPED.inc("unknown-while-behind")
                 continue
             self.packetReceived(*packet)

@@ -42,6 +42,12 @@ def test_a_read_that_is_behind_answers_configured_machines_only(capture_log):
     batch.insert(3, (discover("52:54:00:00:00:01"), ("0.0.0.0", 68), None, False))
     proto.batchReceived(batch, behind=False)
     assert handled[0] == "52:54:00:00:00:01" and len(handled) == 6  # first, then the others
+    for reads in range(1, 6):  # a standing queue: shed only after several reads in a row were behind
+        handled.clear()
+        proto.batchReceived(batch, behind=True)
+        assert handled == (["52:54:00:00:00:01"] if reads >= 2 else handled[:1] + handled[1:]) and len(handled) == (
+            1 if reads >= 2 else 6)
+    proto.batchReceived(batch, behind=False)  # caught up: everyone again
     handled.clear()
     proto.batchReceived(batch, behind=True)
-    assert handled == ["52:54:00:00:00:01"]
+    assert len(handled) == 6
