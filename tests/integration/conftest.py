@@ -239,6 +239,12 @@ def lab_shared_address(tmp_path, assets, request) -> Iterator[ProjectLab]:
 
 
 @pytest.fixture
+def lab6(tmp_path, assets, request) -> Iterator[ProjectLab]:
+    """An IPv6-only segment: the site's stateful DHCPv6 server + RA (fd77::1), netbootd at fd77::2."""
+    yield from _lab(tmp_path, assets, request, ipv6=True)
+
+
+@pytest.fixture
 def lab_pair(tmp_path, assets, request) -> Iterator[ProjectLab]:
     """Two netbootd, active-active, on hosts of their own (10.77.0.2 and 10.77.0.3)."""
     yield from _lab(tmp_path, assets, request, pair=True)
