@@ -472,6 +472,12 @@ class Lab:
 
         return dhcp_packets(self.pcap) if self.capture else []
 
+    def dhcp6_datagrams(self) -> list:
+        """Every DHCPv6 datagram on the bridge so far (netbootd.testing.capture.Dhcp6Datagram)."""
+        from netbootd.testing.capture import dhcp6_datagrams
+
+        return dhcp6_datagrams(self.pcap) if self.capture else []
+
     def netbootd_log(self) -> str:
         return self.netbootd.text() if self.netbootd else ""
 
@@ -617,7 +623,7 @@ class Lab:
         if self.capture:
             from netbootd.testing.capture import summary
 
-            parts.append(f"--- capture on br0 ({self.pcap.name}) ---\n{summary(self.pcap, 40)}")
+            parts.append(f"--- capture on br0 ({self.pcap.name}) ---\n{summary(self.pcap, 40, ipv6=self.ipv6)}")
         return "\n".join(parts)
 
     def keep(self, dest: Path) -> Path:
