@@ -83,6 +83,7 @@ class FirmwareKind:
     argv: Callable[[Vm], list[str]]
     give_up: re.Pattern[str] | None = None  # the firmware gave up on the path under test
     timeout: float = 150.0  # seconds, under TCG
+    ipv6: bool = False  # boots over IPv6 only: needs an IPv6-only lab (Lab(ipv6=True))
 
     def missing(self) -> str | None:
         """Why this kind cannot run here (naming the packages to install), or None."""
@@ -207,11 +208,11 @@ FIRMWARES: dict[str, FirmwareKind] = {
     ),
     "uefi6": FirmwareKind(
         "uefi6", "OVMF's own UEFI PXE over IPv6 (DHCPv6, the 4011 exchange, TFTP over IPv6; PXEv4 off)",
-        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi6, _GAVE_UP_PXE6,
+        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi6, _GAVE_UP_PXE6, ipv6=True,
     ),
     "uefi-http6": FirmwareKind(
         "uefi-http6", "OVMF's UEFI HTTP boot over IPv6 (IPv4 off)", "qemu-system-x86_64",
-        (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http6, _GAVE_UP_HTTP6,
+        (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http6, _GAVE_UP_HTTP6, ipv6=True,
     ),
     "uefi-secure": FirmwareKind(
         "uefi-secure", "OVMF's own UEFI PXE, Secure Boot enforced with Microsoft's keys (shim loads, unsigned iPXE is refused)",

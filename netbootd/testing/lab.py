@@ -514,6 +514,10 @@ class Lab:
                fail: str | None = None) -> Boot:
         """Power on one machine (it runs while the caller does other things; see `wait`)."""
         kind = firmware(firmware_name)
+        if kind.ipv6 != self.ipv6:
+            fix = "use Lab(ipv6=True)" if kind.ipv6 else "pick an IPv6 firmware kind (uefi6, uefi-http6)"
+            raise LabError(f"firmware {kind.name} boots over {'IPv6' if kind.ipv6 else 'IPv4'} and this lab is "
+                           f"{'IPv6-only' if self.ipv6 else 'IPv4'}: {fix}")
         n = len(self.boots)
         name = f"vm{n}-{kind.name}-{mac.replace(':', '')[-4:]}"
         vm = Vm(mac=mac, tap=self.add_tap(), workdir=self.root, name=name, accel=self.accel)

@@ -39,7 +39,7 @@ def slaac(mac: str, prefix: str = "fd77::") -> str:
     """The address the guest's kernel makes from the router advertisement's prefix (EUI-64)."""
     octets = [int(x, 16) for x in mac.split(":")]
     octets[0] ^= 0x02
-    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
+    eui = [*octets[:3], 0xFF, 0xFE, *octets[3:]]
     groups = [f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2)]
     return f"{prefix}{':'.join(groups)}"
 
