@@ -127,15 +127,19 @@ def ia_na_addresses(message: codec.Message) -> list[str]:
 
 @pytest.mark.xfail(strict=True, reason="netbootd bug: the DHCPv6 edge drops a REQUEST on 547 without reporting the "
                    "address it asks for (its IA_NA) to the boot timeline, as the DHCPv4 edge does with option 50; "
-                   "EDK2's TFTP over IPv6 comes from that address, so netbootd files it under no machine")
-def test_the_lease_edk2_requests_on_547_is_learned(core):
-    """EDK2 PXE over IPv6 asks 4011 from one address (its first lease) and fetches snponly.efi over
-    TFTP from another: the IA_NA of the REQUEST it sends the site's server on 547 (in the lab:
-    `tftp transfer completed mac=""`, and no tftp stage in the machine's timeline). The DHCPv4
-    edge reports the address in such a REQUEST (option 50) to the timeline; this edge should
-    report the IA_NA address the same way."""
-    f = fixture("lab6-uefi-pxe", 7)  # the REQUEST for dnsmasq's lease, after netbootd's ADVERTISE
+                   "EDK2 downloads over IPv6 from that address, so netbootd files the download under no machine")
+@pytest.mark.parametrize(("capture", "frame", "mac"), [("lab6-uefi-pxe", 7, PXE), ("lab6-uefi-http-boot", 3, HTTP)],
+                         ids=["pxe-tftp", "http-boot-loader"])
+def test_the_lease_edk2_requests_on_547_is_learned(core, capture, frame, mac):
+    """EDK2 over IPv6 downloads its boot file (PXE: snponly.efi over TFTP; HTTP boot: /boot/snponly.efi)
+    from the address of the IA_NA in the REQUEST it sends the site's server on 547; PXE asks 4011
+    from another one. In the lab: `tftp transfer completed mac=""`, and neither download in the
+    machine's timeline. The DHCPv4 edge reports the address such a REQUEST asks for (option 50) to
+    the timeline (netbootd/dhcp/answer.py, site_server_request); this edge should report the IA_NA
+    address the same way."""
+    f = fixture(capture, frame)  # the REQUEST for dnsmasq's lease, after the boot SOLICIT
     message = f.decode()
+    assert message.vendor_class()  # the boot client's (PXEClient / HTTPClient), not EDK2's address setup
     (lease,) = ia_na_addresses(message)
     assert Dhcp6Controller(core).answer(message, arrival(f, source_of(f))) is None  # the site server's
-    assert core.mac_for_ip(lease) == PXE
+    assert core.mac_for_ip(lease) == mac

@@ -96,6 +96,15 @@ def check_ipxe_got_its_script_from_the_site(lab, ours: list[codec.Message]) -> N
     assert any(m.bootfile_url == BASE + IPXE_SCRIPT_PATH and m.has(codec.OPT_IA_NA) for m in replies), replies
 
 
+# OVMF 2022.11's PXEv6 sometimes does not take netbootd's 4011 REPLY and gives up ("PXE-E16: No valid
+# offer received"; 2 of 16 PXE boots here). It sends its 4011 REQUEST from another of its addresses
+# than its PXE lease (in every capture here) and the REPLY to that address was on the wire 0.6-7 ms
+# later in both failures; the cause inside the firmware is not pinned down. Only the proxy path has
+# this exchange (a site server that gives option 59 itself has none): the PXE boots power the machine
+# on once more when it happens, and say so.
+EDK2_4011_FLAKE = r"PXE-E16: No valid offer received"
+
+
 def stages(lab, mac: str) -> list[str]:
     return [e["stage"] for e in lab.get_json(f"/machines/{mac}")["events"]]
 
@@ -108,7 +117,7 @@ def test_uefi_pxe_over_ipv6(lab6):
     lab = lab6
     lab.kernel_machine(PXE, "pxe6", "pxe6-secret")
     lab.start_netbootd()
-    marker = lab.booted(PXE, "uefi6")
+    marker = lab.booted(PXE, "uefi6", retry_on=EDK2_4011_FLAKE)
     assert_booted6(marker, PXE, "pxe6", "pxe6-secret")
     ours = check_answers(lab)
     edk2 = [m for m in ours if m.vendor_class() == (codec.PXE_CLIENT,)]
@@ -120,8 +129,8 @@ def test_uefi_pxe_over_ipv6(lab6):
     events = lab.get_json(f"/machines/{PXE}")["events"]
     assert {e["port"] for e in events if e["stage"] == "dhcp"} == {547, 4011}, events
     seen = stages(lab, PXE)
-    # (no "tftp" stage: EDK2 asks 4011 from one address and fetches over TFTP from another, which
-    # the DHCPv6 edge never learns: tests/dhcp6/test_lab_fixtures.py, the xfail test)
+    # (no "tftp" stage: EDK2 asks 4011 from one address and fetches over TFTP from its PXE lease,
+    # which the DHCPv6 edge never learns: tests/dhcp6/test_lab_fixtures.py, the xfail test)
     assert seen.index("dhcp") < seen.index("script") < seen.index("beacon") < seen.index("ignition"), seen
 
 
@@ -143,7 +152,9 @@ def test_uefi_http_boot_over_ipv6(lab6):
     assert all(m.msg_type == codec.ADVERTISE for m in firmware)  # HTTP boot asks nothing on 4011
     check_ipxe_got_its_script_from_the_site(lab, ours)
     seen = stages(lab, HTTP)
-    assert "tftp" not in seen and seen.index("loader") < seen.index("script") < seen.index("ignition"), seen
+    # (the download of /boot/snponly.efi is not in it: it comes from the HTTP-boot lease, which the
+    # DHCPv6 edge never learns, as for PXE's TFTP)
+    assert "tftp" not in seen and seen.index("dhcp") < seen.index("script") < seen.index("ignition"), seen
 
 
 def test_ignored_machine_gets_no_answer_over_ipv6(lab6):
@@ -179,4 +190,4 @@ def test_ipxe_through_the_bare_chain_stub(lab6_bare_stub):
     lab = lab6_bare_stub
     lab.kernel_machine(STUB, "stub6", "stub6-secret")
     lab.start_netbootd()
-    assert_booted6(lab.booted(STUB, "uefi6"), STUB, "stub6", "stub6-secret")
+    assert_booted6(lab.booted(STUB, "uefi6", retry_on=EDK2_4011_FLAKE), STUB, "stub6", "stub6-secret")

@@ -96,6 +96,9 @@ def test_uefi_pxe_over_ipv6(config):
     not attribute EDK2's TFTP transfer to the machine, tests/dhcp6/test_lab_fixtures.py.)"""
     need("uefi6")
     code, out = finish(netbootd_try(OK, "--config", str(config), "--ipv6"))
+    if code == 1 and "PXE-E16: No valid offer received" in out:
+        print("OVMF dropped netbootd's 4011 REPLY (a known firmware race, test_ipv6.EDK2_4011_FLAKE): trying once more")
+        code, out = finish(netbootd_try(OK, "--config", str(config), "--ipv6"))
     check_booted(code, out, [])
     assert "OVMF's own UEFI PXE over IPv6" in out and "IPv6-only lab: " in out, out
     assert "port=4011 firmware=efi-pxe" in out, out
