@@ -97,7 +97,7 @@ def check_ipxe_got_its_script_from_the_site(lab, ours: list[codec.Message]) -> N
 
 
 # OVMF 2022.11's PXEv6 sometimes does not take netbootd's 4011 REPLY and gives up ("PXE-E16: No valid
-# offer received"; 2 of 16 PXE boots here). It sends its 4011 REQUEST from another of its addresses
+# offer received"; 2 of 18 PXE boots here). It sends its 4011 REQUEST from another of its addresses
 # than its PXE lease (in every capture here) and the REPLY to that address was on the wire 0.6-7 ms
 # later in both failures; the cause inside the firmware is not pinned down. Only the proxy path has
 # this exchange (a site server that gives option 59 itself has none): the PXE boots power the machine
