@@ -57,6 +57,8 @@ _GAVE_UP_PXE4 = _gave_up("UEFI PXEv4")
 # A GRUB that found no configuration stops at its prompt: waiting on would only reach the timeout.
 _GAVE_UP_PXE4_OR_GRUB = re.compile(f"{_GAVE_UP_PXE4.pattern}|^grub> *$")
 _GAVE_UP_HTTP4 = _gave_up("UEFI HTTPv4")
+_GAVE_UP_PXE6 = _gave_up("UEFI PXEv6")
+_GAVE_UP_HTTP6 = _gave_up("UEFI HTTPv6")
 
 
 @attrs.frozen
@@ -81,6 +83,7 @@ class FirmwareKind:
     argv: Callable[[Vm], list[str]]
     give_up: re.Pattern[str] | None = None  # the firmware gave up on the path under test
     timeout: float = 150.0  # seconds, under TCG
+    ipv6: bool = False  # boots over IPv6 only: needs an IPv6-only lab (Lab(ipv6=True))
 
     def missing(self) -> str | None:
         """Why this kind cannot run here (naming the packages to install), or None."""
@@ -136,6 +139,22 @@ def _uefi_http(vm: Vm) -> list[str]:
     return _ovmf(vm, *_NO_PXE)
 
 
+# IPv6 only. PXE: without PXEv4 the first boot option is PXEv6 (the kinds stop at its failure).
+# HTTP boot: IPv4Support=no leaves out the IPv4 stack (the 60 s HTTPv4 attempt), but HTTPv6 then
+# starts before the DHCPv6 address is ready and fails at once; the boot menu's 5 s splash gives it
+# that time (measured: qemu-lab notes, IPv6).
+_NO_PXE4 = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no")
+_NO_IPV4 = ("-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=no", "-boot", "menu=on,splash-time=5000")
+
+
+def _uefi6(vm: Vm) -> list[str]:
+    return _ovmf(vm, *_NO_PXE4)
+
+
+def _uefi_http6(vm: Vm) -> list[str]:
+    return _ovmf(vm, *_NO_PXE, *_NO_IPV4)
+
+
 def _uefi_secure(vm: Vm) -> list[str]:
     return _ovmf(vm, *_SMM, code=OVMF_CODE_MS, vars_template=OVMF_VARS_MS, machine=_SMM_MACHINE)
 
@@ -186,6 +205,14 @@ FIRMWARES: dict[str, FirmwareKind] = {
     "uefi-http": FirmwareKind(
         "uefi-http", "OVMF's UEFI HTTP boot (IPv4)", "qemu-system-x86_64",
         (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http, _GAVE_UP_HTTP4,
+    ),
+    "uefi6": FirmwareKind(
+        "uefi6", "OVMF's own UEFI PXE over IPv6 (DHCPv6, the 4011 exchange, TFTP over IPv6; PXEv4 off)",
+        "qemu-system-x86_64", (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi6, _GAVE_UP_PXE6, ipv6=True,
+    ),
+    "uefi-http6": FirmwareKind(
+        "uefi-http6", "OVMF's UEFI HTTP boot over IPv6 (IPv4 off)", "qemu-system-x86_64",
+        (*_X86, "ovmf"), (OVMF_CODE, OVMF_VARS), _uefi_http6, _GAVE_UP_HTTP6, ipv6=True,
     ),
     "uefi-secure": FirmwareKind(
         "uefi-secure", "OVMF's own UEFI PXE, Secure Boot enforced with Microsoft's keys (shim loads, unsigned iPXE is refused)",

@@ -12,6 +12,15 @@ Where netbootd sits (`host=`):
 - "site-address": on the DHCP server's host and address (10.77.0.1), `advertise` empty, as a new
   user would leave it.
 
+`ipv6=True` makes the segment IPv6-only: no IPv4 address on the bridge or on netbootd's host and
+no DHCPv4 server; the site's server (dnsmasq) gives stateful DHCPv6 addresses (IA_NA: EDK2 boots
+only with one) and router advertisements on fd77::/64, and netbootd sits at fd77::2 (fd77::1 for
+"site-address") with `advertise6` set to it. The site server also does what an IPv6 site must do
+for iPXE (`site_ipxe_script`): iPXE runs its own stateful DHCPv6, ignores a proxy's ADVERTISE (it
+has no address) and boots option 59 of the address server's REPLY, so that server gives iPXE
+clients (user class "iPXE") netbootd's script URL (`IPXE_SCRIPT_PATH`). Its advertisements also carry the
+SLAAC flag, for the test guest's kernel (busybox has no DHCPv6 client); firmware ignores it.
+
 netbootd's configuration is either the lab's own (machines written with `machine()`), or an
 operator's (`config=`): their settings with the addresses, interfaces, state and cache
 replaced by the lab's, and a snapshot of their machines directory (the lab never writes into
@@ -45,6 +54,16 @@ from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, stages_f
 SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
 BOOT_IP = "10.77.0.2"  # netbootd
 PREFIX = "10.77.0"
+# The IPv6-only segment (Lab(ipv6=True)): a unique-local /64, addresses leased from ::100-::1ff
+SITE_IP6 = "fd77::1"
+BOOT_IP6 = "fd77::2"
+PREFIX6 = "fd77::"
+# The bridge's MAC, fixed: a Linux bridge otherwise takes the lowest MAC of its ports, which changes
+# as taps join, and with it the Server ID (a DUID-LL of that MAC) netbootd's DHCPv6 answers carry.
+BRIDGE_MAC6 = "02:77:00:00:00:01"
+# What the site's DHCPv6 server gives iPXE in option 59 (after netbootd's base URL). iPXE expands
+# settings in its filename, so the URL names the machine itself and needs no chain stub.
+IPXE_SCRIPT_PATH = "/ipxe?mac=${mac:hexhyp}&buildarch=${buildarch}&platform=${platform}"
 HTTP_PORT = 8080
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
@@ -198,18 +217,27 @@ class Lab:
         log_level: str = "debug",
         netbootd_argv: Sequence[str] = (sys.executable, "-m", "netbootd"),
         site_next_server: bool = False,
+        ipv6: bool = False,
+        site_ipxe_script: str | None = IPXE_SCRIPT_PATH,
     ) -> None:
         """`site_next_server`: the site's DHCP server names netbootd as next-server (BOOTP siaddr),
-        as a site must for Debian's signed GRUB when netbootd runs on another host."""
+        as a site must for Debian's signed GRUB when netbootd runs on another host.
+        `ipv6`: an IPv6-only segment (see the module doc); `site_ipxe_script` (IPv6 only): the
+        path of netbootd's URL the site's DHCPv6 server gives iPXE clients in option 59 (None: none)."""
         if host not in ("second-address", "own-host", "site-address"):
             raise ValueError(f"host={host!r}: expected second-address, own-host or site-address")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.host = host
+        self.ipv6 = ipv6
+        self.site_ipxe_script = site_ipxe_script
         self.ns = f"nblab{os.getpid()}x{next(_names)}"
         self.boot_ns = f"{self.ns}b" if host == "own-host" else self.ns
         self.boot_if = "nb0" if host == "own-host" else "br0"
-        self.boot_ip = SITE_IP if host == "site-address" else BOOT_IP
+        if ipv6:
+            self.site_ip, self.boot_ip = SITE_IP6, SITE_IP6 if host == "site-address" else BOOT_IP6
+        else:
+            self.site_ip, self.boot_ip = SITE_IP, SITE_IP if host == "site-address" else BOOT_IP
         self.http_port = http_port
         self.capture = capture and shutil.which("tcpdump") is not None
         self.netbootd_argv = list(netbootd_argv)
@@ -252,15 +280,18 @@ class Lab:
             shutil.copytree(base.machines_dir, machines, symlinks=False, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns(".*"))
         http = attrs.evolve(base.http, port=self.http_port, listen="", public_url="")
+        advertise = "" if self.host == "site-address" else self.boot_ip
         return attrs.evolve(
             base,
-            advertise="" if self.host == "site-address" else self.boot_ip,
+            advertise="" if self.ipv6 else advertise,
+            advertise6=advertise if self.ipv6 else "",
             machines_dir=machines,
             files_root=base.files_root.absolute(),
             # in the configuration directory: a lab's netbootd.toml works wherever that is mounted
             state_dir=self.conf / "state",
             cache_dir=self.conf / "cache",
-            dhcp=attrs.evolve(base.dhcp, enabled=True, port=67, proxy_port=4011, interfaces=(self.boot_if,)),
+            dhcp=attrs.evolve(base.dhcp, enabled=True, port=67, proxy_port=4011, interfaces=(self.boot_if,),
+                              ipv6=True if self.ipv6 else base.dhcp.ipv6, port6=547),
             tftp=attrs.evolve(base.tftp, enabled=True, port=69, listen=""),
             http=http,
             log=LogSettings(format="text", level=log_level),
@@ -282,7 +313,8 @@ class Lab:
     @property
     def url(self) -> str:
         """netbootd's HTTP base URL, as the machines reach it."""
-        return f"http://{self.boot_ip}:{self.http_port}"
+        host = f"[{self.boot_ip}]" if ":" in self.boot_ip else self.boot_ip
+        return f"http://{host}:{self.http_port}"
 
     # -- plumbing
 
@@ -307,50 +339,79 @@ class Lab:
         self.ip("-n", self.ns, "link", "add", bridge_port, "type", "veth", "peer", "name", ifname, "netns", ns)
         self.ip("-n", self.ns, "link", "set", bridge_port, "master", "br0")
         self.ip("-n", self.ns, "link", "set", bridge_port, "up")
-        self.ip("-n", ns, "addr", "add", f"{address}/24", "dev", ifname)
+        self.ip("-n", ns, *self.address_args(address), "dev", ifname)
         self.ip("-n", ns, "link", "set", ifname, "up")
+
+    @staticmethod
+    def address_args(address: str) -> list[str]:
+        """`ip addr add` for one of the lab's addresses (IPv6 without duplicate address detection:
+        the lab's addresses are unique, and a tentative address cannot be bound for a second)."""
+        if ":" in address:
+            return ["-6", "addr", "add", f"{address}/64", "nodad"]
+        return ["addr", "add", f"{address}/24"]
 
     def up(self) -> Lab:
         self.add_netns(self.ns)
         self.ip("-n", self.ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        self.ip("-n", self.ns, "addr", "add", f"{SITE_IP}/24", "dev", "br0")
+        if self.ipv6:
+            self.ip("-n", self.ns, "link", "set", "br0", "address", BRIDGE_MAC6)
+        else:
+            self.ip("-n", self.ns, "addr", "add", f"{SITE_IP}/24", "dev", "br0")
         self.ip("-n", self.ns, "-6", "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
         self.ip("-n", self.ns, "link", "set", "br0", "up")
         if self.host == "own-host":
-            self.add_host(self.boot_ns, "nb0", BOOT_IP, "vb0")
+            self.add_host(self.boot_ns, "nb0", self.boot_ip, "vb0")
         elif self.host == "second-address":
-            self.ip("-n", self.ns, "addr", "add", f"{BOOT_IP}/24", "dev", "br0")
+            self.ip("-n", self.ns, *self.address_args(self.boot_ip), "dev", "br0")
         if self.capture:
             self.tcpdump = self.start("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "-s", "1600", "-w", str(self.pcap)])
-        self.dnsmasq = dnsmasq = self.start(
-            "dnsmasq",
-            [
-                "dnsmasq",
-                "--conf-file=/dev/null",
-                "--keep-in-foreground",
-                "--log-facility=-",
-                "--log-dhcp",
-                "--port=0",  # no DNS: addresses only
-                "--bind-interfaces",  # SO_REUSEADDR on 67, so netbootd can bind it too on this host
-                "--interface=br0",
-                "--except-interface=lo",
-                f"--listen-address={SITE_IP}",
-                "--dhcp-authoritative",
-                "--no-ping",  # else it pings ~3 s before each offer
-                f"--dhcp-range={PREFIX}.100,{PREFIX}.199,255.255.255.0,1h",
-                "--enable-ra",  # without a router advert iPXE waits ~13 s on IPv6
-                "--dhcp-range=::,constructor:br0,ra-only",
-                f"--dhcp-leasefile={self.root / 'dnsmasq.leases'}",
-                *([f"--dhcp-boot=,,{self.boot_ip}"] if self.site_next_server else []),  # siaddr only, no file
-                f"--pid-file={self.root / 'dnsmasq.pid'}",
-                "--user=root",
-                "--group=root",
-            ],
-        )
+        self.dnsmasq = dnsmasq = self.start("dnsmasq", self.dnsmasq_argv())
         self.wait_until(lambda: "started" in dnsmasq.text(), dnsmasq, 10, "dnsmasq to start")
         if self.tcpdump is not None:
             self.wait_until(lambda: self.pcap.exists(), self.tcpdump, 10, "tcpdump to start")
         return self
+
+    def dnsmasq_argv(self) -> list[str]:
+        """The site's address server: addresses only (IPv4 and router advertisements; or, IPv6-only,
+        stateful DHCPv6 + RA), no boot options but the ones a site must give (see the module doc)."""
+        common = [
+            "dnsmasq",
+            "--conf-file=/dev/null",
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--log-dhcp",
+            "--port=0",  # no DNS: addresses only
+            "--bind-interfaces",  # SO_REUSEADDR on 67 and 547, so netbootd can bind them too on this host
+            "--interface=br0",
+            "--except-interface=lo",
+            f"--listen-address={self.site_ip}",
+            "--dhcp-authoritative",
+            f"--dhcp-leasefile={self.root / 'dnsmasq.leases'}",
+            f"--pid-file={self.root / 'dnsmasq.pid'}",
+            "--user=root",
+            "--group=root",
+        ]
+        if self.ipv6:
+            return [
+                *common,
+                # stateful (IA_NA addresses: EDK2 needs one), RA with the M flag; `slaac` adds the A
+                # flag for the test guest's kernel
+                f"--dhcp-range={PREFIX6}100,{PREFIX6}1ff,slaac,64,1h",
+                "--enable-ra",
+                *([
+                    # iPXE boots option 59 of the address server's REPLY only: netbootd's script URL
+                    "--dhcp-userclass=set:ipxe,iPXE",
+                    f"--dhcp-option=tag:ipxe,option6:bootfile-url,{self.url}{self.site_ipxe_script}",
+                ] if self.site_ipxe_script else []),
+            ]
+        return [
+            *common,
+            "--no-ping",  # else it pings ~3 s before each offer
+            f"--dhcp-range={PREFIX}.100,{PREFIX}.199,255.255.255.0,1h",
+            "--enable-ra",  # without a router advert iPXE waits ~13 s on IPv6
+            "--dhcp-range=::,constructor:br0,ra-only",
+            *([f"--dhcp-boot=,,{self.boot_ip}"] if self.site_next_server else []),  # siaddr only, no file
+        ]
 
     def wait_until(self, predicate: Callable[[], Any], proc: Proc, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -411,6 +472,12 @@ class Lab:
 
         return dhcp_packets(self.pcap) if self.capture else []
 
+    def dhcp6_datagrams(self) -> list:
+        """Every DHCPv6 datagram on the bridge so far (netbootd.testing.capture.Dhcp6Datagram)."""
+        from netbootd.testing.capture import dhcp6_datagrams
+
+        return dhcp6_datagrams(self.pcap) if self.capture else []
+
     def netbootd_log(self) -> str:
         return self.netbootd.text() if self.netbootd else ""
 
@@ -447,6 +514,10 @@ class Lab:
                fail: str | None = None) -> Boot:
         """Power on one machine (it runs while the caller does other things; see `wait`)."""
         kind = firmware(firmware_name)
+        if kind.ipv6 != self.ipv6:
+            fix = "use Lab(ipv6=True)" if kind.ipv6 else "pick an IPv6 firmware kind (uefi6, uefi-http6)"
+            raise LabError(f"firmware {kind.name} boots over {'IPv6' if kind.ipv6 else 'IPv4'} and this lab is "
+                           f"{'IPv6-only' if self.ipv6 else 'IPv4'}: {fix}")
         n = len(self.boots)
         name = f"vm{n}-{kind.name}-{mac.replace(':', '')[-4:]}"
         vm = Vm(mac=mac, tap=self.add_tap(), workdir=self.root, name=name, accel=self.accel)
@@ -556,7 +627,7 @@ class Lab:
         if self.capture:
             from netbootd.testing.capture import summary
 
-            parts.append(f"--- capture on br0 ({self.pcap.name}) ---\n{summary(self.pcap, 40)}")
+            parts.append(f"--- capture on br0 ({self.pcap.name}) ---\n{summary(self.pcap, 40, ipv6=self.ipv6)}")
         return "\n".join(parts)
 
     def keep(self, dest: Path) -> Path:

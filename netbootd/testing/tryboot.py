@@ -8,6 +8,10 @@ timeline for the machine is printed as stages complete, and the exit status says
 Before QEMU starts, the configuration is asked what the machine would get: a held, ignored or
 unknown machine, or one whose kernel is a remote URL the isolated lab cannot reach, is reported
 at once (exit 1) instead of after a timeout.
+
+`--ipv6` (or an IPv6 firmware kind): the lab is IPv6-only — the site's server gives stateful DHCPv6
+addresses and router advertisements, and iPXE its script URL (see netbootd.testing.lab) — and OVMF
+boots with IPv4 PXE off (uefi6, the default then) or IPv4 off (uefi-http6).
 """
 
 from __future__ import annotations
@@ -33,14 +37,17 @@ _CLIENTS = {
     "arm64-uefi": ("EFI_PXE", "ARM64"),
     "arm64-http": ("HTTP_BOOT", "ARM64"),
     "arm64-secure": ("EFI_PXE", "ARM64"),
+    "uefi6": ("EFI_PXE", "EFI64"),
+    "uefi-http6": ("HTTP_BOOT", "EFI64"),
 }
+IPV6_DEFAULT = "uefi6"
 
 
 class Refused(Exception):
     """The machine cannot boot in the lab; the message says why (before QEMU starts)."""
 
 
-def preflight(config: str | None, mac: str, firmware_name: str) -> str:
+def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str = "10.77.0.2") -> str:
     """What the configuration gives this machine, as one line; raises Refused when it cannot boot
     in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach)."""
     from netbootd.cli import find_settings
@@ -52,7 +59,7 @@ def preflight(config: str | None, mac: str, firmware_name: str) -> str:
     settings = find_settings(config, required=True)
     core = BootCore(settings, build_catalog(load_machines(settings)))  # a fresh daemon: no last good versions
     fw, arch = _CLIENTS.get(firmware_name, ("EFI_PXE", "EFI64"))
-    decision = core.decide(Client(mac, Arch[arch], Firmware[fw]), "10.77.0.2")
+    decision = core.decide(Client(mac, Arch[arch], Firmware[fw]), server_ip)
     if decision.offer is None:
         raise Refused(f"netbootd would not answer {mac}: {decision.reason}")
     machine = decision.machine
@@ -103,30 +110,41 @@ class Printer:
         self.out.flush()
 
 
-def run(mac: str, config: str | None, firmware_name: str, expect: str | None, timeout: float | None,
-        keep: bool, quiet: bool, out: TextIO = sys.stdout) -> int:
+def run(mac: str, config: str | None, firmware_name: str | None, expect: str | None, timeout: float | None,
+        keep: bool, quiet: bool, out: TextIO = sys.stdout, ipv6: bool = False) -> int:
     """The command; returns the exit status (0 booted, 1 did not, 2 cannot try here)."""
-    from netbootd.testing.lab import Lab, LabError, missing_requirements
+    from netbootd.testing.lab import BOOT_IP, BOOT_IP6, PREFIX6, Lab, LabError, missing_requirements
 
+    firmware_name = firmware_name or (IPV6_DEFAULT if ipv6 else "bios")
+    if ipv6 and not firmware(firmware_name).ipv6:
+        ipv6_kinds = ", ".join(name for name, kind in FIRMWARES.items() if kind.ipv6)
+        print(f"netbootd try: --ipv6 makes the lab IPv6-only, which --firmware {firmware_name} cannot boot on: "
+              f"use one of {ipv6_kinds}", file=sys.stderr)
+        return 2
+    ipv6 = ipv6 or firmware(firmware_name).ipv6  # an IPv6 firmware kind needs the IPv6-only lab
     reason = missing_requirements(firmware_name)
     if reason:
         print(f"netbootd try: {reason}", file=sys.stderr)
         return 2
     try:
-        offered = preflight(config, mac, firmware_name)
+        offered = preflight(config, mac, firmware_name, BOOT_IP6 if ipv6 else BOOT_IP)
     except Refused as exc:
         print(f"netbootd try: {exc}", file=sys.stderr)
         return 1
     kind = firmware(firmware_name)
     printer = Printer(out, quiet)
     root = Path(tempfile.mkdtemp(prefix="netbootd-try-"))
-    lab = Lab(root, config=Path(config) if config else DEFAULT_CONFIG, log_level="debug")
+    lab = Lab(root, config=Path(config) if config else DEFAULT_CONFIG, log_level="debug", ipv6=ipv6)
     result: BootResult | None = None
     try:
         lab.up()
         lab.start_netbootd(check_config=False)  # errors in other machines' files must not stop this one
         printer.say(f"{mac}: {kind.description}, {lab.accel.upper()}{' (no usable KVM)' if lab.accel == 'tcg' else ''}; "
                     f"netbootd offers {offered}")
+        if ipv6:
+            printer.say(f"IPv6-only lab: the site's DHCPv6 server ({lab.site_ip}) leases addresses in {PREFIX6}/64 "
+                        f"(stateful) and gives iPXE its script URL {lab.url}{lab.site_ipxe_script}; netbootd at "
+                        f"{lab.boot_ip}")
         printer.started = time.time()
         result = lab.boot(mac, kind.name, expect, timeout, on_event=printer.event, on_console=printer.console)
     except LabError as exc:
@@ -166,8 +184,12 @@ def report(printer: Printer, result: BootResult, expect: str | None) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("mac", help="the MAC the virtual machine gets (its machine file decides what it boots)")
     parser.add_argument("--config", help="netbootd.toml, or its directory (default: /etc/netbootd/netbootd.toml)")
-    parser.add_argument("--firmware", default="bios", choices=sorted(FIRMWARES),
-                        help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items()) + " (default bios)")
+    parser.add_argument("--firmware", choices=sorted(FIRMWARES),
+                        help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items())
+                        + f" (default bios; {IPV6_DEFAULT} with --ipv6)")
+    parser.add_argument("--ipv6", action="store_true",
+                        help="an IPv6-only lab: no IPv4, the site's DHCPv6 server gives stateful addresses and iPXE its "
+                             f"script URL, OVMF boots with IPv4 PXE off (firmware {IPV6_DEFAULT} or uefi-http6)")
     parser.add_argument("--expect", help=f"a regular expression on the console that means success (default: the "
                                          f"kernel started the initramfs' init: {DEFAULT_EXPECT!r})")
     parser.add_argument("--timeout", type=float, help="seconds before giving up (default: per firmware, 90-180 under TCG)")

@@ -10,6 +10,7 @@ import attrs
 from netbootd.dhcp6 import codec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+LAB_FIXTURES = FIXTURES / "lab6"  # netbootd's IPv6-only lab (tests/dhcp6/capture_lab.py)
 _NAME = re.compile(r"^(?P<capture>[\w-]+)\.(?P<frame>\d+)\.(?P<sport>\d+)-(?P<dport>\d+)\.(?P<kind>[\w-]+)\.bin$")
 
 MAC = "52:54:00:99:00:41"  # the machine of every DHCPv6 capture
@@ -46,9 +47,10 @@ class Fixture:
         return codec.decode(self.payload, accept=self.accept)
 
 
-def fixtures() -> list[Fixture]:
+def fixtures(directory: Path = FIXTURES) -> list[Fixture]:
+    """The shared captures' fixtures (or, `directory=LAB_FIXTURES`, those of netbootd's own lab)."""
     out = []
-    for path in sorted(FIXTURES.glob("*.bin")):
+    for path in sorted(directory.glob("*.bin")):
         m = _NAME.match(path.name)
         assert m, f"fixture name not understood: {path.name}"
         out.append(
@@ -66,7 +68,8 @@ def fixtures() -> list[Fixture]:
 
 
 def fixture(capture: str, frame: int) -> Fixture:
-    (found,) = [f for f in fixtures() if f.capture == capture and f.frame == frame]
+    directory = LAB_FIXTURES if capture.startswith("lab6-") else FIXTURES
+    (found,) = [f for f in fixtures(directory) if f.capture == capture and f.frame == frame]
     return found
 
 

@@ -169,15 +169,30 @@ for i in $(seq 1 100); do
 done
 [ -n "$iface" ] || fail "no network interface (is virtio_net loaded?)"
 mac="$(cat "/sys/class/net/$iface/address")"
-ip link set "$iface" up
-udhcpc -i "$iface" -n -q -f -t 10 -T 2 -s /etc/udhcpc.script >/tmp/udhcpc.log 2>&1 \
-    || fail "mac=$mac no DHCP lease: $(tr '\n' ' ' < /tmp/udhcpc.log)"
-ip="$(ip -4 -o addr show dev "$iface" | sed -n 's/.* inet \([^ ]*\).*/\1/p')"
 cmdline="$(cat /proc/cmdline)"
 url=""
 for word in $cmdline; do
     case "$word" in nbd_ign=*) url="${word#nbd_ign=}" ;; esac
 done
+ip link set "$iface" up
+case "$url" in
+*://\[*)
+    # An IPv6 URL: an IPv6-only segment. The kernel configures its address itself (SLAAC, from the
+    # router advertisement; Debian's busybox has no DHCPv6 client); wait until it is no longer tentative.
+    ip=""
+    for i in $(seq 1 150); do
+        ip="$(ip -6 -o addr show dev "$iface" scope global | grep -v tentative | sed -n 's/.* inet6 \([^ ]*\).*/\1/p' | head -n1)"
+        [ -n "$ip" ] && break
+        sleep 0.1
+    done
+    [ -n "$ip" ] || fail "mac=$mac no IPv6 address within 15 s (SLAAC needs a router advertisement whose prefix has the A flag)"
+    ;;
+*)
+    udhcpc -i "$iface" -n -q -f -t 10 -T 2 -s /etc/udhcpc.script >/tmp/udhcpc.log 2>&1 \
+        || fail "mac=$mac no DHCP lease: $(tr '\n' ' ' < /tmp/udhcpc.log)"
+    ip="$(ip -4 -o addr show dev "$iface" | sed -n 's/.* inet \([^ ]*\).*/\1/p')"
+    ;;
+esac
 if [ -n "$url" ]; then
     # No `wget -T`: it segfaults in Debian 12's busybox-static (1.35.0); `timeout` bounds it.
     if timeout 20 wget -q -O /tmp/ignition "$url" 2>/tmp/wget.err; then

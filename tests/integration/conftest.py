@@ -153,8 +153,18 @@ class ProjectLab(Lab):
 
     # -- booting to the marker
 
-    def booted(self, mac: str, firmware_name: str, timeout: float | None = None) -> Marker:
-        """Boot one machine; its marker, or a failure carrying the tails of every log."""
+    def booted(self, mac: str, firmware_name: str, timeout: float | None = None, retry_on: str | None = None) -> Marker:
+        """Boot one machine; its marker, or a failure carrying the tails of every log. `retry_on`:
+        a console pattern of a known firmware flake after which the machine is powered on once
+        more (the retry is printed, so a run shows how often it happened)."""
+        if retry_on is not None:
+            (first,) = self.boot_many([(mac, firmware_name)], MARKER, timeout, fail=GUEST_FAIL)
+            if first.booted:
+                return marker(first)
+            flake = re.search(retry_on, first.console)
+            if flake is None:
+                pytest.fail(f"{mac} ({firmware_name}): {first.reason}; stopped after {first.stopped_at()}", pytrace=False)
+            print(f"{mac}: the firmware flaked ({flake.group(0)!r} after {first.seconds:.1f} s): powered on once more")
         return self.booted_many([(mac, firmware_name)], timeout)[0]
 
     def booted_many(self, machines: list[tuple[str, str]], timeout: float | None = None) -> list[Marker]:
@@ -236,6 +246,12 @@ def lab_separate_host(tmp_path, assets, request) -> Iterator[ProjectLab]:
 def lab_shared_address(tmp_path, assets, request) -> Iterator[ProjectLab]:
     """netbootd on the site DHCP server's host and address (10.77.0.1, advertise empty)."""
     yield from _lab(tmp_path, assets, request, host="site-address")
+
+
+@pytest.fixture
+def lab6(tmp_path, assets, request) -> Iterator[ProjectLab]:
+    """An IPv6-only segment: the site's stateful DHCPv6 server + RA (fd77::1), netbootd at fd77::2."""
+    yield from _lab(tmp_path, assets, request, ipv6=True)
 
 
 @pytest.fixture

@@ -1,0 +1,151 @@
+"""A relayed SOLICIT answered through a real relay: Debian's dnsmasq as a DHCPv6 relay agent
+(--dhcp-relay) between a client's link and netbootd's, in network namespaces this test creates.
+
+    client ns   c0 (link-local only)
+                 |  veth
+    relay ns    r0 fd78::1/64   dnsmasq --dhcp-relay=fd78::1,fd79::2   r1 fd79::1/64
+                                                                         |  veth
+    server ns                                            netbootd   s0 fd79::2/64 (route to fd78::/64 via fd79::1)
+
+The client sends OVMF's captured PXE SOLICIT to ff02::1:2 on its link; the relay wraps it in a
+RELAY-FORW (link address fd78::1) and unicasts it to netbootd, whose RELAY-REPL goes back to the
+relay, which hands the ADVERTISE to the client. Nothing leaves the namespaces; every process is
+stopped by its PID and the namespaces are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from netbootd.dhcp6 import codec
+from tests.dhcp6.conftest import fixture
+
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "relay_client.py"
+SOLICIT = fixture("proxy6-uefi-pxe-4011", 4)  # OVMF's PXE SOLICIT (vendor class PXEClient, arch 7)
+MAC = "52:54:00:99:00:41"  # the machine of that capture
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
+    pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed (apt-get install dnsmasq-base)"),
+]
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+
+
+def wait_log(proc: subprocess.Popen, log: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text(errors='replace')}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{log.read_text(errors='replace')}"
+        time.sleep(0.05)
+
+
+class Topology:
+    def __init__(self, tmp: Path) -> None:
+        tag = f"{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
+        self.cli, self.rel, self.srv = f"nb6c{tag}", f"nb6r{tag}", f"nb6s{tag}"
+        self.tmp = tmp
+        self.procs: list[tuple[subprocess.Popen, object]] = []
+
+    def up(self) -> None:
+        for ns in (self.cli, self.rel, self.srv):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            # the links' addresses usable at once (no duplicate address detection): a test link
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
+        sh("ip", "-n", self.cli, "link", "add", "c0", "type", "veth", "peer", "name", "r0", "netns", self.rel)
+        sh("ip", "-n", self.rel, "link", "add", "r1", "type", "veth", "peer", "name", "s0", "netns", self.srv)
+        sh("ip", "-n", self.cli, "link", "set", "c0", "address", MAC)  # the captured machine's NIC
+        for ns, iface in ((self.cli, "c0"), (self.rel, "r0"), (self.rel, "r1"), (self.srv, "s0")):
+            sh("ip", "-n", ns, "link", "set", iface, "up")
+        sh("ip", "-n", self.rel, "-6", "addr", "add", "fd78::1/64", "dev", "r0", "nodad")
+        sh("ip", "-n", self.rel, "-6", "addr", "add", "fd79::1/64", "dev", "r1", "nodad")
+        sh("ip", "-n", self.srv, "-6", "addr", "add", "fd79::2/64", "dev", "s0", "nodad")
+        sh("ip", "-n", self.srv, "-6", "route", "add", "fd78::/64", "via", "fd79::1")
+
+    def start(self, ns: str, name: str, argv: list[str], ready: str) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        out = log.open("wb")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=self.tmp, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.procs.append((proc, out))
+        wait_log(proc, log, ready)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def down(self) -> None:
+        for proc, out in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()  # by PID: only what this test started
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            out.close()  # type: ignore[attr-defined]
+        for ns in (self.cli, self.rel, self.srv):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def topo(tmp_path):
+    t = Topology(tmp_path)
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
+def start_netbootd(topo: Topology, tmp: Path) -> None:
+    conf = tmp / "netbootd"
+    (conf / "machines").mkdir(parents=True)
+    (conf / "files").mkdir()
+    (conf / "files" / "vmlinuz").write_bytes(b"k")
+    # that machine only (no default.toml): an answer means netbootd identified it through the relay
+    (conf / "machines" / f"{MAC.replace(':', '-')}.toml").write_text('[boot]\nkernel = "vmlinuz"\n')
+    (conf / "netbootd.toml").write_text(
+        'machines_dir = "machines"\nfiles_root = "files"\nstate_dir = "state"\ncache_dir = "cache"\n'
+        "[tftp]\nenabled = false\n[http]\nport = 8080\n[log]\nlevel = \"debug\"\n"
+    )
+    topo.start(topo.srv, "netbootd", [sys.executable, "-m", "netbootd", "serve", "--config", str(conf / "netbootd.toml")],
+               "listening")
+
+
+def test_solicit_answered_through_dnsmasq_relay(topo, tmp_path):
+    start_netbootd(topo, tmp_path)
+    topo.start(topo.rel, "relay", [
+        "dnsmasq", "--conf-file=/dev/null", "--keep-in-foreground", "--log-facility=-", "--log-dhcp", "--port=0",
+        "--interface=r0", "--interface=r1", "--dhcp-relay=fd78::1,fd79::2",
+        f"--pid-file={tmp_path / 'relay.pid'}", "--user=root", "--group=root",
+    ], "started")
+    out = sh("ip", "netns", "exec", topo.cli, sys.executable, str(CLIENT), "c0", str(HERE / "fixtures" / SOLICIT.name))
+    got = [line.split() for line in out.stdout.splitlines()]
+    assert got, f"no answer reached the client\nrelay:\n{topo.log('relay')}\nnetbootd:\n{topo.log('netbootd')}"
+    sent = SOLICIT.decode()
+    for source, payload in got:
+        assert source.startswith("fe80::"), source  # from the relay on the client's link
+        answer = codec.decode(bytes.fromhex(payload), accept=codec.FROM_SERVER)
+        assert isinstance(answer, codec.Message) and answer.msg_type == codec.ADVERTISE, answer
+        assert answer.transaction_id == sent.transaction_id and answer.client_id == sent.client_id
+        assert [code for code, _ in answer.options] == [1, 2, 16, 59], answer  # no IA_NA, status, preference
+        assert answer.vendor_class() == (codec.PXE_CLIENT,)
+        # the address the relay reached netbootd at: the client's link has no netbootd
+        assert answer.bootfile_url == "tftp://[fd79::2]/snponly.efi", answer
+    log = topo.log("netbootd")
+    # identified by the MAC the relay saw (option 79, which dnsmasq adds), answered to the relay
+    assert f"answered mac={MAC}" in log and "identity=option-79 relay=fd79::1" in log, log
