@@ -12,11 +12,15 @@ SHEBANG = "#!ipxe\n"
 
 
 def chain_stub(base: str) -> str:
-    """What `/ipxe` returns: iPXE fills in its own identity and asks again."""
+    """What `/ipxe` returns: iPXE fills in its own identity and asks again.
+
+    A type suffix makes iPXE format a setting's raw bytes that way: `${mac:uristring}` would be the
+    six MAC bytes as text (cut at a zero byte), so the MAC and UUID keep URL-safe formats of their
+    own (`hexhyp`, the UUID's 8-4-4-4-12); only the free-text settings are URI-escaped."""
     return (
         SHEBANG
         + "# netbootd: ask for this machine's own script\n"
-        + f"chain --replace --autofree {base}/ipxe?mac=${{mac:uristring}}&uuid=${{uuid:uristring}}"
+        + f"chain --replace --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}"
         + "&buildarch=${buildarch:uristring}&platform=${platform:uristring}\n"
     )
 

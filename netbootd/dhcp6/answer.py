@@ -38,6 +38,10 @@ class Arrival(NamedTuple):
     server_duid: bytes  # our Server Identifier
 
 
+# Begins as the DHCPv4 edge's reason does: the dashboard tells the normal path from errors by it.
+SITE_REQUEST = "REQUEST for the site's DHCP server (DHCPv6): a proxy answers only SOLICITs and on 4011"
+
+
 class Answer(NamedTuple):
     payload: bytes
     dest: tuple  # (address, port, flowinfo, scope id)
@@ -59,6 +63,8 @@ class Dhcp6Controller:
         wanted = codec.REQUEST if arrival.proxy else codec.SOLICIT
         if message.msg_type != wanted:
             # REQUEST/RENEW/RELEASE/... on 547 are the address server's; on 4011 only REQUEST comes
+            if message.msg_type == codec.REQUEST and not arrival.proxy:
+                self.site_server_request(packet, message)
             self.refuse("request-for-dhcp-server" if not arrival.proxy else "msgtype", message, arrival)
             return None
         client, identity, why = classify_reason(packet)
@@ -93,6 +99,17 @@ class Dhcp6Controller:
                           port=arrival.port, family="ipv6", identity=identity.source if identity else "",
                           relay=arrival.source[0] if isinstance(packet, codec.Relay) else None)
         return Answer(codec.encode(reply), dest)
+
+    def site_server_request(self, packet: codec.Message | codec.Relay, message: codec.Message) -> None:
+        """A boot client's REQUEST to the site server: never answered, but the address it asks for
+        is where EDK2 downloads its boot file from (PXE asks 4011 from another one), so the boot
+        timeline learns it, as the DHCPv4 edge learns option 50, and files those downloads under
+        this machine."""
+        client, _identity, _why = classify_reason(packet)
+        addresses = message.ia_na_addresses
+        if client is None or not addresses:
+            return
+        self.core.dhcp_seen(client, None, SITE_REQUEST, addresses[0], 547)
 
     def refuse(self, reason: str, message: codec.Message, arrival: Arrival) -> None:
         DROPPED.labels(reason).inc()

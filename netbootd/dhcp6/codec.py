@@ -90,6 +90,7 @@ OPT_CLIENTID = 1
 OPT_SERVERID = 2
 OPT_IA_NA = 3
 OPT_IA_TA = 4
+OPT_IAADDR = 5  # inside an IA_NA / IA_TA
 OPT_ORO = 6
 OPT_PREFERENCE = 7
 OPT_ELAPSED_TIME = 8
@@ -292,6 +293,21 @@ class Message(NamedTuple):
     def bootfile_url(self) -> str | None:
         raw = self.get(OPT_BOOTFILE_URL)
         return None if raw is None else raw.decode("utf-8", "replace")
+
+    @property
+    def ia_na_addresses(self) -> tuple[str, ...]:
+        """The addresses (IA Address options, 5) inside the IA_NAs (3): what a REQUEST asks the
+        address server for. Lenient by design: IA_NA contents are carried unchecked (module doc),
+        so a malformed one gives what could be read of it, never an exception."""
+        found = []
+        for ia in self.get_all(OPT_IA_NA):
+            i = 12  # IAID, T1, T2
+            while i + 4 <= len(ia):
+                code, length = struct.unpack_from("!HH", ia, i)
+                if code == OPT_IAADDR and length >= 24 and i + 4 + length <= len(ia):
+                    found.append(socket.inet_ntop(socket.AF_INET6, ia[i + 4 : i + 20]))
+                i += 4 + length
+        return tuple(found)
 
     @property
     def status(self) -> tuple[int, str] | None:

@@ -112,7 +112,7 @@ def topo(tmp_path):
 
 
 def start_netbootd(topo: Topology, tmp: Path) -> None:
-    conf = tmp / "netbootd"
+    conf = tmp / "conf"  # not "netbootd": the processes run in tmp, where python -m would import it
     (conf / "machines").mkdir(parents=True)
     (conf / "files").mkdir()
     (conf / "files" / "vmlinuz").write_bytes(b"k")

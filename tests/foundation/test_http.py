@@ -104,7 +104,7 @@ def test_script_by_mac_uuid_and_query(daemon):
 def test_chain_stub(daemon):
     r = daemon.get("/ipxe")
     assert r.status_code == 200
-    assert f"chain --replace --autofree {daemon.url}/ipxe?mac=${{mac:uristring}}" in r.text
+    assert f"chain --replace --autofree {daemon.url}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&" in r.text
 
 
 def test_script_404s_and_400s(daemon):

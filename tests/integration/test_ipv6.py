@@ -179,13 +179,10 @@ def lab6_bare_stub(tmp_path, assets, request):
     yield from _lab(tmp_path, assets, request, ipv6=True, site_ipxe_script="/ipxe")
 
 
-@pytest.mark.xfail(strict=True, reason="netbootd bug: the /ipxe chain stub's ${mac:uristring} makes iPXE send the "
-                   "MAC's raw bytes as a string, cut at its first NUL byte (GET /ipxe?mac=RT → 400); see README, IPv6")
 def test_ipxe_through_the_bare_chain_stub(lab6_bare_stub):
     """The README's `GET /ipxe` chain stub, fetched by real iPXE (Debian 12's): it must lead to the
-    machine's own script. It does not: the stub asks `${mac:uristring}`, which formats the 6 raw
-    bytes of the MAC as a string (52:54:00:... → "RT", cut at the 00 byte) and so cuts the whole URL
-    there; netbootd answers 400 and iPXE gives up. `${mac}` or `${mac:hexhyp}` (and `${uuid}`) would."""
+    machine's own script. (The stub once asked `${mac:uristring}`, which formats the MAC's 6 raw bytes
+    as text — 52:54:00:... → "RT", cut at the 00 byte: netbootd answered 400 and iPXE gave up.)"""
     need("uefi6")
     lab = lab6_bare_stub
     lab.kernel_machine(STUB, "stub6", "stub6-secret")
