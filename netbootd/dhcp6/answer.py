@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 from netbootd.dhcp6 import codec
-from netbootd.dhcp6.classify import classify_reason
+from netbootd.dhcp6.classify import MAC, classify_reason
 from netbootd.dhcp6.metrics import ANSWERS, DROPPED, REQUESTS
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.model import Client, Firmware, OfferKind
@@ -75,8 +75,10 @@ class Dhcp6Controller:
         REQUESTS.labels(firmware, arch, message.name).inc()
         decision = self.core.decide(client, arrival.server_ip)
         offer = decision.offer
-        client_ip = arrival.source[0] if arrival.proxy else ""  # 4011 comes from the client's leased address
-        self.core.dhcp_seen(client, offer, decision.reason, client_ip, arrival.port)
+        # No address learned here: EDK2 sends its 4011 REQUEST from its SLAAC address but downloads
+        # from its DHCPv6 lease (site_server_request learns that one); a timeline entry holds one
+        # address per machine, and the later one would disown the downloads.
+        self.core.dhcp_seen(client, offer, decision.reason, "", arrival.port)
         if offer is None:
             ANSWERS.labels(firmware, "none").inc()
             if self.answer_lines.allow("not-answered"):
@@ -105,9 +107,11 @@ class Dhcp6Controller:
         is where EDK2 downloads its boot file from (PXE asks 4011 from another one), so the boot
         timeline learns it, as the DHCPv4 edge learns option 50, and files those downloads under
         this machine."""
-        client, _identity, _why = classify_reason(packet)
+        client, identity, _why = classify_reason(packet)
         addresses = message.ia_na_addresses
-        if client is None or not addresses:
+        # Only a MAC identity: iPXE names itself by a DUID-UUID, and its address is claimed by the
+        # script request naming its MAC; a DUID claiming it too would make both suspects.
+        if client is None or identity is None or identity.kind != MAC or not addresses:
             return
         self.core.dhcp_seen(client, None, SITE_REQUEST, addresses[0], 547)
 

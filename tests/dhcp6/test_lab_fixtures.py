@@ -139,3 +139,18 @@ def test_the_lease_edk2_requests_on_547_is_learned(core, capture, frame, mac):
     assert message.ia_na_addresses == (lease,)  # the codec reads it as this test's own parser does
     assert Dhcp6Controller(core).answer(message, arrival(f, source_of(f))) is None  # the site server's
     assert core.mac_for_ip(lease) == mac
+
+
+def test_ipxes_request_on_547_leaves_its_address_to_the_script_request(core):
+    """iPXE names itself by a DUID-UUID (all zeros under QEMU), not its MAC. Its REQUEST must not
+    claim its lease for that DUID: the script request that names the MAC claims it, and two claims
+    would make every later download from that address unattributable (seen in the lab: the kernel
+    and initrd unattributed)."""
+    f = fixture("lab6-uefi-pxe", 17)
+    message = f.decode()
+    assert b"iPXE" in message.user_classes and message.client_id[:2] == b"\x00\x04", message  # DUID-UUID
+    (lease,) = message.ia_na_addresses
+    assert Dhcp6Controller(core).answer(message, arrival(f, source_of(f))) is None
+    assert core.mac_for_ip(lease) is None
+    core.timeline.record("script", mac=PXE, ip=lease)  # iPXE asks for its script from that address
+    assert core.timeline.record("http", ip=lease, path="/files/vmlinuz", seconds=0.1) == PXE

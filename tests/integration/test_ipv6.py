@@ -54,6 +54,14 @@ def assert_booted6(marker, mac: str, hostname: str, secret: str) -> None:
     assert json.loads(marker.ignition) == {"ignition": {"version": "3.4.0"}, "netbootd_marker": secret}
 
 
+def check_download_in_timeline(lab, mac: str, stage: str, name: str) -> None:
+    """EDK2 downloads its loader from the address it asked the site server for on 547, which the
+    DHCPv6 edge learned from that REQUEST's IA_NA: the download is filed under the machine."""
+    doc = lab.get_json(f"/machines/{mac}")
+    assert any(e["stage"] == stage and name in str(e.get("file", e.get("path", ""))) for e in doc["events"]), doc
+    assert lab.get_json("/machines")["unattributed"] == []
+
+
 def answers(lab) -> tuple[list[codec.Message], list[codec.Message], list[codec.Message]]:
     """(netbootd's answers, the site server's answers, the clients' messages) on the bridge."""
     ours, site, clients = [], [], []
@@ -124,6 +132,7 @@ def test_uefi_pxe_over_ipv6(lab6):
     assert {m.msg_type for m in edk2} == {codec.ADVERTISE, codec.REPLY}, edk2  # 547, then 4011
     assert {m.bootfile_url for m in edk2} == {f"tftp://[{BOOT_IP6}]/snponly.efi"}
     check_ipxe_got_its_script_from_the_site(lab, ours)
+    check_download_in_timeline(lab, PXE, "tftp", "snponly.efi")
     log = lab.netbootd_log()
     assert re.search(r"tftp transfer completed .*client=fd77::[0-9a-f:]+ .*file=snponly.efi", log), log
     events = lab.get_json(f"/machines/{PXE}")["events"]
@@ -149,6 +158,7 @@ def test_uefi_http_boot_over_ipv6(lab6):
     ours = check_answers(lab)
     firmware = [m for m in ours if m.vendor_class() == (codec.HTTP_CLIENT,)]
     assert firmware and {m.bootfile_url for m in firmware} == {f"{BASE}/boot/snponly.efi"}, firmware
+    check_download_in_timeline(lab, HTTP, "http", "/boot/snponly.efi")
     assert all(m.msg_type == codec.ADVERTISE for m in firmware)  # HTTP boot asks nothing on 4011
     check_ipxe_got_its_script_from_the_site(lab, ours)
     seen = stages(lab, HTTP)
