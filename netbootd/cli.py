@@ -235,7 +235,7 @@ def explain_lines(core, mac: str, arch_key: str, server: str, *, show_secrets: b
                 else [f"({len(machine.ignition)} bytes; --show-secrets prints it)"])
     if machine.booty is not None:
         emit("--- BOOTy " + "-" * 55)
-        out += core.booty(mac).decode().split("\n")  # type: ignore[union-attr]
+        out += core.booty(mac).decode().split("\n")
     if firmware is Firmware.HTTP_BOOT and machine.boot.kind in (BootKind.EFI, BootKind.IMAGE):
         status, body = core.httpboot([mac], server)
         if status == 200:

@@ -1,0 +1,192 @@
+"""The fleet as the dashboard shows it: one row per machine, configured or seen, kept current cheaply.
+
+A boot storm records thousands of timeline events a second; the dashboard must not cost a boot
+any of that. So the timeline only marks which machines changed (WatchedTimeline: one set.add per
+event, and nothing at all while no dashboard is connected), and `Fleet.changes()`, called a few
+times a second by the live stream, rebuilds the rows of those machines only and returns the ones
+that really differ. The whole fleet is turned into rows once, when the first dashboard connects,
+and then again only after a configuration reload (a catalog swap); every RECONCILE seconds a
+pass over the MACs alone notices machines the bounded timeline forgot.
+
+Times in rows are the server's unix times; the page computes ages against the `now` each message
+carries, so no row changes merely because time passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from netbootd.config.machines import Catalog, Machine
+from netbootd.core.timeline import ATTEMPT_IDLE, Timeline
+
+RECONCILE = 10.0  # seconds between full passes that catch machines the timeline forgot
+# A new boot run starts with a DHCP answer after one of these (or after ATTEMPT_IDLE of silence):
+# iPXE's own DHCP after the TFTP download belongs to the same run.
+_RUN_ENDS = frozenset({"beacon", "ignition", "held"})
+
+
+class WatchedTimeline(Timeline):
+    """The core's timeline, noting which machines changed while a dashboard watches."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.watching = False
+        self.dirty: set[str] = set()
+
+    def record(self, stage: str, mac: str | None = None, ip: str = "", **detail: Any) -> str | None:
+        filed = super().record(stage, mac, ip, **detail)
+        if self.watching and filed is not None:
+            self.dirty.add(filed)
+        return filed
+
+    def record_dhcp(self, mac: str, ip: str, event: dict[str, Any]) -> None:
+        super().record_dhcp(mac, ip, event)
+        if self.watching:
+            self.dirty.add(mac)
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+
+def _error_of(event: dict[str, Any]) -> str:
+    """What went wrong in this event, "" if nothing did."""
+    if event.get("error"):
+        return f"{event['stage']}: {event['error']}"
+    if event.get("answered") is False:
+        return f"not answered: {event.get('reason', '')}"
+    if event["stage"] == "beacon" and event.get("beacon") not in (None, "loaded"):
+        return f"beacon: {event.get('beacon')}"
+    return ""
+
+
+def _run_start(events: list[dict[str, Any]]) -> int:
+    """Index of the first event of the machine's current boot run."""
+    start = 0
+    for i in range(1, len(events)):
+        prev, ev = events[i - 1], events[i]
+        if ev["stage"] == "dhcp" and (prev["stage"] in _RUN_ENDS or ev["time"] - prev["time"] > ATTEMPT_IDLE):
+            start = i
+    return start
+
+
+def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict[str, Any] | None:
+    """The fleet row of one machine, None when netbootd neither has a file for it nor saw it."""
+    machine: Machine | None = catalog.machines.get(mac)
+    held = catalog.held.get(mac)
+    if machine is None and held is None and seen is None:
+        return None
+    row: dict[str, Any] = {"mac": mac}
+    if machine is not None:
+        row.update(name=machine.name, kind=machine.boot.kind.value, profile=machine.profile or "",
+                   hostname=str(machine.vars.get("hostname", "")))
+        if machine.name in catalog.stale:
+            row["stale"] = str(catalog.stale[machine.name])
+    elif held is not None:
+        row.update(name=held.name, kind="", profile="", hostname="")
+    else:
+        default = catalog.default
+        row.update(name="", kind=default.boot.kind.value if default is not None else "", profile="", hostname="",
+                   unknown=True)
+    if held is not None:
+        row["held"] = str(held.error)
+    if seen is None or not seen["events"]:
+        row["state"] = "held" if held is not None else "idle"
+        return row
+    events = seen["events"]
+    run = events[_run_start(events):]
+    row.update(ip=seen["ip"], stage=seen["stage"], start=run[0]["time"], last=seen["last_seen"], events=len(events))
+    for event in reversed(events):
+        if event["stage"] == "dhcp" and "firmware" in event:
+            row["firmware"], row["arch"] = event["firmware"], event.get("arch", "")
+            break
+    error = ""
+    for event in reversed(run):
+        error = _error_of(event)
+        if error:
+            break
+    last = events[-1]
+    stage = seen["stage"]
+    if held is not None:
+        state = "held"
+    elif _error_of(last):
+        state = "unanswered" if last.get("answered") is False else "failed"
+    elif stage in ("beacon:loaded", "ignition"):
+        state = "done"
+    else:
+        state = "booting"
+    if error:
+        row["error"] = error
+    row["state"] = state
+    if state == "done":
+        row["took"] = round(last["time"] - run[0]["time"], 3)
+    return row
+
+
+class Fleet:
+    """The rows the dashboard shows, maintained from the dirty set while a dashboard watches."""
+
+    def __init__(self, timeline: WatchedTimeline, catalog: Callable[[], Catalog], clock: Callable[[], float]) -> None:
+        self.timeline = timeline
+        self.catalog = catalog
+        self.clock = clock
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._catalog_seen: Catalog | None = None
+        self._reconciled = 0.0
+
+    def start(self) -> None:
+        """The first dashboard connected: every row, from now on kept current."""
+        self.timeline.watching = True
+        self.timeline.take_dirty()
+        self.rows = self._all_rows()
+        self._catalog_seen = self.catalog()
+        self._reconciled = self.clock()
+
+    def stop(self) -> None:
+        """The last dashboard left: stop noting changes (start() rebuilds everything)."""
+        self.timeline.watching = False
+        self.timeline.take_dirty()
+        self.rows = {}
+
+    def _all_rows(self) -> dict[str, dict[str, Any]]:
+        catalog = self.catalog()
+        macs = [m["mac"] for m in self.timeline.summary()]
+        macs += [mac for mac in catalog.machines if mac not in set(macs)]
+        macs += [mac for mac in catalog.held if mac != "default" and mac not in set(macs)]
+        rows = {}
+        for mac in macs:
+            row = machine_row(mac, self.timeline.machine(mac), catalog)
+            if row is not None:
+                rows[mac] = row
+        return rows
+
+    def changes(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows that changed since the last call, and MACs no longer shown."""
+        catalog = self.catalog()
+        changed: list[dict[str, Any]] = []
+        removed: list[str] = []
+        if catalog is not self._catalog_seen:
+            # a reload: any machine's file may have changed; rare, so every row is rebuilt
+            self._catalog_seen = catalog
+            self.timeline.take_dirty()
+            fresh = self._all_rows()
+            removed = [mac for mac in self.rows if mac not in fresh]
+            changed = [row for mac, row in fresh.items() if self.rows.get(mac) != row]
+            self.rows = fresh
+            return changed, removed
+        dirty = self.timeline.take_dirty()
+        if self.clock() - self._reconciled >= RECONCILE:
+            # machines the bounded timeline forgot (it keeps the 4096 seen last) had no event to say so
+            self._reconciled = self.clock()
+            known = {m["mac"] for m in self.timeline.summary()}
+            dirty |= {mac for mac, row in self.rows.items() if "last" in row and mac not in known}
+        for mac in dirty:
+            row = machine_row(mac, self.timeline.machine(mac), catalog)
+            if row is None:
+                if self.rows.pop(mac, None) is not None:
+                    removed.append(mac)
+            elif self.rows.get(mac) != row:
+                self.rows[mac] = row
+                changed.append(row)
+        return changed, removed
