@@ -113,11 +113,7 @@ class DashboardApp:
 
     @app.route("/api/events", methods=["GET"])
     def events(self, request):
-        stream = self.dashboard.hub.open(request)
-        if stream is None:
-            request.setHeader(b"retry-after", b"10")
-            raise UiError(503, "too many dashboards are watching; close one, or use /api/fleet")
-        return server.NOT_DONE_YET
+        return EventStream(self.dashboard.hub)  # a resource: Klein would finish the request itself
 
     @app.route("/api/machine/<ident>", methods=["GET"])
     def machine(self, request, ident: str):
@@ -141,6 +137,24 @@ class DashboardApp:
     def metrics(self, request):
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return generate_latest()
+
+
+class EventStream(Resource):
+    """/api/events: stays open; netbootd.ui.live writes to it."""
+
+    isLeaf = True
+
+    def __init__(self, hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_GET(self, request):
+        if self.hub.open(request) is None:
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", b"10")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"too many dashboards are watching; close one, or read /api/fleet\n"
+        return server.NOT_DONE_YET
 
 
 def _host_is_address(host: str) -> bool:
