@@ -6,16 +6,19 @@ rows are rebuilt from the fleet's dirty set once per tick and serialized once fo
 `health` follows whenever the problems list changes, and a comment line keeps idle connections
 open through proxies.
 
-A client that cannot keep up never makes netbootd buffer for it: each stream is a push producer
-of its HTTP connection, so once the socket's send buffer and Twisted's write buffer are full
-(pauseProducing), the diffs for it are dropped and it is marked stale; when it drains
-(resumeProducing) it gets a fresh snapshot instead of the backlog (a resync). A client stalled for
-STALL seconds is disconnected (EventSource reconnects by itself). At most MAX_CLIENTS streams.
+A client that cannot keep up never makes netbootd buffer without bound for it: each stream is a
+push producer of its HTTP connection, whose socket gets a fixed send buffer (SEND_BUFFER, not the
+kernel's autotuned megabytes). Once that and Twisted's write buffer are full (pauseProducing),
+diffs wait in a queue of at most QUEUE_BYTES; past that they are dropped and the client is marked
+stale, and when it drains (resumeProducing) it gets one fresh snapshot instead of the backlog (a
+resync). A client stalled for STALL seconds is disconnected (EventSource reconnects by itself).
+At most MAX_CLIENTS streams.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +35,8 @@ TICK = 0.25  # seconds between pushes: at most 4 updates a second per client
 KEEPALIVE = 15.0
 STALL = 30.0  # a client that has not drained its buffer for this long is cut
 MAX_CLIENTS = 16
+SEND_BUFFER = 256 * 1024  # bytes: each dashboard socket's kernel send buffer
+QUEUE_BYTES = 512 * 1024  # diffs queued for a paused client before it is resynced instead
 RETRY_MS = 2000  # EventSource's reconnection delay
 
 
@@ -48,6 +53,8 @@ class Stream:
         self.hub = hub
         self.request = request
         self.paused_at: float | None = None
+        self.queue: list[bytes] = []  # diffs held while paused
+        self.queued = 0
         self.stale = False
         self.closed = False
         self.sent = 0  # messages written (for tests and the bench)
@@ -59,9 +66,15 @@ class Stream:
 
     def resumeProducing(self) -> None:
         self.paused_at = None
-        if self.stale and not self.closed:
+        if self.closed:
+            return
+        if self.stale:
             self.stale = False
             self.write(self.hub.snapshot())  # what it missed, as one message
+        else:
+            queue, self.queue, self.queued = self.queue, [], 0
+            for data in queue:
+                self.write(data)
 
     def stopProducing(self) -> None:
         self.closed = True
@@ -70,7 +83,12 @@ class Stream:
         if self.closed:
             return
         if self.paused_at is not None:
-            self.stale = True  # dropped: it gets a snapshot when it drains
+            if not self.stale and self.queued + len(data) <= QUEUE_BYTES:
+                self.queue.append(data)
+                self.queued += len(data)
+            else:
+                self.stale = True  # dropped: it gets a snapshot when it drains
+                self.queue, self.queued = [], 0
             if self.hub.clock() - self.paused_at > STALL:
                 log.info("dashboard client stalled, disconnecting", client=self._client(), seconds=STALL)
                 self.closed = True
@@ -87,6 +105,18 @@ class Stream:
             return str(self.request.getClientAddress().host)
         except Exception:
             return ""
+
+
+def _fixed_send_buffer(request) -> None:
+    """A fixed kernel send buffer: without one, Linux grows it up to tcp_wmem's maximum (4 MiB)
+    for a client that does not read, and that memory is spent before Twisted ever pauses us."""
+    handle = getattr(request.channel.transport, "getHandle", None)
+    if handle is None:
+        return
+    try:
+        handle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError as exc:
+        log.debug("cannot set the dashboard socket's send buffer", error=str(exc))
 
 
 class Hub:
@@ -128,6 +158,7 @@ class Hub:
             self.loop.clock = self.reactor
             self.loop.start(TICK, now=False)
         stream = Stream(self, request)
+        _fixed_send_buffer(request)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx in front: pass events through at once
