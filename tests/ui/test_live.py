@@ -264,7 +264,7 @@ def test_a_non_editable_install_ships_the_pages(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert set(eval(out.stdout)) == ASSETS  # noqa: S307 (our own subprocess's repr of a list of names)
+    assert set(eval(out.stdout)) == ASSETS
     # and nothing references anything off the host: no CDN, no external URL in what a browser loads
     for name in ASSETS:
         text = (Path(REPO) / "netbootd" / "ui" / "static" / name).read_text()
