@@ -258,13 +258,13 @@ def test_a_non_editable_install_ships_the_pages(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    probe = ("import netbootd.ui.app as a, pathlib; assert 'site' in a.__file__, a.__file__; "
-             "print(sorted(a.load_static()))")
+    probe = ("import json, netbootd.ui.app as a; assert 'site' in a.__file__, a.__file__; "
+             "print(json.dumps(sorted(a.load_static())))")
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert set(eval(out.stdout)) == ASSETS
+    assert set(json.loads(out.stdout)) == ASSETS
     # and nothing references anything off the host: no CDN, no external URL in what a browser loads
     for name in ASSETS:
         text = (Path(REPO) / "netbootd" / "ui" / "static" / name).read_text()
