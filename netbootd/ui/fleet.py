@@ -24,6 +24,9 @@ RECONCILE = 10.0  # seconds between full passes that catch machines the timeline
 # A new boot run starts with a DHCP answer after one of these (or after ATTEMPT_IDLE of silence):
 # iPXE's own DHCP after the TFTP download belongs to the same run.
 _RUN_ENDS = frozenset({"beacon", "ignition", "held"})
+# A DHCP REQUEST on 67 is the site server's to answer: netbootd's silence is the normal path, not an
+# error (the reason text of netbootd.dhcp.answer.SITE_REQUEST; tests/ui check that they agree).
+SITE_REQUEST_PREFIX = "REQUEST for the site's DHCP server"
 
 
 class WatchedTimeline(Timeline):
@@ -54,7 +57,7 @@ def _error_of(event: dict[str, Any]) -> str:
     """What went wrong in this event, "" if nothing did."""
     if event.get("error"):
         return f"{event['stage']}: {event['error']}"
-    if event.get("answered") is False:
+    if event.get("answered") is False and not str(event.get("reason", "")).startswith(SITE_REQUEST_PREFIX):
         return f"not answered: {event.get('reason', '')}"
     if event["stage"] == "beacon" and event.get("beacon") not in (None, "loaded"):
         return f"beacon: {event.get('beacon')}"
@@ -97,10 +100,12 @@ def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict
     events = seen["events"]
     run = events[_run_start(events):]
     row.update(ip=seen["ip"], stage=seen["stage"], start=run[0]["time"], last=seen["last_seen"], events=len(events))
-    for event in reversed(events):
-        if event["stage"] == "dhcp" and "firmware" in event:
-            row["firmware"], row["arch"] = event["firmware"], event.get("arch", "")
-            break
+    # the machine's firmware: what started this run (iPXE asks DHCP again later: it is not the firmware)
+    asked = [e for e in run if e["stage"] == "dhcp" and "firmware" in e] or [
+        e for e in events if e["stage"] == "dhcp" and "firmware" in e][-1:]
+    firmware = next((e for e in asked if e["firmware"] != "ipxe"), asked[0] if asked else None)
+    if firmware is not None:
+        row["firmware"], row["arch"] = firmware["firmware"], firmware.get("arch", "")
     error = ""
     for event in reversed(run):
         error = _error_of(event)
