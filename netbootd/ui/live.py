@@ -136,11 +136,12 @@ class Hub:
         self._snapshot: bytes | None = None
 
     def snapshot(self) -> bytes:
-        """Every row and the health, serialized once until something changes."""
+        """Every row and the health; the rows serialized once until something changes (the
+        message's `now` is always this moment's: the page's clocks are set from it)."""
         if self._snapshot is None:
-            self._snapshot = sse("snapshot", {"now": self.clock(), "machines": list(self.fleet.rows.values()),
-                                              "health": self.health_summary()})
-        return self._snapshot
+            self._snapshot = json.dumps({"machines": list(self.fleet.rows.values()), "health": self.health_summary()},
+                                        separators=(",", ":")).encode()
+        return b'event: snapshot\ndata: {"now":%.3f,%s\n\n' % (self.clock(), self._snapshot[1:])
 
     def health_summary(self) -> dict[str, Any]:
         doc = self.health()

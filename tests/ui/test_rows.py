@@ -44,3 +44,26 @@ def test_nothing_is_noted_while_no_dashboard_watches():
     timeline.record_dhcp(MAC, "", {"port": 67, "firmware": "efi-pxe", "arch": "efi64"})
     timeline.record("script", mac=MAC)
     assert timeline.dirty == set()
+
+
+def test_inline_ignition_is_hidden_whatever_its_quoting():
+    from netbootd.ui.details import hide_inline_ignition, hide_signatures
+
+    secret = '{"ignition": {"version": "3.4.0"}, "passwd": "TOPSECRET"}'
+    for text in (
+        f"[boot]\nkernel = \"k\"\n[ignition]\ninline = '{secret}'\n",
+        f'[ignition]\ninline = """\n{secret}\n"""\n[vars]\nhostname = "x"\n',
+        f"[ignition]\ninline = '''{secret}'''\n",
+        '[ignition]\ninline = "{\\"ignition\\": {\\"version\\": \\"3.4.0\\"}, \\"x\\": \\"TOPSECRET\\"}"\n',
+        f"ignition = {{ inline = '{secret}' }}\n",
+    ):
+        shown = hide_inline_ignition(text)
+        assert "TOPSECRET" not in shown, (text, shown)
+        assert "hidden" in shown or shown.startswith("(not shown"), shown
+    plain = '[vars]\nhostname = "web-1"\n[ignition]\nfile = "ignition/web.ign"\n'
+    assert hide_inline_ignition(plain) == plain
+    assert "TOPSECRET" not in hide_inline_ignition("[ignition\ninline = 'TOPSECRET'\n")  # does not parse
+    url = "http://10.0.0.2/ignition?mac=52-54-00-00-00-01&exp=1700000000&sig=0123456789abcdef0123456789abcdef x"
+    assert hide_signatures(url) == "http://10.0.0.2/ignition?mac=52-54-00-00-00-01&exp=1700000000&sig=(hidden) x"
+    assert hide_signatures("http://h/booty/1700000000-abcdef0123/52-54-00-00-00-01.bty") == \
+        "http://h/booty/(signed)/52-54-00-00-00-01.bty"
