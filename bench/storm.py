@@ -555,6 +555,10 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
                   f"diff(s) ({d['rows']} rows, {d['bytes'] / 1e6:.1f} MB, at most {d['max_per_second']} updates in a "
                   f"second); it knew {d['machines']} machines at the end, {d['done']} of them booted; "
                   f"reader CPU {d['reader_cpu']:.1f} s")
+            if "ticks" in d:
+                print(f"  netbootd's side (netbootd_ui_update_seconds): {d['ticks']} ticks, {d['tick_seconds']:.2f} s of "
+                      f"reactor time in all, {d['ticks_over_20ms']} over 20 ms, {d['ticks_over_50ms']} over 50 ms; "
+                      f"{d['resyncs']} resync(s)")
         for side in ("server", "clients"):
             if r.get(f"{side}_drops"):
                 counters = ", ".join(f"{k} {v}" for k, v in r[f"{side}_drops"].items())
@@ -577,7 +581,8 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
 
 def read_dashboard(url: str, out: str) -> None:
     """The dashboard client: read /api/events until SIGTERM, parse every update as the fleet page
-    does (rows by MAC), then write what it read to OUT (first once the snapshot is in)."""
+    does (rows by MAC), then write what it read to OUT (first once the snapshot is in). Updates a
+    second are counted by the server's `now` in each (TCP may hand over several at once)."""
     import urllib.parse
 
     stop = []
@@ -631,7 +636,7 @@ def read_dashboard(url: str, out: str) -> None:
                 if not name:
                     continue
                 doc = json.loads(body)
-                second = int(time.monotonic())
+                second = int(doc.get("now") or time.time())  # when the server sent it (not when read)
                 per_second[second] = per_second.get(second, 0) + 1
                 if name == "snapshot":
                     stats["snapshots"] += 1
@@ -647,7 +652,29 @@ def read_dashboard(url: str, out: str) -> None:
                         rows.pop(mac, None)
                 else:
                     stats[name] = stats.get(name, 0) + 1
+    stats.update(dashboard_cost(url))
     write()
+
+
+def dashboard_cost(url: str) -> dict:
+    """What netbootd says the live updates cost it (netbootd_ui_* in /metrics)."""
+    import re
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    except OSError as exc:
+        return {"metrics_error": str(exc)}
+    values = {}
+    for name in ("netbootd_ui_update_seconds_sum", "netbootd_ui_update_seconds_count", "netbootd_ui_resyncs_total"):
+        m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        values[name] = float(m.group(1)) if m else 0.0
+    buckets = {float(le): float(v) for le, v in re.findall(r'^netbootd_ui_update_seconds_bucket\{le="([0-9.e+-]+)"\} (\S+)$',
+                                                            text, re.MULTILINE)}
+    count = values["netbootd_ui_update_seconds_count"]
+    return {"ticks": int(count), "tick_seconds": values["netbootd_ui_update_seconds_sum"],
+            "ticks_over_20ms": int(count - buckets.get(0.02, count)), "ticks_over_50ms": int(count - buckets.get(0.05, count)),
+            "resyncs": int(values["netbootd_ui_resyncs_total"])}
 
 
 def main() -> None:

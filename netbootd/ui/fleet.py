@@ -14,6 +14,7 @@ carries, so no row changes merely because time passes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -166,8 +167,10 @@ class Fleet:
                 rows[mac] = row
         return rows
 
-    def changes(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """Rows that changed since the last call, and MACs no longer shown."""
+    def changes(self, budget: float = 0.02) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows that changed since the last call, and MACs no longer shown. At most `budget`
+        seconds of row building: in a storm the rest stays dirty for the next call (the page lags
+        a little, the reactor that answers boots does not)."""
         catalog = self.catalog()
         changed: list[dict[str, Any]] = []
         removed: list[str] = []
@@ -180,13 +183,15 @@ class Fleet:
             changed = [row for mac, row in fresh.items() if self.rows.get(mac) != row]
             self.rows = fresh
             return changed, removed
-        dirty = self.timeline.take_dirty()
+        dirty = self.timeline.dirty
         if self.clock() - self._reconciled >= RECONCILE:
             # machines the bounded timeline forgot (it keeps the 4096 seen last) had no event to say so
             self._reconciled = self.clock()
             known = {m["mac"] for m in self.timeline.summary()}
             dirty |= {mac for mac, row in self.rows.items() if "last" in row and mac not in known}
-        for mac in dirty:
+        deadline = time.perf_counter() + budget
+        while dirty:
+            mac = dirty.pop()
             row = machine_row(mac, self.timeline.machine(mac), catalog)
             if row is None:
                 if self.rows.pop(mac, None) is not None:
@@ -194,4 +199,6 @@ class Fleet:
             elif self.rows.get(mac) != row:
                 self.rows[mac] = row
                 changed.append(row)
+            if len(changed) % 32 == 0 and time.perf_counter() > deadline:
+                break
         return changed, removed

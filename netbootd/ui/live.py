@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import task
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -38,6 +39,14 @@ MAX_CLIENTS = 16
 SEND_BUFFER = 256 * 1024  # bytes: each dashboard socket's kernel send buffer
 QUEUE_BYTES = 512 * 1024  # diffs queued for a paused client before it is resynced instead
 RETRY_MS = 2000  # EventSource's reconnection delay
+
+
+# What the dashboard costs the daemon, for /metrics and bench/storm.py --dashboard
+clients_gauge = Gauge("netbootd_ui_clients", "Dashboards connected to the live stream")
+update_seconds = Histogram("netbootd_ui_update_seconds",
+                           "Reactor time of one live-update tick (rows rebuilt, serialized, written)",
+                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25))
+resyncs = Counter("netbootd_ui_resyncs_total", "Snapshots sent to dashboards that fell behind, instead of their backlog")
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -70,6 +79,7 @@ class Stream:
             return
         if self.stale:
             self.stale = False
+            resyncs.inc()
             self.write(self.hub.snapshot())  # what it missed, as one message
         else:
             queue, self.queue, self.queued = self.queue, [], 0
@@ -167,6 +177,7 @@ class Hub:
         request.write(f"retry: {RETRY_MS}\n\n".encode())
         stream.write(self.snapshot())
         self.streams.append(stream)
+        clients_gauge.set(len(self.streams))
         request.notifyFinish().addBoth(lambda _: self._gone(stream))
         log.info("dashboard client connected", client=stream._client(), clients=len(self.streams))
         return stream
@@ -175,6 +186,7 @@ class Hub:
         stream.closed = True
         if stream in self.streams:
             self.streams.remove(stream)
+            clients_gauge.set(len(self.streams))
             log.info("dashboard client disconnected", client=stream._client(), clients=len(self.streams))
         if not self.streams:
             self.close()
@@ -188,6 +200,10 @@ class Hub:
 
     def tick(self) -> None:
         """At most once per TICK: what changed, once for everyone."""
+        with update_seconds.time():
+            self._tick()
+
+    def _tick(self) -> None:
         messages = []
         changed, removed = self.fleet.changes()
         now = self.clock()

@@ -88,6 +88,7 @@ class Browser:
 
 
 def _browser(request, executable: Path = CHROMIUM) -> Iterator[Browser]:
+    """Browsers are made in fixtures, never inside a test body (see lab_browser)."""
     need_browser()
     b = Browser(executable)
     try:
@@ -106,20 +107,14 @@ def browser(request) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def netns_browser(request, tmp_path):
-    """A browser whose Chromium runs inside a network namespace (the lab's): a wrapper that
-    `ip netns exec`s the real binary (Playwright talks to it over a pipe, which crosses namespaces)."""
-
-    def make(netns: str) -> Browser:
-        wrapper = tmp_path / "chromium-in-netns"
-        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {CHROMIUM} "$@"\n')
-        wrapper.chmod(0o755)
-        gen = _browser(request, wrapper)
-        made.append(gen)
-        return next(gen)
-
-    made: list = []
-    yield make
-    for gen in made:
-        for _ in gen:  # runs the generator's cleanup (artefacts on failure, close)
-            pass
+def lab_browser(lab_separate_host, request, tmp_path) -> Iterator[Browser]:  # noqa: F811 (a fixture)
+    """A browser whose Chromium runs inside the lab's boot host namespace, where its netbootd and
+    dashboard listen: a wrapper `ip netns exec`s the real binary (Playwright talks to it over a
+    pipe, which crosses namespaces). Made here, in fixture setup, not in the test: pytest-twisted
+    runs test bodies inside its reactor's greenlet, and Playwright's greenlets made there would
+    hand control back to that reactor when they end (the run would hang in reactor.run)."""
+    need_browser()
+    wrapper = tmp_path / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab_separate_host.boot_ns} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    yield from _browser(request, wrapper)

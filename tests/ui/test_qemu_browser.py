@@ -2,7 +2,7 @@
 
 OVMF's own UEFI PXE boots a QEMU machine from the lab's netbootd (tests/integration: a network
 namespace with a bridge, the site's dnsmasq, netbootd with ui.listen inside the namespace).
-Chromium runs inside that namespace too (tests/ui/conftest.py: netns_browser). The page records
+Chromium runs inside that namespace too (tests/ui/conftest.py: lab_browser). The page records
 every stage its row shows (a MutationObserver), so the test sees what an operator would have seen
 at each moment, not only the end state.
 """
@@ -38,17 +38,13 @@ mac => {
 """
 
 
-def test_a_uefi_pxe_boot_moves_through_its_stages_on_the_page(lab_separate_host, netns_browser):
+def test_a_uefi_pxe_boot_moves_through_its_stages_on_the_page(lab_separate_host, lab_browser):
     need("uefi")
-    from tests.ui.conftest import need_browser
-
-    need_browser()
     lab = lab_separate_host
     lab.write_settings(attrs.evolve(lab.settings, ui=UiSettings(listen=UI)))
     lab.kernel_machine(MAC, "vm-ui", "ui-secret")
     lab.start_netbootd()
-    browser = netns_browser(lab.boot_ns)
-    page = browser.page(f"http://{UI}/")
+    page = lab_browser.page(f"http://{UI}/")
     expect(page.locator("#live")).to_have_text("live")
     expect(page.locator(f'#fleet tr[data-mac="{MAC}"] td.state')).to_have_text("idle")
     page.evaluate(RECORD_STAGES, MAC)
