@@ -704,6 +704,9 @@ def main() -> None:
     parser.add_argument("--dashboard", choices=("off", "on", "both"), default="off",
                         help="one dashboard client (SSE reader) attached to netbootd's storms: on, or both "
                              "(without, then with, same run); default off")
+    parser.add_argument("--dashboard-first", action="store_true",
+                        help="with --dashboard both: the storm with the dashboard first (the second storm of a run "
+                             "meets the first's leftovers: run both orders)")
     parser.add_argument("--read-dashboard", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.read_dashboard:
@@ -727,6 +730,8 @@ def main() -> None:
         if args.dashboard != "off" and "netbootd" in stacks:
             with_ui = ("netbootd", True)
             runs = [run for run in runs if args.dashboard == "both" or run[0] != "netbootd"] + [with_ui]
+            if args.dashboard_first:
+                runs.sort(key=lambda run: not run[1])
         for stack, dashboard in runs:
             r = bench.storm(stack, args.machines, dashboard)
             s = summary(r)

@@ -14,6 +14,7 @@ carries, so no row changes merely because time passes.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,18 @@ class WatchedTimeline(Timeline):
         super().record_dhcp(mac, ip, event)
         if self.watching:
             self.dirty.add(mac)
+
+    def macs(self) -> list[str]:
+        """Every MAC the timeline holds (no per-machine summary built)."""
+        return list(self._machines)
+
+    def seen(self, mac: str) -> dict[str, Any] | None:
+        """What machine_row needs of one machine, without copying its events (the reactor reads
+        it; `machine()` copies, for other threads)."""
+        m = self._machines.get(mac)
+        if m is None:
+            return None
+        return {"ip": m.ip, "stage": m.stage, "last_seen": round(m.last, 3), "events": m.events}
 
     def take_dirty(self) -> set[str]:
         dirty, self.dirty = self.dirty, set()
@@ -98,8 +111,8 @@ def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict
     if seen is None or not seen["events"]:
         row["state"] = "held" if held is not None else "idle"
         return row
-    events = seen["events"]
-    run = events[_run_start(events):]
+    events = seen["events"]  # a list, or the timeline's own deque (no copy)
+    run = list(itertools.islice(events, _run_start(events), None))
     row.update(ip=seen["ip"], stage=seen["stage"], start=run[0]["time"], last=seen["last_seen"], events=len(events))
     # the machine's firmware: what started this run (iPXE asks DHCP again later: it is not the firmware)
     asked = [e for e in run if e["stage"] == "dhcp" and "firmware" in e] or [
@@ -157,12 +170,13 @@ class Fleet:
 
     def _all_rows(self) -> dict[str, dict[str, Any]]:
         catalog = self.catalog()
-        macs = [m["mac"] for m in self.timeline.summary()]
-        macs += [mac for mac in catalog.machines if mac not in set(macs)]
-        macs += [mac for mac in catalog.held if mac != "default" and mac not in set(macs)]
+        macs = self.timeline.macs()
+        known = set(macs)
+        macs += [mac for mac in catalog.machines if mac not in known]
+        macs += [mac for mac in catalog.held if mac != "default" and mac not in known and mac not in catalog.machines]
         rows = {}
         for mac in macs:
-            row = machine_row(mac, self.timeline.machine(mac), catalog)
+            row = machine_row(mac, self.timeline.seen(mac), catalog)
             if row is not None:
                 rows[mac] = row
         return rows
@@ -187,12 +201,12 @@ class Fleet:
         if self.clock() - self._reconciled >= RECONCILE:
             # machines the bounded timeline forgot (it keeps the 4096 seen last) had no event to say so
             self._reconciled = self.clock()
-            known = {m["mac"] for m in self.timeline.summary()}
+            known = set(self.timeline.macs())
             dirty |= {mac for mac, row in self.rows.items() if "last" in row and mac not in known}
         deadline = time.perf_counter() + budget
         while dirty:
             mac = dirty.pop()
-            row = machine_row(mac, self.timeline.machine(mac), catalog)
+            row = machine_row(mac, self.timeline.seen(mac), catalog)
             if row is None:
                 if self.rows.pop(mac, None) is not None:
                     removed.append(mac)
