@@ -53,6 +53,8 @@ class Daemon:
                 [http]
                 port = {self.http_port}
                 listen = "127.0.0.1"
+                [ui]
+                listen = "127.0.0.1:{self.ui_port}"
                 [dhcp]
                 enabled = {str(dhcp).lower()}
                 port = {self.dhcp_port}
@@ -61,8 +63,6 @@ class Daemon:
                 enabled = {str(tftp).lower()}
                 port = {self.tftp_port}
                 listen = "127.0.0.1"
-                [ui]
-                listen = "127.0.0.1:{self.ui_port}"
                 """
             )
             + extra_settings

@@ -25,6 +25,12 @@ from tests.ui.machines import ScriptedMachine, need_captures
 ASSETS = {"index.html", "machine.html", "health.html", "common.js", "fleet.js", "machine.js", "health.js", "app.css"}
 
 
+def ui_setting(daemon, line: str) -> None:
+    """A line in the test daemon's [ui] table (tests/conftest.py writes it before [dhcp])."""
+    listen = f'listen = "127.0.0.1:{daemon.ui_port}"\n'
+    daemon.config.write_text(daemon.config.read_text().replace(listen, listen + line + "\n"))
+
+
 def macs(n: int, base: int = 0) -> list[str]:
     return [f"52:54:00:78:{(base + i) >> 8:02x}:{(base + i) & 0xFF:02x}" for i in range(n)]
 
@@ -147,7 +153,7 @@ def test_auth_file_basic_and_bearer(daemon_factory, tmp_path):
     auth.write_text(f"# operators\nalice:s3cret-pass\nbob:{hash_password('hunter22', iterations=1000)}\n")
     auth.chmod(0o600)
     d = daemon_factory()
-    d.config.write_text(d.config.read_text() + f'auth_file = "{auth}"\n')  # the [ui] table is last
+    ui_setting(d, f'auth_file = "{auth}"')
     d.start()
     r = httpx.get(d.ui_url + "/api/fleet")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic realm=")
@@ -176,7 +182,7 @@ def test_auth_file_readable_by_others_is_refused_at_start(daemon_factory, tmp_pa
     auth.write_text("alice:s3cret-pass\n")
     auth.chmod(0o644)
     d = daemon_factory()
-    d.config.write_text(d.config.read_text() + f'auth_file = "{auth}"\n')
+    ui_setting(d, f'auth_file = "{auth}"')
     out = subprocess.run([sys.executable, "-m", "netbootd", "serve", "--config", str(d.config)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
@@ -202,7 +208,7 @@ def test_metrics_on_the_management_listener_and_the_old_path_behind_a_setting(da
     assert "netbootd_problems" in httpx.get(kept.ui_url + "/metrics").text
     assert httpx.get(kept.url + "/metrics").status_code == 200  # this release: still there by default
     moved = daemon_factory()
-    moved.config.write_text(moved.config.read_text() + "metrics_on_http_port = false\n")
+    ui_setting(moved, "metrics_on_http_port = false")
     moved.start()
     r = httpx.get(moved.url + "/metrics")
     assert r.status_code == 404 and f"http://127.0.0.1:{moved.ui_port}/metrics" in r.text
