@@ -122,6 +122,7 @@ def test_fleet_page_follows_boots_live(daemon_factory, browser, tmp_path):
     expect(page.locator("#file")).to_contain_text('hostname = "web-1"')
     expect(page.locator("#profile")).to_contain_text("inline Ignition config")  # the value replaced by its size
     expect(page.locator("#errors")).to_contain_text("none")
+    expect(page.locator("#health-badge")).to_have_text(re.compile(r"\d+ problems?"))  # the held machine, here too
 
     # B's page follows B live: its TFTP download appears in the waterfall without a reload
     page.goto(daemon.ui_url + "/machine/" + B.replace(":", "-"))

@@ -49,7 +49,7 @@ NB.live = function (handlers) {
     if (data.now) NB.setNow(data.now);
     fn(data);
   });
-  on("snapshot", (d) => { show("live", "live"); handlers.snapshot && handlers.snapshot(d); });
+  on("snapshot", (d) => { show("live", "live"); NB.showHealth(d.health); handlers.snapshot && handlers.snapshot(d); });
   on("diff", (d) => handlers.diff && handlers.diff(d));
   on("health", (d) => { NB.showHealth(d); handlers.health && handlers.health(d); });
   source.onerror = () => show("reconnecting", "offline");
