@@ -43,6 +43,12 @@ def need_browser() -> None:
         pytest.skip(reason)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # a failed lab's artefacts (netbootd.testing.plugin) go beside these tests, as tests/integration's do
+    if not config.getoption("--netboot-artifacts"):
+        config.option.netboot_artifacts = str(ARTIFACTS / "lab")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -64,9 +64,14 @@ def test_a_uefi_pxe_boot_moves_through_its_stages_on_the_page(lab_separate_host,
     stages = page.evaluate("window.__stages")
     shown = [s for s in stages if s]
     order = ["dhcp", "tftp", "script", "http", "beacon:loaded", "ignition"]
-    positions = [shown.index(stage) for stage in order if stage in shown]
-    assert [stage for stage in order if stage in shown] == order, stages  # every stage appeared on the page ...
-    assert positions == sorted(positions), stages  # ... in boot order
+    assert all(stage in order for stage in shown), stages
+    firsts = sorted({stage: shown.index(stage) for stage in shown}.items(), key=lambda kv: kv[1])
+    # each stage first appeared in boot order (iPXE's own DHCP after TFTP may show "dhcp" again; a
+    # stage shorter than the page's update interval, like "http" between the initrd's end and the
+    # beacon, may be coalesced away: the page gets at most a few updates a second) ...
+    assert [stage for stage, _ in firsts] == [stage for stage in order if stage in shown], stages
+    # ... and the stages that last long enough to be seen were each seen, live
+    assert {"dhcp", "tftp", "script", "ignition"} <= set(shown), stages
 
     page.goto(f"http://{UI}/machine/{MAC.replace(':', '-')}")
     bars = page.locator("#waterfall .wf-row")
