@@ -7,6 +7,7 @@
     sudo python bench/storm.py --netbootd-setting '[tftp]' --netbootd-setting 'max_transfers = 1024'  # a setting
     sudo python bench/storm.py --only netbootd --profile                 # cProfile netbootd's storm
     sudo python bench/storm.py --only netbootd --netbootd-pythonpath /tmp/patched   # storm a patch
+    sudo python bench/storm.py --only netbootd --dashboard both   # netbootd without, then with, a dashboard
 
 Both stacks run with their shipped defaults unless told otherwise (netbootd: tftp.max_transfers
 4096, beyond which requests are dropped (the machine resends), http.max_transfers 1024, beyond
@@ -38,6 +39,12 @@ The stacks, one after the other on the same namespaces and files, each on standa
   dhcp-boot of the script URL, HTTPClient -> the EFI binary URL) and nginx serving the same script,
   kernel, initrd and iPXE binary (sendfile on, 2 workers: `worker_processes auto`).
   Both log one line per answer/request as shipped.
+
+--dashboard on|both: one dashboard client (netbootd.ui) watches netbootd's storm: an SSE reader on
+ui.listen (its default, 127.0.0.1:9180, in the server's namespace) that reads and parses every
+update, as a browser tab would, from before the storm until it ends; "both" runs netbootd's storm
+without it, then with it ("netbootd+ui"), in the same run. Without the option, nothing reads the
+dashboard (netbootd still serves it: it is on by default).
 
 Reported: completion-time percentiles of the whole flow and per stage, failed machines (and at
 which stage, why), stage retries and packet retransmissions, the server's CPU seconds and peak
@@ -376,8 +383,25 @@ class Storm:
             raise SystemExit(f"storm client failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout)
 
-    def storm(self, stack: str, n: int) -> dict:
+    def start_dashboard_reader(self) -> tuple[subprocess.Popen, Path]:
+        """One dashboard client: this script's --read-dashboard, in the server's namespace."""
+        out = self.tmp / "dashboard.json"
+        out.unlink(missing_ok=True)
+        proc = self.spawn([sys.executable, str(Path(__file__).resolve()), "--read-dashboard", "http://127.0.0.1:9180",
+                           str(out)], self.tmp / "dashboard.log")  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not out.exists():  # it writes once it has the snapshot
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not out.exists():
+            self.stop(proc)
+            raise SystemExit(f"the dashboard reader got no snapshot:\n{(self.tmp / 'dashboard.log').read_text()[-2000:]}")
+        return proc, out
+
+    def storm(self, stack: str, n: int, dashboard: bool = False) -> dict:
         procs = self.start_netbootd() if stack == "netbootd" else self.start_classic()
+        reader: subprocess.Popen | None = None
         try:
             warm = None
             for _ in range(5):  # warm-up: one machine of each kind; also proves the stack answers
@@ -388,6 +412,9 @@ class Storm:
             else:
                 bad = [m for m in warm["machines"] if not m["ok"]] if warm else []
                 raise SystemExit(f"{stack}: warm-up boot failed: {bad}")
+            if dashboard:
+                reader, reader_out = self.start_dashboard_reader()
+                reader_cpu0 = cpu_seconds(reader.pid)
             pids = [p.pid for p in procs]
             pids += [c for p in procs for c in children(p.pid)]  # nginx workers
             for pid in pids:
@@ -405,9 +432,16 @@ class Storm:
             for side, ns in (("server", self.ns_srv), ("clients", self.ns_cli)):
                 k1 = self.kernel_counters(ns)
                 result[f"{side}_drops"] = {k: k1[k] - k0[ns].get(k, 0) for k in DROP_COUNTERS if k1.get(k, 0) - k0[ns].get(k, 0)}
-            result["stack"], result["n"] = stack, n
+            result["stack"], result["n"] = stack + ("+ui" if dashboard else ""), n
             result["udp_drops_by_port"] = self.udp_drops_by_port()
+            if reader is not None:
+                time.sleep(1)  # the last ticks' diffs
+                reader_cpu = cpu_seconds(reader.pid) - reader_cpu0
+                self.stop(reader)
+                result["dashboard"] = {**json.loads(reader_out.read_text()), "reader_cpu": reader_cpu}
         finally:
+            if reader is not None:
+                self.stop(reader)
             for proc in procs:
                 self.stop(proc)
         if stack == "netbootd":
@@ -515,6 +549,16 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
             print(f"  {label:<10} p50 {r50:5.2f}x   p99 {r99:5.2f}x")
         print(f"  {'all done':<10} {nb['makespan'] / cl['makespan']:5.2f}x   failed {nb['failed']} vs {cl['failed']}")
     for r, s in sums:
+        if r.get("dashboard"):
+            d = r["dashboard"]
+            print(f"\n{r['stack']} N={s['n']}: the dashboard client read {d['snapshots']} snapshot(s) and {d['diffs']} "
+                  f"diff(s) ({d['rows']} rows, {d['bytes'] / 1e6:.1f} MB, at most {d['max_per_second']} updates in a "
+                  f"second); it knew {d['machines']} machines at the end, {d['done']} of them booted; "
+                  f"reader CPU {d['reader_cpu']:.1f} s")
+            if "ticks" in d:
+                print(f"  netbootd's side (netbootd_ui_update_seconds): {d['ticks']} ticks, {d['tick_seconds']:.2f} s of "
+                      f"reactor time in all, {d['ticks_over_20ms']} over 20 ms, {d['ticks_over_50ms']} over 50 ms; "
+                      f"{d['resyncs']} resync(s)")
         for side in ("server", "clients"):
             if r.get(f"{side}_drops"):
                 counters = ", ".join(f"{k} {v}" for k, v in r[f"{side}_drops"].items())
@@ -533,6 +577,104 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
             print(f"\n{r['stack']} N={s['n']}: {r['server_log_error_count']} warn/error lines in its log; the first:")
             for line in r["server_log_errors"][:8]:
                 print("  " + line[:200])
+
+
+def read_dashboard(url: str, out: str) -> None:
+    """The dashboard client: read /api/events until SIGTERM, parse every update as the fleet page
+    does (rows by MAC), then write what it read to OUT (first once the snapshot is in). Updates a
+    second are counted by the server's `now` in each (TCP may hand over several at once)."""
+    import urllib.parse
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+    sock.sendall(f"GET /api/events HTTP/1.1\r\nHost: {parts.hostname}\r\nConnection: close\r\n\r\n".encode())
+    sock.settimeout(0.2)
+    stats = {"snapshots": 0, "diffs": 0, "health": 0, "rows": 0, "bytes": 0, "max_per_second": 0}
+    rows: dict[str, dict] = {}
+    buf = pending = b""
+    per_second: dict[int, int] = {}
+    head_done = False
+
+    def write() -> None:
+        stats["machines"] = len(rows)
+        stats["done"] = sum(1 for r in rows.values() if r.get("state") == "done")
+        stats["max_per_second"] = max(per_second.values(), default=0)
+        Path(out).write_text(json.dumps(stats))
+
+    while not stop:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except InterruptedError:
+            break
+        if not chunk:
+            break
+        stats["bytes"] += len(chunk)
+        buf += chunk
+        if not head_done:
+            if b"\r\n\r\n" not in buf:
+                continue
+            buf = buf.split(b"\r\n\r\n", 1)[1]
+            head_done = True
+        # chunked encoding: "<hex>\r\n<data>\r\n"; events end with a blank line
+        while True:
+            size_end = buf.find(b"\r\n")
+            if size_end < 0:
+                break
+            size = int(buf[:size_end] or b"0", 16)
+            if len(buf) < size_end + 2 + size + 2:
+                break
+            data, buf = buf[size_end + 2: size_end + 2 + size], buf[size_end + 2 + size + 2:]
+            *events, pending = (pending + data).split(b"\n\n")
+            for event in events:
+                lines = event.decode().split("\n")
+                name = next((line[7:] for line in lines if line.startswith("event: ")), "")
+                body = next((line[6:] for line in lines if line.startswith("data: ")), "")
+                if not name:
+                    continue
+                doc = json.loads(body)
+                second = int(doc.get("now") or time.time())  # when the server sent it (not when read)
+                per_second[second] = per_second.get(second, 0) + 1
+                if name == "snapshot":
+                    stats["snapshots"] += 1
+                    rows = {r["mac"]: r for r in doc["machines"]}
+                    stats["rows"] += len(doc["machines"])
+                    write()
+                elif name == "diff":
+                    stats["diffs"] += 1
+                    stats["rows"] += len(doc["rows"])
+                    for r in doc["rows"]:
+                        rows[r["mac"]] = r
+                    for mac in doc["removed"]:
+                        rows.pop(mac, None)
+                else:
+                    stats[name] = stats.get(name, 0) + 1
+    stats.update(dashboard_cost(url))
+    write()
+
+
+def dashboard_cost(url: str) -> dict:
+    """What netbootd says the live updates cost it (netbootd_ui_* in /metrics)."""
+    import re
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    except OSError as exc:
+        return {"metrics_error": str(exc)}
+    values = {}
+    for name in ("netbootd_ui_update_seconds_sum", "netbootd_ui_update_seconds_count", "netbootd_ui_resyncs_total"):
+        m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        values[name] = float(m.group(1)) if m else 0.0
+    buckets = {float(le): float(v) for le, v in re.findall(r'^netbootd_ui_update_seconds_bucket\{le="([0-9.e+-]+)"\} (\S+)$',
+                                                            text, re.MULTILINE)}
+    count = values["netbootd_ui_update_seconds_count"]
+    return {"ticks": int(count), "tick_seconds": values["netbootd_ui_update_seconds_sum"],
+            "ticks_over_20ms": int(count - buckets.get(0.02, count)), "ticks_over_50ms": int(count - buckets.get(0.05, count)),
+            "resyncs": int(values["netbootd_ui_resyncs_total"])}
 
 
 def main() -> None:
@@ -559,7 +701,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--keep-tmp", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--netbootd-pythonpath", type=Path, help="run the netbootd package found here (try a patch)")
+    parser.add_argument("--dashboard", choices=("off", "on", "both"), default="off",
+                        help="one dashboard client (SSE reader) attached to netbootd's storms: on, or both "
+                             "(without, then with, same run); default off")
+    parser.add_argument("--dashboard-first", action="store_true",
+                        help="with --dashboard both: the storm with the dashboard first (the second storm of a run "
+                             "meets the first's leftovers: run both orders)")
+    parser.add_argument("--read-dashboard", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.read_dashboard:
+        read_dashboard(*args.read_dashboard)
+        return
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, ports 67/69/80/4011 inside them)")
     for tool in ("ip", "dnsmasq", "nginx"):
@@ -574,14 +726,20 @@ def main() -> None:
         load = os.getloadavg()
         print(f"# {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start", flush=True)
         stacks = [args.only] if args.only else ["classic", "netbootd"]
-        for stack in stacks:
-            r = bench.storm(stack, args.machines)
+        runs = [(stack, False) for stack in stacks]
+        if args.dashboard != "off" and "netbootd" in stacks:
+            with_ui = ("netbootd", True)
+            runs = [run for run in runs if args.dashboard == "both" or run[0] != "netbootd"] + [with_ui]
+            if args.dashboard_first:
+                runs.sort(key=lambda run: not run[1])
+        for stack, dashboard in runs:
+            r = bench.storm(stack, args.machines, dashboard)
             s = summary(r)
-            print(f"# {stack} N={args.machines}: {s['n'] - s['failed']} booted, {s['failed']} failed, "
+            print(f"# {r['stack']} N={args.machines}: {s['n'] - s['failed']} booted, {s['failed']} failed, "
                   f"all done in {s['makespan']:.1f} s", flush=True)  # fmt: skip
             results.append(r)
         # each stack goes on to the next N until it fails a boot
-        climbing = [st for st in stacks if not summary(next(r for r in results if r["stack"] == st))["failed"]]
+        climbing = [st for st in stacks if not summary(next(r for r in results if r["stack"].startswith(st)))["failed"]]
         for n in [int(x) for x in args.find_limit.split(",") if x]:
             for stack in list(climbing):
                 r = bench.storm(stack, n)

@@ -126,19 +126,22 @@ def _check_secure_boot(settings: Settings, machines) -> int:
 
 def _explain_secure_boot(settings: Settings, machine) -> None:
     """The signatures section of `explain`, for a Secure Boot machine."""
+    for line in explain_secure_boot_lines(settings, machine):
+        print(line)
+
+
+def explain_secure_boot_lines(settings: Settings, machine) -> list[str]:
     from netbootd.core.secureboot import findings
 
     found = findings(settings, [machine])
-    if found:
-        print("--- Secure Boot signatures " + "-" * 38)
-        for finding in found:
-            print(finding.line(with_machine=False))
+    if not found:
+        return []
+    return ["--- Secure Boot signatures " + "-" * 38, *(finding.line(with_machine=False) for finding in found)]
 
 
 def cmd_explain(args) -> int:
     from netbootd.config.lastgood import LastGoodStore
-    from netbootd.config.machines import BootKind
-    from netbootd.core import BootCore, NoScript
+    from netbootd.core import BootCore
 
     try:
         mac = normalize_mac(args.mac)
@@ -159,34 +162,49 @@ def cmd_explain(args) -> int:
     for err in result.errors:
         print(f"warning: {err}")
     server = args.server or settings.advertise or SAMPLE_SERVER
-    firmware, arch = EXPLAIN_ARCHS[args.arch]
+    for line in explain_lines(core, mac, args.arch, server, show_secrets=args.show_secrets):
+        print(line)
+    return 0
+
+
+def explain_lines(core, mac: str, arch_key: str, server: str, *, show_secrets: bool = False) -> list[str]:
+    """What `netbootd explain` prints for one machine and firmware (`arch_key`: a key of
+    EXPLAIN_ARCHS), as lines: also what the dashboard's machine page shows. `core` is a BootCore
+    on the catalog to explain; Ignition contents only with `show_secrets`."""
+    from netbootd.config.machines import BootKind
+    from netbootd.core import NoScript
+
+    out: list[str] = []
+    emit = out.append
+    settings, catalog = core.settings, core.catalog
+    firmware, arch = EXPLAIN_ARCHS[arch_key]
     machine = core.find(mac, None)
-    print(f"machine   {mac}")
+    emit(f"machine   {mac}")
     held = catalog.held_for(mac)
     if held is not None:
-        print(f"config    HELD: {held.error}")
-        print("          this machine gets nothing (no DHCP answer, no TFTP file, /ipxe 404), never the default, "
-              "until the file is fixed")
-        return 0
+        emit(f"config    HELD: {held.error}")
+        emit("          this machine gets nothing (no DHCP answer, no TFTP file, /ipxe 404), never the default, "
+             "until the file is fixed")
+        return out
     if machine is None:
-        print(f"config    none: {core.no_machine_reason()} → netbootd does not answer")
-        return 0
+        emit(f"config    none: {core.no_machine_reason()} → netbootd does not answer")
+        return out
     profile = f" (profile {machine.profile})" if machine.profile else ""
-    print(f"config    {machine.source}{profile}")
+    emit(f"config    {machine.source}{profile}")
     if machine.name in catalog.stale:
-        print(f"          the file has errors ({catalog.stale[machine.name]}); this is its last good version, "
-              f"kept in {settings.state_dir}")
-    print(f"boot      {machine.boot.kind.value}")
+        emit(f"          the file has errors ({catalog.stale[machine.name]}); this is its last good version, "
+             f"kept in {settings.state_dir}")
+    emit(f"boot      {machine.boot.kind.value}")
     if machine.vars:
-        print("vars      " + ", ".join(f"{k}={v}" for k, v in machine.vars.items()))
-    print(f"firmware  {firmware.value}, arch {arch.value}; server {server}"
-          + (" (pass --server to see real URLs)" if server == SAMPLE_SERVER else ""))
+        emit("vars      " + ", ".join(f"{k}={v}" for k, v in machine.vars.items()))
+    emit(f"firmware  {firmware.value}, arch {arch.value}; server {server}"
+         + (" (pass --server to see real URLs)" if server == SAMPLE_SERVER else ""))
     decision = core.decide(Client(mac, arch, firmware, None), server)
     if decision.offer is None:
-        print(f"DHCP      no answer: {decision.reason}")
+        emit(f"DHCP      no answer: {decision.reason}")
     else:
         where = "4011 ACK" if firmware is Firmware.EFI_PXE else "67 OFFER"
-        print(f"DHCP      {where}: {decision.offer.kind.value} {decision.offer.bootfile}")
+        emit(f"DHCP      {where}: {decision.offer.kind.value} {decision.offer.bootfile}")
     ipxe_decision = core.decide(Client(mac, arch, Firmware.IPXE, None), server)
     direct_efi = (
         firmware is Firmware.HTTP_BOOT
@@ -195,52 +213,54 @@ def cmd_explain(args) -> int:
     )
     grub_chain = (decision.offer is not None and machine.loader == "grub" and firmware is Firmware.EFI_PXE)
     if firmware is Firmware.HTTP_BOOT and decision.offer is not None and not direct_efi:
-        print("          UEFI HTTP boot loads iPXE from that URL; iPXE then asks DHCP again:")
+        emit("          UEFI HTTP boot loads iPXE from that URL; iPXE then asks DHCP again:")
     if grub_chain:
-        explain_grub(core, machine, mac, arch, server)
+        out += explain_grub_lines(core, machine, mac, arch, server)
     elif direct_efi:
-        print("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
+        emit("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
     elif machine.secure_boot:
-        print("iPXE      not used: Secure Boot firmware runs only signed binaries, and iPXE is not signed")
+        emit("iPXE      not used: Secure Boot firmware runs only signed binaries, and iPXE is not signed")
     elif ipxe_decision.offer is None:
-        print(f"iPXE      no answer: {ipxe_decision.reason}")
+        emit(f"iPXE      no answer: {ipxe_decision.reason}")
     else:
-        print(f"iPXE      DHCP answer: script {ipxe_decision.offer.bootfile}")
+        emit(f"iPXE      DHCP answer: script {ipxe_decision.offer.bootfile}")
         try:
             script = core.script(mac, None, arch, server)
         except NoScript as exc:
-            print(f"script    none: {exc}")
+            emit(f"script    none: {exc}")
         else:
-            print("--- iPXE script " + "-" * 48)
-            print(script.rstrip())
+            emit("--- iPXE script " + "-" * 48)
+            out += script.rstrip().split("\n")
     if machine.ignition is not None:
-        print("--- Ignition " + "-" * 52)
-        print(machine.ignition.decode(errors="replace").rstrip() if args.show_secrets
-              else f"({len(machine.ignition)} bytes; --show-secrets prints it)")
+        emit("--- Ignition " + "-" * 52)
+        out += (machine.ignition.decode(errors="replace").rstrip().split("\n") if show_secrets
+                else [f"({len(machine.ignition)} bytes; --show-secrets prints it)"])
     if machine.booty is not None:
-        print("--- BOOTy " + "-" * 55)
-        print(core.booty(mac).decode())  # type: ignore[union-attr]
+        emit("--- BOOTy " + "-" * 55)
+        out += core.booty(mac).decode().split("\n")
     if firmware is Firmware.HTTP_BOOT and machine.boot.kind in (BootKind.EFI, BootKind.IMAGE):
         status, body = core.httpboot([mac], server)
         if status == 200:
             import json
 
-            print("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
-            print(json.dumps(body, indent=1))
-    _explain_secure_boot(settings, machine)
-    return 0
+            emit("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
+            out += json.dumps(body, indent=1).split("\n")
+    out += explain_secure_boot_lines(settings, machine)
+    return out
 
 
-def explain_grub(core, machine, mac: str, arch: Arch, server: str) -> None:
+def explain_grub_lines(core, machine, mac: str, arch: Arch, server: str) -> list[str]:
     """The shim → GRUB → grub.cfg chain a loader = "grub" machine gets over TFTP."""
     from netbootd.core import grub
 
     steps = [grub.shim_name(arch.value), grub.grub_name(arch.value)] if machine.secure_boot else [grub.grub_name(arch.value)]
-    print("GRUB      " + " → ".join([*steps, grub.GENERIC_CFG, grub.machine_cfg_name(mac)]) + " (all over TFTP)")
-    print("          Debian's signed GRUB asks the TFTP server in the site DHCP server's answer (next-server), "
-          "not the proxy's: run netbootd on the DHCP server's host, or point next-server at it (README: Secure Boot)")
-    print(f"--- /{grub.machine_cfg_name(mac)} " + "-" * 30)
-    print(core.grub_files.config(machine, mac, server).rstrip())
+    return [
+        "GRUB      " + " → ".join([*steps, grub.GENERIC_CFG, grub.machine_cfg_name(mac)]) + " (all over TFTP)",
+        "          Debian's signed GRUB asks the TFTP server in the site DHCP server's answer (next-server), "
+        "not the proxy's: run netbootd on the DHCP server's host, or point next-server at it (README: Secure Boot)",
+        f"--- /{grub.machine_cfg_name(mac)} " + "-" * 30,
+        *core.grub_files.config(machine, mac, server).rstrip().split("\n"),
+    ]
 
 
 def cmd_serve(args) -> int:

@@ -6,6 +6,7 @@ Nothing else knows how the pieces connect; each edge gets the core and its setti
 from __future__ import annotations
 
 import errno
+import ipaddress
 import resource
 import signal
 import time
@@ -81,11 +82,24 @@ def url_signer(settings: Settings) -> UrlSigner:
         raise StartupError(f"http.signing_key_file: {exc}") from None
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "" is every address
+
+
 class Netbootd:
     def __init__(self, settings: Settings, reactor) -> None:
         self.settings = settings
         self.reactor = reactor
         self.core = BootCore(settings, signer=url_signer(settings))
+        self.ui: Any = None  # netbootd.ui.Dashboard on ui.listen
+        self.ui_port: Any = None
+        if settings.ui.listen:
+            from netbootd.ui import WatchedTimeline
+
+            self.core.timeline = WatchedTimeline()  # tells the dashboard which machines changed
         self.ports: list[Any] = []
         self.site: Any = None
         self.http_port: Any = None
@@ -115,6 +129,8 @@ class Netbootd:
     def reload(self, why: str = "") -> None:
         if self.ports:
             self.notifier.reloading()
+        if why == "SIGHUP" and self.ui is not None:
+            self._reload_ui_auth()
         previous = self.core.catalog if self.last_reload else None
         result = load_machines(self.settings)
         catalog = build_catalog(result, previous, self.last_good)
@@ -285,6 +301,64 @@ class Netbootd:
             "uptime": round(time.time() - self.started, 1),
         }
 
+    # ------------------------------------------------------------------ dashboard
+
+    def _reload_ui_auth(self) -> None:
+        from netbootd.ui import AuthFileError
+
+        try:
+            now = self.ui.reload_auth()
+        except AuthFileError as exc:
+            log.error("ui.auth_file unusable; the dashboard keeps the credentials it had", error=str(exc))
+        else:
+            log.info("dashboard credentials reloaded", credentials=now)
+
+    def _image_states(self) -> list[dict[str, Any]]:
+        return [{"ref": st.ref, "ok": st.ok, "digest": st.digest, "error": st.error, "kind": st.kind,
+                 "machines": sorted(st.machines), "failures": st.failures}
+                for st in self.images_watch.images.values()]
+
+    def _cache_usage(self) -> dict[str, Any] | None:
+        if self.images is None:
+            return None
+        cache = self.images.cache
+        return {"path": str(cache.root), "bytes": cache.total, "max_bytes": cache.max_bytes,
+                "blobs": len(cache.entries), "usable": cache.usable}
+
+    def start_ui(self) -> None:
+        """The dashboard on ui.listen, a Site of its own: never the boot network's HTTP port."""
+        from netbootd.ui import AuthFileError, Dashboard, load_credentials
+        from netbootd.ui.app import parse_listen
+
+        s = self.settings
+        try:
+            host, port = parse_listen(s.ui.listen)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            credentials = load_credentials(s)
+        except AuthFileError as exc:
+            raise StartupError(str(exc)) from None
+        self.ui = Dashboard(self.core, s, self.reactor, health=self.health, problems=lambda: self.problems,
+                            images=self._image_states, cache=self._cache_usage, credentials=credentials)
+        try:
+            self.ui_port = self.reactor.listenTCP(port, self.ui.site(), interface=host)
+        except CannotListenError as exc:
+            raise bind_error("TCP", port, 'ui.listen, or ui.listen = "" for no dashboard', exc) from None
+        self.ports.append(self.ui_port)
+        if credentials is None and not _loopback(host):
+            log.warn("the dashboard has no authentication and listens beyond this host: set ui.auth_file "
+                     "(SECURITY.md)", listen=s.ui.listen)
+
+    def _metrics_elsewhere(self) -> str | None:
+        """Why /metrics is not on the boot network's HTTP port, None while it still is."""
+        s = self.settings.ui
+        if s.metrics_on_http_port:
+            return None
+        if s.listen:
+            return f"/metrics moved to the management listener: http://{s.listen}/metrics (ui.listen)"
+        return "/metrics is off: ui.metrics_on_http_port = false and no ui.listen"
+
     # ------------------------------------------------------------------ listeners
 
     def start(self) -> None:
@@ -292,6 +366,8 @@ class Netbootd:
         s = self.settings
         raise_fd_limit(s)
         try:
+            if s.ui.listen:
+                self.start_ui()
             if s.http.enabled:
                 from netbootd.http.app import make_site
                 from netbootd.images.proxy import ImageProxy
@@ -299,7 +375,8 @@ class Netbootd:
                 self.images = ImageProxy(s, self.reactor)
                 self.images.on_resolved = self._image_resolved
                 self.core.grub_files.fetch = self.fetch_artefact
-                self.site = make_site(self.core, self.health, images=self.images)
+                self.site = make_site(self.core, self.health, images=self.images,
+                                      metrics_elsewhere=self._metrics_elsewhere())
                 from netbootd import transfer
                 from netbootd.http.listen import listen_http
 
@@ -345,6 +422,10 @@ class Netbootd:
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.sighup))
         log.info(
             "listening",
+            ui=s.ui.listen or "off",
+            metrics=",".join(where for where, on in ((s.ui.listen, bool(s.ui.listen)),
+                                                     (f"http {s.http.port}", s.http.enabled and s.ui.metrics_on_http_port))
+                             if on) or "off",
             http=s.http.port if s.http.enabled else "off",
             tftp=s.tftp.port if s.tftp.enabled else "off",
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
@@ -387,6 +468,8 @@ class Netbootd:
         # New connections and DHCP requests stop here; open HTTP connections carry on.
         for port in [p for p in self.ports if p not in self.tftp_ports]:
             yield port.stopListening()
+        if self.ui is not None:
+            self.ui.hub.finish_all()  # dashboards see the stream end (and reconnect to whatever comes next)
         for port in self.tftp_ports:
             draining = getattr(getattr(port, "protocol", None), "drain", None)
             if callable(draining):

@@ -41,6 +41,7 @@ class Daemon:
         self.dhcp_port = free_port(socket.SOCK_DGRAM)
         self.proxy_port = free_port(socket.SOCK_DGRAM)
         self.dhcp6_port = free_port(socket.SOCK_DGRAM)
+        self.ui_port = free_port()  # each daemon its own dashboard port: tests run several at once
         self.config = root / "netbootd.toml"
         self.config.write_text(
             top_settings
@@ -53,6 +54,8 @@ class Daemon:
                 [http]
                 port = {self.http_port}
                 listen = "127.0.0.1"
+                [ui]
+                listen = "127.0.0.1:{self.ui_port}"
                 [dhcp]
                 enabled = {str(dhcp).lower()}
                 port = {self.dhcp_port}
@@ -72,6 +75,10 @@ class Daemon:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
 
     run_as: tuple[str, ...] = ()  # a command prefix, e.g. setpriv to drop root (tests/faults)
 

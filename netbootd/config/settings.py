@@ -130,6 +130,20 @@ class LogSettings:
 
 
 @attrs.frozen
+class UiSettings:
+    """The operator's dashboard (netbootd.ui), on a management listener of its own, never the boot
+    network's port: every machine on the boot network can reach that one (SECURITY.md)."""
+
+    listen: str = "127.0.0.1:9180"  # HOST:PORT; "" turns the dashboard off
+    # `user:password` lines (HTTP basic) or a bearer token; readable by no other users. None: no auth
+    # (fine on localhost; set it before exposing the dashboard beyond the host).
+    auth_file: Path | None = None
+    # /metrics is served on the management listener; this keeps the old path on the boot network's
+    # HTTP port working too, for one release (scrapers move to ui.listen, then turn this off).
+    metrics_on_http_port: bool = True
+
+
+@attrs.frozen
 class Settings:
     advertise: str = ""  # IPv4 address put in siaddr/URLs; empty: the receiving interface's address
     # IPv6 address put in DHCPv6 answers and the URLs IPv6 clients get; empty: the receiving
@@ -146,6 +160,7 @@ class Settings:
     http: HttpSettings = HttpSettings()
     registry: RegistrySettings = RegistrySettings()
     log: LogSettings = LogSettings()
+    ui: UiSettings = UiSettings()
     shutdown_grace: float = 30.0  # seconds SIGTERM waits for running downloads before closing them
     source: Path | None = None  # the file these came from, for messages
 

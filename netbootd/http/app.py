@@ -121,6 +121,8 @@ class BootApp:
     core: BootCore
     health: Callable[[], dict[str, Any]] = lambda: {"status": "ok"}
     images: Any = None  # netbootd.images.proxy.ImageProxy: /image and /httpboot/<repo>/sha256-<hex>.efi
+    # None: /metrics is served here; else why not (it moved to the management listener, ui.listen)
+    metrics_elsewhere: str | None = None
 
     app: ClassVar[Klein] = Klein()
 
@@ -316,6 +318,8 @@ class BootApp:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
+        if self.metrics_elsewhere is not None:
+            raise HttpError(404, self.metrics_elsewhere)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return generate_latest()
 
@@ -391,8 +395,10 @@ class MetricsSite(server.Site):
             )
 
 
-def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None) -> MetricsSite:
-    site = MetricsSite(GuardedResource(BootApp(core, health, images).app.resource()), core=core)
+def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None,
+              metrics_elsewhere: str | None = None) -> MetricsSite:
+    """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this."""
+    site = MetricsSite(GuardedResource(BootApp(core, health, images, metrics_elsewhere).app.resource()), core=core)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, core.settings.http, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

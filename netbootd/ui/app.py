@@ -1,0 +1,245 @@
+"""The dashboard's HTTP side: a Klein app on the management listener (ui.listen), read-only.
+
+Pages (static HTML + vanilla JS from netbootd/ui/static, shipped in the package: no CDN, boot
+networks are often offline): / (fleet), /machine/<mac>, /health. Their data: /api/fleet,
+/api/events (Server-Sent Events, netbootd.ui.live), /api/machine/<mac>, /api/health; and
+/metrics (Prometheus). Every request passes the gate first: credentials when ui.auth_file is set,
+and without them a Host header that names the listener by address or localhost (a web page the
+operator visits cannot turn a name of its own into 127.0.0.1 and read an unauthenticated dashboard:
+DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from importlib import resources
+from typing import Any, ClassVar
+
+import attrs
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web import server
+from twisted.web.resource import Resource
+from werkzeug.exceptions import HTTPException
+
+from netbootd.model import normalize_mac
+from netbootd.ui.auth import Authenticator
+
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+PAGES = {"fleet": "index.html", "machine": "machine.html", "health": "health.html"}
+SECURITY_HEADERS = {
+    b"content-security-policy": b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+}
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def load_static() -> dict[str, tuple[bytes, str]]:
+    """The page assets, read once from the installed package (importlib.resources: works from a
+    wheel, a checkout or a zip)."""
+    out = {}
+    for entry in resources.files("netbootd.ui").joinpath("static").iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
+        if entry.is_file() and suffix in STATIC_TYPES:
+            out[entry.name] = (entry.read_bytes(), STATIC_TYPES[suffix])
+    return out
+
+
+class UiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(request, doc: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@attrs.frozen
+class DashboardApp:
+    dashboard: Any  # netbootd.ui.Dashboard
+    static: dict[str, tuple[bytes, str]]
+
+    app: ClassVar[Klein] = Klein()
+
+    @app.handle_errors(UiError)
+    def _error(self, request, failure):
+        request.setResponseCode(failure.value.status)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return failure.value.message.encode() + b"\n"
+
+    def _asset(self, request, name: str) -> bytes:
+        found = self.static.get(name)
+        if found is None:
+            raise UiError(404, f"no such file: {name}")
+        body, content_type = found
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"cache-control", b"no-cache")
+        return body
+
+    # -------------------------------------------------------------- pages
+
+    @app.route("/", methods=["GET"])
+    def fleet_page(self, request):
+        return self._asset(request, PAGES["fleet"])
+
+    @app.route("/machine/<ident>", methods=["GET"])
+    def machine_page(self, request, ident: str):
+        return self._asset(request, PAGES["machine"])
+
+    @app.route("/health", methods=["GET"])
+    def health_page(self, request):
+        return self._asset(request, PAGES["health"])
+
+    @app.route("/static/<name>", methods=["GET"])
+    def asset(self, request, name: str):
+        return self._asset(request, name)
+
+    # -------------------------------------------------------------- data
+
+    @app.route("/api/fleet", methods=["GET"])
+    def fleet(self, request):
+        return _json(request, self.dashboard.fleet_doc())
+
+    @app.route("/api/events", methods=["GET"])
+    def events(self, request):
+        return EventStream(self.dashboard.hub)  # a resource: Klein would finish the request itself
+
+    @app.route("/api/machine/<ident>", methods=["GET"])
+    def machine(self, request, ident: str):
+        try:
+            mac = normalize_mac(ident)
+        except ValueError:
+            raise UiError(400, f"{ident!r} is not a MAC address") from None
+        d = self.dashboard.machine_doc(mac)
+        d.addCallback(lambda doc: _json(request, doc) if doc is not None else self._unknown(request, mac))
+        return d
+
+    @staticmethod
+    def _unknown(request, mac: str) -> bytes:
+        return _json(request, {"error": f"netbootd has no file for {mac} and has not seen it"}, 404)
+
+    @app.route("/api/health", methods=["GET"])
+    def health(self, request):
+        return _json(request, self.dashboard.health_doc())
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest()
+
+
+class EventStream(Resource):
+    """/api/events: stays open; netbootd.ui.live writes to it."""
+
+    isLeaf = True
+
+    def __init__(self, hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_GET(self, request):
+        if self.hub.open(request) is None:
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", b"10")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"too many dashboards are watching; close one, or read /api/fleet\n"
+        return server.NOT_DONE_YET
+
+
+def _host_is_address(host: str) -> bool:
+    """Host header names the server by IP address (any port) or localhost."""
+    name = host.strip()
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name.lower().rstrip(".") in _LOCAL_NAMES:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class Gate(Resource):
+    """Wraps the Klein app's resource: authentication, the Host check, security headers, and
+    werkzeug's own refusals as a plain 400 (see netbootd.http.guard for why)."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource, auth: Authenticator) -> None:
+        super().__init__()
+        self._inner = inner
+        self.auth = auth
+
+    def render(self, request):
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        if not self.auth.allows(request.getHeader(b"authorization")):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", self.auth.challenge())
+            return self._plain(request, "credentials required (ui.auth_file)")
+        if not self.auth.enabled:
+            host = (request.getHeader(b"host") or b"").decode("latin-1")
+            if host and not _host_is_address(host):
+                request.setResponseCode(421, b"Misdirected Request")
+                return self._plain(request, f"Host {host[:100]!r}: without ui.auth_file the dashboard answers only "
+                                            "requests naming it by address or localhost (set ui.auth_file to use a name)")
+        try:
+            return self._inner.render(request)
+        except HTTPException as exc:
+            request.setResponseCode(exc.code or 400)
+            return self._plain(request, f"bad request: {exc.name}")
+
+    @staticmethod
+    def _plain(request, message: str) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return message.encode() + b"\n"
+
+
+_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ui.listen "HOST:PORT" ("[::1]:9180" for IPv6; ":9180" for every address) → (interface, port).
+    Raises ValueError saying what is expected."""
+    match = _LISTEN.match(text.strip())
+    port = int(match.group("port")) if match else -1
+    if match is None or not 0 < port <= 65535:
+        raise ValueError(f"ui.listen = {text!r}: expected HOST:PORT such as \"127.0.0.1:9180\" (\"[::1]:9180\" for "
+                         f"IPv6), or \"\" to turn the dashboard off")
+    host = match.group("v6") or match.group("host") or ""
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"ui.listen = {text!r}: {host!r} is not an IP address (give an address, "
+                             f"e.g. 127.0.0.1, not a name)") from None
+    return host, port
+
+
+class QuietSite(server.Site):
+    """No access log line per request: a dashboard polls, and its streams are long-lived."""
+
+    def log(self, request) -> None:
+        pass
+
+
+def make_ui_site(dashboard, auth: Authenticator) -> server.Site:
+    app = DashboardApp(dashboard, load_static())
+    site = QuietSite(Gate(app.app.resource(), auth))
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
