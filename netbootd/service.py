@@ -327,14 +327,14 @@ class Netbootd:
 
     def start_ui(self) -> None:
         """The dashboard on ui.listen, a Site of its own: never the boot network's HTTP port."""
+        from netbootd.config.settings import parse_listen
         from netbootd.ui import AuthFileError, Dashboard, load_credentials
-        from netbootd.ui.app import parse_listen
 
         s = self.settings
         try:
             host, port = parse_listen(s.ui.listen)
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
+        except ValueError as exc:  # the settings loader catches it first; kept for Settings made in code
+            raise StartupError(f"ui.listen = {exc}") from None
         try:
             credentials = load_credentials(s)
         except AuthFileError as exc:

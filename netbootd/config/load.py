@@ -32,7 +32,7 @@ from netbootd.config.machines import (
     Held,
     Machine,
 )
-from netbootd.config.settings import Settings
+from netbootd.config.settings import Settings, parse_listen
 from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
 from netbootd.config.typed import build
 from netbootd.imageref import ReferenceError, disallowed_message, parse_reference, registry_allowed
@@ -86,8 +86,8 @@ def load_settings(path: Path | None, *, signing_key: bool = True) -> Settings:
 
     Relative paths in the file are relative to the file's own directory.
     Raises ConfigInvalid listing every problem. signing_key=False skips reading
-    http.signing_key_file: commands that sign nothing (status, explain) must work for an
-    operator who cannot read the daemon's key.
+    http.signing_key_file and ui.auth_file: commands that sign nothing (status, explain) must work for an
+    operator who cannot read the daemon's secrets.
     """
     if path is None:
         if not DEFAULT_CONFIG.exists():
@@ -125,6 +125,11 @@ def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> li
                                                   int(s.http.sendfile_threads) <= 256):
         errors.append(toml.error("http.sendfile_threads", f'expected "auto" or a number of threads 0..256 (as a '
                                                           f"string), got {s.http.sendfile_threads!r}"))
+    if s.ui.listen:
+        try:
+            parse_listen(s.ui.listen)
+        except ValueError as exc:
+            errors.append(toml.error("ui.listen", str(exc)))
     if s.advertise6:
         try:
             ipaddress.IPv6Address(s.advertise6)
@@ -172,6 +177,13 @@ def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> li
             read_key_file(s.http.signing_key_file)
         except SigningKeyError as exc:
             errors.append(toml.error("http.signing_key_file", str(exc)))
+    if signing_key and s.ui.listen and s.ui.auth_file is not None:
+        from netbootd.ui.auth import AuthFileError, read_auth_file  # the dashboard owns what a fit file is
+
+        try:
+            read_auth_file(s.ui.auth_file)
+        except AuthFileError as exc:
+            errors.append(toml.error("ui.auth_file", str(exc)))
     return errors
 
 

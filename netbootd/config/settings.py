@@ -6,7 +6,9 @@ iPXE binaries from Debian's ipxe package, machines and files under /etc/netbootd
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from pathlib import Path
 
 import attrs
@@ -127,6 +129,27 @@ class RegistrySettings:
 class LogSettings:
     format: str = "text"  # "text" or "json"
     level: str = "info"
+
+
+_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ui.listen "HOST:PORT" ("[::1]:9180" for IPv6; ":9180" for every address) → (interface, port).
+    Raises ValueError saying what is expected (the caller names the key)."""
+    match = _LISTEN.match(text.strip())
+    port = int(match.group("port")) if match else -1
+    if match is None or not 0 < port <= 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT such as \"127.0.0.1:9180\" (\"[::1]:9180\" for "
+                         f"IPv6), or \"\" to turn the dashboard off")
+    host = match.group("v6") or match.group("host") or ""
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address (give an address, "
+                             f"e.g. 127.0.0.1, not a name)") from None
+    return host, port
 
 
 @attrs.frozen

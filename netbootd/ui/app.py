@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from importlib import resources
 from typing import Any, ClassVar
 
@@ -207,27 +206,6 @@ class Gate(Resource):
     def _plain(request, message: str) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return message.encode() + b"\n"
-
-
-_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """ui.listen "HOST:PORT" ("[::1]:9180" for IPv6; ":9180" for every address) → (interface, port).
-    Raises ValueError saying what is expected."""
-    match = _LISTEN.match(text.strip())
-    port = int(match.group("port")) if match else -1
-    if match is None or not 0 < port <= 65535:
-        raise ValueError(f"ui.listen = {text!r}: expected HOST:PORT such as \"127.0.0.1:9180\" (\"[::1]:9180\" for "
-                         f"IPv6), or \"\" to turn the dashboard off")
-    host = match.group("v6") or match.group("host") or ""
-    if host:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"ui.listen = {text!r}: {host!r} is not an IP address (give an address, "
-                             f"e.g. 127.0.0.1, not a name)") from None
-    return host, port
 
 
 class QuietSite(server.Site):

@@ -185,7 +185,8 @@ def test_auth_file_readable_by_others_is_refused_at_start(daemon_factory, tmp_pa
     ui_setting(d, f'auth_file = "{auth}"')
     out = subprocess.run([sys.executable, "-m", "netbootd", "serve", "--config", str(d.config)],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1
+    assert out.returncode == 2  # the settings file is wrong: named with its line
+    assert re.search(r"netbootd.toml:\d+: ui.auth_file: ", out.stderr), out.stderr
     assert f"ui.auth_file {auth} is readable by other users (mode 0644)" in out.stderr
     assert f"chmod 600 {auth}" in out.stderr
     assert "s3cret" not in out.stdout + out.stderr
@@ -237,15 +238,16 @@ def test_bind_errors_say_what_to_do(daemon_factory):
     holder.listen()
     port = holder.getsockname()[1]
     try:
-        for listen, says in ((f"127.0.0.1:{port}", f"cannot bind TCP port {port}: another program holds it"),
-                             (f"192.0.2.77:{free_port()}", "the listen address is not on this host (check ui.listen"),
-                             ("localhost", 'expected HOST:PORT such as "127.0.0.1:9180"'),
-                             ("ui.example:9180", "is not an IP address")):
+        # exit 1: cannot start; exit 2: the settings file is wrong (named with its line, as `check` does)
+        for listen, says, code in ((f"127.0.0.1:{port}", f"cannot bind TCP port {port}: another program holds it", 1),
+                                   (f"192.0.2.77:{free_port()}", "the listen address is not on this host (check ui.listen", 1),
+                                   ("localhost", 'expected HOST:PORT such as "127.0.0.1:9180"', 2),
+                                   ("ui.example:9180", "is not an IP address", 2)):
             d = daemon_factory()
             d.config.write_text(d.config.read_text().replace(f'listen = "127.0.0.1:{d.ui_port}"', f'listen = "{listen}"'))
             out = subprocess.run([sys.executable, "-m", "netbootd", "serve", "--config", str(d.config)],
                                  capture_output=True, text=True, timeout=60)
-            assert out.returncode == 1, out.stderr
+            assert out.returncode == code, out.stderr
             assert says in out.stderr, out.stderr
             assert "ui.listen" in out.stderr, out.stderr
     finally:
@@ -277,3 +279,25 @@ def test_a_non_editable_install_ships_the_pages(tmp_path):
         text = (Path(REPO) / "netbootd" / "ui" / "static" / name).read_text()
         assert not re.search(r"(src|href)=\"(https?:)?//", text), name
         assert "http://" not in text and "https://" not in text, name
+
+
+def test_check_names_a_bad_listen_and_auth_file(daemon_factory, tmp_path):
+    """`netbootd check` (a CI pipeline's gate) catches what `serve` would refuse, with file, line and key."""
+    auth = tmp_path / "ui-auth"
+    auth.write_text("alice:s3cret-pass\n")
+    auth.chmod(0o644)
+    d = daemon_factory()
+    ui_setting(d, f'auth_file = "{auth}"')
+    d.config.write_text(d.config.read_text().replace(f'listen = "127.0.0.1:{d.ui_port}"', 'listen = "localhost"'))
+    out = subprocess.run([sys.executable, "-m", "netbootd", "check", "--config", str(d.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stdout
+    text = out.stdout + out.stderr
+    assert re.search(rf"{re.escape(str(d.config))}:\d+: ui\.listen.*expected HOST:PORT", text), text
+    # the auth file is only read when the dashboard is on
+    d.config.write_text(d.config.read_text().replace('listen = "localhost"', f'listen = "127.0.0.1:{d.ui_port}"'))
+    out = subprocess.run([sys.executable, "-m", "netbootd", "check", "--config", str(d.config)],
+                         capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and re.search(r":\d+: ui\.auth_file.*readable by other users", text), text
+    assert "s3cret" not in text
