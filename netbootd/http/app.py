@@ -24,6 +24,7 @@ from netbootd.core.ident import mac_in_path
 from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
 from netbootd.http.guard import GuardedResource
+from netbootd.http.hot import HotRoutes
 from netbootd.logs import get_logger
 from netbootd.model import Arch, normalize_mac, normalize_uuid
 
@@ -392,7 +393,8 @@ class MetricsSite(server.Site):
 
 
 def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None) -> MetricsSite:
-    site = MetricsSite(GuardedResource(BootApp(core, health, images).app.resource()), core=core)
+    app = BootApp(core, health, images)
+    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), core=core)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, core.settings.http, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site
