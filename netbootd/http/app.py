@@ -324,6 +324,7 @@ class BootApp:
 _ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines"}
 _TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
+_route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes
 
 
 class MetricsSite(server.Site):
@@ -348,8 +349,12 @@ class MetricsSite(server.Site):
 
     def log(self, request) -> None:
         route = self.route_of(request)
-        metrics.requests.labels(route, str(request.code)).inc()
-        metrics.bytes_sent.labels(route).inc(request.sentLength or 0)
+        counters = _route_counters.get((route, request.code))
+        if counters is None:  # prometheus' labels() takes a lock and builds its key: once per route and status
+            counters = (metrics.requests.labels(route, str(request.code)), metrics.bytes_sent.labels(route))
+            _route_counters[(route, request.code)] = counters
+        counters[0].inc()
+        counters[1].inc(request.sentLength or 0)
         if self.core is not None and route in _TRANSFER_ROUTES and request.code in (200, 206):
             started = self.active.get(request)
             seconds = max(self.reactor.seconds() - started, 1e-6) if started else None
