@@ -94,9 +94,12 @@ def _level(event: dict[str, Any]) -> str:
     return level.name if isinstance(level, type(LogLevel.info)) else "info"
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\n]').search
+
+
 def _render_value(value: Any) -> str:
-    text = str(value)
-    if not text or any(c in text for c in " \"=\n"):
+    text = value if type(value) is str else str(value)
+    if not text or _NEEDS_QUOTES(text):
         return json.dumps(text)
     return text
 
@@ -115,7 +118,10 @@ def _timestamp(when: float) -> str:
 def format_text(event: dict[str, Any], message: str | None = None) -> str:
     ts = _timestamp(event.get("log_time", time.time()))
     parts = [ts, _level(event), _short_namespace(event), _message(event) if message is None else message]
-    parts += [f"{k}={_render_value(v)}" for k, v in _fields(event).items()]
+    for key, value in event.items():  # _fields(event), in one pass
+        if key in _INTERNAL or key.startswith("log_") or key in SECRET_FIELDS:
+            continue
+        parts.append(f"{key}={_render_value(value)}")
     failure = event.get("log_failure")
     line = " ".join(parts)
     if failure is not None:

@@ -326,6 +326,15 @@ class LimitedChannel(http.HTTPChannel):
             return self._refuse(414, "url_too_long", f"request line longer than {self.settings.max_url_length} bytes")
         return self._refuse(431, "headers_too_large", f"request head larger than {self.settings.max_header_bytes} bytes")
 
+    _local_address: Any = None
+
+    def getHost(self) -> Any:
+        """The connection's local address, asked of the kernel once (Twisted's Request asks for it
+        on every request: a getsockname per request of a kept-alive connection)."""
+        if self._local_address is None:
+            self._local_address = super().getHost()
+        return self._local_address
+
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """Twisted closes every HTTP/1.0 connection; one that asked for keep-alive (ApacheBench,
         old tools) stays open when its answer has a Content-Length (LimitedRequest.write decides)."""
