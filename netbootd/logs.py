@@ -74,9 +74,12 @@ def _fields(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _message(event: dict[str, Any]) -> str:
-    if event.get("log_format") is None and "message" in event:
+    fmt = event.get("log_format")
+    if fmt is None and "message" in event:
         # legacy twisted.python.log events
         return " ".join(str(m) for m in event["message"])
+    if type(fmt) is str and "{" not in fmt and "}" not in fmt:
+        return fmt  # netbootd's messages are plain sentences: what formatEvent would return, without parsing
     text = formatEvent(event)
     return text
 
@@ -91,17 +94,34 @@ def _level(event: dict[str, Any]) -> str:
     return level.name if isinstance(level, type(LogLevel.info)) else "info"
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\n]').search
+
+
 def _render_value(value: Any) -> str:
-    text = str(value)
-    if not text or any(c in text for c in " \"=\n"):
+    text = value if type(value) is str else str(value)
+    if not text or _NEEDS_QUOTES(text):
         return json.dumps(text)
     return text
 
 
-def format_text(event: dict[str, Any]) -> str:
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time())))
-    parts = [f"{ts}Z", _level(event), _short_namespace(event), _message(event)]
-    parts += [f"{k}={_render_value(v)}" for k, v in _fields(event).items()]
+_stamp: tuple[int, str] = (-1, "")  # the last second formatted: a busy daemon logs many lines a second
+
+
+def _timestamp(when: float) -> str:
+    global _stamp
+    second = int(when)
+    if _stamp[0] != second:
+        _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _stamp[1]
+
+
+def format_text(event: dict[str, Any], message: str | None = None) -> str:
+    ts = _timestamp(event.get("log_time", time.time()))
+    parts = [ts, _level(event), _short_namespace(event), _message(event) if message is None else message]
+    for key, value in event.items():  # _fields(event), in one pass
+        if key in _INTERNAL or key.startswith("log_") or key in SECRET_FIELDS:
+            continue
+        parts.append(f"{key}={_render_value(value)}")
     failure = event.get("log_failure")
     line = " ".join(parts)
     if failure is not None:
@@ -109,12 +129,12 @@ def format_text(event: dict[str, Any]) -> str:
     return line
 
 
-def format_json(event: dict[str, Any]) -> str:
+def format_json(event: dict[str, Any], message: str | None = None) -> str:
     record: dict[str, Any] = {
         "time": round(event.get("log_time", time.time()), 3),
         "level": _level(event),
         "component": _short_namespace(event),
-        "msg": _message(event),
+        "msg": _message(event) if message is None else message,
     }
     for k, v in _fields(event).items():
         record[k] = v if isinstance(v, (int, float, bool, type(None))) else str(v)
@@ -129,11 +149,12 @@ def format_json(event: dict[str, Any]) -> str:
 _TWISTED_NOISE = re.compile(r"^(\((UDP|TCP) Port \d+ Closed\)|\S+ starting on \d+|(Starting|Stopping) (factory|protocol) .*)$")
 
 
-def _is_noise(event: dict[str, Any]) -> bool:
+def _is_noise(event: dict[str, Any], message: str | None = None) -> bool:
     if event.get("log_level") not in (None, LogLevel.info):
         return False
-    text = _message(event) if ("message" in event or "log_format" in event) else ""
-    return bool(_TWISTED_NOISE.match(text))
+    if message is None:
+        message = _message(event) if ("message" in event or "log_format" in event) else ""
+    return bool(_TWISTED_NOISE.match(message))
 
 
 @implementer(ILogObserver)
@@ -144,9 +165,10 @@ class LineObserver:
 
     def __call__(self, event: dict[str, Any]) -> None:
         try:
-            if _is_noise(event):
+            message = _message(event)  # once: the noise filter and the line both need it
+            if _is_noise(event, message if ("message" in event or "log_format" in event) else ""):
                 return
-            self._stream.write(self._format(event) + "\n")
+            self._stream.write(self._format(event, message) + "\n")
             self._stream.flush()
         except Exception:  # noqa: S110 - a log line must never take the daemon down
             pass

@@ -69,8 +69,8 @@ def normalize_mac(text: str) -> str:
     text = text.strip()
     if not _MAC_RE.match(text):
         raise ValueError(f"not a MAC address: {text!r}")
-    hexdigits = re.sub(r"[:-]", "", text).lower()
-    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
+    h = text.replace(":", "").replace("-", "").lower()
+    return f"{h[0:2]}:{h[2:4]}:{h[4:6]}:{h[6:8]}:{h[8:10]}:{h[10:12]}"
 
 
 def mac_hyphen(mac: str) -> str:

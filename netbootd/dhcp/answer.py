@@ -52,6 +52,7 @@ SITE_REQUEST_REASON = "request-for-dhcp-server"
 SITE_REQUEST = "REQUEST for the site's DHCP server: a proxy answers only on 4011"
 
 BROADCAST = "255.255.255.255"
+MAX_TEMPLATES = 1024  # encoded answers kept (encode_reply); a handful in practice
 ANSWER_LINES_PER_SECOND = 200
 CLIENT_PORT = 68
 RELAY_PORT = 67
@@ -103,6 +104,7 @@ class DhcpController:
         self._explain = getattr(core, "decide", None)  # BootCore.decide also says why (not)
         self.client_port = client_port
         self.relay_port = relay_port
+        self._templates: dict[tuple, codec.ReplyTemplate] = {}  # see encode_reply
         self.log = get_logger("netbootd.dhcp")
 
     # -- entry point -------------------------------------------------------------------------
@@ -145,8 +147,7 @@ class DhcpController:
                 )
             return None
         try:
-            reply = self.build(request, client, offer, arrival, reply_type)
-            payload = codec.encode(reply)
+            payload, names_file = self.encode_reply(request, client, offer, arrival, reply_type)
         except codec.FieldTooLong as exc:
             DROPPED.inc("bootfile-too-long")
             self.log.error(
@@ -160,7 +161,7 @@ class DhcpController:
         ANSWERS.inc(firmware, offer.kind._value_)
         dest, broadcast = self.destination(request, arrival)
         if self.answer_lines is None or self.answer_lines.allow("answered"):
-            self.log_answer(request, client, offer, reply, arrival, firmware, arch)
+            self.log_answer(request, client, offer, names_file, arrival, firmware, arch)
         return Answer(payload, dest, broadcast)
 
     def site_server_request(self, request: codec.Packet, arrival: Arrival) -> None:
@@ -196,7 +197,7 @@ class DhcpController:
         request: codec.Packet,
         client: Client,
         offer: Offer,
-        reply: codec.Reply,
+        names_file: bool,
         arrival: Arrival,
         firmware: str,
         arch: str,
@@ -204,7 +205,7 @@ class DhcpController:
         extra: dict[str, object] = {}
         if request.giaddr != "0.0.0.0":
             extra["relay"] = request.giaddr
-        if not reply.file and not any(code == codec.OPT_BOOTFILE for code, _ in reply.options):
+        if not names_file:
             extra["file_sent"] = False  # EFI PXE on 67: the file follows on 4011
         if self.answer_lines is not None:
             skipped = self.answer_lines.take_suppressed("answered")
@@ -238,6 +239,8 @@ class DhcpController:
     def build(
         self, request: codec.Packet, client: Client, offer: Offer, arrival: Arrival, reply_type: int
     ) -> codec.Reply:
+        """The reply, field by field. `encode_reply` sends its bytes without building it each time:
+        whatever this reads from the request that is not in `_template_key` it must patch."""
         server = arrival.server_ip
         http = client.firmware is Firmware.HTTP_BOOT
         options: list[tuple[int, bytes]] = [
@@ -253,23 +256,18 @@ class DhcpController:
                 options.append((codec.OPT_VENDOR, _USE_BOOTFILE))
         else:
             # PXE spec: a boot server echoes the boot item (type, layer) the client asked for.
-            item = codec.parse_pxe_options(request.options.get(codec.OPT_VENDOR, b"")).get(
-                codec.PXE_BOOT_ITEM
-            )
-            if item is not None and len(item) == 4:
+            item = _boot_item(request)
+            if item is not None:
                 options.append((codec.OPT_VENDOR, codec.pxe_options([(codec.PXE_BOOT_ITEM, item)])))
-        file = ""
-        if with_file:
-            file = offer.bootfile
-            if len(file.encode("utf-8")) >= codec.FILE_LEN and offer.kind is not OfferKind.TFTP:
-                # URLs only: both iPXE and EDK2 HTTP boot read option 67 before the file field.
-                options.append((codec.OPT_BOOTFILE, file.encode("utf-8")))
-                file = ""
+        file, in_option = self.bootfile_fields(offer, with_file)
+        if in_option is not None:
+            # URLs only: both iPXE and EDK2 HTTP boot read option 67 before the file field.
+            options.append((codec.OPT_BOOTFILE, in_option))
         return codec.Reply(
             msgtype=reply_type,
             xid=request.xid,
             chaddr=request.chaddr,
-            flags=request.flags if arrival.proxy else request.flags | 0x8000,
+            flags=self.reply_flags(request, arrival),
             ciaddr=request.ciaddr,
             yiaddr="0.0.0.0",
             siaddr=server,
@@ -278,6 +276,47 @@ class DhcpController:
             file=file,
             options=tuple(options),
         )
+
+    @staticmethod
+    def bootfile_fields(offer: Offer, with_file: bool) -> tuple[str, bytes | None]:
+        """(the `file` header field, option 67's value or None) for this offer."""
+        if not with_file:
+            return "", None
+        file = offer.bootfile
+        if offer.kind is not OfferKind.TFTP and len(file.encode("utf-8")) >= codec.FILE_LEN:
+            return "", file.encode("utf-8")
+        return file, None
+
+    @staticmethod
+    def reply_flags(request: codec.Packet, arrival: Arrival) -> int:
+        return request.flags if arrival.proxy else request.flags | 0x8000
+
+    def encode_reply(
+        self, request: codec.Packet, client: Client, offer: Offer, arrival: Arrival, reply_type: int
+    ) -> tuple[bytes, bool]:
+        """`codec.encode(self.build(...))`, and whether the reply names a file (field or option 67).
+
+        Answers differ from one request to the next only in the request's own fields (xid,
+        chaddr, flags, ciaddr, giaddr, the echoed UUID) and the file field: the rest is encoded
+        once per `_template_key` (reply type, port, server address, firmware, arch, option 67,
+        boot item) and patched. Nothing of the configuration is in a template but the offer's
+        bootfile, which is either patched (file field) or part of the key (option 67): a reload
+        that changes what a machine gets changes its answer at once."""
+        with_file = self.file_in_reply(client, arrival)
+        file, in_option = self.bootfile_fields(offer, with_file)
+        uuid = request.options.get(codec.OPT_CLIENT_UUID)
+        key = (reply_type, arrival.proxy, arrival.server_ip, client.firmware, client.arch, with_file, in_option,
+               _boot_item(request) if arrival.proxy else None, uuid is not None)
+        template = self._templates.get(key)
+        if template is None:
+            reply = self.build(request, client, offer, arrival, reply_type)
+            template = codec.reply_template(reply)
+            if len(self._templates) >= MAX_TEMPLATES:
+                del self._templates[next(iter(self._templates))]  # the oldest: keys are few but a 4011 boot item is the client's
+            self._templates[key] = template
+        payload = codec.encode_from(template, request.xid, request.chaddr, self.reply_flags(request, arrival),
+                                    request.ciaddr, request.giaddr, file, uuid)
+        return payload, bool(file) or template.bootfile_option
 
     def destination(self, request: codec.Packet, arrival: Arrival) -> tuple[tuple[str, int], bool]:
         if arrival.proxy:
@@ -293,3 +332,9 @@ class DhcpController:
 
 def _ip_bytes(text: str) -> bytes:
     return socket.inet_aton(text)
+
+
+def _boot_item(request: codec.Packet) -> bytes | None:
+    """The PXE boot item (option 43, sub-option 71: type and layer) the client asked for, if valid."""
+    item = codec.parse_pxe_options(request.options.get(codec.OPT_VENDOR, b"")).get(codec.PXE_BOOT_ITEM)
+    return item if item is not None and len(item) == 4 else None

@@ -351,6 +351,64 @@ def encode(reply: Reply) -> bytes:
     return packet
 
 
+class ReplyTemplate(NamedTuple):
+    """A reply's bytes less what differs from one request to the next: xid, chaddr, flags, ciaddr,
+    giaddr, `file` (the header field) and the echoed client UUID (option 97). `encode_from` fills
+    those in; the result is byte for byte `encode` of the whole Reply (tests/dhcp/test_codec.py)."""
+
+    yiaddr: int
+    siaddr: int
+    sname: bytes
+    head: bytes  # option 53 and the options before 97
+    tail: bytes  # the options after 97, and END
+    has_uuid: bool  # the reply echoes option 97 (between head and tail)
+    bootfile_option: bool  # option 67 is among the options
+
+
+def reply_template(reply: Reply) -> ReplyTemplate:
+    options = reply.options
+    at = next((i for i, (code, _) in enumerate(options) if code == OPT_CLIENT_UUID), None)
+    before, after = (options, ()) if at is None else (options[:at], options[at + 1 :])
+    return ReplyTemplate(
+        _ip_int(reply.yiaddr),
+        _ip_int(reply.siaddr),
+        _field(reply.sname, SNAME_LEN, "sname"),
+        (_MSGTYPE_OPTION.get(reply.msgtype) or bytes((OPT_MSGTYPE, 1, reply.msgtype))) + encode_options(before),
+        encode_options(after) + b"\xff",
+        at is not None,
+        any(code == OPT_BOOTFILE for code, _ in options),
+    )
+
+
+def encode_from(
+    template: ReplyTemplate, xid: int, chaddr: bytes, flags: int, ciaddr: str, giaddr: str, file: str,
+    uuid: bytes | None,
+) -> bytes:
+    """`encode` of the Reply `template` was made from, with these fields (raises as `encode` does)."""
+    if len(chaddr) > 16:
+        raise ValueError("chaddr longer than 16 bytes")
+    if template.has_uuid:
+        value = uuid or b""
+        middle = bytes((OPT_CLIENT_UUID, len(value))) + value if len(value) <= 255 else encode_options(
+            ((OPT_CLIENT_UUID, value),))
+    else:
+        middle = b""
+    packet = b"".join(
+        (
+            _HEADER.pack(
+                BOOTREPLY, 1, len(chaddr) if chaddr else 6, 0, xid, 0, flags, _ip_int(ciaddr), template.yiaddr,
+                template.siaddr, _ip_int(giaddr), chaddr, template.sname, _field(file, FILE_LEN, "file"), MAGIC_INT,
+            ),
+            template.head,
+            middle,
+            template.tail,
+        )
+    )
+    if len(packet) < MIN_BOOTP:
+        packet += _PADDING[: MIN_BOOTP - len(packet)]
+    return packet
+
+
 def pxe_options(sub: Iterable[tuple[int, bytes]]) -> bytes:
     """Option 43 contents with PXE sub-options, terminated by 255 as the PXE spec (and dnsmasq) does."""
     out = bytearray()

@@ -24,6 +24,7 @@ from netbootd.core.ident import mac_in_path
 from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
 from netbootd.http.guard import GuardedResource
+from netbootd.http.hot import HotRoutes
 from netbootd.logs import get_logger
 from netbootd.model import Arch, normalize_mac, normalize_uuid
 
@@ -327,6 +328,7 @@ class BootApp:
 _ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines"}
 _TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
+_route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes
 
 
 class MetricsSite(server.Site):
@@ -351,8 +353,12 @@ class MetricsSite(server.Site):
 
     def log(self, request) -> None:
         route = self.route_of(request)
-        metrics.requests.labels(route, str(request.code)).inc()
-        metrics.bytes_sent.labels(route).inc(request.sentLength or 0)
+        counters = _route_counters.get((route, request.code))
+        if counters is None:  # prometheus' labels() takes a lock and builds its key: once per route and status
+            counters = (metrics.requests.labels(route, str(request.code)), metrics.bytes_sent.labels(route))
+            _route_counters[(route, request.code)] = counters
+        counters[0].inc()
+        counters[1].inc(request.sentLength or 0)
         if self.core is not None and route in _TRANSFER_ROUTES and request.code in (200, 206):
             started = self.active.get(request)
             seconds = max(self.reactor.seconds() - started, 1e-6) if started else None
@@ -398,7 +404,8 @@ class MetricsSite(server.Site):
 def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None,
               metrics_elsewhere: str | None = None) -> MetricsSite:
     """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this."""
-    site = MetricsSite(GuardedResource(BootApp(core, health, images, metrics_elsewhere).app.resource()), core=core)
+    app = BootApp(core, health, images, metrics_elsewhere)
+    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), core=core)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, core.settings.http, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

@@ -38,6 +38,12 @@ CONTENT_TYPES = {
 }
 
 
+DEFAULT_TYPE = "application/octet-stream"
+# static.File's table (the system's mime.types, read once at import) with ours on top: built once,
+# not for every request.
+_TYPES = {**static.File.contentTypes, **CONTENT_TYPES}
+
+
 def etag_for(st: os.stat_result) -> str:
     return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
 
@@ -64,18 +70,18 @@ class FileResource(Resource):
             return _disappeared(request)
         if request.setETag(etag_for(st).encode()) == http.CACHED:
             return b""
-        inner = static.File(str(self._path), defaultType="application/octet-stream")
-        inner.contentTypes = {**inner.contentTypes, **CONTENT_TYPES}
+        if request.method == b"GET" and request.getHeader(b"range") is None and sendfile_possible(request):
+            return self._sendfile(request, st)
+        inner = static.File(str(self._path), defaultType=DEFAULT_TYPE)
+        inner.contentTypes = _TYPES
         inner.encoding = None
         inner.contentEncodings = {}  # never claim Content-Encoding: the client wants the bytes as stored
-        if request.method == b"GET" and request.getHeader(b"range") is None and sendfile_possible(request):
-            return self._sendfile(request, inner, st)
         return inner.render(request)
 
-    def _sendfile(self, request, inner: static.File, st: os.stat_result):
+    def _sendfile(self, request, st: os.stat_result):
         if request.setLastModified(st.st_mtime) == http.CACHED:
             return b""
-        ctype, _ = static.getTypeAndEncoding(self._path.name, inner.contentTypes, {}, inner.defaultType)
+        ctype, _ = static.getTypeAndEncoding(self._path.name, _TYPES, {}, DEFAULT_TYPE)
         request.setHeader(b"content-type", ctype.encode())
         try:
             send_whole_file(request, self._path, st.st_size, lambda _err: request.loseConnection())

@@ -238,7 +238,19 @@ def _refusal_body(refusal: Refusal) -> bytes:
 
 
 class LimitedRequest(server.Request):
-    """A Request that asks the site's HttpLimits before it is routed."""
+    """A Request that asks the site's HttpLimits before it is routed, and keeps an HTTP/1.0
+    client's connection open when it asked to and the answer has a length (see LimitedChannel)."""
+
+    keep_alive_10 = False  # an HTTP/1.0 request with "Connection: keep-alive"
+
+    def write(self, data: bytes) -> None:
+        if self.keep_alive_10 and not self.startedWriting:
+            if (self.method == b"HEAD" or self.code in http.NO_BODY_CODES
+                    or self.responseHeaders.hasHeader(b"content-length")):
+                self.responseHeaders.setRawHeaders(b"connection", [b"keep-alive"])
+            elif self.channel is not None:
+                self.channel.persistent = False  # HTTP/1.0 has no chunks: the body ends with the connection
+        super().write(data)
 
     def process(self) -> None:
         limits: HttpLimits | None = getattr(getattr(self.channel, "site", None), "limits", None)
@@ -313,6 +325,25 @@ class LimitedChannel(http.HTTPChannel):
         if not self._in_head:
             return self._refuse(414, "url_too_long", f"request line longer than {self.settings.max_url_length} bytes")
         return self._refuse(431, "headers_too_large", f"request head larger than {self.settings.max_header_bytes} bytes")
+
+    _local_address: Any = None
+
+    def getHost(self) -> Any:
+        """The connection's local address, asked of the kernel once (Twisted's Request asks for it
+        on every request: a getsockname per request of a kept-alive connection)."""
+        if self._local_address is None:
+            self._local_address = super().getHost()
+        return self._local_address
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """Twisted closes every HTTP/1.0 connection; one that asked for keep-alive (ApacheBench,
+        old tools) stays open when its answer has a Content-Length (LimitedRequest.write decides)."""
+        if version == b"HTTP/1.0" and isinstance(request, LimitedRequest):
+            tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection", [])).lower().split(b",")
+            if b"keep-alive" in (t.strip() for t in tokens):
+                request.keep_alive_10 = True
+                return True
+        return super().checkPersistence(request, version)
 
     def allHeadersReceived(self) -> None:
         if self.length != 0:  # a Content-Length > 0, or None for Transfer-Encoding: chunked

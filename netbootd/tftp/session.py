@@ -211,6 +211,7 @@ class TransferSession(DatagramProtocol):
         self.drop_every = drop_every
         self._file = fileobj
         self._source: _Source | None = None
+        self._prebuilt: list[bytes] | None = None  # every DATA packet of a shared file (block n at n - 1)
         self.negotiated = Negotiated(timeout=float(settings.timeout))
         self.outcome: str | None = None  # set once finished: "completed" or a failure reason
         self.client_error: str | None = None  # "code message" of an ERROR the client sent
@@ -286,8 +287,14 @@ class TransferSession(DatagramProtocol):
         self.started_at = self.clock.seconds()
         req = self.request
         self.negotiated = neg = negotiate(req.options, self.settings, self.size, req.mode, path_mtu)
-        content = self.shared.get(self._file) if self.shared is not None and req.mode == "octet" else None
-        self._source = _Source(self._file, neg.blksize, netascii=req.mode == "netascii", content=content)
+        if self.shared is not None and req.mode == "octet":
+            # a shared file's packets, built once for every session (content.py); else its bytes
+            self._prebuilt = self.shared.packets(self._file, neg.blksize)
+            content = self.shared.get(self._file) if self._prebuilt is None else None
+        else:
+            content = None
+        if self._prebuilt is None:
+            self._source = _Source(self._file, neg.blksize, netascii=req.mode == "netascii", content=content)
         self._windowsize = neg.windowsize
         if neg.oack:
             self._base = 0
@@ -339,6 +346,7 @@ class TransferSession(DatagramProtocol):
         except Exception:
             log.failure("closing file failed", file=self.request.filename)
         self._packets = []
+        self._prebuilt = None
         self._flush_metrics()
         if stop_port and self.transport is not None:
             try:
@@ -453,7 +461,16 @@ class TransferSession(DatagramProtocol):
             if self._timer is None:
                 self._timer = self.clock.callLater(self.negotiated.timeout, self._on_timer)
             if self._last_block is None:
-                self._fill(2)
+                prebuilt = self._prebuilt
+                if prebuilt is not None and len(packets) == 1:  # _fill(2), inline: the next shared packet
+                    packet = prebuilt[base]  # block base + 1
+                    packets.append(packet)
+                    size = len(packet) - 4
+                    self.bytes_read += size
+                    if size < self.negotiated.blksize:
+                        self._last_block = base + 1
+                else:
+                    self._fill(2)
             return
         if len(packets) < windowsize and self._last_block is None:
             self._fill(windowsize)  # first window after the OACK, or read-ahead fell short
@@ -470,9 +487,24 @@ class TransferSession(DatagramProtocol):
         packets = self._packets
         if self._last_block is not None or len(packets) >= count:
             return
+        blksize = self.negotiated.blksize
+        prebuilt = self._prebuilt
+        if prebuilt is not None:  # no read, no allocation: the shared packets themselves
+            index = self._base + len(packets) - 1
+            read = 0
+            while len(packets) < count:
+                packet = prebuilt[index]
+                packets.append(packet)
+                index += 1
+                size = len(packet) - 4
+                read += size
+                if size < blksize:
+                    self._last_block = index
+                    break
+            self.bytes_read += read
+            return
         source = self._source
         assert source is not None
-        blksize = self.negotiated.blksize
         header = codec.data_header
         block = self._base + len(packets)
         read = 0

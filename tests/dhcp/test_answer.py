@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from twisted.logger import LogLevel
 
@@ -359,3 +361,65 @@ def test_answer_lines_unlimited():
     ctl = DhcpController(FakeCore(), answer_lines_per_second=None)
     assert ctl.answer_lines is None
     assert ctl.answer(discover(BIOS_PXE), ON_67) is not None
+
+
+# ------------------------------------------------------------------ answers from templates (encode_reply)
+
+class ChosenCore:
+    """Offers whatever the test sets (`offer`): one controller, and so one set of answer
+    templates, serves every example below."""
+
+    offer_next: Offer | None = None
+
+    def offer(self, client, server_ip):
+        return self.offer_next
+
+
+_TEMPLATED = DhcpController(ChosenCore())
+_FIRMWARE = [BIOS_PXE, EFI_PXE, HTTP, {**BIOS_PXE, 77: b"iPXE"}, {k: v for k, v in BIOS_PXE.items() if k != 97},
+             {60: b"PXEClient:Arch:00011:UNDI:003000", 93: b"\x00\x0b"}]
+_BOOTFILES = ["undionly.kpxe", "snponly.efi", "http://192.0.2.1:8080/ipxe?mac=52-54-00-aa-bb-cc&arch=bios",
+              "http://192.0.2.1/" + "u" * 140, "http://192.0.2.1/" + "v" * 140, "d/" * 70]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    firmware=st.sampled_from(_FIRMWARE),
+    uuid=st.none() | st.sampled_from([b"", b"\x00" + bytes(16), b"\x00" + bytes(range(16)), b"\x01" * 300]),
+    item=st.none() | st.binary(min_size=0, max_size=6),
+    port=st.sampled_from([67, 4011]),
+    server_ip=st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.7"]),
+    kind=st.sampled_from(list(OfferKind)),
+    bootfile=st.sampled_from(_BOOTFILES),
+    xid=st.integers(0, 2**32 - 1),
+    mac=st.binary(min_size=6, max_size=6),
+    flags=st.sampled_from([0, 0x8000, 0x0001]),
+    ciaddr=st.sampled_from(["0.0.0.0", "192.0.2.50"]),
+    giaddr=st.sampled_from(["0.0.0.0", "10.1.2.3"]),
+)
+def test_answers_are_the_bytes_of_the_reply_built_for_them(
+    firmware, uuid, item, port, server_ip, kind, bootfile, xid, mac, flags, ciaddr, giaddr
+):
+    """encode_reply answers from templates shared between requests; every answer must be the
+    encoding of the reply `build` makes for that very request (a template key that missed an
+    input would hand one request another's bytes)."""
+    from netbootd.dhcp.classify import classify_reason
+
+    options = {k: v for k, v in firmware.items() if k != 97}
+    if uuid is not None:
+        options[97] = uuid
+    if item is not None:
+        options[43] = codec.pxe_options([(71, item)])
+    msgtype = codec.REQUEST if port == 4011 else codec.DISCOVER
+    request = discover(options, msgtype=msgtype, giaddr=giaddr, flags=flags, ciaddr=ciaddr)._replace(xid=xid, chaddr=mac)
+    arrival = Arrival(port=port, proxy=port == 4011, source=("192.0.2.50", port), server_ip=server_ip)
+    offer = Offer(kind, bootfile, "m")
+    ChosenCore.offer_next = offer
+    client, _ = classify_reason(request.options, request.mac)
+    reply_type = codec.ACK if port == 4011 else codec.OFFER
+    try:
+        expected = codec.encode(_TEMPLATED.build(request, client, offer, arrival, reply_type))
+    except codec.FieldTooLong:
+        expected = None
+    answer = _TEMPLATED.answer(request, arrival)
+    assert (answer.payload if answer else None) == expected

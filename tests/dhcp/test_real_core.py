@@ -93,3 +93,43 @@ def test_port67_request_is_not_answered_but_the_timeline_learns_its_address(core
     assert answer(core, d.payload, 67) is None
     assert socket.inet_ntoa(request.options[50]) == "10.77.0.145"
     assert core.mac_for_ip("10.77.0.145") == "52:54:00:77:00:10"
+
+
+def test_an_edited_machine_is_answered_from_its_new_file_at_once(tmp_path):
+    """Answers are encoded from templates (DhcpController.encode_reply) kept across reloads: what
+    a reload changes (the EFI URL, long enough for option 67; the TFTP binary, in the file
+    field) must be in the next answer, never the previous version's bytes."""
+    machines = tmp_path / "machines"
+    machines.mkdir()
+    settings = Settings(machines_dir=machines, files_root=tmp_path, http=HttpSettings(port=8080))
+    own = machines / "52-54-00-12-34-56.toml"
+
+    def load(text):
+        own.write_text(text)
+        result = load_machines(settings)
+        assert result.errors == []
+        return build_catalog(result)
+
+    url = "http://mirror.example/" + "a" * 120 + "/{}.efi"
+    core = BootCore(settings, load(f'ipxe_binary = "first.efi"\n[boot]\nefi = "{url.format("one")}"\n'))
+    controller = DhcpController(core)
+    mac = bytes.fromhex("525400123456")
+    http = discover_packet({60: b"HTTPClient:Arch:00016", 93: b"\x00\x10"}, mac)
+    pxe = discover_packet({60: b"PXEClient:Arch:00007:UNDI:003000", 93: b"\x00\x07"}, mac, msgtype=codec.REQUEST)
+    on_67 = Arrival(port=67, proxy=False, source=("0.0.0.0", 68), server_ip=BOOT_SERVER)
+    on_4011 = Arrival(port=4011, proxy=True, source=("10.77.0.145", 4011), server_ip=BOOT_SERVER)
+
+    def answers():
+        a = codec.decode(controller.answer(http, on_67).payload, op=codec.BOOTREPLY)
+        b = codec.decode(controller.answer(pxe, on_4011).payload, op=codec.BOOTREPLY)
+        return a.options.get(67), b.file
+
+    assert answers() == (url.format("one").encode(), b"first.efi")
+    core.replace_catalog(load(f'ipxe_binary = "second.efi"\n[boot]\nefi = "{url.format("two")}"\n'))
+    assert answers() == (url.format("two").encode(), b"second.efi")
+
+
+def discover_packet(options, mac, msgtype=codec.DISCOVER):
+    opts = bytes([53, 1, msgtype]) + b"".join(bytes([k, len(v)]) + v for k, v in options.items()) + b"\xff"
+    head = bytes([1, 1, 6, 0]) + b"\0\0\0\x07" + b"\0" * 20 + mac + b"\0" * 202
+    return codec.decode(head + codec.MAGIC + opts)

@@ -62,3 +62,24 @@ def test_uki_only_image(core):
         core.script("52:54:00:00:00:01", None, Arch.BIOS, "10.0.0.2")
     bios = Client("52:54:00:00:00:01", Arch.BIOS, Firmware.BIOS_PXE)
     assert core.offer(bios, "10.0.0.2") is None
+
+
+def test_urls_escape_exactly_as_urlencode_and_quote():
+    """netbootd.core.urls skips urlencode/quote when nothing needs escaping: same text either way."""
+    import hashlib
+    import hmac
+    from urllib.parse import quote, urlencode
+
+    from netbootd.core import urls
+    from netbootd.core.signing import UrlSigner
+
+    for mac, uuid, sig in [("52:54:00:12:34:56", None, (1796117396, "cdc452ea14043c17627431a8f5800934")),
+                           (None, "4c4c4544-0042-4810-8056-b4c04f395931", None), ("a b&c", None, (1, "x/y+z"))]:
+        query = urls.ident_query(mac, uuid) | ({"exp": str(sig[0]), "sig": sig[1]} if sig else {})
+        assert urls.ignition_url("http://b", mac, uuid, sig) == f"http://b/ignition?{urlencode(query)}"
+        assert urls.beacon_url("http://b", mac, uuid) == f"http://b/beacon?{urlencode(urls.ident_query(mac, uuid))}"
+    for rel in ["os/vmlinuz", "/os/initrd.img", "a b/c%d", "ü.img", "x~y_z-1.2", "q?r#s"]:
+        assert urls.file_url("http://b", rel) == f"http://b/files/{quote(rel.lstrip('/'))}"
+    signer = UrlSigner(b"k" * 32, clock=lambda: 1000.0)
+    exp, sig = signer.sign("ignition", "52:54:00:12:34:56")
+    assert sig == hmac.new(b"k" * 32, f"ignition\n52:54:00:12:34:56\n{exp}".encode(), hashlib.sha256).hexdigest()[:32]

@@ -101,6 +101,58 @@ def test_script_by_mac_uuid_and_query(daemon):
     assert "host=w1" in daemon.get("/ipxe?mac=52:54:00:12:34:56&uuid=&buildarch=x86_64&platform=efi").text
 
 
+
+def test_script_has_a_length_and_the_connection_stays_open(daemon):
+    """Two requests on one HTTP/1.1 connection, each script framed by Content-Length (it was sent
+    chunked: an HTTP/1.0 client could only read it to the connection's end)."""
+    import socket
+
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    request = f"GET /ipxe/52-54-00-12-34-56 HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        reader = s.makefile("rb")
+        for _ in range(2):
+            s.sendall(request)
+            status = reader.readline()
+            headers = {}
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            assert status.startswith(b"HTTP/1.1 200"), status
+            assert "transfer-encoding" not in headers, headers
+            body = reader.read(int(headers["content-length"]))
+            assert body.startswith(b"#!ipxe\n") and body.endswith(b"reboot\n"), body
+
+
+
+def test_http10_keep_alive_when_the_answer_has_a_length(daemon):
+    """An HTTP/1.0 client asking for keep-alive (ApacheBench -k, old tools) keeps its connection
+    for answers with a Content-Length; one without a length ends with the connection, as
+    HTTP/1.0 framing requires. Twisted alone closed every HTTP/1.0 connection."""
+    import socket
+
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+
+    def ask(reader, s, path):
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: Keep-Alive\r\n\r\n".encode())
+        status, headers = reader.readline(), {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        assert status.startswith(b"HTTP/1.0 200"), status
+        return headers
+
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        reader = s.makefile("rb")
+        for path in ("/ipxe/52-54-00-12-34-56", "/files/os/initrd.img", "/ipxe/52-54-00-12-34-56"):
+            headers = ask(reader, s, path)
+            assert headers.get("connection") == "keep-alive", (path, headers)
+            reader.read(int(headers["content-length"]))
+        headers = ask(reader, s, "/healthz")  # written without a length
+        assert "content-length" not in headers and "connection" not in headers
+        assert b'"status"' in reader.read()  # to the connection's end
+
+
 def test_chain_stub(daemon):
     r = daemon.get("/ipxe")
     assert r.status_code == 200

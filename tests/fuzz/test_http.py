@@ -9,6 +9,7 @@ parseable status line (or closes a request it cannot parse), never 500, and live
 
 from __future__ import annotations
 
+import re
 import socket
 from urllib.parse import quote
 
@@ -147,6 +148,71 @@ def test_seeds_reach_the_routes(stub):
     assert fetch(stub, "GET", "/ipxe/52:54:00:00:00:01", {"Host": "a" * 300})[0] == 400  # was a 500 (BadHost)
     assert fetch(stub, "GET", "/files/%ff", {})[0] == 400
     assert fetch(stub, "GET", "/healthz", {})[0] == 200
+
+
+
+# ------------------------------------------------------------------ the hot routes answer as Klein does
+
+HOT_ROUTES = ["ipxe", "files", "boot"]
+_SIGNATURE = re.compile(rb"exp=\d+&sig=[0-9a-f]+|booty/\d+-[0-9a-f]+")
+
+
+@pytest.fixture(scope="module")
+def twins():
+    """The daemon's resource (netbootd.http.hot in front of Klein) and the Klein app alone, on one core."""
+    from netbootd.http.app import BootApp, HttpError
+    from netbootd.http.guard import GuardedResource
+    from netbootd.http.hot import HotRoutes
+
+    core = _core()
+    app = BootApp(core, lambda: {"status": "ok"})
+    hot = StubTreq(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)))
+    klein = StubTreq(GuardedResource(app.app.resource()))
+    return hot, klein
+
+
+def answer_of(stub: StubTreq, method: str, url: str, headers: dict):
+    """(status, content-type, body with signatures blanked: they carry the second they were made)."""
+    results: list = []
+    stub.request(method, "http://netboot.test" + url, headers=headers, allow_redirects=False).addBoth(results.append)
+    stub.flush()
+    if not results:
+        return None  # a file being streamed (see fetch)
+    (response,) = results
+    body: list = []
+    stub.content(response).addBoth(body.append)
+    stub.flush()
+    ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
+    return response.code, ctype, _SIGNATURE.sub(b"SIGNED", body[0]) if body else None
+
+
+@st.composite
+def hot_target(draw) -> str:
+    path = "/" + draw(st.sampled_from(HOT_ROUTES))
+    for seg in draw(st.lists(segment(), max_size=3)):
+        path += "/" + seg
+    params = draw(st.lists(st.tuples(st.sampled_from(PARAMS), text_value()), max_size=3))
+    if params:
+        path += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+    return path
+
+
+@fuzz(400)
+@given(url=hot_target(), headers=HEADERS, method=st.sampled_from(["GET", "HEAD", "POST"]))
+@example(url="/ipxe?mac=52:54:00:00:00:01&arch=efi64", headers={}, method="GET")
+@example(url="/ipxe/52-54-00-00-00-01", headers={}, method="HEAD")
+@example(url="/ipxe", headers={"Host": "boot.example:8080"}, method="GET")
+@example(url="/ipxe/52:54:00:00:00:01", headers={"Host": "a" * 300}, method="GET")
+@example(url="/files/kairos/%2e%2e/x", headers={}, method="GET")
+@example(url="/files/kairos//cloud-config.yaml", headers={}, method="GET")
+@example(url="/boot/undionly.kpxe/", headers={}, method="GET")
+@example(url="/ipxe/a/b", headers={}, method="GET")
+def test_hot_routes_answer_as_klein_does(twins, failures, url, headers, method):
+    """netbootd.http.hot routes /ipxe, /files and /boot without Klein: same status, type and
+    body as the Klein app gives for any URL, method and headers (Content-Length framing aside)."""
+    hot, klein = twins
+    assert answer_of(hot, method, url, headers) == answer_of(klein, method, url, headers), url
+    assert not failures, [e.get("log_format") for e in failures]
 
 
 # ------------------------------------------------------------------ raw bytes against the daemon

@@ -61,3 +61,35 @@ async def test_server_serves_from_one_copy_and_sees_edits(server, tftp_root, tmp
     f.write_bytes(os.urandom(150_001))  # an operator installs a new binary
     result = await run(curl_argv(server.port, "hot.efi", tmp_path / "new"))
     assert result.code == 0 and sha256(tmp_path / "new") == sha256(f)
+
+
+def test_packets_are_built_once_per_blksize_and_follow_the_file(tmp_path):
+    """Every session asking for the same file and blksize sends the very same DATA packets; a
+    rewritten file gets new ones, never the old version's."""
+    from netbootd.tftp import codec
+
+    shared = SharedContent()
+    f = tmp_path / "ipxe.efi"
+    data = os.urandom(3 * 1468 + 100)
+    f.write_bytes(data)
+    with open(f, "rb") as a, open(f, "rb") as b:
+        first, second = shared.packets(a, 1468), shared.packets(b, 1468)
+        other = shared.packets(a, 512)
+    assert second is first and other is not first
+    assert first == [codec.encode_data(n + 1, data[n * 1468 : (n + 1) * 1468]) for n in range(4)]
+    assert len(other) == len(data) // 512 + 1 and b"".join(p[4:] for p in other) == data
+    f.write_bytes(b"x" * 1468)  # a multiple of blksize: an empty last block ends it
+    os.utime(f, ns=(1, 1))
+    with open(f, "rb") as c:
+        assert shared.packets(c, 1468) == [codec.encode_data(1, b"x" * 1468), codec.encode_data(2, b"")]
+    # the packets count against the same bound as the content
+    assert shared.bytes == sum(e.size for e in shared._files.values())
+
+
+def test_tiny_blocks_are_not_prebuilt(tmp_path):
+    shared = SharedContent()
+    f = tmp_path / "big"
+    f.write_bytes(b"y" * 300_000)
+    with open(f, "rb") as a:
+        assert shared.packets(a, 8) is None  # 37501 packets: sliced per session instead
+        assert shared.get(a) == b"y" * 300_000
