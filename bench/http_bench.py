@@ -83,7 +83,7 @@ class Server:
         self.name, self.pids_of, self.url = name, pids_of, url
 
 
-def start_netbootd(root: Path, pythonpath: str | None) -> tuple[subprocess.Popen, str]:
+def start_netbootd(root: Path, pythonpath: str | None, sendfile_threads: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     (root / "netbootd.toml").write_text(textwrap.dedent(f"""
         machines_dir = "machines"
@@ -94,6 +94,7 @@ def start_netbootd(root: Path, pythonpath: str | None) -> tuple[subprocess.Popen
         port = {port}
         listen = "127.0.0.1"
         rate_limit = 0
+        {f'sendfile_threads = "{sendfile_threads}"' if sendfile_threads is not None else ""}
         [dhcp]
         enabled = false
         [tftp]
@@ -151,6 +152,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer requests per row")
     p.add_argument("--nginx-workers", default="1", help="nginx worker_processes (1, or auto)")
     p.add_argument("--netbootd-pythonpath", help="run another netbootd checkout (PYTHONPATH)")
+    p.add_argument("--sendfile-threads", help='netbootd http.sendfile_threads ("auto", "0" = none; default: its default)')
     args = p.parse_args()
     if shutil.which("ab") is None or shutil.which("nginx") is None:
         print("needs ab (apache2-utils) and nginx (nginx-light)", file=sys.stderr)
@@ -174,7 +176,7 @@ def main() -> int:
     ]
     procs = []
     try:
-        nb, nb_url = start_netbootd(root, args.netbootd_pythonpath)
+        nb, nb_url = start_netbootd(root, args.netbootd_pythonpath, args.sendfile_threads)
         procs.append(nb)
         # nginx serves the very script netbootd renders
         subprocess.run(["curl", "-s", "-o", str(root / "script.ipxe"), nb_url + rows[0][1]], check=True)
@@ -192,7 +194,8 @@ def main() -> int:
                     rate = ab(server.url + path, n, c, keepalive)
                     cpu = cpu_seconds(server.pids_of()) - before
                     results[(label, "keep-alive" if keepalive else "new conn", server.name)] = (rate, cpu / n * 1e6)
-        print(f"\nHTTP on loopback, ab -c 20 (64 MiB: -c 4); netbootd rate_limit 0; nginx worker_processes "
+        print(f"\nHTTP on loopback, ab -c 20 (64 MiB: -c 4); netbootd rate_limit 0, sendfile_threads "
+              f"{args.sendfile_threads or 'default'}; nginx worker_processes "
               f"{args.nginx_workers}, sendfile on; load average before: {os.getloadavg()[0]:.2f}\n")
         print("| route | connection | netbootd req/s | nginx req/s | ratio | netbootd CPU µs/req | nginx CPU µs/req |")
         print("|---|---|---|---|---|---|---|")
