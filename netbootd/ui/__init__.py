@@ -96,6 +96,10 @@ class Dashboard:
             "explain": details.explanations(self.settings, catalog, self.core.image_layers, mac, server,
                                             details.arch_order(row)),
             "server": server,
+            # without `advertise` each machine is sent the address its request reached: unknown here
+            "server_note": "" if self.settings.advertise else (
+                f"URLs show {server} (a documentation address): advertise is not set, so each machine is "
+                "sent the address of this host its request reached"),
         }
 
     def health_doc(self) -> dict[str, Any]:

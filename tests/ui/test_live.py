@@ -301,3 +301,22 @@ def test_check_names_a_bad_listen_and_auth_file(daemon_factory, tmp_path):
     text = out.stdout + out.stderr
     assert out.returncode != 0 and re.search(r":\d+: ui\.auth_file.*readable by other users", text), text
     assert "s3cret" not in text
+
+
+def test_explain_says_when_its_server_address_is_only_an_example(daemon_factory):
+    """Without `advertise` a machine is sent the address its request reached, which the dashboard
+    cannot know: its explain text uses a documentation address and says so; with it, no note."""
+    plain = daemon_factory()
+    (plain.files / "vmlinuz").write_bytes(b"k")
+    (plain.machines / "52-54-00-78-00-01.toml").write_text('[boot]\nkernel = "vmlinuz"\n')
+    plain.start()
+    doc = httpx.get(plain.ui_url + "/api/machine/52-54-00-78-00-01").json()
+    assert "advertise is not set" in doc["server_note"] and "192.0.2.1" in doc["server_note"]
+    assert any("192.0.2.1" in line for lines in doc["explain"].values() for line in lines)
+    advertised = daemon_factory(top_settings='advertise = "127.0.0.1"\n')
+    (advertised.files / "vmlinuz").write_bytes(b"k")
+    (advertised.machines / "52-54-00-78-00-01.toml").write_text('[boot]\nkernel = "vmlinuz"\n')
+    advertised.start()
+    doc = httpx.get(advertised.ui_url + "/api/machine/52-54-00-78-00-01").json()
+    assert doc["server_note"] == ""
+    assert not any("192.0.2.1" in line for lines in doc["explain"].values() for line in lines)

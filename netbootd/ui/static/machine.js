@@ -77,6 +77,7 @@
       return b;
     }));
     document.getElementById("explain").textContent = doc.explain[tab].join("\n");
+    document.getElementById("explain-note").textContent = doc.server_note || "";
 
     const file = doc.config.file, profile = doc.config.profile;
     document.getElementById("file-path").textContent = file ? file.path : "";
