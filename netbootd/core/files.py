@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 
@@ -40,6 +41,39 @@ def clean_name(name: str) -> str:
     return "/".join(parts)
 
 
+ROOT_RECHECK_SECONDS = 1.0  # a root that is a symlink may be switched (an atomic deploy): noticed this soon
+_real_roots: dict[str, tuple[float, str]] = {}
+
+
+def _real_root(root: Path | str) -> str:
+    """os.path.realpath(root), asked of the kernel at most once a second per root: realpath
+    lstat()s every component, and roots sit deep (a storm's profile: 240 µs a request)."""
+    key = os.fspath(root)
+    now = time.monotonic()
+    hit = _real_roots.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    real = os.path.realpath(key)
+    if len(_real_roots) > 64:
+        _real_roots.clear()  # roots are a handful; never grow without bound
+    _real_roots[key] = (now + ROOT_RECHECK_SECONDS, real)
+    return real
+
+
+def _walk(real_root: str, rel: str) -> tuple[str, os.stat_result | None]:
+    """The real path of `rel` under `real_root` and its lstat, one lstat per component of `rel`
+    (realpath's own walk, without the root's components). A symlink anywhere: realpath decides
+    (its target may leave the root), and the stat is left to the caller."""
+    path = real_root
+    st = None
+    for part in rel.split("/"):
+        path = f"{path}/{part}" if path != "/" else f"/{part}"
+        st = os.lstat(path)  # FileNotFoundError, NotADirectoryError: the caller's
+        if stat.S_ISLNK(st.st_mode):
+            return os.path.realpath(os.path.join(real_root, rel)), None
+    return path, st
+
+
 def resolve_under(root: Path, name: str) -> Path:
     """Return the real path of regular file `name` under `root`.
 
@@ -47,15 +81,14 @@ def resolve_under(root: Path, name: str) -> Path:
     even when the name itself looks harmless.
     """
     rel = clean_name(name)
-    # Strings, not pathlib: both are normalized absolute paths (realpath), so "inside" is a prefix
-    # test, and pathlib's `parents` built a Path per level on every request of a boot storm.
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(real_root, rel))
-    if real != real_root and not real.startswith(real_root if real_root.endswith("/") else real_root + "/"):
-        raise AccessDenied("path leaves the served root")
-    candidate = Path(real)
+    real_root = _real_root(root)
     try:
-        st = os.stat(real)
+        real, st = _walk(real_root, rel)
+        # Strings, not pathlib: both are normalized absolute paths, so "inside" is a prefix test.
+        if real != real_root and not real.startswith(real_root if real_root.endswith("/") else real_root + "/"):
+            raise AccessDenied("path leaves the served root")
+        if st is None:
+            st = os.stat(real)
     except FileNotFoundError:
         raise FileNotFound(rel) from None
     except (PermissionError, NotADirectoryError):
@@ -65,7 +98,7 @@ def resolve_under(root: Path, name: str) -> Path:
     if not stat.S_ISREG(st.st_mode):
         # directories, devices, FIFOs, sockets
         raise AccessDenied("not a regular file")
-    return candidate
+    return Path(real)
 
 
 def open_under(root: Path, name: str):

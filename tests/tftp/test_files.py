@@ -127,3 +127,25 @@ async def test_refusals_with_real_clients(hostile_root, server, tmp_path):
     assert b"Access violation" in result.out + result.err, result
     result = await run(hpa_argv(server.port, "inside-link", out))
     assert result.code == 0 and sha256(out) == sha256(hostile_root / "sub" / "ok.txt")
+
+
+def test_a_root_that_is_a_symlink_can_be_switched(tmp_path, monkeypatch):
+    """An atomic deploy points the root's symlink at a new release: within ROOT_RECHECK_SECONDS
+    the new tree is served (the real root is cached that long), and never a file of neither."""
+    from netbootd.core import files as core_files
+
+    for release, body in (("v1", b"one"), ("v2", b"two")):
+        (tmp_path / release / "sub").mkdir(parents=True)
+        (tmp_path / release / "sub" / "kernel").write_bytes(body)
+    os.symlink(tmp_path / "v1", tmp_path / "current")
+    assert core_files.resolve_under(tmp_path / "current", "sub/kernel").read_bytes() == b"one"
+    os.symlink(tmp_path / "v2", tmp_path / "next")
+    os.replace(tmp_path / "next", tmp_path / "current")
+    later = core_files.time.monotonic() + core_files.ROOT_RECHECK_SECONDS + 0.01
+    monkeypatch.setattr(core_files.time, "monotonic", lambda: later)
+    assert core_files.resolve_under(tmp_path / "current", "sub/kernel").read_bytes() == b"two"
+    os.symlink(tmp_path / "v1" / "sub", tmp_path / "v2" / "linked")  # a symlinked directory leaving the root
+    with pytest.raises(AccessDenied):
+        core_files.resolve_under(tmp_path / "current", "linked/kernel")
+    with pytest.raises(AccessDenied):  # a file used as a directory
+        core_files.resolve_under(tmp_path / "current", "sub/kernel/x")
