@@ -85,6 +85,8 @@ class Server:
 
 def start_netbootd(root: Path, pythonpath: str | None, sendfile_threads: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # no dashboard: its port would clash with a netbootd running here (a checkout older than it has no [ui])
+    ui_off = '[ui]\n        listen = ""' if (Path(pythonpath or REPO) / "netbootd" / "ui").is_dir() else ""
     (root / "netbootd.toml").write_text(textwrap.dedent(f"""
         machines_dir = "machines"
         files_root = "files"
@@ -99,11 +101,14 @@ def start_netbootd(root: Path, pythonpath: str | None, sendfile_threads: str | N
         enabled = false
         [tftp]
         enabled = false
+        {ui_off}
         """))
     env = {**os.environ}
+    # -P: no current directory on sys.path, or `-m netbootd` run from a checkout imports that
+    # checkout's package whatever PYTHONPATH says (a before/after comparison of one version)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    proc = subprocess.Popen([sys.executable, "-m", "netbootd", "serve", "--config", str(root / "netbootd.toml")],
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "netbootd", "serve", "--config", str(root / "netbootd.toml")],
                             stdout=open(root / "netbootd.log", "wb"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
