@@ -427,6 +427,7 @@ class Netbootd:
                                                      (f"http {s.http.port}", s.http.enabled and s.ui.metrics_on_http_port))
                              if on) or "off",
             http=s.http.port if s.http.enabled else "off",
+            sendfile_threads=s.http.sendfile_thread_count() if s.http.enabled else 0,
             tftp=s.tftp.port if s.tftp.enabled else "off",
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
             dhcp6=f"{s.dhcp.port6},{s.dhcp.proxy_port}" if self.dhcp6_rejoin is not None else "off",

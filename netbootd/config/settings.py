@@ -106,14 +106,19 @@ class HttpSettings:
     max_url_length: int = 4096  # request line bytes; beyond: 414
     max_header_bytes: int = 16384  # request line and headers; beyond: 431
     max_headers: int = 100  # header lines; beyond: 431 (request bodies are always refused: 413)
-    # Worker threads that move file bytes (sendfile bursts), so downloads use every core: "auto"
-    # (one per core), a number, or "0" (everything on the one reactor thread)
+    # Worker threads that move file bytes (sendfile bursts), so downloads use the cores the
+    # reactor thread does not: "auto", a number, or "0" (everything on the one reactor thread)
     sendfile_threads: str = "auto"
 
     def sendfile_thread_count(self) -> int:
+        """"auto": one per core beyond the reactor's, none on a host of one or two cores (measured on
+        2 cores, README "Using every core": the threads' hand-offs cost more CPU than they free)."""
         import os
 
-        return (os.cpu_count() or 1) if self.sendfile_threads == "auto" else int(self.sendfile_threads)
+        if self.sendfile_threads != "auto":
+            return int(self.sendfile_threads)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return 0 if cores <= 2 else min(cores - 1, 16)
 
 
 @attrs.frozen
