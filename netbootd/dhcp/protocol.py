@@ -125,17 +125,20 @@ class DhcpProtocol(DatagramProtocol):
 
     def batchReceived(self, batch: list, behind: bool = False) -> None:
         """One read of the socket (netbootd.udpport): configured machines first, then the rest —
-        none of the rest while `behind` (more was queued than one read takes: a flood), so the
-        queue drains at the speed of reading and a configured machine waits one read, not a flood."""
+        none of the rest while `behind` (more was queued than one read takes) during a flood (the
+        unknown-MAC budget ran out lately), so the queue drains at the speed of reading and a
+        configured machine waits one read, not a flood. A storm of new machines within the budget
+        is behind too, and answered in full."""
         if self.flood is None:
             for packet in batch:
                 self.packetReceived(*packet)
             return
         # Behind for several reads in a row: a standing queue (a storm's burst fills one read, then drains)
         self.behind_reads = self.behind_reads + 1 if behind else 0
-        shedding = self.behind_reads >= SHED_AFTER_READS
+        shedding = self.behind_reads >= SHED_AFTER_READS and self.flood.flooding()
         for packet in self.flood.order(batch):
             if shedding and not self.flood.is_known(packet[0]):
+                self.flood.admit(packet[0])  # its budget still counts: the flood is over when it refills
                 DROPPED.inc("unknown-while-behind")
                 continue
             self.packetReceived(*packet)

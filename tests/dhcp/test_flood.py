@@ -25,9 +25,11 @@ def test_unknown_macs_within_a_budget_known_ones_always():
     assert not FloodGuard(lambda: set(), rate=1, burst=0).admit(b"short")  # a runt: unknown, no tokens
 
 
-def test_a_read_that_is_behind_answers_configured_machines_only(capture_log):
+def test_a_read_that_is_behind_during_a_flood_answers_configured_machines_only(capture_log):
     """netbootd.dhcp.protocol.DhcpProtocol.batchReceived: configured machines first; while behind
-    (the socket had more than one read takes) no unknown MAC is answered at all."""
+    (the socket had more than one read takes) during a flood (the unknown-MAC budget ran out within
+    the last second) no unknown MAC is answered at all; behind in a storm within the budget, all are."""
+    from netbootd.dhcp.flood import FLOOD_MEMORY
     from netbootd.dhcp.protocol import DhcpProtocol
 
     handled: list[str] = []
@@ -36,18 +38,30 @@ def test_a_read_that_is_behind_answers_configured_machines_only(capture_log):
         def packetReceived(self, datagram, addr, info, truncated):
             handled.append(":".join(f"{b:02x}" for b in datagram[28:34]))
 
-    guard = FloodGuard(lambda: {"52:54:00:00:00:01"}, rate=1000, burst=1000)
+    now = [0.0]
+    guard = FloodGuard(lambda: {"52:54:00:00:00:01"}, rate=1000, burst=1000, clock=lambda: now[0])
     proto = Recording(None, proxy=False, flood=guard)
     batch = [(discover(f"02:00:00:00:00:{i:02x}"), ("0.0.0.0", 68), None, False) for i in range(5)]
     batch.insert(3, (discover("52:54:00:00:00:01"), ("0.0.0.0", 68), None, False))
     proto.batchReceived(batch, behind=False)
     assert handled[0] == "52:54:00:00:00:01" and len(handled) == 6  # first, then the others
-    for reads in range(1, 6):  # a standing queue: shed only after several reads in a row were behind
+    for _ in range(5):  # a storm of new machines: behind, within the budget: everyone, known first
         handled.clear()
         proto.batchReceived(batch, behind=True)
-        assert handled == (["52:54:00:00:00:01"] if reads >= 2 else handled[:1] + handled[1:]) and len(handled) == (
-            1 if reads >= 2 else 6)
+        assert handled[0] == "52:54:00:00:00:01" and len(handled) == 6
+    while guard.admit(discover("02:00:00:00:ff:ff")):  # a flood spends the budget
+        pass
+    proto.batchReceived(batch, behind=False)
+    for reads in range(1, 6):  # a standing queue in a flood: shed only after several reads in a row were behind
+        handled.clear()
+        proto.batchReceived(batch, behind=True)
+        assert handled[0] == "52:54:00:00:00:01" and len(handled) == (1 if reads >= 2 else 6)
     proto.batchReceived(batch, behind=False)  # caught up: everyone again
     handled.clear()
     proto.batchReceived(batch, behind=True)
     assert len(handled) == 6
+    now[0] += 2 * FLOOD_MEMORY  # the flood is over (the budget refilled, nothing refused since)
+    for _ in range(3):
+        handled.clear()
+        proto.batchReceived(batch, behind=True)
+        assert len(handled) == 6
