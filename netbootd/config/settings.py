@@ -61,7 +61,7 @@ class DhcpSettings:
     # Requests from MACs without a machine file of their own, a second (0: no limit), and the burst
     # above it: a flood of spoofed MACs is dropped before it is decoded; configured machines always pass
     unknown_rate: float = 5000.0
-    unknown_burst: int = 10000
+    unknown_burst: int = 2000
     ipv6: bool = True  # proxy DHCPv6 too: UDP port6 (multicast ff02::1:2) and proxy_port over IPv6
     port6: int = 547
 

@@ -63,5 +63,11 @@ class FloodGuard:
         return False
 
     def flooding(self) -> bool:
-        """Unknown MACs came faster than the budget within the last FLOOD_MEMORY seconds."""
-        return self.rate > 0 and self.clock() - self.refused_at < FLOOD_MEMORY
+        """Unknown MACs come faster than the budget: half the burst is spent (a flood at
+        dnsmasq's rate spends it within a tenth of a second, a rack powering on over a second or
+        two does not), or the budget ran out within the last FLOOD_MEMORY seconds."""
+        if self.rate <= 0:
+            return False
+        now = self.clock()
+        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        return tokens < self.burst / 2 or now - self.refused_at < FLOOD_MEMORY

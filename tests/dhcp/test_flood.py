@@ -65,3 +65,22 @@ def test_a_read_that_is_behind_during_a_flood_answers_configured_machines_only(c
         handled.clear()
         proto.batchReceived(batch, behind=True)
         assert len(handled) == 6
+
+
+def test_flooding_is_half_the_burst_spent_or_a_refusal_within_a_second():
+    from netbootd.dhcp.flood import FLOOD_MEMORY
+
+    now = [0.0]
+    guard = FloodGuard(lambda: set(), rate=100, burst=100, clock=lambda: now[0])
+    for i in range(50):
+        assert guard.admit(discover(f"02:00:00:00:00:{i:02x}"))
+    assert not guard.flooding()  # a rack powering on: half the burst left
+    assert guard.admit(discover("02:00:00:00:01:00")) and guard.flooding()  # more than half spent at once
+    now[0] += 0.3  # refilled 30: under half spent again
+    assert not guard.flooding()
+    while guard.admit(discover("02:00:00:00:02:00")):
+        pass
+    now[0] += 0.9  # refilled 90 (over half the burst), but refused 0.9 s ago
+    assert guard.flooding()
+    now[0] += FLOOD_MEMORY
+    assert not guard.flooding()
