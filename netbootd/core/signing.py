@@ -11,17 +11,16 @@ the others. `read_key_file` is the one place that decides whether such a file is
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import os
 import secrets
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from netbootd.logs import get_logger
+from netbootd.secretfile import read_private_file
 
 log = get_logger("netbootd.core")
 
@@ -34,7 +33,6 @@ MAX_KEY_BYTES = 64 * 1024  # a key file is small; anything bigger is the wrong f
 # own a root-owned key gets to read it). "Others" is every account and container on the host:
 # refused. Write by group or others is refused as well: whoever can replace the key can pick one
 # they know and forge URLs after the next restart.
-FORBIDDEN_MODE_BITS = stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP
 
 
 class SigningKeyError(Exception):
@@ -53,44 +51,11 @@ def read_key_file(path: Path) -> bytes:
 
     The file is opened once and checked through its descriptor, so what is checked is what is read.
     """
-    try:
-        # O_NONBLOCK: a FIFO would block the open; it is refused below as not a regular file.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except ValueError:  # a NUL byte in the configured path
-        raise SigningKeyError(f"signing key file {path!r} is not a valid path") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise SigningKeyError(f"signing key file {path} does not exist: {make_key_hint(path)}") from None
-        raise SigningKeyError(
-            f"cannot read signing key file {path}: {exc.strerror or exc} (netbootd runs as uid {os.geteuid()}; "
-            f"the file must be readable by it, and by no other users)"
-        ) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SigningKeyError(f"signing key file {path} is not a regular file: {make_key_hint(path)}")
-        bad = st.st_mode & FORBIDDEN_MODE_BITS
-        if bad:
-            who = []
-            if bad & stat.S_IROTH:
-                who.append("readable by other users")
-            if bad & (stat.S_IWOTH | stat.S_IWGRP):
-                who.append("writable by " + ("other users" if bad & stat.S_IWOTH else "its group"))
-            raise SigningKeyError(
-                f"signing key file {path} is {' and '.join(who)} (mode {stat.S_IMODE(st.st_mode):04o}): whoever can read "
-                f"or replace it can forge signed Ignition/BOOTy URLs; run `chmod 600 {path}` (a Kubernetes Secret: "
-                "defaultMode: 0400)"
-            )
-        key = b""
-        while len(key) <= MAX_KEY_BYTES:
-            chunk = os.read(fd, MAX_KEY_BYTES + 1 - len(key))
-            if not chunk:
-                break
-            key += chunk
-    except OSError as exc:
-        raise SigningKeyError(f"cannot read signing key file {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    key = read_private_file(
+        path, MAX_KEY_BYTES, "signing key file", SigningKeyError, missing=make_key_hint(path),
+        not_regular=make_key_hint(path),
+        exposed=(f"whoever can read or replace it can forge signed Ignition/BOOTy URLs; run `chmod 600 {path}` "
+                 "(a Kubernetes Secret: defaultMode: 0400)"))
     if len(key) < MIN_KEY_BYTES:
         raise SigningKeyError(
             f"signing key file {path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES} random bytes: "

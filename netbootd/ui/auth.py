@@ -6,7 +6,7 @@ in clear: `user:pbkdf2-sha256$ITERATIONS$SALT_HEX$HASH_HEX`, as printed by
 `python -m netbootd.ui.auth USER` (reads the password from the terminal).
 
 Like http.signing_key_file, the file must be a regular file that other users cannot read and
-that neither they nor its group can write (netbootd.core.signing.FORBIDDEN_MODE_BITS): whoever
+that neither they nor its group can write (netbootd.secretfile.FORBIDDEN_MODE_BITS): whoever
 reads it can read the dashboard, whoever writes it can let themselves in.
 
 Only digests are kept in memory, and every comparison is constant-time (hmac.compare_digest over
@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import hmac
-import os
 import secrets
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from netbootd.core.signing import FORBIDDEN_MODE_BITS
+from netbootd.secretfile import read_private_file
 
 MIN_TOKEN = 16
 MAX_FILE_BYTES = 64 * 1024
@@ -117,37 +114,14 @@ def _parse(path: Path, text: str) -> Credentials:
 
 
 def read_auth_file(path: Path) -> Credentials:
-    """The credentials in `path`, or AuthFileError. Opened once and checked through the descriptor
-    (what is checked is what is read), as netbootd.core.signing.read_key_file does."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except ValueError:
-        raise AuthFileError(f"ui.auth_file {path!r} is not a valid path") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise AuthFileError(f"ui.auth_file {path} does not exist: write `user:password` lines or one token "
-                                f"into it and `chmod 600 {path}`, or unset ui.auth_file") from None
-        raise AuthFileError(f"cannot read ui.auth_file {path}: {exc.strerror or exc} (netbootd runs as uid "
-                            f"{os.geteuid()}; the file must be readable by it, and by no other users)") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise AuthFileError(f"ui.auth_file {path} is not a regular file")
-        bad = st.st_mode & FORBIDDEN_MODE_BITS
-        if bad:
-            who = []
-            if bad & stat.S_IROTH:
-                who.append("readable by other users")
-            if bad & (stat.S_IWOTH | stat.S_IWGRP):
-                who.append("writable by " + ("other users" if bad & stat.S_IWOTH else "its group"))
-            raise AuthFileError(
-                f"ui.auth_file {path} is {' and '.join(who)} (mode {stat.S_IMODE(st.st_mode):04o}): whoever can read "
-                f"it can read the dashboard, whoever can write it can let themselves in; run `chmod 600 {path}`")
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise AuthFileError(f"cannot read ui.auth_file {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    """The credentials in `path`, or AuthFileError (netbootd.secretfile: opened once, checked
+    through the descriptor)."""
+    data = read_private_file(
+        path, MAX_FILE_BYTES, "ui.auth_file", AuthFileError,
+        missing=f"write `user:password` lines or one token into it and `chmod 600 {path}`, or unset ui.auth_file",
+        not_regular="",
+        exposed=(f"whoever can read it can read the dashboard, whoever can write it can let themselves in; "
+                 f"run `chmod 600 {path}`"))
     if len(data) > MAX_FILE_BYTES:
         raise AuthFileError(f"ui.auth_file {path} is larger than {MAX_FILE_BYTES} bytes: is it the right file?")
     try:
