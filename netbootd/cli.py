@@ -13,18 +13,8 @@ from netbootd.config.errors import ConfigInvalid
 from netbootd.config.load import DEFAULT_CONFIG, build_catalog, load_machines, load_settings
 from netbootd.config.machines import machine_count
 from netbootd.config.settings import Settings
-from netbootd.model import Arch, Client, Firmware, normalize_mac
-
-EXPLAIN_ARCHS = {
-    # --arch → the firmware that first asks, and the arch it reports
-    "bios": (Firmware.BIOS_PXE, Arch.BIOS),
-    "efi32": (Firmware.EFI_PXE, Arch.EFI32),
-    "efi64": (Firmware.EFI_PXE, Arch.EFI64),
-    "arm64": (Firmware.EFI_PXE, Arch.ARM64),
-    "http": (Firmware.HTTP_BOOT, Arch.EFI64),
-    "http-arm64": (Firmware.HTTP_BOOT, Arch.ARM64),
-}
-SAMPLE_SERVER = "192.0.2.1"
+from netbootd.core.explain import FIRMWARES
+from netbootd.model import normalize_mac
 
 
 class NoConfig(Exception):
@@ -115,33 +105,20 @@ def cmd_check(args) -> int:
 
 def _check_secure_boot(settings: Settings, machines) -> int:
     """One line per binary a Secure Boot machine is offered; returns how many its firmware would refuse."""
-    from netbootd.core.secureboot import findings
+    from netbootd.core.decide import BootCore
+    from netbootd.core.explain import secure_boot_findings
 
     refused = 0
-    for finding in findings(settings, machines):
+    for finding in secure_boot_findings(settings, BootCore(settings), machines):
         print(finding.line())
         refused += finding.refused
     return refused
 
 
-def _explain_secure_boot(settings: Settings, machine) -> None:
-    """The signatures section of `explain`, for a Secure Boot machine."""
-    for line in explain_secure_boot_lines(settings, machine):
-        print(line)
-
-
-def explain_secure_boot_lines(settings: Settings, machine) -> list[str]:
-    from netbootd.core.secureboot import findings
-
-    found = findings(settings, [machine])
-    if not found:
-        return []
-    return ["--- Secure Boot signatures " + "-" * 38, *(finding.line(with_machine=False) for finding in found)]
-
-
 def cmd_explain(args) -> int:
     from netbootd.config.lastgood import LastGoodStore
-    from netbootd.core import BootCore
+    from netbootd.core.decide import BootCore
+    from netbootd.core.explain import SAMPLE_SERVER, explain_lines
 
     try:
         mac = normalize_mac(args.mac)
@@ -165,102 +142,6 @@ def cmd_explain(args) -> int:
     for line in explain_lines(core, mac, args.arch, server, show_secrets=args.show_secrets):
         print(line)
     return 0
-
-
-def explain_lines(core, mac: str, arch_key: str, server: str, *, show_secrets: bool = False) -> list[str]:
-    """What `netbootd explain` prints for one machine and firmware (`arch_key`: a key of
-    EXPLAIN_ARCHS), as lines: also what the dashboard's machine page shows. `core` is a BootCore
-    on the catalog to explain; Ignition contents only with `show_secrets`."""
-    from netbootd.config.machines import BootKind
-    from netbootd.core import NoScript
-
-    out: list[str] = []
-    emit = out.append
-    settings, catalog = core.settings, core.catalog
-    firmware, arch = EXPLAIN_ARCHS[arch_key]
-    machine = core.find(mac, None)
-    emit(f"machine   {mac}")
-    held = catalog.held_for(mac)
-    if held is not None:
-        emit(f"config    HELD: {held.error}")
-        emit("          this machine gets nothing (no DHCP answer, no TFTP file, /ipxe 404), never the default, "
-             "until the file is fixed")
-        return out
-    if machine is None:
-        emit(f"config    none: {core.no_machine_reason()} → netbootd does not answer")
-        return out
-    profile = f" (profile {machine.profile})" if machine.profile else ""
-    emit(f"config    {machine.source}{profile}")
-    if machine.name in catalog.stale:
-        emit(f"          the file has errors ({catalog.stale[machine.name]}); this is its last good version, "
-             f"kept in {settings.state_dir}")
-    emit(f"boot      {machine.boot.kind.value}")
-    if machine.vars:
-        emit("vars      " + ", ".join(f"{k}={v}" for k, v in machine.vars.items()))
-    emit(f"firmware  {firmware.value}, arch {arch.value}; server {server}"
-         + (" (pass --server to see real URLs)" if server == SAMPLE_SERVER else ""))
-    decision = core.decide(Client(mac, arch, firmware, None), server)
-    if decision.offer is None:
-        emit(f"DHCP      no answer: {decision.reason}")
-    else:
-        where = "4011 ACK" if firmware is Firmware.EFI_PXE else "67 OFFER"
-        emit(f"DHCP      {where}: {decision.offer.kind.value} {decision.offer.bootfile}")
-    ipxe_decision = core.decide(Client(mac, arch, Firmware.IPXE, None), server)
-    direct_efi = (
-        firmware is Firmware.HTTP_BOOT
-        and decision.offer is not None
-        and decision.offer.bootfile == core.efi_url(machine, core.base_url(server))
-    )
-    grub_chain = (decision.offer is not None and machine.loader == "grub" and firmware is Firmware.EFI_PXE)
-    if firmware is Firmware.HTTP_BOOT and decision.offer is not None and not direct_efi:
-        emit("          UEFI HTTP boot loads iPXE from that URL; iPXE then asks DHCP again:")
-    if grub_chain:
-        out += explain_grub_lines(core, machine, mac, arch, server)
-    elif direct_efi:
-        emit("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
-    elif machine.secure_boot:
-        emit("iPXE      not used: Secure Boot firmware runs only signed binaries, and iPXE is not signed")
-    elif ipxe_decision.offer is None:
-        emit(f"iPXE      no answer: {ipxe_decision.reason}")
-    else:
-        emit(f"iPXE      DHCP answer: script {ipxe_decision.offer.bootfile}")
-        try:
-            script = core.script(mac, None, arch, server)
-        except NoScript as exc:
-            emit(f"script    none: {exc}")
-        else:
-            emit("--- iPXE script " + "-" * 48)
-            out += script.rstrip().split("\n")
-    if machine.ignition is not None:
-        emit("--- Ignition " + "-" * 52)
-        out += (machine.ignition.decode(errors="replace").rstrip().split("\n") if show_secrets
-                else [f"({len(machine.ignition)} bytes; --show-secrets prints it)"])
-    if machine.booty is not None:
-        emit("--- BOOTy " + "-" * 55)
-        out += core.booty(mac).decode().split("\n")
-    if firmware is Firmware.HTTP_BOOT and machine.boot.kind in (BootKind.EFI, BootKind.IMAGE):
-        status, body = core.httpboot([mac], server)
-        if status == 200:
-            import json
-
-            emit("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
-            out += json.dumps(body, indent=1).split("\n")
-    out += explain_secure_boot_lines(settings, machine)
-    return out
-
-
-def explain_grub_lines(core, machine, mac: str, arch: Arch, server: str) -> list[str]:
-    """The shim → GRUB → grub.cfg chain a loader = "grub" machine gets over TFTP."""
-    from netbootd.core import grub
-
-    steps = [grub.shim_name(arch.value), grub.grub_name(arch.value)] if machine.secure_boot else [grub.grub_name(arch.value)]
-    return [
-        "GRUB      " + " → ".join([*steps, grub.GENERIC_CFG, grub.machine_cfg_name(mac)]) + " (all over TFTP)",
-        "          Debian's signed GRUB asks the TFTP server in the site DHCP server's answer (next-server), "
-        "not the proxy's: run netbootd on the DHCP server's host, or point next-server at it (README: Secure Boot)",
-        f"--- /{grub.machine_cfg_name(mac)} " + "-" * 30,
-        *core.grub_files.config(machine, mac, server).rstrip().split("\n"),
-    ]
 
 
 def cmd_serve(args) -> int:
@@ -348,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="show what a machine would be offered and the script it gets")
     explain.add_argument("mac", help="the machine's MAC address (any of 52:54:00:12:34:56, 52-54-00-12-34-56)")
-    explain.add_argument("--arch", choices=sorted(EXPLAIN_ARCHS), default="efi64",
+    explain.add_argument("--arch", choices=sorted(FIRMWARES), default="efi64",
                          help="the firmware asking: bios (BIOS PXE), efi32/efi64/arm64 (UEFI PXE), "
                               "http/http-arm64 (UEFI HTTP boot); default efi64")
     explain.add_argument("--config", help=CONFIG_HELP)

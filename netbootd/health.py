@@ -9,8 +9,9 @@ typo in a machine file" from "every BIOS machine fails" at a glance:
 Kinds: config_error (a file with errors; its machines serve their last good version or are held),
 held (a machine that gets nothing until its file is fixed), image_unresolved (a configured OCI image
 that cannot be resolved: registry unreachable, not allowed, no such tag, credentials), loader_missing
-(a configured iPXE/loader binary that is not on disk). Pure functions of the catalog, the settings and
-the image watch; the service calls them on every reload and resolution.
+(a configured iPXE/loader binary that is not on disk: each loader module reports its own). Pure
+functions of the catalog, the settings and the image watch; the service calls them on every reload
+and resolution.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import attrs
 from prometheus_client import Gauge
 
 from netbootd.config.machines import Catalog
-from netbootd.config.settings import Settings
 from netbootd.imageref import ImageRef
 from netbootd.logs import get_logger
 
@@ -78,41 +78,6 @@ def config_problems(catalog: Catalog) -> list[dict[str, Any]]:
         out.append(problem("config_error", str(file), names, f"{first}{more}{suffix}"))
     for held in catalog.held.values():
         out.append(problem("held", f"{held.name}.toml", [held.name], held.reason))
-    return out
-
-
-# ------------------------------------------------------------------------ loader binaries
-
-
-def loader_problems(settings: Settings, catalog: Catalog) -> list[dict[str, Any]]:
-    """Configured boot binaries that are not on disk: the machines that need them get no answer
-    (or a TFTP "file not found"), so say it before the first one asks."""
-    out = []
-    ipxe_dir = settings.tftp.ipxe_dir
-    for arch, name in attrs.asdict(settings.ipxe).items():
-        if name and not (ipxe_dir / name).is_file():
-            out.append(problem(
-                "loader_missing", str(ipxe_dir / name), [f"every {arch} machine"],
-                f"ipxe.{arch} = {name!r} is not in tftp.ipxe_dir {ipxe_dir}: {arch} machines cannot chainload "
-                f"iPXE (install Debian's ipxe package, or fix ipxe.{arch} / tftp.ipxe_dir)"))
-    grub_machines = sorted(m.name for m in catalog.files.values() if m.loader == "grub" and m.answers)
-    if grub_machines:
-        for role, path in (("shim", settings.grub.efi64_shim), ("grub", settings.grub.efi64_grub)):
-            if not path.is_file():
-                package = "shim-signed" if role == "shim" else "grub-efi-amd64-signed"
-                out.append(problem("loader_missing", str(path), grub_machines,
-                                   f"grub.efi64_{role} {path} is missing: these machines' UEFI PXE boot fails "
-                                   f"(apt-get install {package}, or fix grub.efi64_{role})"))
-    missing: dict[str, list[str]] = defaultdict(list)
-    for machine in catalog.files.values():
-        if machine.ipxe_binary:
-            root = settings.tftp.root
-            if root is None or not (root / machine.ipxe_binary).is_file():
-                missing[machine.ipxe_binary].append(machine.name)
-    for binary, names in missing.items():
-        where = settings.tftp.root or "(tftp.root is not set)"
-        out.append(problem("loader_missing", binary, names,
-                           f"ipxe_binary {binary!r} is not under tftp.root {where}"))
     return out
 
 

@@ -1,6 +1,10 @@
 """The only wiring: settings → core → edges and listeners, plus reload.
 
-Nothing else knows how the pieces connect; each edge gets the core and its settings.
+`Netbootd` is a Twisted MultiService of named children, started in order and stopped in reverse:
+"ui" (the dashboard's listener), "http", "tftp", "dhcp", "dhcp6", "config-watch" (the machines
+directory), and the periodic jobs "images-resolve", "loader-watch", "http-progress", "dhcp6-rejoin",
+"watchdog". Nothing else knows how the pieces connect; each edge gets the core (through the
+interface it needs, netbootd.core.interfaces), the timeline it records into, and its settings.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ import ipaddress
 import resource
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
+from twisted.application import internet, service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
@@ -20,8 +26,11 @@ from netbootd.config.lastgood import LastGoodStore
 from netbootd.config.load import build_catalog, is_ignored_name, load_machines
 from netbootd.config.settings import Settings
 from netbootd.config.watch import DirectoryWatcher
-from netbootd.core import BootCore
+from netbootd.core import files
+from netbootd.core.decide import BootCore
+from netbootd.core.plan import LAYER
 from netbootd.core.signing import SigningKeyError, UrlSigner
+from netbootd.core.timeline import Timeline
 from netbootd.images.resolve import image_machines
 from netbootd.logs import get_logger
 from netbootd.sdnotify import Notifier
@@ -89,35 +98,72 @@ def _loopback(host: str) -> bool:
         return False  # "" is every address
 
 
-class Netbootd:
+class Listening(service.Service):
+    """A named listener: `listen()` opens its ports (raising StartupError); stopping closes them."""
+
+    def __init__(self, name: str, listen: Callable[[], list[Any]]) -> None:
+        self.setName(name)
+        self._listen = listen
+        self.ports: list[Any] = []
+
+    def startService(self) -> None:
+        self.ports = list(self._listen())
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        ports, self.ports = self.ports, []
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
+
+
+class Watching(service.Service):
+    """The machines directory's watcher as a service."""
+
+    def __init__(self, watcher: DirectoryWatcher) -> None:
+        self.setName("config-watch")
+        self.watcher = watcher
+
+    def startService(self) -> None:
+        self.watcher.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.watcher.stop()
+
+
+def every(name: str, seconds: float, job: Callable[[], Any], reactor: Any) -> internet.TimerService:
+    """A periodic job (run at start, then every `seconds`) on the daemon's reactor."""
+    timer = internet.TimerService(seconds, job)
+    timer.clock = reactor
+    timer.setName(name)
+    return timer
+
+
+class Netbootd(service.MultiService):
     def __init__(self, settings: Settings, reactor) -> None:
+        super().__init__()
         self.settings = settings
         self.reactor = reactor
-        self.core = BootCore(settings, signer=url_signer(settings))
-        self.ui: Any = None  # netbootd.ui.Dashboard on ui.listen
-        self.ui_port: Any = None
+        # What each machine's boot has done so far: the edges record into it, the dashboard and
+        # /machines read it. Watched when there is a dashboard: it tells the page which rows changed.
+        self.timeline: Timeline
         if settings.ui.listen:
             from netbootd.ui import WatchedTimeline
 
-            self.core.timeline = WatchedTimeline()  # tells the dashboard which machines changed
-        self.ports: list[Any] = []
-        self.site: Any = None
-        self.http_port: Any = None
-        self.tftp_port: Any = None  # the first TFTP port (its server's transfers are shared with the others)
-        self.tftp_ports: list[Any] = []
-        self.watcher: DirectoryWatcher | None = None
+            self.timeline = WatchedTimeline()
+        else:
+            self.timeline = Timeline()
+        self.core = BootCore(settings, signer=url_signer(settings), timeline=self.timeline, fetch=self.fetch_artefact)
+        self.ui: Any = None  # netbootd.ui.Dashboard on ui.listen
+        self.site: Any = None  # the boot network's HTTP site
+        self.images: Any = None  # netbootd.images.proxy.ImageProxy, with the HTTP listener
+        self.url_cache: Any = None  # netbootd.images.urlcache.UrlCache, made when GRUB first needs a URL
         self.notifier = Notifier()
-        self.watchdog: task.LoopingCall | None = None
-        self.progress: task.LoopingCall | None = None
         self._hup_reload: Any = None  # the reload a SIGHUP scheduled, until it runs
-        self.images: Any = None  # netbootd.images.proxy.ImageProxy once HTTP is up
-        self.resolver: task.LoopingCall | None = None
         self._resolve_retry: Any = None
         self._resolve_backoff = health.IMAGE_RETRY_FIRST
         self.images_watch = health.ImageWatch(reactor.seconds)
-        self.url_cache: Any = None  # netbootd.images.urlcache.UrlCache, made when GRUB first needs a URL
-        self.grub_watch: task.LoopingCall | None = None
-        self.dhcp6_rejoin: task.LoopingCall | None = None  # joins new interfaces to ff02::1:2
         self.last_good = LastGoodStore(settings.state_dir)
         self.problems: list[dict[str, Any]] = []
         self.last_reload = 0.0
@@ -127,7 +173,7 @@ class Netbootd:
     # ------------------------------------------------------------------ configuration
 
     def reload(self, why: str = "") -> None:
-        if self.ports:
+        if self.running:
             self.notifier.reloading()
         if why == "SIGHUP" and self.ui is not None:
             self._reload_ui_auth()
@@ -143,7 +189,7 @@ class Netbootd:
         metrics.machines.set(len(catalog.files))
         metrics.config_reloads.labels("errors" if result.errors else "ok").inc()
         self._log_changes(why, previous, catalog)
-        if self.ports:
+        if self.running:
             self.notifier.ready(self.status_line())
         self.images_watch.configured(image_machines(catalog.files.values()))
         self.refresh_problems()
@@ -200,7 +246,7 @@ class Netbootd:
         catalog = self.core.catalog
         self.problems = (
             health.config_problems(catalog)
-            + health.loader_problems(self.settings, catalog)
+            + [p for loader in self.core.loaders.values() for p in loader.problems(catalog)]
             + self.images_watch.problems()
         )
         health.set_gauges(self.problems)
@@ -257,8 +303,10 @@ class Netbootd:
         return d
 
     def fetch_artefact(self, artefact) -> defer.Deferred:
-        """A URL or image layer on disk, for GRUB's TFTP (netbootd.core.grubfiles)."""
-        if artefact.kind == "layer":
+        """A URL or image layer on disk, for a loader that serves it over TFTP (GRUB)."""
+        if artefact.source == LAYER:
+            if self.images is None:
+                return defer.fail(files.FileNotFound(f"{artefact.describe()}: the image proxy is off (http.enabled)"))
             return self.images.layer_file(artefact.image, artefact.media_type, artefact.arch)
         if self.url_cache is None:
             from netbootd.images.urlcache import UrlCache
@@ -325,31 +373,6 @@ class Netbootd:
         return {"path": str(cache.root), "bytes": cache.total, "max_bytes": cache.max_bytes,
                 "blobs": len(cache.entries), "usable": cache.usable}
 
-    def start_ui(self) -> None:
-        """The dashboard on ui.listen, a Site of its own: never the boot network's HTTP port."""
-        from netbootd.config.settings import parse_listen
-        from netbootd.ui import AuthFileError, Dashboard, load_credentials
-
-        s = self.settings
-        try:
-            host, port = parse_listen(s.ui.listen)
-        except ValueError as exc:  # the settings loader catches it first; kept for Settings made in code
-            raise StartupError(f"ui.listen = {exc}") from None
-        try:
-            credentials = load_credentials(s)
-        except AuthFileError as exc:
-            raise StartupError(str(exc)) from None
-        self.ui = Dashboard(self.core, s, self.reactor, health=self.health, problems=lambda: self.problems,
-                            images=self._image_states, cache=self._cache_usage, credentials=credentials)
-        try:
-            self.ui_port = self.reactor.listenTCP(port, self.ui.site(), interface=host)
-        except CannotListenError as exc:
-            raise bind_error("TCP", port, 'ui.listen, or ui.listen = "" for no dashboard', exc) from None
-        self.ports.append(self.ui_port)
-        if credentials is None and not _loopback(host):
-            log.warn("the dashboard has no authentication and listens beyond this host: set ui.auth_file "
-                     "(SECURITY.md)", listen=s.ui.listen)
-
     def _metrics_elsewhere(self) -> str | None:
         """Why /metrics is not on the boot network's HTTP port, None while it still is."""
         s = self.settings.ui
@@ -361,64 +384,139 @@ class Netbootd:
 
     # ------------------------------------------------------------------ listeners
 
+    def _listen_ui(self) -> list[Any]:
+        """The dashboard on ui.listen, a Site of its own: never the boot network's HTTP port."""
+        from netbootd.config.settings import parse_listen
+        from netbootd.ui import AuthFileError, Dashboard, WatchedTimeline, load_credentials
+
+        s = self.settings
+        try:
+            host, port = parse_listen(s.ui.listen)
+        except ValueError as exc:  # the settings loader catches it first; kept for Settings made in code
+            raise StartupError(f"ui.listen = {exc}") from None
+        try:
+            credentials = load_credentials(s)
+        except AuthFileError as exc:
+            raise StartupError(str(exc)) from None
+        assert isinstance(self.timeline, WatchedTimeline)  # made so in __init__ when ui.listen is set
+        self.ui = Dashboard(self.core, self.timeline, s, self.reactor, health=self.health,
+                            problems=lambda: self.problems, images=self._image_states, cache=self._cache_usage,
+                            credentials=credentials)
+        try:
+            port_ = self.reactor.listenTCP(port, self.ui.site(), interface=host)
+        except CannotListenError as exc:
+            raise bind_error("TCP", port, 'ui.listen, or ui.listen = "" for no dashboard', exc) from None
+        if credentials is None and not _loopback(host):
+            log.warn("the dashboard has no authentication and listens beyond this host: set ui.auth_file "
+                     "(SECURITY.md)", listen=s.ui.listen)
+        return [port_]
+
+    def _listen_http(self) -> list[Any]:
+        from netbootd import transfer
+        from netbootd.http.app import make_site
+        from netbootd.http.listen import listen_http
+        from netbootd.images.proxy import ImageProxy
+
+        s = self.settings
+        self.images = ImageProxy(s, self.reactor)
+        self.images.on_resolved = self._image_resolved
+        self.site = make_site(self.core, self.timeline, s.http, self.health, images=self.images,
+                              metrics_elsewhere=self._metrics_elsewhere())
+        transfer.configure(s.http.sendfile_thread_count(), self.reactor)
+        try:
+            # a large backlog (the kernel caps it at net.core.somaxconn): each overflow in a storm costs a
+            # machine a 1 s SYN retry
+            return listen_http(self.reactor, s.http.port, self.site, s.http.listen)
+        except CannotListenError as exc:
+            raise bind_error("TCP", s.http.port, "http.port", exc) from None
+
+    def _listen_tftp(self) -> list[Any]:
+        from netbootd.tftp import listen_tftp_all
+
+        try:
+            return listen_tftp_all(self.reactor, self.settings, self.core)
+        except CannotListenError as exc:  # the edge's message already says what to do
+            raise StartupError(str(exc)) from None
+
+    def _listen_dhcp(self) -> list[Any]:
+        from netbootd.dhcp import DhcpBindError, listen_dhcp
+
+        try:
+            return listen_dhcp(self.reactor, self.settings, self.core)
+        except (DhcpBindError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+
+    def _listen_dhcp6(self) -> list[Any]:
+        from netbootd.dhcp6.listen import JOIN_INTERVAL, listen_dhcp6
+
+        try:
+            ports, rejoin = listen_dhcp6(self.reactor, self.settings, self.core)
+        except OSError as exc:
+            raise StartupError(str(exc)) from None
+        if rejoin is not None:  # interfaces that appear later join ff02::1:2
+            timer = every("dhcp6-rejoin", JOIN_INTERVAL, rejoin, self.reactor)
+            timer.setServiceParent(self)
+            timer.startService()  # the daemon is starting: its children are started one by one
+        return ports
+
+    def _children(self) -> list[service.Service]:
+        """What runs, in start order (stopped in reverse)."""
+        s = self.settings
+        out: list[service.Service] = []
+        if s.ui.listen:
+            out.append(Listening("ui", self._listen_ui))
+        if s.http.enabled:
+            out.append(Listening("http", self._listen_http))
+        if s.tftp.enabled:
+            out.append(Listening("tftp", self._listen_tftp))
+        if s.dhcp.enabled:
+            out.append(Listening("dhcp", self._listen_dhcp))
+            if s.dhcp.ipv6:
+                out.append(Listening("dhcp6", self._listen_dhcp6))
+        out.append(Watching(DirectoryWatcher(self.reactor, s.machines_dir, self.reload)))
+        if s.http.enabled:
+            out.append(every("images-resolve", 600.0, self.resolve_images, self.reactor))  # tags move
+            out.append(every("http-progress", 10.0, lambda: self.site.log_progress(), self.reactor))
+        # a loader's chain that went quiet (GRUB sent, its grub.cfg never asked for): say what most likely happened
+        out.append(every("loader-watch", 10.0, self._loaders_tick, self.reactor))
+        if self.notifier.watchdog_interval:
+            out.append(every("watchdog", self.notifier.watchdog_interval, self.notifier.watchdog, self.reactor))
+        return out
+
+    def _loaders_tick(self) -> None:
+        now = time.time()
+        for loader in self.core.loaders.values():
+            loader.tick(now)
+
+    def ports(self, name: str) -> list[Any]:
+        """The listening ports of the child `name` ("http", "tftp", "dhcp", "dhcp6", "ui")."""
+        child = self.namedServices.get(name)
+        return list(child.ports) if isinstance(child, Listening) else []
+
+    @property
+    def tftp_port(self) -> Any:
+        """The first TFTP port (its server's transfers are shared with the others)."""
+        ports = self.ports("tftp")
+        return ports[0] if ports else None
+
+    @property
+    def http_port(self) -> Any:
+        ports = self.ports("http")
+        return ports[0] if ports else None
+
     def start(self) -> None:
-        """Start every enabled listener; raises StartupError with an actionable message."""
+        """Start every enabled listener and job; raises StartupError with an actionable message
+        (and leaves nothing listening)."""
         s = self.settings
         raise_fd_limit(s)
         try:
-            if s.ui.listen:
-                self.start_ui()
-            if s.http.enabled:
-                from netbootd.http.app import make_site
-                from netbootd.images.proxy import ImageProxy
-
-                self.images = ImageProxy(s, self.reactor)
-                self.images.on_resolved = self._image_resolved
-                self.core.grub_files.fetch = self.fetch_artefact
-                self.site = make_site(self.core, self.health, images=self.images,
-                                      metrics_elsewhere=self._metrics_elsewhere())
-                from netbootd import transfer
-                from netbootd.http.listen import listen_http
-
-                transfer.configure(s.http.sendfile_thread_count(), self.reactor)
-
-                try:
-                    # a large backlog (the kernel caps it at net.core.somaxconn): each overflow in a storm costs a
-                    # machine a 1 s SYN retry
-                    http_ports = listen_http(self.reactor, s.http.port, self.site, s.http.listen)
-                except CannotListenError as exc:
-                    raise bind_error("TCP", s.http.port, "http.port", exc) from None
-                self.http_port = http_ports[0]
-                self.ports.extend(http_ports)
-            if s.tftp.enabled:
-                from netbootd.tftp import listen_tftp_all
-
-                try:
-                    self.tftp_ports = listen_tftp_all(self.reactor, s, self.core)
-                    self.tftp_port = self.tftp_ports[0]
-                    self.ports.extend(self.tftp_ports)
-                except CannotListenError as exc:  # the edge's message already says what to do
-                    raise StartupError(str(exc)) from None
-            if s.dhcp.enabled:
-                from netbootd.dhcp import DhcpBindError, listen_dhcp
-
-                try:
-                    self.ports.extend(listen_dhcp(self.reactor, s, self.core))
-                except (DhcpBindError, OSError) as exc:
-                    raise StartupError(str(exc)) from None
-                if s.dhcp.ipv6:
-                    from netbootd.dhcp6.listen import listen_dhcp6
-
-                    try:
-                        ports6, self.dhcp6_rejoin = listen_dhcp6(self.reactor, s, self.core)
-                    except OSError as exc:
-                        raise StartupError(str(exc)) from None
-                    self.ports.extend(ports6)
+            for child in self._children():
+                child.setServiceParent(self)  # the parent is not running yet: this starts nothing
+                child.startService()
         except BaseException:
             self.stop()
             raise
-        self.watcher = DirectoryWatcher(self.reactor, s.machines_dir, self.reload)
-        self.watcher.start()
+        service.Service.startService(self)  # the children run already
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.sighup))
         log.info(
             "listening",
@@ -430,26 +528,9 @@ class Netbootd:
             sendfile_threads=s.http.sendfile_thread_count() if s.http.enabled else 0,
             tftp=s.tftp.port if s.tftp.enabled else "off",
             dhcp=f"{s.dhcp.port},{s.dhcp.proxy_port}" if s.dhcp.enabled else "off",
-            dhcp6=f"{s.dhcp.port6},{s.dhcp.proxy_port}" if self.dhcp6_rejoin is not None else "off",
+            dhcp6=f"{s.dhcp.port6},{s.dhcp.proxy_port}" if self.ports("dhcp6") else "off",
             machines_dir=str(s.machines_dir),
         )
-        if self.images is not None:
-            # tags move: look again every 10 minutes (the first run happens now)
-            self.resolver = task.LoopingCall(self.resolve_images)
-            self.resolver.clock = self.reactor
-            self.resolver.start(600.0, now=True)
-        # GRUB sent but its grub.cfg never asked for: say what most likely happened (grubfiles.py)
-        self.grub_watch = task.LoopingCall(lambda: self.core.grub_files.overdue(time.time()))
-        self.grub_watch.clock = self.reactor
-        self.grub_watch.start(10.0, now=False)
-        if self.site is not None:
-            self.progress = task.LoopingCall(self.site.log_progress)
-            self.progress.clock = self.reactor
-            self.progress.start(10.0, now=False)
-        if self.notifier.watchdog_interval:
-            self.watchdog = task.LoopingCall(self.notifier.watchdog)
-            self.watchdog.clock = self.reactor
-            self.watchdog.start(self.notifier.watchdog_interval, now=True)
         self.notifier.ready(self.status_line())
 
     def _busy(self) -> tuple[int, int]:
@@ -463,15 +544,17 @@ class Netbootd:
         """SIGTERM: take no new work, let running transfers finish for `shutdown_grace` seconds,
         then close what is left. Returned Deferred holds the reactor's shutdown until done."""
         self.notifier.stopping()
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
+        watch = self.namedServices.get("config-watch")
+        if watch is not None and watch.running:
+            watch.stopService()
         # New connections and DHCP requests stop here; open HTTP connections carry on.
-        for port in [p for p in self.ports if p not in self.tftp_ports]:
-            yield port.stopListening()
+        for name in ("ui", "dhcp6", "dhcp", "http"):
+            child = self.namedServices.get(name)
+            if child is not None and child.running:
+                yield child.stopService()
         if self.ui is not None:
             self.ui.hub.finish_all()  # dashboards see the stream end (and reconnect to whatever comes next)
-        for port in self.tftp_ports:
+        for port in self.ports("tftp"):
             draining = getattr(getattr(port, "protocol", None), "drain", None)
             if callable(draining):
                 draining()  # the TFTP server refuses new requests but keeps running transfers
@@ -486,23 +569,19 @@ class Netbootd:
             log.warn("grace period over, closing transfers", http=http, tftp=tftp)
         for request in list(self.site.active if self.site is not None else ()):
             request.channel.transport.abortConnection()
-        for port in self.tftp_ports:
-            yield port.stopListening()
-        for loop in (self.watchdog, self.progress, self.resolver, self.grub_watch, self.dhcp6_rejoin):
-            if loop is not None and loop.running:
-                loop.stop()
+        yield self.stopService()  # the TFTP listener and the periodic jobs (the rest stopped already)
         if self._resolve_retry is not None and self._resolve_retry.active():
             self._resolve_retry.cancel()
         if self.images is not None:
             yield self.images.close()
-        self.ports = []
         log.info("stopped")
+
+    def stopService(self) -> defer.Deferred:
+        """Stop every child still running, in reverse start order."""
+        service.Service.stopService(self)
+        running = [child for child in reversed(list(self)) if child.running]
+        return defer.DeferredList([defer.maybeDeferred(child.stopService) for child in running])
 
     def stop(self) -> None:
         """Immediate stop (startup failure, tests)."""
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
-        for port in self.ports:
-            port.stopListening()
-        self.ports = []
+        self.stopService()

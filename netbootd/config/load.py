@@ -21,9 +21,7 @@ import attrs
 from netbootd.config.errors import ConfigError, ConfigInvalid, find_line
 from netbootd.config.lastgood import LastGoodStore
 from netbootd.config.machines import (
-    GRUB_KINDS,
     KIND_KEYS,
-    LOADERS,
     OTHER_BOOT_KEYS,
     Boot,
     BootFiles,
@@ -33,7 +31,7 @@ from netbootd.config.machines import (
     Machine,
 )
 from netbootd.config.settings import Settings, parse_listen
-from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render
+from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render, sample_context
 from netbootd.config.typed import build
 from netbootd.imageref import ReferenceError, disallowed_message, parse_reference, registry_allowed
 from netbootd.model import Arch, mac_hyphen, normalize_mac, normalize_uuid
@@ -426,26 +424,31 @@ class _Loader:
         return ".." not in parts and (self.settings.files_root / rel.lstrip("/")).is_file()
 
     def _loader(self, layers: list[_Source], secure_boot: bool, boot: Boot | None) -> str:
-        """"ipxe" or "grub"; secure_boot implies grub (iPXE is not signed for Secure Boot)."""
+        """The machine's loader (netbootd.core.loaders); secure_boot implies a signed one."""
+        from netbootd.core.loaders import LOADERS  # each loader module says what it carries
+
+        signed = [name for name, cls in LOADERS.items() if cls.signed]
         src = self._owner(layers, "loader")
         value = src.data.get("loader")
         if value is None:
-            loader = "grub" if secure_boot else "ipxe"
+            loader = signed[0] if secure_boot else next(iter(LOADERS))
         elif value not in LOADERS:
-            self.errors.append(src.file.error("loader", f'expected "ipxe" or "grub", got {value!r}'))
-            return "ipxe"
+            names = " or ".join(f'"{n}"' for n in LOADERS)
+            self.errors.append(src.file.error("loader", f"expected {names}, got {value!r}"))
+            return next(iter(LOADERS))
         else:
             loader = value
-        if secure_boot and loader != "grub":
+        cls = LOADERS[loader]
+        if secure_boot and not cls.signed:
             self.errors.append(src.file.error(
-                "loader", 'secure_boot = true boots through shim and GRUB: iPXE is not signed for Secure Boot '
-                '(drop loader = "ipxe", or set secure_boot = false)'))
-        if loader == "grub" and boot is not None and boot.kind.value not in GRUB_KINDS:
+                "loader", f"secure_boot = true boots through a signed loader ({', '.join(signed)}): {cls.title} is "
+                f'not signed for Secure Boot (drop loader = "{loader}", or set secure_boot = false)'))
+        if boot is not None and boot.kind not in cls.kinds:
             key = f"boot.{boot.kind.value}"
-            why = "secure_boot = true" if secure_boot else 'loader = "grub"'
+            owners = " or ".join(c.title for c in LOADERS.values() if boot.kind in c.kinds)
+            why = "secure_boot = true" if secure_boot else f'loader = "{loader}"'
             owner = self._owner([s for s in layers if "boot" in s.data] or layers, "boot")
-            self.errors.append(owner.file.error(key, f"{key} is iPXE's; with {why} a machine boots a kernel, an "
-                                                     "image, an EFI binary / UKI, local or ignore"))
+            self.errors.append(owner.file.error(key, f"{key} is {owners}'s; with {why} a machine boots {cls.carries}"))
         return loader
 
     def _vars(self, layers: list[_Source]) -> dict[str, str]:
@@ -677,9 +680,7 @@ class _Loader:
     def _check_templates(self, machine: Machine, layers: list[_Source]) -> None:
         """Render every template once against a sample context: unknown variables and
         missing files are load-time errors, never surprises at boot time."""
-        from netbootd.core.context import sample_context  # the core owns the context's shape
-
-        ctx = sample_context(machine)
+        ctx = sample_context(machine.name, machine.mac, machine.uuid, machine.vars)
         root = self.settings.files_root
 
         def file_url(rel: str) -> str:

@@ -15,11 +15,6 @@ import attrs
 from netbootd.config.templates import Template
 from netbootd.imageref import ImageRef
 
-LOADERS = ("ipxe", "grub")
-# What GRUB can boot: a kernel with initrds (files, URLs or image layers, all fetched over TFTP), an
-# EFI binary or UKI (chainloader), or the next boot device. Scripts and chain URLs are iPXE's.
-GRUB_KINDS = ("kernel", "image", "efi", "local", "ignore")
-
 
 class BootKind(enum.Enum):
     KERNEL = "kernel"  # kernel + initrds + command line

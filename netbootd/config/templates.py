@@ -34,6 +34,34 @@ BUILTINS = (
 )
 
 
+SAMPLE_BASE = "http://192.0.2.1"  # TEST-NET-1: only ever used to validate templates
+
+
+def sample_context(name: str, mac: str | None, uuid: str | None, variables: Mapping[str, str]) -> dict[str, Any]:
+    """Plausible values for every built-in, to render a machine's templates once at load time (the
+    boot-time context, netbootd.core.context, has exactly these names)."""
+    mac = mac or "00:00:5e:00:53:01"  # RFC 7042 documentation MAC
+    ident = f"mac={mac.replace(':', '-')}"
+    ctx: dict[str, Any] = {
+        "mac": mac,
+        "mac_hyphen": mac.replace(":", "-"),
+        "uuid": uuid or "00000000-0000-0000-0000-000000000000",
+        "arch": "efi64",
+        "buildarch": "x86_64",
+        "server": SAMPLE_BASE,
+        "machine": name,
+        "ignition_url": f"{SAMPLE_BASE}/ignition?{ident}&exp=0&sig=0",
+        "booty_url": f"{SAMPLE_BASE}/booty/0-0",
+        "beacon_url": f"{SAMPLE_BASE}/beacon?{ident}",
+        "kernel_url": f"{SAMPLE_BASE}/files/vmlinuz",
+        "initrd_urls": f"{SAMPLE_BASE}/files/initrd.img",
+        "squashfs_url": "",
+        "vars": dict(variables),
+    }
+    ctx.update(variables)
+    return ctx
+
+
 class TemplateError(ValueError):
     pass
 

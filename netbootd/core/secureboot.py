@@ -5,8 +5,8 @@ broken) binary offered to a Secure Boot machine is a configuration error, since 
 (or shim) will refuse it. The signature's subject is shown but not checked against the keys
 that will decide (the firmware's db, shim's vendor certificate): netbootd cannot know them.
 
-Each provider in PROVIDERS names, for one machine, the binaries one stage of its boot is
-offered, in boot order; `secure_boot_binaries` is all of them. Initrds are not listed: Secure
+Each provider names, for one machine, the binaries one stage of its boot is offered, in boot
+order (a loader's chain, then what it boots); `secure_boot_binaries` is all of them. Initrds are not listed: Secure
 Boot does not check them.
 """
 
@@ -78,24 +78,9 @@ def boot_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinar
             yield local_or_remote(settings, f"uki{suffix}", files.efi)
 
 
-def loader_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinary]:
-    """shim and GRUB, for the architectures this host can offer them to: x86-64 always, arm64 when
-    its binaries are installed (an x86 boot host without arm64 machines need not have them)."""
-    if machine.loader != "grub":
-        return
-    for arch in ("efi64", "arm64"):
-        pair = settings.grub.for_arch(arch)
-        assert pair is not None
-        if arch == "arm64" and not any(p.exists() for p in pair):
-            continue
-        for role, path in zip(("shim", "grub"), pair, strict=True):
-            if role == "shim" and not machine.secure_boot:
-                continue  # loader = "grub" without Secure Boot boots GRUB directly
-            yield OfferedBinary(f"{role} ({arch})", shown_path(settings, path), path)
-
-
-# In boot order: the loader stages (shim, GRUB), then what they boot.
-PROVIDERS: tuple[Provider, ...] = (loader_binaries, boot_binaries)
+# What every machine's boot offers. Callers put its loader's own chain in front
+# (netbootd.core.explain.secure_boot_findings: each loader names its binaries).
+PROVIDERS: tuple[Provider, ...] = (boot_binaries,)
 
 
 def secure_boot_binaries(

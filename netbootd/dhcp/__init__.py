@@ -18,7 +18,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from netbootd.config.settings import Settings
-from netbootd.dhcp.answer import Core, DhcpController
+from netbootd.core.interfaces import DhcpCore
+from netbootd.dhcp.answer import DhcpController
 from netbootd.dhcp.flood import FloodGuard
 from netbootd.dhcp.protocol import READ_SIZE, DhcpProtocol, InterfaceAddresses, PktinfoPort
 
@@ -43,7 +44,7 @@ def _bind_message(port: int, exc: CannotListenError, setting: str = "dhcp.port")
 
 
 def listen_dhcp(
-    reactor: object, settings: Settings, core: Core, *, controller: DhcpController | None = None
+    reactor: object, settings: Settings, core: DhcpCore, *, controller: DhcpController | None = None
 ) -> list[IListeningPort]:
     """Start the DHCP (settings.dhcp.port) and PXE boot-server (settings.dhcp.proxy_port) listeners.
 
@@ -52,9 +53,8 @@ def listen_dhcp(
     """
     controller = controller or DhcpController(core)
     addresses = InterfaceAddresses()
-    # the boot core knows which MACs have a machine file (a test double may not: no guard then)
-    flood = (FloodGuard(lambda: core.catalog.machines, settings.dhcp.unknown_rate, settings.dhcp.unknown_burst)
-             if hasattr(core, "catalog") and settings.dhcp.unknown_rate > 0 else None)
+    flood = (FloodGuard(core.is_known, settings.dhcp.unknown_rate, settings.dhcp.unknown_burst)
+             if settings.dhcp.unknown_rate > 0 else None)
     ports: list[IListeningPort] = []
     for number, proxy, setting in (
         (settings.dhcp.port, False, "dhcp.port"),

@@ -38,8 +38,9 @@ have.
 from __future__ import annotations
 
 import socket
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
+from netbootd.core.interfaces import DhcpCore
 from netbootd.dhcp import codec
 from netbootd.dhcp.classify import classify_reason
 from netbootd.dhcp.metrics import ANSWERS, DROPPED, REQUESTS
@@ -63,12 +64,6 @@ _DHCP_TYPES = {codec.DISCOVER: codec.OFFER}  # a REQUEST on 67 is the site serve
 _PROXY_TYPES = {codec.REQUEST: codec.ACK, codec.INFORM: codec.ACK}
 
 
-class Core(Protocol):
-    """The one method of netbootd.core.BootCore the DHCP edge needs."""
-
-    def offer(self, client: Client, server_ip: str) -> Offer | None: ...
-
-
 class Arrival(NamedTuple):
     """Where a request came from and what we know about where it arrived."""
 
@@ -87,7 +82,7 @@ class Answer(NamedTuple):
 class DhcpController:
     def __init__(
         self,
-        core: Core,
+        core: DhcpCore,
         *,
         client_port: int = CLIENT_PORT,
         relay_port: int = RELAY_PORT,
@@ -101,7 +96,6 @@ class DhcpController:
         self.answer_lines = (
             RateLimiter(burst=answer_lines_per_second, period=1.0) if answer_lines_per_second else None
         )
-        self._explain = getattr(core, "decide", None)  # BootCore.decide also says why (not)
         self.client_port = client_port
         self.relay_port = relay_port
         self._templates: dict[tuple, codec.ReplyTemplate] = {}  # see encode_reply
@@ -180,9 +174,6 @@ class DhcpController:
     def report(self, client: Client, offer: Offer | None, why: str, request: codec.Packet, arrival: Arrival) -> None:
         """Tell the core's boot timeline what happened, with the address this client has or asks
         for (option 50, ciaddr, or the 4011 source), so later TFTP/HTTP requests find their MAC."""
-        seen = getattr(self.core, "dhcp_seen", None)
-        if seen is None:
-            return
         if arrival.proxy:
             ip = arrival.source[0]
         elif request.ciaddr != "0.0.0.0":
@@ -190,7 +181,7 @@ class DhcpController:
         else:
             requested = request.options.get(OPT_REQUESTED_IP, b"")
             ip = socket.inet_ntoa(requested) if len(requested) == 4 else ""
-        seen(client, offer, why, ip, arrival.port)
+        self.core.dhcp_seen(client, offer, why, ip, arrival.port)
 
     def log_answer(
         self,
@@ -225,11 +216,9 @@ class DhcpController:
     # -- policy (overridable) ----------------------------------------------------------------
 
     def decide(self, client: Client, arrival: Arrival) -> tuple[Offer | None, str]:
-        """The core's offer and, when the core can say (BootCore.decide), why / why not."""
-        if self._explain is not None:
-            decision = self._explain(client, arrival.server_ip)
-            return decision.offer, decision.reason
-        return self.core.offer(client, arrival.server_ip), ""
+        """The core's offer, and why / why not."""
+        decision = self.core.decide(client, arrival.server_ip)
+        return decision.offer, decision.reason
 
     def file_in_reply(self, client: Client, arrival: Arrival) -> bool:
         """EFI PXE gets its file over 4011 only, as in the captured exchange that booted: the

@@ -20,16 +20,16 @@ cost a 4000-machine storm of unknown MACs a 4 s DISCOVER retry each, bench/storm
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable
 
 CHADDR = slice(28, 34)  # BOOTP's client hardware address (Ethernet: 6 bytes)
 FLOOD_MEMORY = 1.0  # seconds a refusal keeps the guard in "flooding"
 
 
 class FloodGuard:
-    def __init__(self, known: Callable[[], Container[str]], rate: float, burst: int,
+    def __init__(self, known: Callable[[str], bool], rate: float, burst: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.known = known  # the MACs (colon form) that have a machine file
+        self.known = known  # a MAC (colon form) has a machine file
         self.rate = rate
         self.burst = float(burst)
         self.clock = clock
@@ -39,7 +39,7 @@ class FloodGuard:
 
     def is_known(self, datagram: bytes) -> bool:
         raw = datagram[CHADDR]
-        return len(raw) == 6 and ":".join(f"{b:02x}" for b in raw) in self.known()
+        return len(raw) == 6 and self.known(":".join(f"{b:02x}" for b in raw))
 
     def order(self, batch: list) -> list:
         """A batch of received (datagram, ...) tuples, configured machines first (each read of the

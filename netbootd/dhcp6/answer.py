@@ -15,19 +15,14 @@ asks — and builds the answer (codec.py). What goes on the wire, as EDK2 takes 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
+from netbootd.core.interfaces import DhcpCore
 from netbootd.dhcp6 import codec
 from netbootd.dhcp6.classify import MAC, classify_reason
 from netbootd.dhcp6.metrics import ANSWERS, DROPPED, REQUESTS
 from netbootd.logs import RateLimiter, get_logger
-from netbootd.model import Client, Firmware, OfferKind
-
-
-class Core(Protocol):
-    def decide(self, client: Client, server_ip: str): ...
-
-    def dhcp_seen(self, client: Client, offer, reason: str, client_ip: str = "", port: int = 67) -> None: ...
+from netbootd.model import Firmware, OfferKind
 
 
 class Arrival(NamedTuple):
@@ -53,7 +48,7 @@ def boot_url(kind: OfferKind, bootfile: str, server_ip: str) -> str:
 
 
 class Dhcp6Controller:
-    def __init__(self, core: Core, answer_lines_per_second: int = 200) -> None:
+    def __init__(self, core: DhcpCore, answer_lines_per_second: int = 200) -> None:
         self.core = core
         self.answer_lines = RateLimiter(burst=answer_lines_per_second, period=1.0)
         self.log = get_logger("netbootd.dhcp6")

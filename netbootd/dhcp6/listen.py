@@ -4,14 +4,15 @@ wiring calls. Kept out of the package's __init__ so the codec and classifier imp
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import task
 from twisted.internet.error import CannotListenError
 
 from netbootd.config.settings import Settings
+from netbootd.core.interfaces import DhcpCore
 from netbootd.dhcp6.addresses import InterfaceAddresses6
-from netbootd.dhcp6.answer import Core, Dhcp6Controller
+from netbootd.dhcp6.answer import Dhcp6Controller
 from netbootd.dhcp6.protocol import READ_SIZE, Dhcp6Port, Dhcp6Protocol
 from netbootd.logs import get_logger
 
@@ -19,9 +20,10 @@ log = get_logger("netbootd.dhcp6")
 JOIN_INTERVAL = 5.0  # seconds: interfaces that appear later join the multicast group this soon
 
 
-def listen_dhcp6(reactor: Any, settings: Settings, core: Core) -> tuple[list[Any], task.LoopingCall | None]:
+def listen_dhcp6(reactor: Any, settings: Settings, core: DhcpCore) -> tuple[list[Any], Callable[[], None] | None]:
     """Start UDP 547 and 4011 on every IPv6 address. A host without IPv6 is not an error (logged,
-    nothing started); a port held without SO_REUSEADDR is (the message says what to do)."""
+    nothing started); a port held without SO_REUSEADDR is (the message says what to do). Also
+    returns what to call every JOIN_INTERVAL seconds: interfaces that appear later join ff02::1:2."""
     controller = Dhcp6Controller(core)
     addresses = InterfaceAddresses6()
     ports: list[Any] = []
@@ -50,7 +52,4 @@ def listen_dhcp6(reactor: Any, settings: Settings, core: Core) -> tuple[list[Any
         for server in servers:
             server.join_groups()
 
-    rejoin = task.LoopingCall(join_new_interfaces)
-    rejoin.clock = reactor
-    rejoin.start(JOIN_INTERVAL, now=False)
-    return ports, rejoin
+    return ports, join_new_interfaces

@@ -17,10 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import server
 
 from netbootd import metrics as core_metrics
+from netbootd.config.settings import HttpSettings
 from netbootd.config.templates import TemplateError
-from netbootd.core import BootCore, Denied, NoScript
 from netbootd.core import files as core_files
 from netbootd.core.ident import mac_in_path
+from netbootd.core.interfaces import Denied, HttpCore, NoScript
+from netbootd.core.timeline import Timeline
 from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
 from netbootd.http.guard import GuardedResource
@@ -119,7 +121,8 @@ def _json(request, doc: Any, status: int = 200) -> bytes:
 
 @attrs.frozen
 class BootApp:
-    core: BootCore
+    core: HttpCore
+    timeline: Timeline  # where this edge records what each machine fetched
     health: Callable[[], dict[str, Any]] = lambda: {"status": "ok"}
     images: Any = None  # netbootd.images.proxy.ImageProxy: /image and /httpboot/<repo>/sha256-<hex>.efi
     # None: /metrics is served here; else why not (it moved to the management listener, ui.listen)
@@ -146,10 +149,7 @@ class BootApp:
     @app.route("/ipxe", methods=["GET"])
     def ipxe_stub_or_query(self, request):
         if not request.args:
-            base = self.core.base_url(self.host(request))
-            from netbootd.core.ipxe import chain_stub
-
-            return _text(request, chain_stub(base))
+            return _text(request, self.core.chain_stub(self.host(request)))
         mac, uuid = _query_identity(request)
         return self._script(request, mac, uuid, _arch(request))
 
@@ -172,7 +172,7 @@ class BootApp:
         ip = request.getClientAddress().host
         # with mac= the event is this machine's and teaches its address; by UUID only, the
         # address decides (the timeline is keyed by MAC)
-        self.core.timeline.record("script", mac=mac, ip=ip, arch=arch.value, machine=machine.name if machine else None)
+        self.timeline.record("script", mac=mac, ip=ip, arch=arch.value, machine=machine.name if machine else None)
         log.info("script sent", mac=mac or "", uuid=uuid or "", arch=arch.value,
                  machine=machine.name if machine else "", kind=machine.boot.kind.value if machine else "")
         return _text(request, script)
@@ -196,7 +196,7 @@ class BootApp:
             raise HttpError(403, f"refused: {exc}") from None
         if body is None:
             raise HttpError(404, "no Ignition config for this machine")
-        self.core.timeline.record("ignition", mac=mac, ip=request.getClientAddress().host, size=len(body))
+        self.timeline.record("ignition", mac=mac, ip=request.getClientAddress().host, size=len(body))
         log.info("ignition sent", mac=mac or "", uuid=uuid or "", size=len(body))
         request.setHeader(b"content-type", b"application/json")
         return body
@@ -243,7 +243,7 @@ class BootApp:
     @app.route("/files/<path:rel>", methods=["GET"])
     def files(self, request, rel: str):
         try:
-            path = core_files.resolve_under(self.core.settings.files_root, rel)
+            path = self.core.file_path(rel)
         except core_files.AccessDenied as exc:
             raise HttpError(403, f"refused: {exc}") from None
         except core_files.FileNotFound:
@@ -257,7 +257,7 @@ class BootApp:
         except core_files.AccessDenied as exc:
             raise HttpError(403, f"refused: {exc}") from None
         except core_files.FileNotFound:
-            raise HttpError(404, f"no boot binary {name!r} (configured: {sorted(self.core.settings.ipxe.names())})") from None
+            raise HttpError(404, f"no boot binary {name!r} (configured: {self.core.binary_names()})") from None
         return FileResource(path)
 
     # -------------------------------------------------------------- progress and health
@@ -269,7 +269,7 @@ class BootApp:
         if not re.match(r"^[a-z][a-z0-9-]{0,31}$", stage):
             raise HttpError(400, "stage is a short lower-case word")
         core_metrics.boot_beacons.labels(stage).inc()
-        self.core.timeline.record("beacon", mac=mac, ip=request.getClientAddress().host, beacon=stage)
+        self.timeline.record("beacon", mac=mac, ip=request.getClientAddress().host, beacon=stage)
         machine = self.core.find(mac, uuid)
         log.info("boot progress", mac=mac or "", uuid=uuid or "", stage=stage,
                  machine=machine.name if machine else "")
@@ -277,12 +277,12 @@ class BootApp:
 
     @app.route("/machines", methods=["GET"])
     def machines(self, request):
-        timeline = self.core.timeline
+        timeline = self.timeline
         return _json(request, {"machines": timeline.summary(), "unattributed": timeline.unattributed()})
 
     @app.route("/machines/<ident>", methods=["GET"])
     def machine(self, request, ident: str):
-        entry = self.core.timeline.machine(ident)
+        entry = self.timeline.machine(ident)
         if entry is None:
             raise HttpError(404, f"netbootd has seen nothing of {ident}")
         return _json(request, entry)
@@ -336,9 +336,9 @@ class MetricsSite(server.Site):
     downloads into the boot timeline, and knows which requests are still running (graceful
     shutdown waits for them; large ones log their progress)."""
 
-    def __init__(self, resource, core: BootCore | None = None, **kwargs) -> None:
+    def __init__(self, resource, timeline: Timeline | None = None, **kwargs) -> None:
         super().__init__(resource, **kwargs)
-        self.core = core
+        self.timeline = timeline
         self.active: dict = {}  # request -> start time
 
     def getResourceFor(self, request):
@@ -359,13 +359,13 @@ class MetricsSite(server.Site):
             _route_counters[(route, request.code)] = counters
         counters[0].inc()
         counters[1].inc(request.sentLength or 0)
-        if self.core is not None and route in _TRANSFER_ROUTES and request.code in (200, 206):
+        if self.timeline is not None and route in _TRANSFER_ROUTES and request.code in (200, 206):
             started = self.active.get(request)
             seconds = max(self.reactor.seconds() - started, 1e-6) if started else None
             ip = request.getClientAddress().host
             size = request.sentLength or 0
             path = request.path.decode("latin-1", "replace")
-            mac = self.core.timeline.record(
+            mac = self.timeline.record(
                 "http",
                 mac=mac_in_path(path),  # a per-machine file ("/files/52-54-00-12-34-56/...") names its machine
                 ip=ip,
@@ -391,7 +391,7 @@ class MetricsSite(server.Site):
             elapsed = max(now - started, 1e-6)
             log.info(
                 "download progress",
-                mac=(self.core.timeline.mac_for(ip) if self.core else None) or "",
+                mac=(self.timeline.mac_for(ip) if self.timeline is not None else None) or "",
                 client=ip,
                 path=request.path.decode("latin-1", "replace")[:200],
                 sent=sent,
@@ -401,11 +401,11 @@ class MetricsSite(server.Site):
             )
 
 
-def make_site(core: BootCore, health: Callable[[], dict[str, Any]], images: Any = None,
-              metrics_elsewhere: str | None = None) -> MetricsSite:
+def make_site(core: HttpCore, timeline: Timeline, settings: HttpSettings, health: Callable[[], dict[str, Any]],
+              images: Any = None, metrics_elsewhere: str | None = None) -> MetricsSite:
     """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this."""
-    app = BootApp(core, health, images, metrics_elsewhere)
-    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), core=core)
+    app = BootApp(core, timeline, health, images, metrics_elsewhere)
+    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline)
     site.displayTracebacks = False  # never show internals to a client
-    limits.install(site, core.settings.http, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
+    limits.install(site, settings, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

@@ -53,7 +53,7 @@ def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str =
     from netbootd.cli import find_settings
     from netbootd.config.load import build_catalog, load_machines
     from netbootd.config.machines import BootKind
-    from netbootd.core import BootCore
+    from netbootd.core.decide import BootCore
     from netbootd.model import Arch, Client, Firmware
 
     settings = find_settings(config, required=True)

@@ -1,7 +1,7 @@
 """TFTP edge: a read-only server for chainloading iPXE (RFC 1350, 2347, 2348, 2349, 7440).
 
-`listen_tftp(reactor, settings, files)` is the only entry point the wiring needs; `files` is
-anything with `open_tftp(name, client_ip) -> BinaryIO` (the boot core, or `TftpFiles`).
+`listen_tftp(reactor, settings, files)` is the only entry point the wiring needs; `files` provides
+netbootd.core.interfaces.TftpCore (the boot core, or `TftpFiles` for a plain file server).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 
 from netbootd.config.settings import Settings, TftpSettings
+from netbootd.core.interfaces import TftpCore
 from netbootd.logs import get_logger
 from netbootd.sockopts import enlarge_receive_buffer
 from netbootd.tftp.port import PktinfoPort
-from netbootd.tftp.server import FileResolver, TftpServer
+from netbootd.tftp.server import TftpServer
 
 __all__ = ["TftpListenError", "TftpServer", "listen_tftp", "listen_tftp_all"]
 
@@ -50,14 +51,14 @@ def _explain(interface: str, port: int, err: BaseException | None) -> str:
     return f"cannot listen for TFTP on {where}: {why}"
 
 
-def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileResolver) -> Any:
+def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: TftpCore) -> Any:
     """Start the TFTP server; returns its IListeningPort (stopListening() ends all transfers).
     With tftp.listen empty it listens on every IPv4 address and, on a second port whose server
     shares the transfers (`also`), every IPv6 address."""
     return listen_tftp_all(reactor, settings, files)[0]
 
 
-def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: FileResolver) -> list[Any]:
+def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: TftpCore) -> list[Any]:
     """Every TFTP port: IPv4 (first) and IPv6 when tftp.listen is empty, else the one address."""
     tftp = settings.tftp if isinstance(settings, Settings) else settings
     server = TftpServer(reactor, tftp, files)

@@ -30,3 +30,10 @@ class TftpFiles:
         if tftp.root is None:
             raise FileNotFound(rel)
         return open_under(tftp.root, rel)
+
+    def tftp_done(self, client_ip: str, name: str, size: int, seconds: float, error: str = "",
+                  probe: bool = False) -> str | None:
+        return None  # a plain file server keeps no boot timeline
+
+    def mac_for_ip(self, ip: str) -> str | None:
+        return None

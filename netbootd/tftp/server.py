@@ -7,7 +7,7 @@ Nothing raises out of `datagramReceived`; malformed input is counted and logged 
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from netbootd.config.settings import TftpSettings
 from netbootd.core.files import AccessDenied, FileNotFound
 from netbootd.core.ident import mac_in_path
+from netbootd.core.interfaces import TftpCore
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.ratelimit import PerClientLimiter
 from netbootd.tftp import codec, metrics
@@ -27,20 +28,6 @@ log = get_logger("netbootd.tftp")
 RATE_LIMITED = "rate limit exceeded, retry later"
 
 
-class FileResolver(Protocol):
-    """What the server asks for files (the boot core, or `netbootd.tftp.files.TftpFiles`).
-
-    Optionally it also has `tftp_done(client_ip, name, size, seconds, error="", probe=False)`, called
-    after every transfer and every refused (not found / access denied) request; `probe=True` (passed
-    only then) for a size probe, the client ending the transfer after reading tsize from the OACK.
-    """
-
-    def open_tftp(self, name: str, client_ip: str, server_ip: str = "") -> BinaryIO | Deferred:
-        """An open binary file for `name` (or a Deferred firing with one, when it must be fetched
-        first); raises FileNotFound / AccessDenied. `server_ip`: the address the request reached."""
-        ...
-
-
 class TftpServer(DatagramProtocol):
     """Listens for RRQ/WRQ; one `TransferSession` per transfer, at most `max_transfers` at once."""
 
@@ -50,7 +37,7 @@ class TftpServer(DatagramProtocol):
         self,
         reactor: Any,
         settings: TftpSettings,
-        files: FileResolver,
+        files: TftpCore,
         *,
         drop_every: int = 0,
         log_limiter: RateLimiter | None = None,
@@ -211,9 +198,8 @@ class TftpServer(DatagramProtocol):
         # for log lines: the MAC a per-machine file name carries, else the one the core knows
         # at this address (from DHCP)
         session.mac = mac_in_path(request.filename)
-        identify = getattr(self.files, "mac_for_ip", None)
-        if session.mac is None and identify is not None:
-            session.mac = identify(addr[0])
+        if session.mac is None:
+            session.mac = self.files.mac_for_ip(addr[0])
         self.sessions[addr] = session
         metrics.TRANSFERS_STARTED.inc()
         metrics.ACTIVE_TRANSFERS.inc()
@@ -250,15 +236,9 @@ class TftpServer(DatagramProtocol):
         self._report(session.client[0], name, session.bytes_acked, session.duration, error)
 
     def _report(self, client_ip: str, name: str, size: int, seconds: float, error: str, probe: bool = False) -> None:
-        """Tell the resolver (the boot core's timeline), if it wants to know."""
-        report = getattr(self.files, "tftp_done", None)
-        if report is None:
-            return
+        """Tell the core (its boot timeline)."""
         try:
-            if probe:
-                report(client_ip, name, size, seconds, error, probe=True)
-            else:
-                report(client_ip, name, size, seconds, error)
+            self.files.tftp_done(client_ip, name, size, seconds, error, probe)
         except Exception:
             log.failure("tftp_done report failed", client=client_ip, file=name)
 

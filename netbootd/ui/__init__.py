@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from netbootd.config.settings import Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.ui import details
 from netbootd.ui.auth import Authenticator, AuthFileError, Credentials, read_auth_file
 from netbootd.ui.fleet import Fleet, WatchedTimeline, machine_row
@@ -28,13 +28,13 @@ def load_credentials(settings: Settings) -> Credentials | None:
 
 
 class Dashboard:
-    def __init__(self, core: BootCore, settings: Settings, reactor, *, health: Callable[[], dict[str, Any]],
+    def __init__(self, core: BootCore, timeline: WatchedTimeline, settings: Settings, reactor, *,
+                 health: Callable[[], dict[str, Any]],
                  problems: Callable[[], object], images: Callable[[], list[dict[str, Any]]],
                  cache: Callable[[], dict[str, Any] | None], credentials: Credentials | None,
                  clock: Callable[[], float] = time.time) -> None:
-        if not isinstance(core.timeline, WatchedTimeline):
-            raise TypeError("the core's timeline must be a netbootd.ui.WatchedTimeline (the service installs it)")
-        self.core = core
+        self.core = core  # read-only here: the catalog, and image layers for explanations
+        self.timeline = timeline  # the one the edges record into (watched: it says which machines changed)
         self.settings = settings
         self.reactor = reactor
         self.health = health
@@ -42,7 +42,7 @@ class Dashboard:
         self.cache = cache
         self.clock = clock
         self.auth = Authenticator(credentials)
-        self.fleet = Fleet(core.timeline, lambda: self.core.catalog, clock)
+        self.fleet = Fleet(timeline, lambda: self.core.catalog, clock)
         self.hub = Hub(self.fleet, health, problems, reactor, clock)
 
     def site(self):
@@ -70,7 +70,7 @@ class Dashboard:
         from twisted.internet import defer, threads
 
         catalog = self.core.catalog
-        seen = self.core.timeline.machine(mac)
+        seen = self.timeline.machine(mac)
         row = machine_row(mac, seen, catalog)
         if row is None:
             return defer.succeed(None)
@@ -115,7 +115,7 @@ class Dashboard:
             "stale": [{"name": name, "cause": str(cause)} for name, cause in catalog.stale.items()],
             "images": self.images(),
             "cache": self.cache(),
-            "unattributed": len(self.core.timeline.unattributed()),
+            "unattributed": len(self.timeline.unattributed()),
             "last_reload": health.get("last_reload"),
             "uptime": health.get("uptime"),
         }

@@ -15,7 +15,8 @@ from typing import Any
 
 from netbootd.config.machines import Catalog
 from netbootd.config.settings import Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
+from netbootd.core.explain import explain_lines
 from netbootd.core.signing import UrlSigner
 
 # `netbootd explain --arch` keys, in the order the page offers them (the firmware seen first)
@@ -36,10 +37,9 @@ def explanations(settings: Settings, catalog: Catalog, image_layers: dict, mac: 
     """`netbootd explain` for each firmware, as the running daemon's catalog answers. Rendered on a
     throwaway core: its own timeline (a held machine's explanation records nothing in the real one)
     and a random signing key (the real key signs nothing here)."""
-    from netbootd.cli import explain_lines
-
     core = BootCore(settings, catalog, signer=UrlSigner(secrets.token_bytes(32), settings.http.signed_url_ttl))
-    core.image_layers = image_layers
+    for (ref, arch), kinds in image_layers.items():
+        core.image_resolved(ref, arch, kinds)
     out = {}
     for key in arch_keys:
         try:

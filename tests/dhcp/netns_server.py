@@ -17,7 +17,7 @@ from twisted.internet import reactor
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.dhcp import listen_dhcp
 from netbootd.logs import start_logging
 

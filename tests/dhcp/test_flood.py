@@ -15,14 +15,14 @@ def discover(mac: str) -> bytes:
 
 def test_unknown_macs_within_a_budget_known_ones_always():
     now = [0.0]
-    guard = FloodGuard(lambda: {"52:54:00:00:00:01"}, rate=100, burst=10, clock=lambda: now[0])
+    guard = FloodGuard(lambda mac: mac == "52:54:00:00:00:01", rate=100, burst=10, clock=lambda: now[0])
     flood = [guard.admit(discover(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}")) for i in range(1000)]
     assert sum(flood) == 10  # the burst, then nothing within the same instant
     assert all(guard.admit(discover("52:54:00:00:00:01")) for _ in range(1000))  # a configured machine: always
     now[0] += 0.5  # half a second refills 50
     assert sum(guard.admit(discover("02:00:00:00:ff:ff")) for _ in range(100)) == 10  # capped at the burst
-    assert FloodGuard(lambda: set(), rate=0, burst=1).admit(discover("02:00:00:00:00:01"))  # 0: no limit
-    assert not FloodGuard(lambda: set(), rate=1, burst=0).admit(b"short")  # a runt: unknown, no tokens
+    assert FloodGuard(lambda mac: False, rate=0, burst=1).admit(discover("02:00:00:00:00:01"))  # 0: no limit
+    assert not FloodGuard(lambda mac: False, rate=1, burst=0).admit(b"short")  # a runt: unknown, no tokens
 
 
 def test_a_read_that_is_behind_during_a_flood_answers_configured_machines_only(capture_log):
@@ -39,7 +39,7 @@ def test_a_read_that_is_behind_during_a_flood_answers_configured_machines_only(c
             handled.append(":".join(f"{b:02x}" for b in datagram[28:34]))
 
     now = [0.0]
-    guard = FloodGuard(lambda: {"52:54:00:00:00:01"}, rate=1000, burst=1000, clock=lambda: now[0])
+    guard = FloodGuard(lambda mac: mac == "52:54:00:00:00:01", rate=1000, burst=1000, clock=lambda: now[0])
     proto = Recording(None, proxy=False, flood=guard)
     batch = [(discover(f"02:00:00:00:00:{i:02x}"), ("0.0.0.0", 68), None, False) for i in range(5)]
     batch.insert(3, (discover("52:54:00:00:00:01"), ("0.0.0.0", 68), None, False))
@@ -71,7 +71,7 @@ def test_flooding_is_half_the_burst_spent_or_a_refusal_within_a_second():
     from netbootd.dhcp.flood import FLOOD_MEMORY
 
     now = [0.0]
-    guard = FloodGuard(lambda: set(), rate=100, burst=100, clock=lambda: now[0])
+    guard = FloodGuard(lambda mac: False, rate=100, burst=100, clock=lambda: now[0])
     for i in range(50):
         assert guard.admit(discover(f"02:00:00:00:00:{i:02x}"))
     assert not guard.flooding()  # a rack powering on: half the burst left

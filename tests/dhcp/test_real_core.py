@@ -9,7 +9,7 @@ import pytest
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import HttpSettings, IpxeBinaries, Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import Arrival, DhcpController
 from tests.dhcp.conftest import BOOT_SERVER, client_requests, port67_requests, requires_captures

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import HttpSettings, Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.dhcp6 import codec
 from netbootd.dhcp6.addresses import Interface
 from netbootd.dhcp6.answer import Dhcp6Controller

@@ -11,7 +11,7 @@ import pytest
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import HttpSettings, Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.dhcp6 import codec
 from netbootd.dhcp6.answer import Arrival, Dhcp6Controller
 from netbootd.dhcp6.duid import duid_ll

@@ -11,7 +11,7 @@ import pytest
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import GrubBinaries, Settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.model import Arch, Client, Firmware
 
 X86, ARM, PINNED = "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03"

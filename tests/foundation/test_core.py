@@ -8,7 +8,7 @@ import pytest
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import RegistrySettings, Settings
-from netbootd.core import BootCore, NoScript
+from netbootd.core.decide import BootCore, NoScript
 from netbootd.model import Arch, Client, Firmware, OfferKind
 
 REF = "ghcr.io/lab/os:v1"

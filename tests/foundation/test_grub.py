@@ -12,8 +12,10 @@ import pytest
 
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import GrubBinaries, Settings
-from netbootd.core import BootCore, grub
+from netbootd.core.decide import BootCore
+from netbootd.core.explain import explain_lines
 from netbootd.core.files import AccessDenied, FileNotFound
+from netbootd.core.loaders import grub
 from netbootd.model import Arch, Client, Firmware
 
 SB = "52:54:00:99:00:01"
@@ -177,15 +179,17 @@ def test_grub_that_never_asks_for_its_config_is_reported(core):
     read(core.open_tftp("boot/x64/grubx64.efi", "10.0.0.71"))  # another machine, which does ask
     read(core.open_tftp("/grub/grub.cfg", "10.0.0.71"))
     now[0] += 29
-    assert core.grub_files.overdue(now[0]) == []
+    assert core.loaders["grub"].overdue(now[0]) == []
     now[0] += 2
-    assert core.grub_files.overdue(now[0]) == [("10.0.0.70", SB)]
+    assert core.loaders["grub"].overdue(now[0]) == [("10.0.0.70", SB)]
     events = core.timeline.machine(SB)["events"]
     assert events[-1]["stage"] == "grub-config-missing" and "next-server" in events[-1]["hint"]
-    assert core.grub_files.overdue(now[0] + 100) == []  # once
+    assert core.loaders["grub"].overdue(now[0] + 100) == []  # once
 
 
 def test_grub_cfg_is_what_explain_prints(core):
     assert isinstance(core.open_tftp(f"/grub/machines/{PLAIN}.cfg", "10.0.0.51", "10.0.0.2"), io.BytesIO)
-    assert core.grub_files.config(core.find(PLAIN), PLAIN, "10.0.0.2") == read(
-        core.open_tftp(f"/grub/machines/{PLAIN}.cfg", "10.0.0.51", "10.0.0.2")).decode()
+    served = read(core.open_tftp(f"/grub/machines/{PLAIN}.cfg", "10.0.0.51", "10.0.0.2")).decode()
+    lines = explain_lines(core, PLAIN, "efi64", "10.0.0.2")
+    shown = lines[lines.index(f"--- /grub/machines/{PLAIN}.cfg " + "-" * 30) + 1:]
+    assert "\n".join(shown[:len(served.rstrip().split("\n"))]) == served.rstrip()

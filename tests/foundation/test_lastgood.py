@@ -13,7 +13,7 @@ import pytest
 from netbootd.config.lastgood import LastGoodStore, from_json, to_json
 from netbootd.config.load import build_catalog, load_machines
 from netbootd.config.settings import Settings
-from netbootd.core import BootCore, NoScript
+from netbootd.core.decide import BootCore, NoScript
 from netbootd.core.files import AccessDenied
 from netbootd.model import Arch, Client, Firmware
 

@@ -77,7 +77,7 @@ def measure(step, packets: int) -> dict:
 
 def dhcp(packets: int) -> dict:
     from netbootd.config.load import build_catalog, load_machines, load_settings
-    from netbootd.core import BootCore
+    from netbootd.core.decide import BootCore
     from netbootd.dhcp.answer import DhcpController
     from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo
 

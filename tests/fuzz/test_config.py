@@ -28,7 +28,7 @@ from netbootd.cli import main as cli_main
 from netbootd.config.errors import ConfigError, ConfigInvalid
 from netbootd.config.load import build_catalog, load_machines, load_settings
 from netbootd.config.templates import TemplateError
-from netbootd.core import BootCore, Denied, NoScript
+from netbootd.core.decide import BootCore, Denied, NoScript
 from netbootd.core.files import FileError
 from netbootd.model import Arch, Client, Firmware
 from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus_files, fuzz

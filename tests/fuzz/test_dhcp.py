@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from netbootd.config.load import build_catalog, load_machines, load_settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import DhcpController
 from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo

@@ -20,7 +20,7 @@ from treq.testing import StubTreq
 from twisted.logger import globalLogPublisher
 
 from netbootd.config.load import build_catalog, load_machines, load_settings
-from netbootd.core import BootCore
+from netbootd.core.decide import BootCore
 from netbootd.http.app import make_site
 from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus_lines, fuzz
 

@@ -1,0 +1,119 @@
+"""What `netbootd explain` prints, and the dashboard's machine page shows: for one machine and one
+firmware, the DHCP answer, the loader's chain and what it renders, Ignition and BOOTy, and the
+Secure Boot verdict of every binary offered. Read from the same plans the daemon answers with."""
+
+from __future__ import annotations
+
+import json
+
+from netbootd.config.machines import BootKind, Machine
+from netbootd.config.settings import Settings
+from netbootd.core.decide import BootCore, NoScript
+from netbootd.core.secureboot import boot_binaries, findings
+from netbootd.model import Arch, Client, Firmware
+
+# The firmware that first asks, and the arch it reports, by its `explain --arch` name
+FIRMWARES = {
+    "bios": (Firmware.BIOS_PXE, Arch.BIOS),
+    "efi32": (Firmware.EFI_PXE, Arch.EFI32),
+    "efi64": (Firmware.EFI_PXE, Arch.EFI64),
+    "arm64": (Firmware.EFI_PXE, Arch.ARM64),
+    "http": (Firmware.HTTP_BOOT, Arch.EFI64),
+    "http-arm64": (Firmware.HTTP_BOOT, Arch.ARM64),
+}
+SAMPLE_SERVER = "192.0.2.1"
+
+
+def secure_boot_findings(settings: Settings, core: BootCore, machines):
+    """Every binary each Secure Boot machine is offered: its loader's chain, then its boot."""
+
+    def chain(_settings: Settings, machine: Machine):
+        return core.loaders[machine.loader].secure_boot_binaries(machine)
+
+    return findings(settings, machines, (chain, boot_binaries))
+
+
+def secure_boot_lines(core: BootCore, machine: Machine) -> list[str]:
+    found = secure_boot_findings(core.settings, core, [machine])
+    if not found:
+        return []
+    return ["--- Secure Boot signatures " + "-" * 38, *(finding.line(with_machine=False) for finding in found)]
+
+
+def explain_lines(core: BootCore, mac: str, firmware_key: str, server: str, *, show_secrets: bool = False) -> list[str]:
+    """The report for one machine and firmware (`firmware_key`: a key of FIRMWARES) on `core`'s
+    catalog, as lines. Ignition contents only with `show_secrets`."""
+    out: list[str] = []
+    emit = out.append
+    catalog = core.catalog
+    firmware, arch = FIRMWARES[firmware_key]
+    machine = core.find(mac, None)
+    emit(f"machine   {mac}")
+    held = catalog.held_for(mac)
+    if held is not None:
+        emit(f"config    HELD: {held.error}")
+        emit("          this machine gets nothing (no DHCP answer, no TFTP file, /ipxe 404), never the default, "
+             "until the file is fixed")
+        return out
+    if machine is None:
+        emit(f"config    none: {core.no_machine_reason()} → netbootd does not answer")
+        return out
+    profile = f" (profile {machine.profile})" if machine.profile else ""
+    emit(f"config    {machine.source}{profile}")
+    if machine.name in catalog.stale:
+        emit(f"          the file has errors ({catalog.stale[machine.name]}); this is its last good version, "
+             f"kept in {core.settings.state_dir}")
+    emit(f"boot      {machine.boot.kind.value}")
+    if machine.vars:
+        emit("vars      " + ", ".join(f"{k}={v}" for k, v in machine.vars.items()))
+    emit(f"firmware  {firmware.value}, arch {arch.value}; server {server}"
+         + (" (pass --server to see real URLs)" if server == SAMPLE_SERVER else ""))
+    decision = core.decide(Client(mac, arch, firmware, None), server)
+    if decision.offer is None:
+        emit(f"DHCP      no answer: {decision.reason}")
+    else:
+        where = "4011 ACK" if firmware is Firmware.EFI_PXE else "67 OFFER"
+        emit(f"DHCP      {where}: {decision.offer.kind.value} {decision.offer.bootfile}")
+    plan = core.plan(machine, arch, firmware)
+    if decision.offer is not None and not plan.loader and firmware is Firmware.HTTP_BOOT:
+        emit("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
+    elif decision.offer is not None and plan.loader and firmware is not Firmware.HTTP_BOOT and plan.loader != "ipxe":
+        loader = core.loaders[plan.loader]
+        render_plan = core.plan(machine, loader.config_arch(machine), Firmware.EFI_PXE)
+        out += loader.explain(plan, core.rendering(render_plan, mac, None, server))
+    else:
+        if firmware is Firmware.HTTP_BOOT and decision.offer is not None:
+            emit("          UEFI HTTP boot loads iPXE from that URL; iPXE then asks DHCP again:")
+        out += _ipxe_lines(core, machine, mac, arch, server)
+    if machine.ignition is not None:
+        emit("--- Ignition " + "-" * 52)
+        out += (machine.ignition.decode(errors="replace").rstrip().split("\n") if show_secrets
+                else [f"({len(machine.ignition)} bytes; --show-secrets prints it)"])
+    if machine.booty is not None:
+        emit("--- BOOTy " + "-" * 55)
+        out += (core.booty(mac) or b"").decode().split("\n")
+    if firmware is Firmware.HTTP_BOOT and machine.boot.kind in (BootKind.EFI, BootKind.IMAGE):
+        status, body = core.httpboot([mac], server)
+        if status == 200:
+            emit("--- /httpboot JSON (for a DHCP server extension) " + "-" * 16)
+            out += json.dumps(body, indent=1).split("\n")
+    out += secure_boot_lines(core, machine)
+    return out
+
+
+def _ipxe_lines(core: BootCore, machine: Machine, mac: str, arch: Arch, server: str) -> list[str]:
+    """What iPXE, once running on this machine, is answered and runs."""
+    if machine.secure_boot:
+        return ["iPXE      not used: Secure Boot firmware runs only signed binaries, and iPXE is not signed"]
+    decision = core.decide(Client(mac, arch, Firmware.IPXE, None), server)
+    if decision.offer is None:
+        return [f"iPXE      no answer: {decision.reason}"]
+    lines = [f"iPXE      DHCP answer: script {decision.offer.bootfile}"]
+    try:
+        plan = core.plan(machine, arch, Firmware.IPXE)
+        if plan.refusal is not None:
+            raise NoScript(plan.refusal)
+        lines += core.loaders["ipxe"].explain(plan, core.rendering(plan, mac, None, server))
+    except NoScript as exc:
+        lines.append(f"script    none: {exc}")
+    return lines

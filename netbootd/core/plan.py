@@ -1,0 +1,208 @@
+"""What one machine boots, derived once: the `BootPlan`.
+
+A plan is per (machine, architecture, firmware kind): the boot kind, the loader that carries it (or
+none: UEFI HTTP boot runs an EFI binary or UKI itself), the artefacts by role with where each comes
+from (a file under files_root, a URL, an OCI image layer), the command line, and — when this
+firmware gets nothing — the refusal and why. Every edge and loader reads the plan; nothing else
+works out "this machine's kernel".
+
+`build_plan` is pure: the machine, the architecture, the firmware, the image layers known now and
+the loaders' facts (which binary each would hand this firmware). `PlanBook` memoises plans per
+catalog generation (and per image-layer change), so a DHCP decision stays a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import attrs
+
+from netbootd.config.machines import BootKind, Machine
+from netbootd.config.templates import Template
+from netbootd.core import urls
+from netbootd.imageref import ImageRef
+from netbootd.model import Arch, Firmware
+
+FILE, URL, LAYER = "file", "url", "layer"  # where an artefact comes from
+
+
+@attrs.frozen
+class Artefact:
+    """One boot file and its source. `role`: kernel, initrd, efi (an EFI binary or UKI), squashfs."""
+
+    role: str
+    source: str  # FILE (files_root-relative path), URL, LAYER (an OCI image layer)
+    location: str = ""  # the path or URL; "" for a layer
+    image: ImageRef | None = None
+    media_type: str = ""
+    arch: str = ""  # the OCI architecture of a layer (a multi-arch image: the machine's)
+
+    def url(self, base: str) -> str:
+        """Where a machine fetches it over HTTP from the netbootd at `base`."""
+        if self.source == LAYER:
+            assert self.image is not None
+            return urls.image_layer_url(base, self.image, self.media_type, self.arch)
+        return urls.location_url(base, self.location)
+
+    def describe(self) -> str:
+        return f"{self.image} {self.media_type.rsplit('.', 1)[-1]} layer" if self.source == LAYER else self.location
+
+
+def _located(role: str, location: str) -> Artefact:
+    return Artefact(role, URL if "://" in location else FILE, location)
+
+
+def _layer(role: str, image: ImageRef, media_type: str, arch: Arch) -> Artefact:
+    return Artefact(role, LAYER, image=image, media_type=media_type, arch=arch.oci)
+
+
+@attrs.frozen
+class BootPlan:
+    machine: Machine
+    arch: Arch
+    firmware: Firmware
+    # "ipxe", "grub" (a module in netbootd.core.loaders), or "" when no loader runs: UEFI HTTP boot
+    # of an EFI binary / UKI, or a refusal.
+    loader: str = ""
+    bootfile: str = ""  # what the loader hands this firmware first (an iPXE binary, shim, GRUB)
+    kernel: Artefact | None = None
+    initrds: tuple[Artefact, ...] = ()
+    efi: Artefact | None = None  # boot.efi, or the image's UKI layer
+    squashfs: Artefact | None = None
+    refusal: str | None = None  # why this firmware gets nothing; None: it gets the plan
+
+    @property
+    def kind(self) -> BootKind:
+        return self.machine.boot.kind
+
+    @property
+    def cmdline(self) -> Template | None:
+        return self.machine.boot.cmdline
+
+    @property
+    def boots_efi(self) -> bool:
+        """The loader boots the EFI binary / UKI (no kernel): boot.efi, or an image with only a UKI."""
+        return self.kernel is None and self.efi is not None
+
+    def artefacts(self) -> dict[str, Artefact]:
+        """What a loader fetches, by the name it asks for: "kernel", "initrd<N>", or "image.efi"."""
+        if self.boots_efi:
+            assert self.efi is not None
+            return {"image.efi": self.efi}
+        if self.kernel is None:
+            return {}
+        return {"kernel": self.kernel, **{f"initrd{i}": a for i, a in enumerate(self.initrds)}}
+
+
+class LoaderFacts(Protocol):
+    """What the plan needs of a loader (netbootd.core.loaders.Loader has more)."""
+
+    name: str
+    kinds: frozenset[BootKind]
+    fallback: str  # the loader to try when this one has no binary for an arch ("": none)
+
+    def installed(self, arch: Arch) -> bool:
+        """Its binaries for `arch` are on this host (a fallback must be)."""
+        ...
+
+    def bootfile(self, machine: Machine, arch: Arch, firmware: Firmware) -> tuple[str, str | None]:
+        """(the file this firmware is handed first, or "" with why not)."""
+        ...
+
+
+def files_for(machine: Machine, arch: Arch, layers: frozenset[str] | None) -> dict[str, object] | str:
+    """A machine's artefacts for `arch` as BootPlan fields, or why it has none for this arch.
+    `layers`: the boot layers its OCI image is known to have (None: not resolved yet; assume a
+    kernel, an initramfs and a squashfs until known)."""
+    boot = machine.boot
+    if boot.kind is BootKind.IMAGE and boot.image is not None:
+        image = boot.image
+        uki = _layer("efi", image, urls.UKI_MEDIA, arch) if layers is not None and "uki" in layers else None
+        if uki is not None and "kernel" not in layers:  # type: ignore[operator]
+            return {"efi": uki}
+        squashfs = layers is None or "squashfs" in layers
+        return {
+            "kernel": _layer("kernel", image, urls.KERNEL_MEDIA, arch),
+            "initrds": (_layer("initrd", image, urls.INITRD_MEDIA, arch),),
+            "efi": uki,
+            "squashfs": _layer("squashfs", image, urls.SQUASHFS_MEDIA, arch) if squashfs else None,
+        }
+    if boot.kind not in (BootKind.KERNEL, BootKind.EFI):
+        return {}
+    found = boot.files(arch.value)
+    if found is None:
+        have = ", ".join(sorted(boot.by_arch)) or "none"
+        return f"{machine.name}: no boot files for {arch.value} (its {{{{ arch }}}} locations exist for: {have})"
+    if boot.kind is BootKind.EFI:
+        return {"efi": _located("efi", found.efi)} if found.efi else {}
+    return {
+        "kernel": _located("kernel", found.kernel),
+        "initrds": tuple(_located("initrd", loc) for loc in found.initrds),
+    }
+
+
+def build_plan(machine: Machine, arch: Arch, firmware: Firmware, layers: frozenset[str] | None,
+               loaders: Mapping[str, LoaderFacts]) -> BootPlan:
+    """The one derivation of what `machine` boots on `arch` when `firmware` asks."""
+    found = files_for(machine, arch, layers)
+    if isinstance(found, str):
+        return BootPlan(machine, arch, firmware, refusal=found)
+    plan = BootPlan(machine, arch, firmware, **found)  # type: ignore[arg-type]
+    kind = machine.boot.kind
+    if kind is BootKind.IGNORE:
+        return attrs.evolve(plan, refusal=f"{machine.name}: boot.ignore = true")
+    if plan.boots_efi and arch is Arch.BIOS:
+        return attrs.evolve(plan, refusal=f"{machine.name}: an EFI binary / UKI needs UEFI firmware, client is BIOS")
+    if firmware is Firmware.IPXE:
+        return attrs.evolve(plan, loader="ipxe")  # iPXE runs already: its script carries the plan
+    if kind is BootKind.LOCAL:
+        # Not answering lets the firmware move on to the next boot device at once;
+        # chainloading iPXE only to `exit` would cost a TFTP transfer.
+        return attrs.evolve(plan, refusal=f"{machine.name}: boot.local = true (firmware boots the next device)")
+    if firmware is Firmware.HTTP_BOOT:
+        if plan.efi is not None:
+            return plan  # UEFI HTTP boot runs the EFI binary / UKI itself: no loader
+        if machine.secure_boot:
+            return attrs.evolve(plan, refusal=(
+                f"{machine.name}: secure_boot = true and a kernel boot: over UEFI HTTP boot Secure Boot firmware "
+                "runs only signed binaries, and Debian's signed GRUB has no HTTP; PXE-boot this machine (shim + "
+                "GRUB over TFTP) or boot a signed UKI (boot.efi, or an image with a UKI layer)"))
+        return _with_loader(plan, loaders["ipxe"])
+    chosen = loaders[machine.loader]
+    if not chosen.bootfile(machine, arch, firmware)[0] and chosen.fallback:
+        # A loader with nothing for this arch (Debian 12 ships no arm64 iPXE) gives way to its
+        # fallback when that is installed and boots the same definition.
+        other = loaders[chosen.fallback]
+        if kind in other.kinds and other.installed(arch) and other.bootfile(machine, arch, firmware)[0]:
+            return _with_loader(plan, other)
+    return _with_loader(plan, chosen)
+
+
+def _with_loader(plan: BootPlan, loader: LoaderFacts) -> BootPlan:
+    bootfile, why = loader.bootfile(plan.machine, plan.arch, plan.firmware)
+    if not bootfile:
+        return attrs.evolve(plan, loader=loader.name, refusal=why)
+    return attrs.evolve(plan, loader=loader.name, bootfile=bootfile)
+
+
+class PlanBook:
+    """Plans memoised per catalog generation: `forget()` on a reload or when an image's layers
+    become known. Machines are looked up by identity (a catalog's machines live as long as it)."""
+
+    def __init__(self, loaders: Mapping[str, LoaderFacts], layers: Callable[[Machine, Arch], frozenset[str] | None]):
+        self._loaders = loaders
+        self._layers = layers
+        self._plans: dict[tuple[int, Arch, Firmware], tuple[Machine, BootPlan]] = {}
+
+    def plan(self, machine: Machine, arch: Arch, firmware: Firmware) -> BootPlan:
+        key = (id(machine), arch, firmware)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is machine:
+            return hit[1]
+        plan = build_plan(machine, arch, firmware, self._layers(machine, arch), self._loaders)
+        self._plans[key] = (machine, plan)  # the machine kept beside its plan: its id is not reused meanwhile
+        return plan
+
+    def forget(self) -> None:
+        self._plans = {}
