@@ -140,7 +140,7 @@ def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: fl
 
     from netbootd.config.load import build_catalog, load_machines
     from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
-    from netbootd.core import BootCore
+    from netbootd.core.decide import BootCore
     from netbootd.dhcp import listen_dhcp
     from netbootd.logs import start_logging
 
