@@ -1,0 +1,56 @@
+"""Helpers more than one test package uses (fixtures stay in conftest.py): the captured EDK2 4011
+REQUEST, whether this host has IPv6 loopback, and the marks of tests that make network namespaces."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from tests.conftest import SHARED
+
+# NETBOOTD_SHARED: the shared/ directory when it is not beside the checkout (a worktree elsewhere)
+EDK2_PXE_CAPTURE = Path(os.environ.get("NETBOOTD_SHARED", SHARED)) / "captures" / "proxy-uefi-edk2-pxe.pcap"
+
+# tests that make network namespaces (netbootd.testing.netns.Topology)
+NETNS = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
+]
+
+
+def need_capture() -> None:
+    if not EDK2_PXE_CAPTURE.exists():
+        pytest.skip(f"captures not found at {EDK2_PXE_CAPTURE} (the repo expects ../shared beside it)")
+
+
+def captured_udp(capture: Path = EDK2_PXE_CAPTURE) -> list[dpkt.udp.UDP]:
+    """Every UDP datagram of a capture, in order."""
+    with open(capture, "rb") as f:
+        frames = [dpkt.ethernet.Ethernet(frame).data.data for _ts, frame in dpkt.pcap.Reader(f)]
+    return [udp for udp in frames if isinstance(udp, dpkt.udp.UDP)]
+
+
+def request_4011(mac: str) -> bytes:
+    """EDK2's real REQUEST to the boot server (UDP 4011), byte for byte, but for its chaddr: `mac`."""
+    for udp in captured_udp():
+        if udp.dport == 4011:
+            packet = bytearray(udp.data)
+            packet[28:34] = bytes.fromhex(mac.replace(":", ""))  # chaddr: another machine, same firmware
+            return bytes(packet)
+    raise AssertionError("no 4011 request in the capture")
+
+
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (a container may have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
