@@ -194,7 +194,8 @@ class Topology:
         self.close()
 
     def ip(self, *args: str, input: str | None = None) -> str:
-        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, input=input)
+        # a generous bound: a batch of thousands of addresses (bench/storm.py) takes seconds
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=120, input=input)
         if proc.returncode != 0:
             raise self.error(f"ip {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
