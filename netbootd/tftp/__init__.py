@@ -15,12 +15,22 @@ from twisted.internet.posixbase import PosixReactorBase
 from netbootd.config.settings import Settings, TftpSettings
 from netbootd.logs import get_logger
 from netbootd.sockopts import enlarge_receive_buffer
-from netbootd.tftp.port import PktinfoPort
 from netbootd.tftp.server import FileResolver, TftpServer
+from netbootd.udpport import PktinfoUdpPort
 
 __all__ = ["TftpListenError", "TftpServer", "listen_tftp", "listen_tftp_all"]
 
 log = get_logger("netbootd.tftp")
+
+
+class TftpPort(PktinfoUdpPort):
+    """The listener on every address: each request's local address comes with it (netbootd.udpport),
+    so the server answers from the address the client asked (`connect()` alone would pick the
+    source by routing, which differs on hosts with several addresses per interface)."""
+
+    reuse_address = False  # a second TFTP server on the port is an error to report, not to share with
+    broadcast = False  # a request "from" a broadcast address must not get its answer broadcast
+    close_on_read_error = False  # whatever a read says, the port keeps taking requests
 
 
 class TftpListenError(CannotListenError):
@@ -64,12 +74,12 @@ def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: File
     ports = []
     try:
         if not tftp.listen and isinstance(reactor, PosixReactorBase):
-            # every address: learn each request's destination, answer from it (port.py)
-            port = PktinfoPort(tftp.port, server, "", 8192, reactor)
+            # every address: learn each request's destination, answer from it
+            port = TftpPort(tftp.port, server, "", 8192, reactor)
             port.startListening()
             ports.append(port)
             try:
-                port6 = PktinfoPort(tftp.port, server.sibling(), "::", 8192, reactor)
+                port6 = TftpPort(tftp.port, server.sibling(), "::", 8192, reactor)
                 port6.startListening()
                 ports.append(port6)
             except CannotListenError as e:
@@ -78,8 +88,7 @@ def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: File
                 log.warn("no IPv6 on this host: TFTP answers IPv4 only", error=str(e.socketError))
         else:
             ports.append(reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192))
-        for port in ports:
-            socket = getattr(port, "socket", None)
+            socket = getattr(ports[0], "socket", None)
             if socket is not None:
                 enlarge_receive_buffer(socket)  # a rack's RRQs wait in the kernel, not dropped, while we feed downloads
         return ports

@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp
+from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp, listen_tftp_all
 from netbootd.tftp.files import TftpFiles
 from tests.tftp.conftest import (
     Proc,
@@ -300,19 +300,37 @@ def test_listen_errors_are_explained(tftp_root, ipxe_dir):
         listen_tftp(reactor, settings, TftpFiles(settings))
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1", ""])
 @pytest_twisted.ensureDeferred
-async def test_request_port_has_a_storm_sized_receive_buffer(tftp_root, ipxe_dir):
+async def test_request_port_has_a_storm_sized_receive_buffer(tftp_root, ipxe_dir, listen):
     """A rack's RRQs queue in the kernel while the reactor feeds downloads, instead of being dropped."""
-    settings = make_settings(tftp_root, ipxe_dir, listen="127.0.0.1", port=0)
-    port = listen_tftp(reactor, settings, TftpFiles(settings))
+    settings = make_settings(tftp_root, ipxe_dir, listen=listen, port=0)
+    ports = listen_tftp_all(reactor, settings, TftpFiles(settings))
     try:
-        size = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        if os.geteuid() == 0:  # SO_RCVBUFFORCE (CAP_NET_ADMIN): 4 MiB, doubled by the kernel
-            assert size >= 8 << 20
-        else:
-            assert size >= 200_000
+        for port in ports:
+            size = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if os.geteuid() == 0:  # SO_RCVBUFFORCE (CAP_NET_ADMIN): 4 MiB, doubled by the kernel
+                assert size >= 8 << 20
+            else:
+                assert size >= 200_000
     finally:
-        await port.stopListening()
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_on_every_address_neither_shares_its_port_nor_broadcasts(tftp_root, ipxe_dir):
+    """The UDP port it shares with the DHCP edge (netbootd.udpport), without the DHCP ports' options."""
+    settings = make_settings(tftp_root, ipxe_dir, listen="", port=0)
+    ports = listen_tftp_all(reactor, settings, TftpFiles(settings))
+    try:
+        for port in ports:
+            opts = port.socket.getsockopt
+            assert opts(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+            assert opts(socket.SOL_SOCKET, socket.SO_BROADCAST) == 0
+    finally:
+        for port in ports:
+            await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
