@@ -6,12 +6,12 @@ anything with `open_tftp(name, client_ip) -> BinaryIO` (the boot core, or `TftpF
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 
+from netbootd.binderrors import bind_message, no_ipv6
 from netbootd.config.settings import Settings, TftpSettings
 from netbootd.logs import get_logger
 from netbootd.sockopts import enlarge_receive_buffer
@@ -45,19 +45,13 @@ class TftpListenError(CannotListenError):
 
 
 def _explain(interface: str, port: int, err: BaseException | None) -> str:
-    where = f"UDP {interface or '0.0.0.0'}:{port}"
-    code = getattr(err, "errno", None)
-    if code == errno.EACCES:
-        why = "permission denied"
-        if port < 1024:
-            why = f"permission denied: port {port} needs root or CAP_NET_BIND_SERVICE (or set tftp.port)"
-    elif code == errno.EADDRINUSE:
-        why = "address already in use: is another TFTP server (tftpd-hpa, dnsmasq, ...) running?"
-    elif code == errno.EADDRNOTAVAIL:
-        why = "address not available on this host: check tftp.listen"
-    else:
-        why = str(err) if err is not None else "unknown error"
-    return f"cannot listen for TFTP on {where}: {why}"
+    return bind_message(
+        f"cannot listen for TFTP on UDP {interface or '0.0.0.0'}:{port}", err, port=port, setting="tftp.port",
+        denied=("permission denied: port {port} needs root or CAP_NET_BIND_SERVICE (or set {setting})" if port < 1024
+                else "permission denied"),
+        in_use="address already in use: is another TFTP server (tftpd-hpa, dnsmasq, ...) running? (or set {setting})",
+        not_here="address not available on this host: check tftp.listen",
+    )  # fmt: skip
 
 
 def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: FileResolver) -> Any:
@@ -83,7 +77,7 @@ def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: File
                 port6.startListening()
                 ports.append(port6)
             except CannotListenError as e:
-                if getattr(e.socketError, "errno", None) not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                if not no_ipv6(e):
                     raise
                 log.warn("no IPv6 on this host: TFTP answers IPv4 only", error=str(e.socketError))
         else:
