@@ -1,11 +1,14 @@
 """Helpers more than one test package uses (fixtures stay in conftest.py): the captured EDK2 4011
-REQUEST, whether this host has IPv6 loopback, and the marks of tests that make network namespaces."""
+REQUEST, whether this host has IPv6 loopback, a UDP port another program holds, and the marks of
+tests that make network namespaces."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dpkt
@@ -54,3 +57,11 @@ def ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def held_udp_port(address: str = "0.0.0.0") -> Iterator[int]:
+    """A UDP port on `address` held as a plain server holds it (without SO_REUSEADDR): its number."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind((address, 0))
+        yield holder.getsockname()[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import socket
 
 import pytest
 import pytest_twisted
@@ -14,7 +13,7 @@ from netbootd.config.settings import DhcpSettings, Settings
 from netbootd.dhcp import _bind_message
 from netbootd.service import bind_error
 from netbootd.tftp import _explain
-from tests.helpers import ipv6_loopback
+from tests.helpers import held_udp_port, ipv6_loopback
 
 
 def failed(code: int, port: int = 80) -> CannotListenError:
@@ -79,15 +78,9 @@ async def test_dhcp6_port_in_use_names_its_setting_and_the_switch():
 
     from netbootd.dhcp6.listen import listen_dhcp6
 
-    holder = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # no SO_REUSEADDR, like a plain server
-    holder.bind(("::", 0))
-    busy = holder.getsockname()[1]
-    try:
-        with pytest.raises(OSError) as info:
-            listen_dhcp6(reactor, Settings(dhcp=DhcpSettings(port6=busy, proxy_port=0)), object())
-        assert str(info.value) == (
-            f"cannot bind UDP [::]:{busy} for proxy DHCPv6: another DHCPv6 server holds it without SO_REUSEADDR "
-            "(run dnsmasq with --bind-interfaces) (or set dhcp.port6, or dhcp.ipv6 = false)"
-        )
-    finally:
-        holder.close()
+    with held_udp_port("::") as busy, pytest.raises(OSError) as info:
+        listen_dhcp6(reactor, Settings(dhcp=DhcpSettings(port6=busy, proxy_port=0)), object())
+    assert str(info.value) == (
+        f"cannot bind UDP [::]:{busy} for proxy DHCPv6: another DHCPv6 server holds it without SO_REUSEADDR "
+        "(run dnsmasq with --bind-interfaces) (or set dhcp.port6, or dhcp.ipv6 = false)"
+    )

@@ -18,6 +18,7 @@ from twisted.internet import defer, reactor
 
 from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp, listen_tftp_all
 from netbootd.tftp.files import TftpFiles
+from tests.helpers import held_udp_port
 from tests.tftp.conftest import (
     Proc,
     atftp_argv,
@@ -284,15 +285,11 @@ async def test_stop_listening_aborts_transfers(tftp_root, ipxe_dir, raw_client):
 
 
 def test_listen_errors_are_explained(tftp_root, ipxe_dir):
-    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    taken.bind(("127.0.0.1", 0))
-    try:
-        settings = make_settings(tftp_root, ipxe_dir, port=taken.getsockname()[1])
+    with held_udp_port("127.0.0.1") as taken:
+        settings = make_settings(tftp_root, ipxe_dir, port=taken)
         with pytest.raises(TftpListenError) as info:
             listen_tftp(reactor, settings, TftpFiles(settings))
         assert "already in use" in str(info.value)
-    finally:
-        taken.close()
     message = _explain("", 69, OSError(errno.EACCES, "Permission denied"))
     assert "needs root or CAP_NET_BIND_SERVICE (or set tftp.port)" in message
     settings = make_settings(tftp_root, ipxe_dir, listen="192.0.2.1")
