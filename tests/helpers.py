@@ -4,6 +4,7 @@ tests that make network namespaces."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -32,21 +33,27 @@ def need_capture() -> None:
         pytest.skip(f"captures not found at {EDK2_PXE_CAPTURE} (the repo expects ../shared beside it)")
 
 
-def captured_udp(capture: Path = EDK2_PXE_CAPTURE) -> list[dpkt.udp.UDP]:
-    """Every UDP datagram of a capture, in order."""
+def captured_udp(capture: Path = EDK2_PXE_CAPTURE) -> Iterator[dpkt.udp.UDP]:
+    """The UDP datagrams of a capture, in order."""
     with open(capture, "rb") as f:
-        frames = [dpkt.ethernet.Ethernet(frame).data.data for _ts, frame in dpkt.pcap.Reader(f)]
-    return [udp for udp in frames if isinstance(udp, dpkt.udp.UDP)]
+        for _ts, frame in dpkt.pcap.Reader(f):
+            udp = dpkt.ethernet.Ethernet(frame).data.data
+            if isinstance(udp, dpkt.udp.UDP):
+                yield udp
+
+
+@functools.cache  # read once: the dashboard tests send it thousands of times
+def _edk2_request_4011() -> bytes:
+    udp = next((udp for udp in captured_udp() if udp.dport == 4011), None)
+    assert udp is not None, "no 4011 request in the capture"
+    return bytes(udp.data)
 
 
 def request_4011(mac: str) -> bytes:
     """EDK2's real REQUEST to the boot server (UDP 4011), byte for byte, but for its chaddr: `mac`."""
-    for udp in captured_udp():
-        if udp.dport == 4011:
-            packet = bytearray(udp.data)
-            packet[28:34] = bytes.fromhex(mac.replace(":", ""))  # chaddr: another machine, same firmware
-            return bytes(packet)
-    raise AssertionError("no 4011 request in the capture")
+    packet = bytearray(_edk2_request_4011())
+    packet[28:34] = bytes.fromhex(mac.replace(":", ""))  # chaddr: another machine, same firmware
+    return bytes(packet)
 
 
 def ipv6_loopback() -> bool:

@@ -28,7 +28,7 @@ MAC = "52:54:00:77:00:10"
 def _edk2_size_probe() -> tuple[bytes, bytes]:
     """OVMF's first TFTP request (tsize 0, blksize 1468, windowsize 4) and the ERROR it answers
     the OACK with (code 8 "User aborted the transfer"), byte for byte from the capture."""
-    udp = captured_udp()
+    udp = list(captured_udp())
     rrq = next(u for u in udp if u.dport == 69)
     error = next(u for u in udp if u.sport == rrq.sport and u.dport != 69)
     assert codec.parse(bytes(error.data)) == codec.Error(codec.ERR_OPTIONS, "User aborted the transfer")
