@@ -66,7 +66,6 @@ IPXE_SCRIPT_PATH = "/ipxe?mac=${mac:hexhyp}&buildarch=${buildarch}&platform=${pl
 HTTP_PORT = 8080
 
 
-
 class LabError(RuntimeError):
     """The lab itself could not be set up (not a failed boot); the message says why."""
 
