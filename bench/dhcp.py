@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # netbootd from this checkout, installed or not
+from netbootd.testing.netns import Topology  # noqa: E402
+
 SERVER_IP = "10.79.0.2"
 CLIENT_IP = "10.79.0.100"
 NET = "10.79.0.0"
@@ -135,7 +138,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: float = 0.0) -> None:
-    sys.path.insert(0, str(REPO))
     from twisted.internet import reactor
 
     from netbootd.config.load import build_catalog, load_machines
@@ -168,16 +170,12 @@ def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: fl
 # ------------------------------------------------------------------------------ orchestration
 
 
-def sh(*argv: str, check: bool = True) -> None:
-    subprocess.run(argv, check=check, capture_output=True, timeout=30)
-
-
 class Bench:
+    srv_if, cli_if = "nbbs0", "nbbc0"
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        tag = str(os.getpid() % 100000)
-        self.srv, self.cli = f"nbb-s{tag}", f"nbb-c{tag}"
-        self.srv_if, self.cli_if = f"nbbs{tag}", f"nbbc{tag}"
+        self.net = Topology("nbb")
         self.tmp = Path(tempfile.mkdtemp(prefix="netbootd-bench-"))
         self.procs: list[subprocess.Popen] = []
         # Both servers (never the client) at the same raised CPU weight, so that on a busy host
@@ -185,26 +183,10 @@ class Bench:
         self.nice = ["nice", "-n", str(args.nice)] if args.nice else []
 
     def up(self) -> None:
-        sh("ip", "netns", "add", self.srv)
-        sh("ip", "netns", "add", self.cli)
-        sh(
-            "ip",
-            "link",
-            "add",
-            self.srv_if,
-            "netns",
-            self.srv,
-            "type",
-            "veth",
-            "peer",
-            self.cli_if,
-            "netns",
-            self.cli,
-        )
-        for ns, iface, addr in ((self.srv, self.srv_if, SERVER_IP), (self.cli, self.cli_if, CLIENT_IP)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "link", "set", iface, "up")
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", iface)
+        self.srv, self.cli = self.net.namespace("s"), self.net.namespace("c")
+        self.net.veth(self.srv, self.srv_if, self.cli, self.cli_if)
+        self.srv.address(self.srv_if, f"{SERVER_IP}/24")
+        self.cli.address(self.cli_if, f"{CLIENT_IP}/24")
         machines = self.tmp / "machines"
         (machines / "profiles").mkdir(parents=True)
         (machines / "default.toml").write_text('[boot]\nchain = "http://boot.example/menu.ipxe"\n')
@@ -213,8 +195,7 @@ class Bench:
     def down(self) -> None:
         for proc in self.procs:
             self.stop(proc)
-        for ns in (self.srv, self.cli):
-            sh("ip", "netns", "del", ns, check=False)
+        self.net.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def stop(self, proc: subprocess.Popen) -> None:
@@ -228,7 +209,7 @@ class Bench:
 
     def start_netbootd(self, unknown_rate: float = 0.0) -> subprocess.Popen:
         argv = [
-            *self.nice, "ip", "netns", "exec", self.srv, sys.executable, __file__, "serve",
+            *self.nice, *self.srv.argv(sys.executable, __file__, "serve"),
             "--machines", str(self.tmp / "machines"), "--log", str(self.tmp / "netbootd.log"),
             "--unknown-rate", str(unknown_rate),
         ]  # fmt: skip
@@ -245,7 +226,7 @@ class Bench:
     def start_dnsmasq(self) -> subprocess.Popen:
         log = self.tmp / "dnsmasq.log"
         argv = [
-            *self.nice, "ip", "netns", "exec", self.srv, shutil.which("dnsmasq") or "dnsmasq",
+            *self.nice, *self.srv.argv(shutil.which("dnsmasq") or "dnsmasq"),
             "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
             f"--interface={self.srv_if}", f"--dhcp-range={NET},proxy",
             '--pxe-service=x86PC,"netboot",undionly', "--pxe-prompt=netboot,0",
@@ -263,7 +244,7 @@ class Bench:
 
     def load_argv(self, count: int, rate: float, mac: str = "") -> list[str]:
         return [
-            "ip", "netns", "exec", self.cli, sys.executable, __file__, "load",
+            *self.cli.argv(sys.executable, __file__, "load"),
             "--iface", self.cli_if, "--count", str(count), "--rate", str(rate), *(["--mac", mac] if mac else []),
         ]  # fmt: skip
 
@@ -297,9 +278,7 @@ class Bench:
         not slow the next (runs stay independent)."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            table = subprocess.run(
-                ["ip", "netns", "exec", self.srv, "cat", "/proc/net/udp"], capture_output=True, text=True
-            ).stdout
+            table = self.srv.run("cat", "/proc/net/udp", check=False).stdout
             queued = [
                 int(f[4].split(":")[1], 16)
                 for f in (line.split() for line in table.splitlines()[1:])

@@ -69,6 +69,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # netbootd from this checkout, installed or not
+from netbootd.testing.netns import Namespace, Topology  # noqa: E402
+
 CLIENT = HERE / "storm_client.py"
 IPXE_DIR = Path("/usr/lib/ipxe")
 NET_PREFIX = "10.88"
@@ -85,10 +88,6 @@ DROP_COUNTERS = (
 
 def machine_ip(i: int) -> str:
     return f"{NET_PREFIX}.{1 + i // 250}.{1 + i % 250}"
-
-
-def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120, input=input)
 
 
 # ------------------------------------------------------------------------------ /proc
@@ -139,47 +138,37 @@ def reset_peak_rss(pid: int) -> None:
 class Storm:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        tag = str(os.getpid() % 100000)
-        self.ns_srv, self.ns_cli = f"nbstorm-s{tag}", f"nbstorm-c{tag}"
-        self.if_srv, self.if_cli = f"nbsts{tag}", f"nbstc{tag}"
+        self.net = Topology("nbstorm")
+        self.if_srv, self.if_cli = "nbsts0", "nbstc0"
         self.tmp = Path(tempfile.mkdtemp(prefix="netbootd-storm-"))
         self.tmp.chmod(0o755)  # nginx's workers (nobody) read the files
         self.procs: list[subprocess.Popen] = []
         self.addresses = 0  # machine addresses configured so far
-        self.netns = False
         self.sizes: dict[str, int] = {}
 
     # -- network ---------------------------------------------------------------------------
 
     def up(self) -> None:
-        sh("ip", "netns", "add", self.ns_srv)
-        sh("ip", "netns", "add", self.ns_cli)
-        self.netns = True
-        sh("ip", "link", "add", self.if_srv, "netns", self.ns_srv, "type", "veth", "peer", self.if_cli,
-           "netns", self.ns_cli)  # fmt: skip
-        for ns, iface, addr in ((self.ns_srv, self.if_srv, SERVER_IP), (self.ns_cli, self.if_cli, CLIENT_PRIMARY)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/16", "dev", iface)
-            sh("ip", "-n", ns, "link", "set", iface, "up")
-        self.cli_mac = sh("ip", "netns", "exec", self.ns_cli, "cat", f"/sys/class/net/{self.if_cli}/address").stdout.strip()
+        self.ns_srv, self.ns_cli = self.net.namespace("s"), self.net.namespace("c")
+        self.net.veth(self.ns_srv, self.if_srv, self.ns_cli, self.if_cli)
+        self.ns_srv.address(self.if_srv, f"{SERVER_IP}/16")
+        self.ns_cli.address(self.if_cli, f"{CLIENT_PRIMARY}/16")
+        self.cli_mac = self.ns_cli.run("cat", f"/sys/class/net/{self.if_cli}/address").stdout.strip()
 
     def ensure_addresses(self, n: int) -> None:
         """Machine addresses (secondary, on the clients' veth) and the server's neighbour entries."""
         if n <= self.addresses:
             return
         ips = [machine_ip(i) for i in range(self.addresses, n)]
-        sh("ip", "-n", self.ns_cli, "-batch", "-", input="".join(f"addr add {ip}/16 dev {self.if_cli}\n" for ip in ips))
+        self.ns_cli.ip("-batch", "-", input="".join(f"addr add {ip}/16 dev {self.if_cli}\n" for ip in ips))
         neigh = "".join(f"neigh replace {ip} lladdr {self.cli_mac} dev {self.if_srv} nud permanent\n" for ip in ips)
-        sh("ip", "-n", self.ns_srv, "-batch", "-", input=neigh)
+        self.ns_srv.ip("-batch", "-", input=neigh)
         self.addresses = n
 
     def down(self) -> None:
         for proc in list(self.procs):
             self.stop(proc)
-        if self.netns:
-            sh("ip", "netns", "del", self.ns_srv, check=False)
-            sh("ip", "netns", "del", self.ns_cli, check=False)
-            self.netns = False
+        self.net.close()
         if not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -218,7 +207,7 @@ class Storm:
 
     def spawn(self, argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         out = open(log, "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns_srv, *argv], stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(self.ns_srv.argv(*argv), stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=self.tmp)  # fmt: skip
         out.close()
         self.procs.append(proc)
@@ -319,9 +308,9 @@ class Storm:
             f"\n{(nginx_dir / 'nginx.out').read_text()}"
         )
 
-    def kernel_counters(self, ns: str) -> dict[str, int]:
+    def kernel_counters(self, ns: Namespace) -> dict[str, int]:
         """The namespace's UDP and TCP drop counters (/proc/net/snmp and netstat are per namespace)."""
-        text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp", "/proc/net/netstat").stdout.splitlines()
+        text = ns.run("cat", "/proc/net/snmp", "/proc/net/netstat").stdout.splitlines()
         out: dict[str, int] = {}
         for names, values in zip(text[::2], text[1::2], strict=False):
             proto, _, keys = names.partition(": ")
@@ -332,7 +321,7 @@ class Storm:
     def udp_drops_by_port(self) -> dict[str, int]:
         """Datagrams dropped by the server's long-lived UDP sockets (ports 67, 69, 4011), from
         /proc/net/udp's per-socket drop counter (sockets of finished TFTP transfers are gone)."""
-        text = sh("ip", "netns", "exec", self.ns_srv, "cat", "/proc/net/udp").stdout.splitlines()[1:]
+        text = self.ns_srv.run("cat", "/proc/net/udp").stdout.splitlines()[1:]
         out: dict[str, int] = {}
         for line in text:
             f = line.split()
@@ -377,7 +366,7 @@ class Storm:
         }
         path = self.tmp / "spec.json"
         path.write_text(json.dumps(spec))
-        argv = ["ip", "netns", "exec", self.ns_cli, sys.executable, str(CLIENT), str(path)]
+        argv = self.ns_cli.argv(sys.executable, str(CLIENT), str(path))
         out = subprocess.run(argv, capture_output=True, text=True, timeout=spec["deadline"] + 120)
         if out.returncode:
             raise SystemExit(f"storm client failed:\n{out.stderr[-3000:]}")

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NS_SRV = f"nbbench-srv-{os.getpid()}"
-NS_CLI = f"nbbench-cli-{os.getpid()}"
-VETH_SRV, VETH_CLI = f"nbbs{os.getpid() % 100000}", f"nbbc{os.getpid() % 100000}"
+sys.path.insert(0, str(REPO))  # netbootd from this checkout, installed or not
+from netbootd.testing.netns import Namespace, Topology  # noqa: E402
+
+VETH_SRV, VETH_CLI = "nbbs0", "nbbc0"
 SRV_IP, CLI_IP = "10.213.77.1", "10.213.77.2"
 PORT_NETBOOTD, PORT_HPA = 16969, 16970
 CLIENT_TIMEOUT = 300
@@ -40,7 +41,6 @@ CLIENT_TIMEOUT = 300
 
 def serve(root: str, address: str, port: int, profile: str | None) -> None:
     """Run the netbootd TFTP server (child process)."""
-    sys.path.insert(0, str(REPO))
     from twisted.internet import reactor
 
     from netbootd.config.settings import Settings, TftpSettings
@@ -151,10 +151,6 @@ def relay(listen_ip: str, pairs: list[tuple[int, int]], delay: float) -> None:
                     flows.pop((state[0].fileno(), state[1]), None)
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -164,7 +160,8 @@ class Bench:
         self.out = self.tmp / "out"
         self.out.mkdir()
         self.procs: list[subprocess.Popen] = []
-        self.netns = False
+        self.net: Topology | None = None  # the veth scenarios' namespaces, while they run
+        self.client_ns: Namespace | None = None  # where the clients run (None: here, on loopback)
         self.delay = ""
 
     # -- setup / teardown --------------------------------------------------------------------
@@ -182,8 +179,8 @@ class Bench:
                 f.write(os.urandom(size))
         self.sizes = sizes
 
-    def start_servers(self, ns: str | None, address: str) -> None:
-        prefix = ["ip", "netns", "exec", ns] if ns else []
+    def start_servers(self, ns: Namespace | None, address: str) -> None:
+        prefix = ns.argv() if ns else []
         public = address
         if ns and self.delay.startswith("relay"):
             address = "127.0.0.1"  # servers behind the relay
@@ -213,32 +210,27 @@ class Bench:
                 p.wait()
         self.procs = []
 
-    def setup_netns(self) -> None:
-        sh("ip", "netns", "add", NS_SRV)
-        sh("ip", "netns", "add", NS_CLI)
-        self.netns = True
-        sh("ip", "link", "add", VETH_SRV, "type", "veth", "peer", "name", VETH_CLI)
-        sh("ip", "link", "set", VETH_SRV, "netns", NS_SRV)
-        sh("ip", "link", "set", VETH_CLI, "netns", NS_CLI)
-        for ns, dev, ip in ((NS_SRV, VETH_SRV, SRV_IP), (NS_CLI, VETH_CLI, CLI_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+    def setup_netns(self) -> tuple[Namespace, Namespace]:
+        """The server and client namespaces, joined by a veth pair: (server, client)."""
+        self.net = Topology("nbbench")
+        srv, cli = self.net.namespace("s"), self.net.namespace("c")
+        self.net.veth(srv, VETH_SRV, cli, VETH_CLI)
+        srv.address(VETH_SRV, f"{SRV_IP}/24")
+        cli.address(VETH_CLI, f"{CLI_IP}/24")
         # 1 ms one way on the server's side; a queue long enough for 50 windows of 16
-        r = sh("ip", "netns", "exec", NS_SRV, "tc", "qdisc", "add", "dev", VETH_SRV, "root", "netem", "delay",
-               "1ms", "limit", "10000", check=False)  # fmt: skip
+        r = srv.run("tc", "qdisc", "add", "dev", VETH_SRV, "root", "netem", "delay", "1ms", "limit", "10000", check=False)
         if r.returncode == 0:
             self.delay = "netem 1ms"
         else:
             # kernels without sch_netem (e.g. Firecracker guests): a user-space relay instead
             print(f"# netem unavailable ({r.stderr.strip()}): delaying with a user-space relay", flush=True)
             self.delay = "relay 1ms"
+        return srv, cli
 
     def teardown_netns(self) -> None:
-        if self.netns:
-            sh("ip", "netns", "del", NS_SRV, check=False)
-            sh("ip", "netns", "del", NS_CLI, check=False)
-            self.netns = False
+        if self.net is not None:
+            self.net.close()
+            self.net = None
 
     def cleanup(self) -> None:
         self.stop_servers()
@@ -247,16 +239,16 @@ class Bench:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def client_argv(self, ns: str | None, address: str, port: int, name: str, out: Path, blksize: int,
+    def client_argv(self, ns: Namespace | None, address: str, port: int, name: str, out: Path, blksize: int,
                     window: int) -> list[str]:  # fmt: skip
-        argv = ["ip", "netns", "exec", ns] if ns else []
+        argv = ns.argv() if ns else []
         argv += ["atftp", "--option", f"blksize {blksize}"]
         if window > 1:
             argv += ["--option", f"windowsize {window}"]
         return [*argv, "-g", "-r", name, "-l", str(out), address, str(port)]
 
     def wait_ready(self, address: str, port: int) -> None:
-        ns = NS_CLI if address == SRV_IP else None
+        ns = self.client_ns if address == SRV_IP else None
         for _ in range(50):
             r = subprocess.run(
                 self.client_argv(ns, address, port, "ready.txt", self.out / "ready", 512, 1),
@@ -331,17 +323,18 @@ class Bench:
         rows = []
         links = []
         if "loopback" in self.args.links:
-            links.append(("loopback", None, "127.0.0.1"))
+            links.append(("loopback", "127.0.0.1"))
         if "veth" in self.args.links and not self.args.no_netns:
-            links.append(("veth", NS_CLI, SRV_IP))
-        for link, client_ns, address in links:
+            links.append(("veth", SRV_IP))
+        for link, address in links:
             if link == "loopback":
+                self.client_ns = None
                 self.start_servers(None, address)
             else:
-                self.setup_netns()
-                self.start_servers(NS_SRV, address)
+                server_ns, self.client_ns = self.setup_netns()
+                self.start_servers(server_ns, address)
             for count, blksize, window, name in self.scenarios(link):
-                nb, hpa = self.measure(client_ns, address, name, blksize, window, count)
+                nb, hpa = self.measure(self.client_ns, address, name, blksize, window, count)
                 row = (link if link == "loopback" else f"veth {self.delay}", blksize, window, count, nb, hpa)
                 print(format_row(row), flush=True)
                 rows.append(row)

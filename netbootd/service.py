@@ -9,7 +9,6 @@ interface it needs, netbootd.core.interfaces), the timeline it records into, and
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import resource
 import signal
@@ -22,6 +21,7 @@ from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
 from netbootd import health, metrics
+from netbootd.binderrors import bind_message
 from netbootd.config.lastgood import LastGoodStore
 from netbootd.config.load import build_catalog, is_ignored_name, load_machines
 from netbootd.config.settings import Settings
@@ -62,20 +62,7 @@ class StartupError(Exception):
 
 
 def bind_error(proto: str, port: int, setting: str, exc: Exception) -> StartupError:
-    err = getattr(exc, "socketError", exc)
-    code = getattr(err, "errno", None)
-    if code == errno.EACCES:
-        return StartupError(
-            f"cannot bind {proto} port {port}: ports below 1024 need root or CAP_NET_BIND_SERVICE "
-            f"(run as root, use systemd/netbootd.service, or set {setting} to a higher port)"
-        )
-    if code == errno.EADDRINUSE:
-        return StartupError(
-            f"cannot bind {proto} port {port}: another program holds it (find it with `ss -lnp`, or set {setting})"
-        )
-    if code == errno.EADDRNOTAVAIL:
-        return StartupError(f"cannot bind {proto} port {port}: the listen address is not on this host (check {setting})")
-    return StartupError(f"cannot bind {proto} port {port}: {err}")
+    return StartupError(bind_message(f"cannot bind {proto} port {port}", exc, port=port, setting=setting))
 
 
 def url_signer(settings: Settings) -> UrlSigner:

@@ -1,6 +1,8 @@
 """A UDP port that tells its protocol where each datagram arrived (interface, local address) and
 can send out of a given interface from a given address: what every proxy-boot UDP edge needs on a
-wildcard socket. IPv4 uses IP_PKTINFO, IPv6 IPV6_PKTINFO (netbootd.sockopts).
+wildcard socket (DHCP, DHCPv6, and the TFTP listener, whose answers must leave from the address
+the client asked: PXE ROMs drop them from any other). IPv4 uses IP_PKTINFO, IPv6 IPV6_PKTINFO
+(netbootd.sockopts).
 
 Twisted's udp.Port only calls recvfrom()/sendto(); this subclass overrides doRead (recvmsg with
 ancillary data) and adds sendFrom (sendmsg), keeping Twisted's registration, bind errors and
@@ -32,6 +34,10 @@ from netbootd.sockopts import (
 
 class PktinfoUdpPort(udp.Port):
     reuse_address = True  # share the port with a DHCP server on the same host (it must set it too)
+    broadcast = True  # IPv4: answers may go to 255.255.255.255 (DHCP clients without an address)
+    # A read error other than "nothing more to read now": raise (Twisted's way: the reactor logs it
+    # and closes the port), or, False, end this read and keep the port
+    close_on_read_error = True
 
     def createInternetSocket(self) -> socket.socket:
         skt = super().createInternetSocket()
@@ -42,7 +48,8 @@ class PktinfoUdpPort(udp.Port):
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
             self._parse, self._cmsg_space = parse_pktinfo6, CMSG_SPACE6
         else:
-            skt.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if self.broadcast:
+                skt.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             skt.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             self._parse, self._cmsg_space = parse_pktinfo, CMSG_SPACE
         enlarge_receive_buffer(skt)
@@ -65,7 +72,9 @@ class PktinfoUdpPort(udp.Port):
                 if se.args[0] in udp._sockErrReadIgnore or se.args[0] in udp._sockErrReadRefuse:
                     drained = True
                     break
-                raise
+                if self.close_on_read_error:
+                    raise
+                break
             read += len(data) or 1
             packet = (data, addr, self._parse(ancdata), bool(flags & socket.MSG_TRUNC))
             if batch is not None:

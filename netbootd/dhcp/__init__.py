@@ -12,11 +12,10 @@ It never hands out addresses; the site's DHCP server keeps doing that. Layout:
 
 from __future__ import annotations
 
-import errno
-
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
+from netbootd.binderrors import bind_message
 from netbootd.config.settings import Settings
 from netbootd.core.interfaces import DhcpCore
 from netbootd.dhcp.answer import DhcpController
@@ -31,16 +30,14 @@ class DhcpBindError(RuntimeError):
 
 
 def _bind_message(port: int, exc: CannotListenError, setting: str = "dhcp.port") -> str:
-    code = getattr(exc.socketError, "errno", None)
-    if code in (errno.EACCES, errno.EPERM):
-        return f"cannot bind UDP {port}: needs root or CAP_NET_BIND_SERVICE (set {setting} or run as root)"
-    if code == errno.EADDRINUSE:
-        return (
-            f"cannot bind UDP {port}: another DHCP server holds it without SO_REUSEADDR. "
-            f"To share the host with dnsmasq, run dnsmasq with --bind-interfaces (or --bind-dynamic), "
-            f"which binds with SO_REUSEADDR; otherwise stop the other server or change {setting}"
-        )
-    return f"cannot bind UDP {port}: {exc.socketError} (check {setting})"
+    return bind_message(
+        f"cannot bind UDP {port}", exc, port=port, setting=setting,
+        denied="needs root or CAP_NET_BIND_SERVICE (set {setting} or run as root)",
+        in_use=("another DHCP server holds it without SO_REUSEADDR. To share the host with dnsmasq, run dnsmasq "
+                "with --bind-interfaces (or --bind-dynamic), which binds with SO_REUSEADDR; otherwise stop the "
+                "other server or change {setting}"),
+        not_here="{error} (check {setting})", other="{error} (check {setting})",
+    )  # fmt: skip
 
 
 def listen_dhcp(

@@ -3,12 +3,12 @@ wiring calls. Kept out of the package's __init__ so the codec and classifier imp
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import CannotListenError
 
+from netbootd.binderrors import bind_message, no_ipv6
 from netbootd.config.settings import Settings
 from netbootd.core.interfaces import DhcpCore
 from netbootd.dhcp6.addresses import InterfaceAddresses6
@@ -38,14 +38,16 @@ def listen_dhcp6(reactor: Any, settings: Settings, core: DhcpCore) -> tuple[list
         except CannotListenError as exc:
             for started in ports:
                 started.stopListening()
-            code = getattr(exc.socketError, "errno", None)
-            if code in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            if no_ipv6(exc):
                 log.warn("no IPv6 on this host: proxy DHCPv6 is off", error=str(exc.socketError))
                 return [], None
-            why = ("needs root or CAP_NET_BIND_SERVICE" if code in (errno.EACCES, errno.EPERM) else
-                   "another DHCPv6 server holds it without SO_REUSEADDR (run dnsmasq with --bind-interfaces)"
-                   if code == errno.EADDRINUSE else str(exc.socketError))
-            raise OSError(f"cannot bind UDP [::]:{number} for proxy DHCPv6: {why} (or set {setting} = false)") from exc
+            off = " (or set {setting}, or dhcp.ipv6 = false)"
+            raise OSError(bind_message(
+                f"cannot bind UDP [::]:{number} for proxy DHCPv6", exc, port=number, setting=setting,
+                denied="needs root or CAP_NET_BIND_SERVICE" + off,
+                in_use="another DHCPv6 server holds it without SO_REUSEADDR (run dnsmasq with --bind-interfaces)" + off,
+                other="{error}" + off,
+            )) from exc  # fmt: skip
         ports.append(port)
         servers.append(protocol)
     def join_new_interfaces() -> None:

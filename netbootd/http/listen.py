@@ -9,12 +9,12 @@ so the IPv6 port is a tcp.Port that sets it when it makes its socket.
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.error import CannotListenError
 
+from netbootd.binderrors import no_ipv6
 from netbootd.logs import get_logger
 from netbootd.sockopts import v6only
 
@@ -40,7 +40,7 @@ def listen_http(reactor: Any, port: int, site: Any, listen: str) -> list[Any]:
     try:
         v6.startListening()
     except CannotListenError as exc:
-        if getattr(exc.socketError, "errno", None) not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+        if not no_ipv6(exc):
             ports[0].stopListening()
             raise
         log.warn("no IPv6 on this host: HTTP answers IPv4 only", error=str(exc.socketError))

@@ -31,7 +31,6 @@ Used by `netbootd try`, by the pytest plugin (`netboot_lab` fixture) and by netb
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
@@ -48,7 +47,7 @@ import attrs
 
 from netbootd.config.settings import LogSettings, Settings, to_toml
 from netbootd.testing.firmware import Vm, accelerator, firmware
-from netbootd.testing.netns import NetnsClient, TimelineWatch
+from netbootd.testing.netns import ANSI, NetnsClient, Proc, TimelineWatch, Topology, tail, wait_until
 from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, stages_from
 
 SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
@@ -66,13 +65,14 @@ BRIDGE_MAC6 = "02:77:00:00:00:01"
 IPXE_SCRIPT_PATH = "/ipxe?mac=${mac:hexhyp}&buildarch=${buildarch}&platform=${platform}"
 HTTP_PORT = 8080
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
-
-_names = itertools.count()
-
 
 class LabError(RuntimeError):
     """The lab itself could not be set up (not a failed boot); the message says why."""
+
+
+def prefixed(address: str) -> str:
+    """One of the lab's addresses with its segment's prefix length."""
+    return f"{address}/64" if ":" in address else f"{address}/24"
 
 
 def missing_requirements(firmware_name: str | None = None) -> str | None:
@@ -87,54 +87,6 @@ def missing_requirements(firmware_name: str | None = None) -> str | None:
     if firmware_name is not None:
         return firmware(firmware_name).missing()
     return None
-
-
-# ---------------------------------------------------------------------------------- processes
-
-
-class Proc:
-    """A process this lab started (inside a namespace), with its output in a file."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path | None = None, env=None) -> None:
-        self.name = name
-        self.argv = argv
-        self.log = log
-        self._out = open(log, "wb")  # closed in stop()
-        self.popen = subprocess.Popen(
-            argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env
-        )
-        self.started = time.monotonic()
-        self.started_wall = time.time()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def text(self) -> str:
-        try:
-            return self.log.read_bytes().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(sig)  # by PID: only ever a process this lab started
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        self._out.close()
-
-
-def tail(text: str, lines: int = 40) -> str:
-    text = ANSI.sub("", text)
-    rows = [r for r in text.splitlines() if r.strip()]
-    cut = rows[-lines:]
-    return ("[...]\n" if len(rows) > lines else "") + "\n".join(cut)
 
 
 # ---------------------------------------------------------------------------------- one machine
@@ -231,7 +183,8 @@ class Lab:
         self.host = host
         self.ipv6 = ipv6
         self.site_ipxe_script = site_ipxe_script
-        self.ns = f"nblab{os.getpid()}x{next(_names)}"
+        self.net = Topology("nblab", error=LabError)  # its namespaces, and what runs in them
+        self.ns = self.net.name
         self.boot_ns = f"{self.ns}b" if host == "own-host" else self.ns
         self.boot_if = "nb0" if host == "own-host" else "br0"
         if ipv6:
@@ -243,10 +196,8 @@ class Lab:
         self.netbootd_argv = list(netbootd_argv)
         self.site_next_server = site_next_server
         self.accel = accelerator()
-        self.procs: list[Proc] = []
         self.boots: list[Boot] = []
         self.taps = 0
-        self.namespaces: list[str] = []
         self.netbootd: Proc | None = None
         self.dnsmasq: Proc | None = None
         self.tcpdump: Proc | None = None
@@ -319,50 +270,29 @@ class Lab:
     # -- plumbing
 
     def ip(self, *args: str) -> None:
-        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-        if proc.returncode != 0:
-            raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+        self.net.ip(*args)
 
     def start(self, name: str, argv: list[str], ns: str | None = None, **kw) -> Proc:
-        proc = Proc(name, ["ip", "netns", "exec", ns or self.ns, *argv], self.root / f"{name}.log", **kw)
-        self.procs.append(proc)
-        return proc
-
-    def add_netns(self, name: str) -> None:
-        self.ip("netns", "add", name)
-        self.namespaces.append(name)
-        self.ip("-n", name, "link", "set", "lo", "up")
+        return self.net.namespaces[ns or self.ns].start(name, argv, self.root / f"{name}.log", **kw)
 
     def add_host(self, ns: str, ifname: str, address: str, bridge_port: str) -> None:
-        """A host of its own: namespace `ns`, joined to the bridge by a veth pair."""
-        self.add_netns(ns)
-        self.ip("-n", self.ns, "link", "add", bridge_port, "type", "veth", "peer", "name", ifname, "netns", ns)
-        self.ip("-n", self.ns, "link", "set", bridge_port, "master", "br0")
-        self.ip("-n", self.ns, "link", "set", bridge_port, "up")
-        self.ip("-n", ns, *self.address_args(address), "dev", ifname)
-        self.ip("-n", ns, "link", "set", ifname, "up")
-
-    @staticmethod
-    def address_args(address: str) -> list[str]:
-        """`ip addr add` for one of the lab's addresses (IPv6 without duplicate address detection:
-        the lab's addresses are unique, and a tentative address cannot be bound for a second)."""
-        if ":" in address:
-            return ["-6", "addr", "add", f"{address}/64", "nodad"]
-        return ["addr", "add", f"{address}/24"]
+        """A host of its own: namespace `ns` (the lab's name and a suffix), joined to the bridge by a veth pair."""
+        if not ns.startswith(self.ns):
+            raise ValueError(f"{ns}: a lab's namespaces are named {self.ns}<suffix>")
+        host = self.net.namespace(ns.removeprefix(self.ns))
+        self.net.veth(self.net.namespaces[self.ns], bridge_port, host, ifname, master="br0")
+        host.address(ifname, prefixed(address))
 
     def up(self) -> Lab:
-        self.add_netns(self.ns)
-        self.ip("-n", self.ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        if self.ipv6:
-            self.ip("-n", self.ns, "link", "set", "br0", "address", BRIDGE_MAC6)
-        else:
-            self.ip("-n", self.ns, "addr", "add", f"{SITE_IP}/24", "dev", "br0")
-        self.ip("-n", self.ns, "-6", "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
-        self.ip("-n", self.ns, "link", "set", "br0", "up")
+        lan = self.net.namespace()
+        lan.bridge("br0", mac=BRIDGE_MAC6 if self.ipv6 else None)
+        if not self.ipv6:
+            lan.address("br0", f"{SITE_IP}/24")
+        lan.address("br0", "fd77::1/64")
         if self.host == "own-host":
             self.add_host(self.boot_ns, "nb0", self.boot_ip, "vb0")
         elif self.host == "second-address":
-            self.ip("-n", self.ns, *self.address_args(self.boot_ip), "dev", "br0")
+            lan.address("br0", prefixed(self.boot_ip))
         if self.capture:
             self.tcpdump = self.start("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "-s", "1600", "-w", str(self.pcap)])
         self.dnsmasq = dnsmasq = self.start("dnsmasq", self.dnsmasq_argv())
@@ -414,14 +344,7 @@ class Lab:
         ]
 
     def wait_until(self, predicate: Callable[[], Any], proc: Proc, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if not proc.running():
-                raise LabError(f"{proc.name} exited ({proc.popen.returncode}) waiting for {what}:\n{tail(proc.text())}")
-            time.sleep(0.05)
-        raise LabError(f"timed out after {timeout:.0f} s waiting for {what}:\n{tail(proc.text())}")
+        wait_until(predicate, proc, timeout, what, LabError)
 
     def __enter__(self) -> Lab:
         try:
@@ -505,9 +428,10 @@ class Lab:
     def add_tap(self) -> str:
         name = f"tap{self.taps}"
         self.taps += 1
-        self.ip("-n", self.ns, "tuntap", "add", "dev", name, "mode", "tap")
-        self.ip("-n", self.ns, "link", "set", name, "master", "br0")
-        self.ip("-n", self.ns, "link", "set", name, "up")
+        lan = self.net.namespaces[self.ns]
+        lan.ip("tuntap", "add", "dev", name, "mode", "tap")
+        lan.ip("link", "set", name, "master", "br0")
+        lan.up(name)
         return name
 
     def launch(self, mac: str, firmware_name: str, timeout: float | None = None, expect: str | None = None,
@@ -645,13 +569,4 @@ class Lab:
         return dest
 
     def down(self) -> None:
-        for proc in reversed(self.procs):
-            try:
-                proc.stop()
-            except Exception as exc:  # keep tearing down the rest
-                print(f"lab {self.ns}: stopping {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
-        self.procs = []
-        for ns in reversed(self.namespaces):
-            # Deleting a namespace deletes its bridge, taps and veth ends.
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-        self.namespaces = []
+        self.net.close()  # deleting a namespace deletes its bridge, taps and veth ends

@@ -6,22 +6,32 @@ netbootd.core.interfaces.TftpCore (the boot core, or `TftpFiles` for a plain fil
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 
+from netbootd.binderrors import bind_message, no_ipv6
 from netbootd.config.settings import Settings, TftpSettings
 from netbootd.core.interfaces import TftpCore
 from netbootd.logs import get_logger
 from netbootd.sockopts import enlarge_receive_buffer
-from netbootd.tftp.port import PktinfoPort
 from netbootd.tftp.server import TftpServer
+from netbootd.udpport import PktinfoUdpPort
 
 __all__ = ["TftpListenError", "TftpServer", "listen_tftp", "listen_tftp_all"]
 
 log = get_logger("netbootd.tftp")
+
+
+class TftpPort(PktinfoUdpPort):
+    """The listener on every address: each request's local address comes with it (netbootd.udpport),
+    so the server answers from the address the client asked (`connect()` alone would pick the
+    source by routing, which differs on hosts with several addresses per interface)."""
+
+    reuse_address = False  # a second TFTP server on the port is an error to report, not to share with
+    broadcast = False  # a request "from" a broadcast address must not get its answer broadcast
+    close_on_read_error = False  # whatever a read says, the port keeps taking requests
 
 
 class TftpListenError(CannotListenError):
@@ -36,19 +46,13 @@ class TftpListenError(CannotListenError):
 
 
 def _explain(interface: str, port: int, err: BaseException | None) -> str:
-    where = f"UDP {interface or '0.0.0.0'}:{port}"
-    code = getattr(err, "errno", None)
-    if code == errno.EACCES:
-        why = "permission denied"
-        if port < 1024:
-            why = f"permission denied: port {port} needs root or CAP_NET_BIND_SERVICE (or set tftp.port)"
-    elif code == errno.EADDRINUSE:
-        why = "address already in use: is another TFTP server (tftpd-hpa, dnsmasq, ...) running?"
-    elif code == errno.EADDRNOTAVAIL:
-        why = "address not available on this host: check tftp.listen"
-    else:
-        why = str(err) if err is not None else "unknown error"
-    return f"cannot listen for TFTP on {where}: {why}"
+    return bind_message(
+        f"cannot listen for TFTP on UDP {interface or '0.0.0.0'}:{port}", err, port=port, setting="tftp.port",
+        denied=("permission denied: port {port} needs root or CAP_NET_BIND_SERVICE (or set {setting})" if port < 1024
+                else "permission denied"),
+        in_use="address already in use: is another TFTP server (tftpd-hpa, dnsmasq, ...) running? (or set {setting})",
+        not_here="address not available on this host: check tftp.listen",
+    )  # fmt: skip
 
 
 def listen_tftp(reactor: Any, settings: Settings | TftpSettings, files: TftpCore) -> Any:
@@ -65,22 +69,21 @@ def listen_tftp_all(reactor: Any, settings: Settings | TftpSettings, files: Tftp
     ports = []
     try:
         if not tftp.listen and isinstance(reactor, PosixReactorBase):
-            # every address: learn each request's destination, answer from it (port.py)
-            port = PktinfoPort(tftp.port, server, "", 8192, reactor)
+            # every address: learn each request's destination, answer from it
+            port = TftpPort(tftp.port, server, "", 8192, reactor)
             port.startListening()
             ports.append(port)
             try:
-                port6 = PktinfoPort(tftp.port, server.sibling(), "::", 8192, reactor)
+                port6 = TftpPort(tftp.port, server.sibling(), "::", 8192, reactor)
                 port6.startListening()
                 ports.append(port6)
             except CannotListenError as e:
-                if getattr(e.socketError, "errno", None) not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                if not no_ipv6(e):
                     raise
                 log.warn("no IPv6 on this host: TFTP answers IPv4 only", error=str(e.socketError))
         else:
             ports.append(reactor.listenUDP(tftp.port, server, interface=tftp.listen, maxPacketSize=8192))
-        for port in ports:
-            socket = getattr(port, "socket", None)
+            socket = getattr(ports[0], "socket", None)
             if socket is not None:
                 enlarge_receive_buffer(socket)  # a rack's RRQs wait in the kernel, not dropped, while we feed downloads
         return ports

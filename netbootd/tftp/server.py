@@ -19,6 +19,7 @@ from netbootd.core.ident import mac_in_path
 from netbootd.core.interfaces import TftpCore
 from netbootd.logs import RateLimiter, get_logger
 from netbootd.ratelimit import PerClientLimiter
+from netbootd.sockopts import PacketInfo
 from netbootd.tftp import codec, metrics
 from netbootd.tftp.content import SharedContent
 from netbootd.tftp.session import SIZE_PROBE, TransferSession, file_size
@@ -53,7 +54,7 @@ class TftpServer(DatagramProtocol):
         self.fetching: dict[tuple[str, int], codec.ReadRequest] = {}  # requests waiting for their file to be fetched
         self.shared = SharedContent()  # one copy of each hot file (the iPXE binaries) for every session
         self.hook_dropped = 0  # packets dropped by the test hook, over all finished sessions
-        # the local address the current datagram was sent to (set by PktinfoPort; None if unknown)
+        # the local address the current datagram was sent to (from TftpPort; None if unknown)
         self.local_address: str | None = None
         self.draining = False  # drain(): new requests refused, running transfers carry on
         self._limiter = log_limiter or RateLimiter(burst=5, period=60.0, clock=reactor.seconds)
@@ -71,6 +72,11 @@ class TftpServer(DatagramProtocol):
         return other
 
     # -- receiving ---------------------------------------------------------------------------
+
+    def packetReceived(self, data: bytes, addr: Any, info: PacketInfo | None, truncated: bool) -> None:
+        """From TftpPort (netbootd.udpport): the datagram with the local address it was sent to."""
+        self.local_address = info.spec_dst if info is not None else None
+        self.datagramReceived(data, addr)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
@@ -212,7 +218,7 @@ class TftpServer(DatagramProtocol):
         )
         try:
             # startProtocol() runs inside: connect, negotiate, first packet
-            # answer from the address the client asked (see port.py)
+            # answer from the address the client asked (see TftpPort)
             interface = self.settings.listen or local or ("::" if ":" in addr[0] else "")
             self.reactor.listenUDP(0, session, interface=interface, maxPacketSize=2048)
         except Exception:
@@ -260,9 +266,9 @@ class TftpServer(DatagramProtocol):
 
     def _reply(self, addr: tuple[str, int], packet: bytes) -> None:
         try:
-            write_from = getattr(self.transport, "write_from", None)
-            if write_from is not None and self.local_address and not self.settings.listen:
-                write_from(packet, addr, self.local_address)
+            send_from = getattr(self.transport, "sendFrom", None)
+            if send_from is not None and self.local_address and not self.settings.listen:
+                send_from(packet, addr, source=self.local_address)
             elif self.transport is not None:
                 self.transport.write(packet, addr)
         except Exception:  # noqa: S110 - unreachable client: nothing else to do

@@ -1,24 +1,23 @@
 """Real sockets in network namespaces the tests create: netbootd's DHCP edge runs in a subprocess
 inside a "server" namespace, PXE clients / relays in a "client" namespace, joined by a veth pair.
 
-    client ns  nbc<id> (no address, or 10.77.0.145 / relay 10.78.0.1)  <--veth-->  nbs<id> 10.77.0.2  server ns
+    client ns  nbc0 (no address, or 10.77.0.145 / relay 10.78.0.1)  <--veth-->  nbs0 10.77.0.2  server ns
 
 Nothing here touches the host's own interfaces; every process started is stopped by its PID and
-the namespaces are deleted in `finally`.
+the namespaces are deleted when the test ends (netbootd.testing.netns.Topology).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from netbootd.testing.netns import Proc, Topology
+from tests.helpers import NETNS
 
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "netns_server.py"
@@ -27,113 +26,34 @@ SERVER_IP = "10.77.0.2"
 CLIENT_IP = "10.77.0.145"
 RELAY_IP = "10.78.0.1"  # giaddr: a routed subnet behind the client namespace
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
-]
+pytestmark = NETNS
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+class Pair:
+    """The server and client namespaces, joined by a veth pair."""
 
+    srv_if, cli_if = "nbs0", "nbc0"
 
-class Topology:
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
-        self.srv, self.cli = f"nbd-s{tag}", f"nbd-c{tag}"
-        self.srv_if, self.cli_if = f"nbs{tag}", f"nbc{tag}"
-
-    def up(self) -> None:
-        sh("ip", "netns", "add", self.srv)
-        sh("ip", "netns", "add", self.cli)
-        sh(
-            "ip",
-            "link",
-            "add",
-            self.srv_if,
-            "netns",
-            self.srv,
-            "type",
-            "veth",
-            "peer",
-            self.cli_if,
-            "netns",
-            self.cli,
-        )
-        for ns, iface in ((self.srv, self.srv_if), (self.cli, self.cli_if)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "link", "set", iface, "up")
-        sh("ip", "-n", self.srv, "addr", "add", f"{SERVER_IP}/24", "dev", self.srv_if)
+    def __init__(self, net: Topology) -> None:
+        self.srv, self.cli = net.namespace("s"), net.namespace("c")
+        net.veth(self.srv, self.srv_if, self.cli, self.cli_if)
+        self.srv.address(self.srv_if, f"{SERVER_IP}/24")
 
     def client_addresses(self) -> None:
-        sh("ip", "-n", self.cli, "addr", "add", f"{CLIENT_IP}/24", "dev", self.cli_if)
-        sh("ip", "-n", self.cli, "addr", "add", f"{RELAY_IP}/24", "dev", self.cli_if)
-        sh("ip", "-n", self.srv, "route", "add", "10.78.0.0/24", "via", CLIENT_IP)
-
-    def down(self) -> None:
-        for ns in (self.srv, self.cli):
-            sh("ip", "netns", "del", ns, check=False)
+        self.cli.address(self.cli_if, f"{CLIENT_IP}/24")
+        self.cli.address(self.cli_if, f"{RELAY_IP}/24")
+        self.srv.ip("route", "add", "10.78.0.0/24", "via", CLIENT_IP)
 
     def client(self, *args: str, expect: int = 1) -> list[dict]:
-        out = subprocess.run(
-            ["ip", "netns", "exec", self.cli, sys.executable, str(CLIENT), *args, "--expect", str(expect)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = self.cli.run(sys.executable, str(CLIENT), *args, "--expect", str(expect), check=False)
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-class Process:
-    """A process started in a namespace; stopped by its own PID."""
-
-    def __init__(self, argv: list[str], ready: str | None = None, log: Path | None = None) -> None:
-        self.log = log
-        stderr = log.open("w") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        if ready:
-            deadline = time.monotonic() + 30
-            line = ""
-            while time.monotonic() < deadline and ready not in line:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{argv[4:6]} exited: {self.stderr()}")
-                if select.select([self.proc.stdout], [], [], 0.5)[0]:
-                    line = self.proc.stdout.readline()
-            if ready not in line:
-                self.stop()
-                raise RuntimeError(f"{argv} did not get ready: {self.stderr()}")
-
-    def stderr(self) -> str:
-        return self.log.read_text() if self.log and self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this PID only
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def wait_for_log(proc: Process, text: str) -> None:
-    deadline = time.monotonic() + 30
-    while text not in proc.stderr():
-        assert proc.proc.poll() is None, proc.stderr()
-        assert time.monotonic() < deadline, f"no {text!r} in: {proc.stderr()}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def topo():
-    t = Topology()
-    try:
-        t.up()
-        yield t
-    finally:
-        t.down()
+    with Topology("nbd") as net:  # stops what the test started in it, deletes the namespaces
+        yield Pair(net)
 
 
 @pytest.fixture
@@ -145,9 +65,11 @@ def machines(tmp_path):
     return d
 
 
-def start_netbootd(topo: Topology, machines: Path, tmp_path: Path, *extra: str) -> Process:
-    argv = ["ip", "netns", "exec", topo.srv, sys.executable, str(SERVER), "--machines", str(machines), *extra]
-    return Process(argv, ready="READY", log=tmp_path / "netbootd.log")
+def start_netbootd(topo: Pair, machines: Path, tmp_path: Path, *extra: str) -> Proc:
+    proc = topo.srv.start("netbootd", [sys.executable, str(SERVER), "--machines", str(machines), *extra],
+                          tmp_path / "netbootd.log")
+    proc.wait_for("READY")
+    return proc
 
 
 @pytest.fixture
@@ -179,7 +101,7 @@ def test_addressless_client_gets_broadcast_offer(topo, netbootd):
     assert offer["options"]["97"] == "00" + bytes(range(16)).hex()
     assert offer["options"]["43"] == "060108ff"
     assert offer["len"] >= 300
-    assert "answered" in netbootd.stderr()
+    assert "answered" in netbootd.text()
 
 
 def test_efi_offer_then_4011_ack(topo, netbootd):
@@ -205,7 +127,7 @@ def test_relayed_request_is_answered_to_giaddr(topo, netbootd):
 def test_ignored_machine_gets_nothing(topo, netbootd):
     replies = topo.client("discover", "--iface", topo.cli_if, "--mac", "52:54:00:99:99:99", "--wait", "2")
     assert replies == []
-    assert "boot.ignore" in netbootd.stderr()
+    assert "boot.ignore" in netbootd.text()
 
 
 def test_interfaces_setting_filters(topo, machines, tmp_path):
@@ -216,24 +138,24 @@ def test_interfaces_setting_filters(topo, machines, tmp_path):
         proc.stop()
 
 
-def start_beside_dnsmasq(topo: Topology, machines: Path, tmp_path: Path, first: str, *extra: str) -> list[Process]:
+def start_beside_dnsmasq(topo: Pair, machines: Path, tmp_path: Path, first: str, *extra: str) -> list[Proc]:
     """netbootd and an address-only dnsmasq (`--bind-interfaces`) on the server namespace's one
     address (10.77.0.2), `first` started first; the caller stops them (reversed)."""
     dnsmasq_argv = [
-        "ip", "netns", "exec", topo.srv, shutil.which("dnsmasq"),
+        shutil.which("dnsmasq") or "dnsmasq",
         "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--no-ping",
         f"--interface={topo.srv_if}", "--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h",
         f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
         "--user=root", "--group=root", "--log-facility=-", "--log-dhcp",
     ]  # fmt: skip
-    procs: list[Process] = []
+    procs: list[Proc] = []
     try:
         for which in (first, "dnsmasq" if first == "netbootd" else "netbootd"):
             if which == "netbootd":
                 procs.append(start_netbootd(topo, machines, tmp_path, *extra))
             else:
-                procs.append(Process(dnsmasq_argv, log=tmp_path / "dnsmasq.log"))
-                wait_for_log(procs[-1], "DHCP, IP range")  # logged once its DHCP socket is bound
+                procs.append(topo.srv.start("dnsmasq", dnsmasq_argv, tmp_path / "dnsmasq.log"))
+                procs[-1].wait_for("DHCP, IP range")  # logged once its DHCP socket is bound
     except BaseException:
         for p in reversed(procs):
             p.stop()
@@ -282,13 +204,13 @@ def test_request_for_the_shared_address_is_left_to_dnsmasq(topo, machines, tmp_p
     acks = [a for a in answers if a["to"] == "request"]
     assert [(a["src"], a["options"]["53"], a["yiaddr"]) for a in acks] == [(SERVER_IP, "05", lease["yiaddr"])], acks
     assert any(a["to"] == "barrier" and a["yiaddr"] == "0.0.0.0" for a in answers)  # netbootd was alive and in order
-    log = procs[-1 if first == "dnsmasq" else 0].stderr()
+    log = procs[-1 if first == "dnsmasq" else 0].text()
     assert "request-for-dhcp-server" in log and "server_id=10.77.0.2" in log, log
 
 
 def test_second_address_advertised_and_used_as_source(topo, machines, tmp_path):
     """A host that also runs the site's DHCP server: the boot server is a second address."""
-    sh("ip", "-n", topo.srv, "addr", "add", "10.77.0.3/24", "dev", topo.srv_if)  # secondary
+    topo.srv.address(topo.srv_if, "10.77.0.3/24")  # secondary
     proc = start_netbootd(topo, machines, tmp_path, "--advertise", "10.77.0.3")
     try:
         (offer,) = topo.client("discover", "--iface", topo.cli_if, "--arch", "0")

@@ -24,6 +24,7 @@ from netbootd.logs import RateLimiter
 from netbootd.sockopts import parse_pktinfo
 from tests.dhcp.conftest import FakeCore
 from tests.dhcp.test_codec import request_bytes
+from tests.helpers import held_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIOS = b"\x35\x01\x01\x3c\x20PXEClient:Arch:00000:UNDI:002001\x5d\x02\x00\x00\xff"
@@ -277,17 +278,11 @@ async def test_listen_dhcp_starts_both_ports():
 async def test_listen_dhcp_port_in_use_names_dnsmasq_bind_interfaces():
     from twisted.internet import reactor
 
-    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no SO_REUSEADDR, like a plain server
-    holder.bind(("0.0.0.0", 0))
-    busy = holder.getsockname()[1]
-    try:
-        with pytest.raises(DhcpBindError) as info:
-            listen_dhcp(reactor, Settings(dhcp=DhcpSettings(port=0, proxy_port=busy)), FakeCore())
-        assert "--bind-interfaces" in str(info.value)
-        assert f"UDP {busy}" in str(info.value)
-        assert "dhcp.proxy_port" in str(info.value)
-    finally:
-        holder.close()
+    with held_udp_port() as busy, pytest.raises(DhcpBindError) as info:
+        listen_dhcp(reactor, Settings(dhcp=DhcpSettings(port=0, proxy_port=busy)), FakeCore())
+    assert "--bind-interfaces" in str(info.value)
+    assert f"UDP {busy}" in str(info.value)
+    assert "dhcp.proxy_port" in str(info.value)
 
 
 def test_bind_message_for_permission_denied():

@@ -12,6 +12,7 @@ import pytest
 from netbootd.dhcp6 import codec
 from netbootd.dhcp6.duid import link_layer_option_value
 from tests.conftest import wait_for
+from tests.helpers import ipv6_loopback
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MAC = "52:54:00:99:00:41"  # the captures' machine
@@ -19,15 +20,6 @@ MAC = "52:54:00:99:00:41"  # the captures' machine
 
 def fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 pytestmark = pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 loopback")

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from netbootd.dhcp6 import codec
+from netbootd.testing.netns import Namespace, Proc, Topology
 from tests.dhcp6.conftest import fixture
+from tests.helpers import NETNS
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "relay_client.py"
@@ -33,85 +33,43 @@ SOLICIT = fixture("proxy6-uefi-pxe-4011", 4)  # OVMF's PXE SOLICIT (vendor class
 MAC = "52:54:00:99:00:41"  # the machine of that capture
 
 pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
+    *NETNS,
     pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed (apt-get install dnsmasq-base)"),
 ]
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+class Relayed:
+    """The client, relay and server namespaces, linked as drawn above."""
 
-
-def wait_log(proc: subprocess.Popen, log: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text(errors='replace')}"
-        assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{log.read_text(errors='replace')}"
-        time.sleep(0.05)
-
-
-class Topology:
-    def __init__(self, tmp: Path) -> None:
-        tag = f"{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
-        self.cli, self.rel, self.srv = f"nb6c{tag}", f"nb6r{tag}", f"nb6s{tag}"
+    def __init__(self, net: Topology, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: list[tuple[subprocess.Popen, object]] = []
-
-    def up(self) -> None:
+        self.cli, self.rel, self.srv = net.namespace("c"), net.namespace("r"), net.namespace("s")
         for ns in (self.cli, self.rel, self.srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
             # the links' addresses usable at once (no duplicate address detection): a test link
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
-        sh("ip", "-n", self.cli, "link", "add", "c0", "type", "veth", "peer", "name", "r0", "netns", self.rel)
-        sh("ip", "-n", self.rel, "link", "add", "r1", "type", "veth", "peer", "name", "s0", "netns", self.srv)
-        sh("ip", "-n", self.cli, "link", "set", "c0", "address", MAC)  # the captured machine's NIC
-        for ns, iface in ((self.cli, "c0"), (self.rel, "r0"), (self.rel, "r1"), (self.srv, "s0")):
-            sh("ip", "-n", ns, "link", "set", iface, "up")
-        sh("ip", "-n", self.rel, "-6", "addr", "add", "fd78::1/64", "dev", "r0", "nodad")
-        sh("ip", "-n", self.rel, "-6", "addr", "add", "fd79::1/64", "dev", "r1", "nodad")
-        sh("ip", "-n", self.srv, "-6", "addr", "add", "fd79::2/64", "dev", "s0", "nodad")
-        sh("ip", "-n", self.srv, "-6", "route", "add", "fd78::/64", "via", "fd79::1")
+            ns.sysctl("net.ipv6.conf.default.accept_dad", 0)
+        net.veth(self.cli, "c0", self.rel, "r0", mac=MAC)  # the captured machine's NIC
+        net.veth(self.rel, "r1", self.srv, "s0")
+        self.rel.address("r0", "fd78::1/64")
+        self.rel.address("r1", "fd79::1/64")
+        self.srv.address("s0", "fd79::2/64")
+        self.srv.ip("-6", "route", "add", "fd78::/64", "via", "fd79::1")
 
-    def start(self, ns: str, name: str, argv: list[str], ready: str) -> subprocess.Popen:
-        log = self.tmp / f"{name}.log"
-        out = log.open("wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=self.tmp, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.procs.append((proc, out))
-        wait_log(proc, log, ready)
+    def start(self, ns: Namespace, name: str, argv: list[str], ready: str) -> Proc:
+        proc = ns.start(name, argv, self.tmp / f"{name}.log", cwd=self.tmp, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc.wait_for(ready)
         return proc
 
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def down(self) -> None:
-        for proc, out in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()  # by PID: only what this test started
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            out.close()  # type: ignore[attr-defined]
-        for ns in (self.cli, self.rel, self.srv):
-            sh("ip", "netns", "del", ns, check=False)
-
 
 @pytest.fixture
 def topo(tmp_path):
-    t = Topology(tmp_path)
-    try:
-        t.up()
-        yield t
-    finally:
-        t.down()
+    with Topology("nb6") as net:  # stops what the test started in it, deletes the namespaces
+        yield Relayed(net, tmp_path)
 
 
-def start_netbootd(topo: Topology, tmp: Path) -> None:
+def start_netbootd(topo: Relayed, tmp: Path) -> None:
     conf = tmp / "conf"  # not "netbootd": the processes run in tmp, where python -m would import it
     (conf / "machines").mkdir(parents=True)
     (conf / "files").mkdir()
@@ -133,7 +91,7 @@ def test_solicit_answered_through_dnsmasq_relay(topo, tmp_path):
         "--interface=r0", "--interface=r1", "--dhcp-relay=fd78::1,fd79::2",
         f"--pid-file={tmp_path / 'relay.pid'}", "--user=root", "--group=root",
     ], "started")
-    out = sh("ip", "netns", "exec", topo.cli, sys.executable, str(CLIENT), "c0", str(HERE / "fixtures" / SOLICIT.name))
+    out = topo.cli.run(sys.executable, str(CLIENT), "c0", str(HERE / "fixtures" / SOLICIT.name), timeout=30)
     got = [line.split() for line in out.stdout.splitlines()]
     assert got, f"no answer reached the client\nrelay:\n{topo.log('relay')}\nnetbootd:\n{topo.log('netbootd')}"
     sent = SOLICIT.decode()

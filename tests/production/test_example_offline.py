@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,25 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from netbootd.testing.netns import Topology
 from tests.conftest import wait_for
+from tests.helpers import NETNS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "etc" / "netbootd"
 
-pytestmark = pytest.mark.netns
+pytestmark = NETNS  # a network namespace with no network
 
 
 @pytest.fixture
 def offline_ns():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 (a network namespace with no network)")
-    name = f"nboff{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    with Topology("nboff") as net:
+        yield net.namespace()
 
 
 def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
@@ -48,16 +42,12 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
     text = re.sub(r'(?m)^state_dir = .*$', 'state_dir = "state"', settings.read_text())
     settings.write_text(re.sub(r'(?m)^cache_dir = .*$', 'cache_dir = "cache"', text))
     log = tmp_path / "netbootd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", offline_ns, sys.executable, "-m", "netbootd", "serve", "--config", str(settings)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    proc = offline_ns.start("netbootd", [sys.executable, "-m", "netbootd", "serve", "--config", str(settings)], log,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         def health():
-            r = subprocess.run(["ip", "netns", "exec", offline_ns, sys.executable, "-c",
-                                "import httpx; print(httpx.get('http://127.0.0.1/healthz', timeout=2).text)"],
-                               capture_output=True, text=True)
+            r = offline_ns.run(sys.executable, "-c",
+                               "import httpx; print(httpx.get('http://127.0.0.1/healthz', timeout=2).text)", check=False)
             if r.returncode != 0:
                 return None
             doc = httpx.Response(200, content=r.stdout).json()
@@ -73,7 +63,7 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
         }], doc
         assert doc["problems"][0]["message"].startswith("unreachable:")
         time.sleep(16)  # three resolution attempts: 0 s, 5 s, 15 s (backoff)
-        proc.send_signal(signal.SIGHUP)  # a reload must not log the outstanding failure again
+        proc.popen.send_signal(signal.SIGHUP)  # a reload must not log the outstanding failure again
         time.sleep(2)
         text = log.read_text()
         assert "Traceback" not in text and " critical " not in text and " error " not in text, text
@@ -82,6 +72,5 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
         assert all("machines=52-54-00-00-00-05" in line and "registry.allowed" in line for line in failures)
         assert "configuration reloaded" in text
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.stop(grace=10)
     print(log.read_text())  # the closing note quotes what a new user sees

@@ -8,7 +8,7 @@ http.signing_key_file.
 
 Both answer the client's DHCP broadcast, each OFFER naming its own host; the machine's script
 fetched from either works; the Ignition URL in A's script is accepted by B. Every process is
-stopped by its PID and the namespaces are deleted in `finally`.
+stopped by its PID and the namespaces are deleted when the test ends.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from netbootd.testing.netns import Namespace, Proc, Topology
+from tests.helpers import NETNS
 from tests.production.test_signing_key import write_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,112 +36,51 @@ MAC = "52:54:00:77:00:20"
 IGN = '{"ignition": {"version": "3.4.0"}, "marker": "ha-netns"}'
 
 pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
+    *NETNS,
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
 ]
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
 class Segment:
     """Namespaces L (the bridge), A, B (boot hosts) and C (the client)."""
 
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}x{int(time.monotonic() * 1000) % 1000}"
-        self.lan, self.client = f"nbha-l{tag}", f"nbha-c{tag}"
-        self.hosts = {name: f"nbha-{name}{tag}" for name in HOSTS}
-        self.namespaces: list[str] = []
-
-    def add(self, ns: str) -> None:
-        ip("netns", "add", ns)
-        self.namespaces.append(ns)
-        ip("-n", ns, "link", "set", "lo", "up")
-
-    def attach(self, ns: str, inner: str, outer: str, address: str | None) -> None:
-        ip("-n", self.lan, "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
-        ip("-n", self.lan, "link", "set", outer, "master", "br0")
-        ip("-n", self.lan, "link", "set", outer, "up")
-        if address:
-            ip("-n", ns, "addr", "add", f"{address}/24", "dev", inner)
-        ip("-n", ns, "link", "set", inner, "up")
-
-    def up(self) -> None:
-        self.add(self.lan)
-        ip("-n", self.lan, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        ip("-n", self.lan, "link", "set", "br0", "up")
+    def __init__(self, net: Topology) -> None:
+        self.lan = net.namespace("l")
+        self.lan.bridge("br0")
+        self.hosts: dict[str, Namespace] = {}
         for name, address in HOSTS.items():
-            self.add(self.hosts[name])
-            self.attach(self.hosts[name], "nb0", f"v{name}", address)
-        self.add(self.client)
-        self.attach(self.client, "nc0", "vc", None)  # address-less, like firmware before its lease
-
-    def down(self) -> None:
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+            self.hosts[name] = host = net.namespace(name)
+            net.veth(self.lan, f"v{name}", host, "nb0", master="br0")
+            host.address("nb0", f"{address}/24")
+        self.client = net.namespace("c")
+        net.veth(self.lan, "vc", self.client, "nc0", master="br0")  # address-less, like firmware before its lease
 
     def discover(self, *args: str, expect: int) -> list[dict]:
-        out = subprocess.run(
-            ["ip", "netns", "exec", self.client, sys.executable, str(CLIENT), "discover", "--iface", "nc0",
-             "--mac", MAC, "--expect", str(expect), *args],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = self.client.run(sys.executable, str(CLIENT), "discover", "--iface", "nc0", "--mac", MAC,
+                              "--expect", str(expect), *args, check=False)  # fmt: skip
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
     def curl(self, url: str) -> tuple[int, str]:
         """GET from the client's namespace (the test process cannot reach the segment)."""
-        out = subprocess.run(
-            ["ip", "netns", "exec", self.client, "curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", url],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = self.client.run("curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", url, check=False)
         assert out.returncode == 0, f"curl {url}: {out.stderr}"
         body, _, status = out.stdout.rpartition("\n")
         return int(status), body
 
 
-class Netbootd:
-    """`python -m netbootd serve` in a host's namespace; stopped by its PID."""
-
-    def __init__(self, ns: str, config: Path, log: Path) -> None:
-        self.log_path = log
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "netbootd", "serve", "--config", str(config)],
-            stdout=self._out, stderr=subprocess.STDOUT, cwd=config.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not re.search(r"\blistening\b", self.log()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"netbootd in {ns} did not start:\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this PID only
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
+def start_netbootd(host: Namespace, config: Path, log: Path) -> Proc:
+    """`python -m netbootd serve` in a host's namespace (stopped by its PID when the test ends)."""
+    proc = host.start(log.stem, [sys.executable, "-m", "netbootd", "serve", "--config", str(config)], log,
+                      cwd=config.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.wait_for(r"\blistening\b")
+    return proc
 
 
 @pytest.fixture
 def segment():
-    seg = Segment()
-    try:
-        seg.up()
-        yield seg
-    finally:
-        seg.down()
+    with Topology("nbha") as net:  # stops what the test started in it, deletes the namespaces
+        yield Segment(net)
 
 
 def config_dir(root: Path) -> Path:
@@ -178,10 +117,10 @@ def config_dir(root: Path) -> Path:
 
 def test_pair_on_one_bridge(segment, tmp_path):
     conf = config_dir(tmp_path / "conf")
-    daemons = {}
+    daemons: dict[str, Proc] = {}
     try:
         for name in HOSTS:
-            daemons[name] = Netbootd(segment.hosts[name], conf / f"{name}.toml", tmp_path / f"netbootd-{name}.log")
+            daemons[name] = start_netbootd(segment.hosts[name], conf / f"{name}.toml", tmp_path / f"netbootd-{name}.log")
         # Both answer the broadcast; each OFFER names its own host (no advertise: the address of
         # the interface the DISCOVER came in on).
         pxe = segment.discover("--arch", "0", expect=2)
@@ -196,7 +135,7 @@ def test_pair_on_one_bridge(segment, tmp_path):
         for host, url in scripts.items():
             assert url.startswith(f"http://{host}:{HTTP_PORT}/ipxe?mac="), url
 
-        ip("-n", segment.client, "addr", "add", f"{CLIENT_IP}/24", "dev", "nc0")  # its lease, from the site
+        segment.client.address("nc0", f"{CLIENT_IP}/24")  # its lease, from the site
         ignition = {}
         for host, url in scripts.items():
             status, script = segment.curl(url)
@@ -216,10 +155,10 @@ def test_pair_on_one_bridge(segment, tmp_path):
         # ...and a tampered one still is not.
         status, body = segment.curl(ignition[a].replace(f"//{a}:", f"//{b}:")[:-1] + "x")
         assert status == 403 and "bad signature" in body
-        assert "ignition sent" in daemons["b"].log() and "ignition refused" in daemons["b"].log()
+        assert "ignition sent" in daemons["b"].text() and "ignition refused" in daemons["b"].text()
         for name, d in daemons.items():  # each host's log: it offered its own script URL, and the same key
-            assert f"offered=\"ipxe-script http://{HOSTS[name]}:{HTTP_PORT}/ipxe?mac=" in d.log()
-        key_ids = {m.group(1) for d in daemons.values() for m in re.finditer(r"key_id=(\w+)", d.log())}
+            assert f"offered=\"ipxe-script http://{HOSTS[name]}:{HTTP_PORT}/ipxe?mac=" in d.text()
+        key_ids = {m.group(1) for d in daemons.values() for m in re.finditer(r"key_id=(\w+)", d.text())}
         assert len(key_ids) == 1, key_ids
     finally:
         for d in daemons.values():

@@ -14,15 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, wait_for
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
+from tests.helpers import ipv6_loopback
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 loopback")

@@ -17,23 +17,12 @@ import dpkt
 import pytest
 import tftpy
 
-from tests.conftest import SHARED, wait_for
+from tests.conftest import wait_for
+from tests.helpers import need_capture, request_4011
 
-CAPTURE = SHARED / "captures" / "proxy-uefi-edk2-pxe.pcap"
 HELD = "52:54:00:77:00:10"  # the MAC in the capture
 GOOD = "52:54:00:77:00:11"
 BROKEN = '[boot]\nkernel = "vmlinuz"\ncmdline = "x={{ hostnmae }}"\n'
-
-
-def request_4011(mac: str) -> bytes:
-    with open(CAPTURE, "rb") as f:
-        for _ts, frame in dpkt.pcap.Reader(f):
-            udp = dpkt.ethernet.Ethernet(frame).data.data
-            if isinstance(udp, dpkt.udp.UDP) and udp.dport == 4011:
-                msg = dpkt.dhcp.DHCP(bytes(udp.data))
-                msg.chaddr = bytes.fromhex(mac.replace(":", ""))
-                return bytes(msg)
-    raise AssertionError("no 4011 request in the capture")
 
 
 # each machine asks from an address of its own (as on a real segment)
@@ -57,8 +46,7 @@ def netbootd(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def site(daemon_factory):
-    if not CAPTURE.exists():
-        pytest.skip(f"captures not found at {CAPTURE} (the repo expects ../shared beside it)")
+    need_capture()
     if not Path("/usr/lib/ipxe/snponly.efi").exists():
         pytest.skip("Debian's ipxe package is not installed (/usr/lib/ipxe/snponly.efi)")
     d = daemon_factory(dhcp=True, tftp=True, top_settings='advertise = "127.0.0.1"\n')

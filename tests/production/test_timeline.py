@@ -18,32 +18,17 @@ import pytest
 import tftpy
 
 from netbootd.tftp import codec
-from tests.conftest import SHARED, wait_for
+from tests.conftest import wait_for
+from tests.helpers import captured_udp, need_capture, request_4011
 from tests.limits.conftest import metric
 
-CAPTURE = SHARED / "captures" / "proxy-uefi-edk2-pxe.pcap"
 MAC = "52:54:00:77:00:10"
-
-
-def _captured_udp() -> list[dpkt.udp.UDP]:
-    with open(CAPTURE, "rb") as f:
-        frames = [dpkt.ethernet.Ethernet(frame).data.data for _ts, frame in dpkt.pcap.Reader(f)]
-    return [udp for udp in frames if isinstance(udp, dpkt.udp.UDP)]
-
-
-def _edk2_4011_request(mac: str = MAC) -> bytes:
-    for udp in _captured_udp():
-        if udp.dport == 4011:
-            packet = bytearray(udp.data)
-            packet[28:34] = bytes.fromhex(mac.replace(":", ""))  # chaddr: another machine, same firmware
-            return bytes(packet)
-    raise AssertionError("no 4011 request in the capture")
 
 
 def _edk2_size_probe() -> tuple[bytes, bytes]:
     """OVMF's first TFTP request (tsize 0, blksize 1468, windowsize 4) and the ERROR it answers
     the OACK with (code 8 "User aborted the transfer"), byte for byte from the capture."""
-    udp = _captured_udp()
+    udp = list(captured_udp())
     rrq = next(u for u in udp if u.dport == 69)
     error = next(u for u in udp if u.sport == rrq.sport and u.dport != 69)
     assert codec.parse(bytes(error.data)) == codec.Error(codec.ERR_OPTIONS, "User aborted the transfer")
@@ -55,7 +40,7 @@ def _dhcp_4011(daemon, mac: str = MAC, source: str = "127.0.0.1") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         s.bind((source, 0))
-        s.sendto(_edk2_4011_request(mac), ("127.0.0.1", daemon.proxy_port))
+        s.sendto(request_4011(mac), ("127.0.0.1", daemon.proxy_port))
         reply = dpkt.dhcp.DHCP(s.recvfrom(2048)[0])
     assert reply.chaddr == bytes.fromhex(mac.replace(":", ""))
 
@@ -80,8 +65,7 @@ def _tftp_get(daemon, name: str, out: Path, source: str = "127.0.0.1") -> None:
 
 
 def _daemon(daemon_factory, extra_settings: str = ""):
-    if not CAPTURE.exists():
-        pytest.skip(f"captures not found at {CAPTURE} (the repo expects ../shared beside it)")
+    need_capture()
     if not Path("/usr/lib/ipxe/snponly.efi").exists():
         pytest.skip("Debian's ipxe package is not installed (/usr/lib/ipxe/snponly.efi)")
     d = daemon_factory(dhcp=True, tftp=True, top_settings='advertise = "127.0.0.1"\n', extra_settings=extra_settings)
@@ -101,7 +85,7 @@ def test_timeline_of_a_scripted_boot(daemon, tmp_path):
     # 1. DHCP: EDK2's 4011 REQUEST, answered unicast to us
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
-        s.sendto(_edk2_4011_request(), ("127.0.0.1", daemon.proxy_port))
+        s.sendto(request_4011(MAC), ("127.0.0.1", daemon.proxy_port))
         reply = dpkt.dhcp.DHCP(s.recvfrom(2048)[0])
     assert reply.file.rstrip(b"\0") == b"snponly.efi"
     # 2. TFTP: the file it was told to fetch

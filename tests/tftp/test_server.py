@@ -16,8 +16,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp
+from netbootd.tftp import TftpListenError, _explain, codec, listen_tftp, listen_tftp_all
 from netbootd.tftp.files import TftpFiles
+from tests.helpers import held_udp_port
 from tests.tftp.conftest import (
     Proc,
     atftp_argv,
@@ -284,15 +285,11 @@ async def test_stop_listening_aborts_transfers(tftp_root, ipxe_dir, raw_client):
 
 
 def test_listen_errors_are_explained(tftp_root, ipxe_dir):
-    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    taken.bind(("127.0.0.1", 0))
-    try:
-        settings = make_settings(tftp_root, ipxe_dir, port=taken.getsockname()[1])
+    with held_udp_port("127.0.0.1") as taken:
+        settings = make_settings(tftp_root, ipxe_dir, port=taken)
         with pytest.raises(TftpListenError) as info:
             listen_tftp(reactor, settings, TftpFiles(settings))
         assert "already in use" in str(info.value)
-    finally:
-        taken.close()
     message = _explain("", 69, OSError(errno.EACCES, "Permission denied"))
     assert "needs root or CAP_NET_BIND_SERVICE (or set tftp.port)" in message
     settings = make_settings(tftp_root, ipxe_dir, listen="192.0.2.1")
@@ -300,19 +297,37 @@ def test_listen_errors_are_explained(tftp_root, ipxe_dir):
         listen_tftp(reactor, settings, TftpFiles(settings))
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1", ""])
 @pytest_twisted.ensureDeferred
-async def test_request_port_has_a_storm_sized_receive_buffer(tftp_root, ipxe_dir):
+async def test_request_port_has_a_storm_sized_receive_buffer(tftp_root, ipxe_dir, listen):
     """A rack's RRQs queue in the kernel while the reactor feeds downloads, instead of being dropped."""
-    settings = make_settings(tftp_root, ipxe_dir, listen="127.0.0.1", port=0)
-    port = listen_tftp(reactor, settings, TftpFiles(settings))
+    settings = make_settings(tftp_root, ipxe_dir, listen=listen, port=0)
+    ports = listen_tftp_all(reactor, settings, TftpFiles(settings))
     try:
-        size = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        if os.geteuid() == 0:  # SO_RCVBUFFORCE (CAP_NET_ADMIN): 4 MiB, doubled by the kernel
-            assert size >= 8 << 20
-        else:
-            assert size >= 200_000
+        for port in ports:
+            size = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if os.geteuid() == 0:  # SO_RCVBUFFORCE (CAP_NET_ADMIN): 4 MiB, doubled by the kernel
+                assert size >= 8 << 20
+            else:
+                assert size >= 200_000
     finally:
-        await port.stopListening()
+        for port in ports:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_on_every_address_neither_shares_its_port_nor_broadcasts(tftp_root, ipxe_dir):
+    """The UDP port it shares with the DHCP edge (netbootd.udpport), without the DHCP ports' options."""
+    settings = make_settings(tftp_root, ipxe_dir, listen="", port=0)
+    ports = listen_tftp_all(reactor, settings, TftpFiles(settings))
+    try:
+        for port in ports:
+            opts = port.socket.getsockopt
+            assert opts(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+            assert opts(socket.SOL_SOCKET, socket.SO_BROADCAST) == 0
+    finally:
+        for port in ports:
+            await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

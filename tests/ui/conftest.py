@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from netbootd.testing.netns import exec_argv
 
 # the QEMU lab (tests/integration): the dashboard test that watches a real firmware boot uses it
 from tests.integration.conftest import assets, lab, lab_separate_host  # noqa: F401
@@ -121,6 +124,6 @@ def lab_browser(lab_separate_host, request, tmp_path) -> Iterator[Browser]:  # n
     hand control back to that reactor when they end (the run would hang in reactor.run)."""
     need_browser()
     wrapper = tmp_path / "chromium-in-netns"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab_separate_host.boot_ns} {CHROMIUM} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(exec_argv(lab_separate_host.boot_ns, str(CHROMIUM)))} "$@"\n')
     wrapper.chmod(0o755)
     yield from _browser(request, wrapper)

@@ -7,7 +7,6 @@ tftpy's client; the script, files and beacon with httpx, from the same address.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -16,29 +15,15 @@ import httpx
 import pytest
 import tftpy
 
-from tests.conftest import SHARED
+from tests.helpers import need_capture, request_4011
 
-# NETBOOTD_SHARED: the shared/ directory when it is not beside the checkout (a worktree elsewhere)
-CAPTURE = Path(os.environ.get("NETBOOTD_SHARED", SHARED)) / "captures" / "proxy-uefi-edk2-pxe.pcap"
 IPXE_EFI = Path("/usr/lib/ipxe/snponly.efi")
 
 
 def need_captures() -> None:
-    if not CAPTURE.exists():
-        pytest.skip(f"captures not found at {CAPTURE} (the repo expects ../shared beside it)")
+    need_capture()
     if not IPXE_EFI.exists():
         pytest.skip(f"Debian's ipxe package is not installed ({IPXE_EFI})")
-
-
-def request_4011(mac: str) -> bytes:
-    with open(CAPTURE, "rb") as f:
-        for _ts, frame in dpkt.pcap.Reader(f):
-            udp = dpkt.ethernet.Ethernet(frame).data.data
-            if isinstance(udp, dpkt.udp.UDP) and udp.dport == 4011:
-                msg = dpkt.dhcp.DHCP(bytes(udp.data))
-                msg.chaddr = bytes.fromhex(mac.replace(":", ""))
-                return bytes(msg)
-    raise AssertionError("no 4011 request in the capture")
 
 
 class ScriptedMachine:
