@@ -138,7 +138,8 @@ def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: fl
     sys.path.insert(0, str(REPO))
     from twisted.internet import reactor
 
-    from netbootd.config.load import build_catalog, load_machines
+    from netbootd.config.catalog import build_catalog
+    from netbootd.config.machinesdir import load_machines
     from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
     from netbootd.core import BootCore
     from netbootd.dhcp import listen_dhcp

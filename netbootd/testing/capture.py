@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 
-from netbootd.testing.lab import tail
+from netbootd.testing.results import tail
 
 # What the summary shows: UDP, ICMP, ARP, TCP opens/closes/resets and the first segment of HTTP
 # requests and responses (not the bulk data in between).

@@ -49,7 +49,7 @@ import attrs
 from netbootd.config.settings import LogSettings, Settings, to_toml
 from netbootd.testing.firmware import Vm, accelerator, firmware
 from netbootd.testing.netns import NetnsClient, TimelineWatch
-from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, stages_from
+from netbootd.testing.results import ANSI, DEFAULT_EXPECT, PANIC, BootResult, stages_from, tail
 
 SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
 BOOT_IP = "10.77.0.2"  # netbootd
@@ -65,8 +65,6 @@ BRIDGE_MAC6 = "02:77:00:00:00:01"
 # settings in its filename, so the URL names the machine itself and needs no chain stub.
 IPXE_SCRIPT_PATH = "/ipxe?mac=${mac:hexhyp}&buildarch=${buildarch}&platform=${platform}"
 HTTP_PORT = 8080
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 
 _names = itertools.count()
 
@@ -128,13 +126,6 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(5)
         self._out.close()
-
-
-def tail(text: str, lines: int = 40) -> str:
-    text = ANSI.sub("", text)
-    rows = [r for r in text.splitlines() if r.strip()]
-    cut = rows[-lines:]
-    return ("[...]\n" if len(rows) > lines else "") + "\n".join(cut)
 
 
 # ---------------------------------------------------------------------------------- one machine
@@ -271,7 +262,7 @@ class Lab:
             machines.mkdir(exist_ok=True)
             (machines / "profiles").mkdir(exist_ok=True)
         else:
-            from netbootd.cli import find_settings
+            from netbootd.config.discover import find_settings
 
             base = find_settings(str(config), required=True)
             if not base.machines_dir.is_dir():
