@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from netbootd.config.errors import ConfigError
 from netbootd.config.settings import Settings
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 SIGNING_KEY_FILE = "http.signing_key_file"
 AUTH_FILE = "ui.auth_file"
+T = TypeVar("T")
 
 
 class SecretFileError(Exception):
@@ -32,41 +33,43 @@ class SecretFileError(Exception):
         self.at_start = at_start
 
 
-# The owners are imported when a file is set, not above: netbootd.ui's package imports this module
-# (the dashboard's reload), and both packages pull in much that a settings load has no use for.
-
-
 def signing_key(settings: Settings) -> bytes | None:
     """http.signing_key_file's key; None when unset (the host keeps a key of its own in state_dir)."""
-    path = settings.http.signing_key_file
-    if path is None:
-        return None
     from netbootd.core.signing import SigningKeyError, read_key_file
 
-    try:
-        return read_key_file(path)
-    except SigningKeyError as exc:
-        raise SecretFileError(SIGNING_KEY_FILE, str(exc), f"{SIGNING_KEY_FILE}: {exc}") from None
+    return _read(SIGNING_KEY_FILE, settings.http.signing_key_file, read_key_file, SigningKeyError, named_at_start=True)
 
 
 def ui_credentials(settings: Settings) -> Credentials | None:
     """ui.auth_file's credentials; None when unset (the dashboard asks no one)."""
-    path = settings.ui.auth_file
-    if path is None:
-        return None
     from netbootd.ui.auth import AuthFileError, read_auth_file
 
+    # The daemon's start says these as they are: each names the file already.
+    return _read(AUTH_FILE, settings.ui.auth_file, read_auth_file, AuthFileError, named_at_start=False)
+
+
+# The owners above are imported when asked, not at the top: netbootd.ui's package imports this
+# module (the dashboard's reload), and both packages pull in much that a settings load naming no
+# secret file has no use for.
+
+
+def _read(setting: str, path: Path | None, read: Callable[[Path], T], error: type[Exception], *,
+          named_at_start: bool) -> T | None:
+    if path is None:
+        return None
     try:
-        return read_auth_file(path)
-    except AuthFileError as exc:
-        raise SecretFileError(AUTH_FILE, str(exc), str(exc)) from None
+        return read(path)
+    except error as exc:
+        raise SecretFileError(setting, str(exc), f"{setting}: {exc}" if named_at_start else str(exc)) from None
 
 
 def preflight(settings: Settings, locate: Callable[[str], int] | None = None) -> list[ConfigError]:
     """Every secret file `settings` name that cannot be used, as errors of the settings file
     (`locate`: a setting's line in it; without it, line 0). ui.auth_file counts only with a dashboard."""
-    readers: list[Callable[[Settings], object]] = [signing_key]
-    if settings.ui.listen:
+    readers: list[Callable[[Settings], object]] = []
+    if settings.http.signing_key_file is not None:
+        readers.append(signing_key)
+    if settings.ui.listen and settings.ui.auth_file is not None:
         readers.append(ui_credentials)
     errors = []
     for read in readers:
