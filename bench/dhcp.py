@@ -140,7 +140,8 @@ def cpu_seconds(pid: int) -> float:
 def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: float = 0.0) -> None:
     from twisted.internet import reactor
 
-    from netbootd.config.load import build_catalog, load_machines
+    from netbootd.config.catalog import build_catalog
+    from netbootd.config.machinesdir import load_machines
     from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
     from netbootd.core.decide import BootCore
     from netbootd.dhcp import listen_dhcp

@@ -22,14 +22,16 @@ from twisted.internet.error import CannotListenError
 
 from netbootd import health, metrics
 from netbootd.binderrors import bind_message
+from netbootd.config.catalog import build_catalog
 from netbootd.config.lastgood import LastGoodStore
-from netbootd.config.load import build_catalog, is_ignored_name, load_machines
+from netbootd.config.machinesdir import is_ignored_name, load_machines
+from netbootd.config.preflight import SecretFileError, signing_key, ui_credentials
 from netbootd.config.settings import Settings
 from netbootd.config.watch import DirectoryWatcher
 from netbootd.core import files
 from netbootd.core.decide import BootCore
 from netbootd.core.plan import LAYER
-from netbootd.core.signing import SigningKeyError, UrlSigner
+from netbootd.core.signing import UrlSigner
 from netbootd.core.timeline import Timeline
 from netbootd.images.resolve import image_machines
 from netbootd.logs import get_logger
@@ -70,12 +72,15 @@ def url_signer(settings: Settings) -> UrlSigner:
     this host's own key in state_dir. load_settings already checked the file; reading it again
     here catches a file changed since, before anything listens."""
     ttl = settings.http.signed_url_ttl
-    if settings.http.signing_key_file is None:
-        return UrlSigner.from_state_dir(settings.state_dir, ttl)
     try:
-        return UrlSigner.from_key_file(settings.http.signing_key_file, ttl)
-    except SigningKeyError as exc:
-        raise StartupError(f"http.signing_key_file: {exc}") from None
+        key = signing_key(settings)
+    except SecretFileError as exc:
+        raise StartupError(exc.at_start) from None
+    if key is None:
+        return UrlSigner.from_state_dir(settings.state_dir, ttl)
+    signer = UrlSigner(key, ttl)
+    log.info("URL signing key loaded", path=str(settings.http.signing_key_file), key_id=signer.key_id)
+    return signer
 
 
 def _loopback(host: str) -> bool:
@@ -339,11 +344,9 @@ class Netbootd(service.MultiService):
     # ------------------------------------------------------------------ dashboard
 
     def _reload_ui_auth(self) -> None:
-        from netbootd.ui import AuthFileError
-
         try:
             now = self.ui.reload_auth()
-        except AuthFileError as exc:
+        except SecretFileError as exc:
             log.error("ui.auth_file unusable; the dashboard keeps the credentials it had", error=str(exc))
         else:
             log.info("dashboard credentials reloaded", credentials=now)
@@ -374,7 +377,7 @@ class Netbootd(service.MultiService):
     def _listen_ui(self) -> list[Any]:
         """The dashboard on ui.listen, a Site of its own: never the boot network's HTTP port."""
         from netbootd.config.settings import parse_listen
-        from netbootd.ui import AuthFileError, Dashboard, WatchedTimeline, load_credentials
+        from netbootd.ui import Dashboard, WatchedTimeline
 
         s = self.settings
         try:
@@ -382,9 +385,9 @@ class Netbootd(service.MultiService):
         except ValueError as exc:  # the settings loader catches it first; kept for Settings made in code
             raise StartupError(f"ui.listen = {exc}") from None
         try:
-            credentials = load_credentials(s)
-        except AuthFileError as exc:
-            raise StartupError(str(exc)) from None
+            credentials = ui_credentials(s)
+        except SecretFileError as exc:
+            raise StartupError(exc.at_start) from None
         assert isinstance(self.timeline, WatchedTimeline)  # made so in __init__ when ui.listen is set
         self.ui = Dashboard(self.core, self.timeline, s, self.reactor, health=self.health,
                             problems=lambda: self.problems, images=self._image_states, cache=self._cache_usage,

@@ -29,7 +29,7 @@ CHUNK = 256 * 1024  # buffered mode: bytes read from the file per write
 
 class SourceError(Exception):
     """A source that failed under a transfer (shrank, or its fetch failed); `status` and `message`
-    as the HTTP edge reports them (the shape of netbootd.images.registry.RegistryError)."""
+    as the HTTP edge reports them (the shape of netbootd.images.oci.RegistryError)."""
 
     status = 502
 

@@ -1,6 +1,6 @@
 """The machine model: what one machine (or the default, or a profile) boots.
 
-Frozen and fully validated; built by `netbootd.config.load` from the machines directory.
+Frozen and fully validated; built from the machines directory by `netbootd.config.machinefile`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from netbootd.images import metrics
-from netbootd.images.registry import RegistryError, UpstreamError, VerificationFailed, is_digest
+from netbootd.images.oci import RegistryError, UpstreamError, VerificationFailed, is_digest
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")

@@ -19,17 +19,9 @@ from netbootd.config.settings import Settings
 from netbootd.imageref import ImageRef
 from netbootd.images import metrics
 from netbootd.images.cache import BlobCache, Flight
+from netbootd.images.oci import BadRequest, NotFound, RegistryError, ResolvedImage, UpstreamError, is_digest, media_aliases
 from netbootd.images.pump import Fetcher, PassThrough, fail_request
-from netbootd.images.registry import (
-    BadRequest,
-    NotFound,
-    RegistryClient,
-    RegistryError,
-    ResolvedImage,
-    UpstreamError,
-    is_digest,
-    media_aliases,
-)
+from netbootd.images.registry import RegistryClient
 from netbootd.logs import get_logger
 from netbootd.transfer import TailReader, send_whole_file
 

@@ -31,16 +31,8 @@ from zope.interface import implementer
 
 from netbootd.imageref import ImageRef
 from netbootd.images import metrics
-from netbootd.images.registry import (
-    USER_AGENT,
-    AuthFailed,
-    NotFound,
-    RegistryClient,
-    RegistryError,
-    UpstreamError,
-    UpstreamTimeout,
-    VerificationFailed,
-)
+from netbootd.images.oci import AuthFailed, NotFound, RegistryError, UpstreamError, UpstreamTimeout, VerificationFailed
+from netbootd.images.registry import USER_AGENT, RegistryClient
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")

@@ -1,4 +1,5 @@
-"""OCI distribution client on httpx: probe, auth, manifest/index resolution, blob locations.
+"""The OCI distribution client on httpx: probe, auth, manifest/index resolution, blob locations
+(the model it resolves to is netbootd.images.oci's, the credentials netbootd.images.credentials').
 
 Synchronous and thread-safe: the CLI calls it directly, the daemon through
 `twisted.internet.threads.deferToThread` (it never runs on the reactor thread). Blob *bytes*
@@ -16,20 +17,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import re
-import shutil
-import subprocess
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-import attrs
 import httpx
 
 from netbootd import __version__
@@ -43,294 +39,34 @@ from netbootd.imageref import (
     registry_allowed,
 )
 from netbootd.images import metrics
+from netbootd.images.credentials import Credential, CredentialStore, Token, docker_config_paths, parse_challenge
+from netbootd.images.oci import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    AuthFailed,
+    BadRequest,
+    BlobLocation,
+    Disallowed,
+    Layer,
+    NotFound,
+    RegistryError,
+    ResolvedImage,
+    UpstreamError,
+    UpstreamTimeout,
+    VerificationFailed,
+    is_digest,
+)
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")
 
 USER_AGENT = f"netbootd/{__version__}"
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-
-# Layer media types that mean the same thing (reference.md §3): asking for any member finds
-# the first layer of any member, the exact type first. Short names are accepted in layerName.
-IRONCORE = "application/vnd.ironcore.image."
-GARDENLINUX = "application/io.gardenlinux."
-MEDIA_GROUPS: tuple[tuple[str, ...], ...] = (
-    (IRONCORE + "kernel", GARDENLINUX + "kernel"),
-    (IRONCORE + "initramfs", GARDENLINUX + "initrd"),
-    (IRONCORE + "squashfs", GARDENLINUX + "squashfs"),
-    (IRONCORE + "uki", GARDENLINUX + "uki"),
-)
-SHORT_NAMES = {"kernel": 0, "vmlinuz": 0, "initramfs": 1, "initrd": 1, "squashfs": 2, "uki": 3}
-UKI_TYPES = frozenset(MEDIA_GROUPS[3])
-
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-# ---------------------------------------------------------------------- errors
-
-
-class RegistryError(Exception):
-    """Something the HTTP edge reports with `status` and a one-line message."""
-
-    status = 502
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class BadRequest(RegistryError):
-    status = 400
-
-
-class Disallowed(RegistryError):
-    status = 403
-
-
-class NotFound(RegistryError):
-    status = 404
-
-
-class AuthFailed(RegistryError):
-    status = 502
-
-
-class UpstreamError(RegistryError):
-    status = 502
-
-
-class UpstreamTimeout(RegistryError):
-    status = 504
-
-
-class VerificationFailed(RegistryError):
-    status = 502
-
-
-# ---------------------------------------------------------------------- model
-
-
-@attrs.frozen
-class Layer:
-    media_type: str
-    digest: str
-    size: int
-    annotations: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: MappingProxyType(dict(m)))
-
-    @property
-    def is_uki(self) -> bool:
-        return self.media_type in UKI_TYPES
-
-
-@attrs.frozen
-class ResolvedImage:
-    ref: ImageRef  # as asked for (tag or digest)
-    digest: str  # of the platform manifest the layers come from
-    media_type: str
-    platform: str  # "linux/amd64" when it came from an index, "" otherwise
-    layers: tuple[Layer, ...]
-    index_digest: str = ""  # the index it was picked from, if any
-
-    def layer(self, media_type: str) -> Layer | None:
-        """The first layer of `media_type`, or of an equivalent type (ironcore ↔ gardenlinux)."""
-        for candidate in media_aliases(media_type):
-            for layer in self.layers:
-                if layer.media_type == candidate:
-                    return layer
-        return None
-
-    def layer_by_digest(self, digest: str) -> Layer | None:
-        return next((layer for layer in self.layers if layer.digest == digest), None)
-
-    def describe(self) -> str:
-        parts = [f"{self.ref} → {self.digest}" + (f" ({self.platform})" if self.platform else "")]
-        for layer in self.layers:
-            parts.append(f"  {layer.media_type} {layer.digest} {layer.size} bytes")
-        return "\n".join(parts)
-
-
-@attrs.frozen
-class BlobLocation:
-    url: str
-    headers: Mapping[str, str]  # Authorization, when the registry wants one
-    registry: str
-
-
-def media_aliases(media_type: str) -> tuple[str, ...]:
-    """`media_type` first, then its equivalents; short names ('kernel', 'uki') expand too."""
-    text = media_type.strip()
-    if text.lower() in SHORT_NAMES:
-        return MEDIA_GROUPS[SHORT_NAMES[text.lower()]]
-    for group in MEDIA_GROUPS:
-        if text in group:
-            return (text, *[m for m in group if m != text])
-    return (text,)
-
-
-def is_digest(text: str) -> bool:
-    return bool(_DIGEST.match(text))
-
-
-# ---------------------------------------------------------------------- credentials
-
-
-@attrs.frozen
-class Credential:
-    username: str = ""
-    password: str = ""
-    identity_token: str = ""  # OAuth2 refresh token (`docker login` against some registries)
-    registry_token: str = ""  # a bearer token used as is
-
-    def __repr__(self) -> str:  # never in logs
-        return f"Credential(username={self.username!r}, ...)"
-
-
-def _registry_key(key: str) -> str:
-    """'https://index.docker.io/v1/' → 'docker.io'; 'http://localhost:5000' → 'localhost:5000'."""
-    key = key.strip()
-    if "://" in key:
-        key = urlsplit(key).netloc or key
-    return canonical_registry(key.split("/", 1)[0])
-
-
-def docker_config_paths(auth_file: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Path]:
-    """Where credentials are looked up, first hit wins: registry.auth_file, $DOCKER_CONFIG/config.json,
-    ~/.docker/config.json."""
-    env = os.environ if environ is None else environ
-    paths = []
-    if auth_file is not None:
-        paths.append(Path(auth_file))
-    if env.get("DOCKER_CONFIG"):
-        paths.append(Path(env["DOCKER_CONFIG"]) / "config.json")
-    home = env.get("HOME") or os.path.expanduser("~")
-    paths.append(Path(home) / ".docker" / "config.json")
-    return paths
-
-
-class CredentialStore:
-    """Credentials per canonical registry from Docker config files (auths, credHelpers, credsStore)."""
-
-    def __init__(self, paths: Iterable[Path]) -> None:
-        self.paths = list(paths)
-        self._load_all()
-
-    def _stamp(self) -> tuple:
-        out: list[tuple[int, int] | None] = []
-        for path in self.paths:
-            try:
-                st = path.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
-    def _load_all(self) -> None:
-        self._auths: dict[str, Credential] = {}
-        self._helpers: dict[str, str] = {}
-        self._store = ""
-        self.sources: list[str] = []
-        self.stamp = self._stamp()
-        for path in reversed(self.paths):  # earlier paths override later ones
-            self._load(path)
-
-    def refresh(self) -> bool:
-        """Read the files again if any changed (after a 401: credentials may have been rotated)."""
-        if self._stamp() == self.stamp:
-            return False
-        self._load_all()
-        log.info("registry credentials reloaded", sources=",".join(self.sources))
-        return True
-
-    def _load(self, path: Path) -> None:
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warn("unreadable Docker config", path=str(path), error=str(exc))
-            return
-        if not isinstance(doc, dict):
-            return
-        self.sources.append(str(path))
-        for key, entry in (doc.get("auths") or {}).items():
-            if not isinstance(entry, dict):
-                continue
-            cred = self._entry(entry)
-            if cred is not None:
-                self._auths[_registry_key(key)] = cred
-        for key, helper in (doc.get("credHelpers") or {}).items():
-            if isinstance(helper, str):
-                self._helpers[_registry_key(key)] = helper
-        if isinstance(doc.get("credsStore"), str):
-            self._store = doc["credsStore"]
-
-    @staticmethod
-    def _entry(entry: Mapping[str, Any]) -> Credential | None:
-        username, password = str(entry.get("username") or ""), str(entry.get("password") or "")
-        if entry.get("auth"):
-            try:
-                decoded = base64.b64decode(str(entry["auth"])).decode()
-                username, _, password = decoded.partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return None
-        cred = Credential(
-            username, password, str(entry.get("identitytoken") or ""), str(entry.get("registrytoken") or "")
-        )
-        return cred if any(attrs.astuple(cred)) else None
-
-    def get(self, registry: str) -> Credential | None:
-        registry = canonical_registry(registry)
-        helper = self._helpers.get(registry) or (self._store if registry not in self._auths else "")
-        if helper:
-            cred = self._from_helper(helper, registry)
-            if cred is not None:
-                return cred
-        return self._auths.get(registry)
-
-    @staticmethod
-    def _from_helper(helper: str, registry: str) -> Credential | None:
-        program = shutil.which(f"docker-credential-{helper}")
-        if program is None:
-            log.warn("credential helper not installed", helper=helper, registry=registry)
-            return None
-        server = "https://index.docker.io/v1/" if registry == "docker.io" else registry
-        try:
-            out = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=10, check=True)
-            doc = json.loads(out.stdout)
-        except (OSError, subprocess.SubprocessError, ValueError):
-            return None
-        user, secret = str(doc.get("Username") or ""), str(doc.get("Secret") or "")
-        if user == "<token>":
-            return Credential(identity_token=secret)
-        return Credential(user, secret)
-
-
-# ---------------------------------------------------------------------- auth
-
-
-_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """'Bearer realm="https://x/token",service="x"' → ('bearer', {'realm': ..., 'service': ...})."""
-    header = header.strip()
-    scheme, _, rest = header.partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _CHALLENGE_PARAM.finditer(rest)}
-    return scheme.lower(), params
-
-
-@attrs.frozen
-class _Token:
-    value: str
-    expires: float  # monotonic
 
 
 class _Singleflight:
@@ -380,7 +116,7 @@ class RegistryClient:
         )
         self._lock = threading.Lock()
         self._challenges: dict[str, tuple[str, dict[str, str]]] = {}  # registry → (scheme, params)
-        self._tokens: dict[tuple[str, str], _Token] = {}  # (registry, scope) → token
+        self._tokens: dict[tuple[str, str], Token] = {}  # (registry, scope) → token
         self._resolved: OrderedDict[str, tuple[float, ResolvedImage]] = OrderedDict()
         self._flights = _Singleflight()
 
@@ -504,7 +240,7 @@ class RegistryClient:
             # Refresh a little early so a token never expires between us and the registry.
             expires = self.clock() + max(expires_in - min(10.0, expires_in / 5), 1.0)
             with self._lock:
-                self._tokens[key] = _Token(value, expires)
+                self._tokens[key] = Token(value, expires)
             metrics.tokens.inc()
             return value
 

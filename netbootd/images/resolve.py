@@ -14,16 +14,8 @@ import attrs
 
 from netbootd.config.machines import BootKind, Machine
 from netbootd.imageref import ImageRef
-from netbootd.images.registry import (
-    AuthFailed,
-    Disallowed,
-    Layer,
-    NotFound,
-    RegistryClient,
-    RegistryError,
-    ResolvedImage,
-    UpstreamTimeout,
-)
+from netbootd.images.oci import AuthFailed, Disallowed, Layer, NotFound, RegistryError, ResolvedImage, UpstreamTimeout
+from netbootd.images.registry import RegistryClient
 
 KERNEL = "application/vnd.ironcore.image.kernel"
 INITRAMFS = "application/vnd.ironcore.image.initramfs"

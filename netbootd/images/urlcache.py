@@ -19,7 +19,7 @@ import treq
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from netbootd.images.registry import NotFound, UpstreamError, UpstreamTimeout
+from netbootd.images.oci import NotFound, UpstreamError, UpstreamTimeout
 from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")

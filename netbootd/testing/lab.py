@@ -222,7 +222,7 @@ class Lab:
             machines.mkdir(exist_ok=True)
             (machines / "profiles").mkdir(exist_ok=True)
         else:
-            from netbootd.cli import find_settings
+            from netbootd.config.discover import find_settings
 
             base = find_settings(str(config), required=True)
             if not base.machines_dir.is_dir():

@@ -11,6 +11,15 @@ import attrs
 # "the kernel has started the initramfs' init" (info messages: a `quiet` command line hides them)
 DEFAULT_EXPECT = r"Run /init as init process|Freeing unused kernel (image )?(\(initmem\) )?memory"
 PANIC = re.compile(r"Kernel panic - not syncing.*")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")  # a console's escapes and carriage returns
+
+
+def tail(text: str, lines: int = 40) -> str:
+    """The last `lines` non-blank lines of a console or log, escapes stripped (for failure reports)."""
+    text = ANSI.sub("", text)
+    rows = [r for r in text.splitlines() if r.strip()]
+    cut = rows[-lines:]
+    return ("[...]\n" if len(rows) > lines else "") + "\n".join(cut)
 
 
 def stage_names(events: list[dict[str, Any]]) -> list[str]:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from netbootd.config.load import DEFAULT_CONFIG
+from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.testing.firmware import FIRMWARES, firmware
 from netbootd.testing.results import DEFAULT_EXPECT, BootResult, describe, stage_names
 
@@ -50,9 +50,10 @@ class Refused(Exception):
 def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str = "10.77.0.2") -> str:
     """What the configuration gives this machine, as one line; raises Refused when it cannot boot
     in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach)."""
-    from netbootd.cli import find_settings
-    from netbootd.config.load import build_catalog, load_machines
+    from netbootd.config.catalog import build_catalog
+    from netbootd.config.discover import find_settings
     from netbootd.config.machines import BootKind
+    from netbootd.config.machinesdir import load_machines
     from netbootd.core.decide import BootCore
     from netbootd.model import Arch, Client, Firmware
 
@@ -175,7 +176,7 @@ def report(printer: Printer, result: BootResult, expect: str | None) -> None:
     if expect is None and "quiet" in result.console and not result.match:
         printer.say(f"(the default test {DEFAULT_EXPECT!r} needs the kernel's info messages, which `quiet` hides: "
                     "pass --expect with something your system prints)")
-    from netbootd.testing.lab import tail
+    from netbootd.testing.results import tail
 
     printer.out.write("--- last console lines ---\n" + tail(result.console, 15) + "\n")
     printer.out.write("--- netbootd log lines for this machine ---\n" + "\n".join(result.netbootd_log[-15:]) + "\n")

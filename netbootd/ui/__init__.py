@@ -12,19 +12,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from netbootd.config.preflight import ui_credentials
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
 from netbootd.ui import details
-from netbootd.ui.auth import Authenticator, AuthFileError, Credentials, read_auth_file
+from netbootd.ui.auth import Authenticator, Credentials
 from netbootd.ui.fleet import Fleet, WatchedTimeline, machine_row
 from netbootd.ui.live import Hub
 
-__all__ = ["AuthFileError", "Dashboard", "WatchedTimeline", "load_credentials"]
-
-
-def load_credentials(settings: Settings) -> Credentials | None:
-    """ui.auth_file's credentials (None: no authentication); raises AuthFileError."""
-    return None if settings.ui.auth_file is None else read_auth_file(settings.ui.auth_file)
+__all__ = ["Dashboard", "WatchedTimeline"]
 
 
 class Dashboard:
@@ -51,8 +47,8 @@ class Dashboard:
         return make_ui_site(self, self.auth)
 
     def reload_auth(self) -> str:
-        """Read ui.auth_file again (SIGHUP); raises AuthFileError and keeps the old credentials."""
-        creds = load_credentials(self.settings)
+        """Read ui.auth_file again (SIGHUP); raises SecretFileError and keeps the old credentials."""
+        creds = ui_credentials(self.settings)
         self.auth.replace(creds)
         return creds.describe() if creds is not None else "none"
 

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from twisted.internet import reactor
 
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
 from netbootd.core.decide import BootCore
 from netbootd.dhcp import listen_dhcp

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import HttpSettings, IpxeBinaries, Settings
 from netbootd.core.decide import BootCore
 from netbootd.dhcp import codec

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import HttpSettings, Settings
 from netbootd.core.decide import BootCore
 from netbootd.dhcp6 import codec

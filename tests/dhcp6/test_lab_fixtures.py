@@ -9,7 +9,8 @@ import ipaddress
 
 import pytest
 
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import HttpSettings, Settings
 from netbootd.core.decide import BootCore
 from netbootd.dhcp6 import codec

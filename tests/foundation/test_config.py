@@ -12,10 +12,12 @@ from pathlib import Path
 import attrs
 import pytest
 
+from netbootd.config.catalog import build_catalog
 from netbootd.config.errors import ConfigInvalid, find_line
-from netbootd.config.load import build_catalog, load_machines, load_settings
 from netbootd.config.machines import BootKind
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import Settings
+from netbootd.config.settingsfile import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

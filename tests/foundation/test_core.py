@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import RegistrySettings, Settings
 from netbootd.core.decide import BootCore, NoScript
 from netbootd.model import Arch, Client, Firmware, OfferKind

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import GrubBinaries, Settings
 from netbootd.core.decide import BootCore
 from netbootd.core.explain import explain_lines

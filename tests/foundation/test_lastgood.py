@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from netbootd.config.catalog import build_catalog
 from netbootd.config.lastgood import LastGoodStore, from_json, to_json
-from netbootd.config.load import build_catalog, load_machines
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore, NoScript
 from netbootd.core.files import AccessDenied

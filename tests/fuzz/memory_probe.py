@@ -76,7 +76,9 @@ def measure(step, packets: int) -> dict:
 
 
 def dhcp(packets: int) -> dict:
-    from netbootd.config.load import build_catalog, load_machines, load_settings
+    from netbootd.config.catalog import build_catalog
+    from netbootd.config.machinesdir import load_machines
+    from netbootd.config.settingsfile import load_settings
     from netbootd.core.decide import BootCore
     from netbootd.dhcp.answer import DhcpController
     from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo

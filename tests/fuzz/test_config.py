@@ -25,8 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netbootd.cli import main as cli_main
+from netbootd.config.catalog import build_catalog
 from netbootd.config.errors import ConfigError, ConfigInvalid
-from netbootd.config.load import build_catalog, load_machines, load_settings
+from netbootd.config.machinesdir import load_machines
+from netbootd.config.settingsfile import load_settings
 from netbootd.config.templates import TemplateError
 from netbootd.core.decide import BootCore, Denied, NoScript
 from netbootd.core.files import FileError

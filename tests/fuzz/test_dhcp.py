@@ -18,7 +18,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from netbootd.config.load import build_catalog, load_machines, load_settings
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
+from netbootd.config.settingsfile import load_settings
 from netbootd.core.decide import BootCore
 from netbootd.dhcp import codec
 from netbootd.dhcp.answer import DhcpController

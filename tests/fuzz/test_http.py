@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.logger import globalLogPublisher
 
-from netbootd.config.load import build_catalog, load_machines, load_settings
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
+from netbootd.config.settingsfile import load_settings
 from netbootd.core.decide import BootCore
 from netbootd.http.app import make_site
 from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus_lines, fuzz

@@ -12,8 +12,9 @@ import pytest
 
 from netbootd.cli import main
 from netbootd.config.errors import ConfigInvalid
-from netbootd.config.load import load_machines, load_settings
+from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import Settings
+from netbootd.config.settingsfile import load_settings
 
 
 def _settings_error(tmp_path: Path, text: str) -> str:

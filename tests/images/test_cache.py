@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from netbootd.images.cache import BlobCache
-from netbootd.images.registry import VerificationFailed
+from netbootd.images.oci import VerificationFailed
 
 
 def digest_of(data: bytes) -> str:

@@ -13,8 +13,9 @@ from twisted.internet import defer, reactor
 
 from netbootd.config.settings import RegistrySettings
 from netbootd.imageref import parse_reference
+from netbootd.images.oci import NotFound, RegistryError, UpstreamTimeout
 from netbootd.images.pump import Fetcher
-from netbootd.images.registry import NotFound, RegistryClient, RegistryError, UpstreamTimeout
+from netbootd.images.registry import RegistryClient
 
 BLOB = b"0123456789abcdef" * 4096
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()

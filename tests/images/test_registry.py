@@ -10,6 +10,8 @@ import pytest
 
 from netbootd.config.settings import RegistrySettings
 from netbootd.imageref import parse_reference
+from netbootd.images import credentials as c
+from netbootd.images import oci
 from netbootd.images import registry as r
 from tests.images import harness as h
 from tests.images.conftest import docker_config
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.skipif(h.REGISTRY_BIN is None, reason="docker-registry 
 
 def client_for(*hosts: str, arch: str = "amd64", auth_file=None, **kw) -> r.RegistryClient:
     settings = RegistrySettings(allowed=hosts, insecure=hosts, architecture=arch, auth_file=auth_file)
-    return r.RegistryClient(settings, credentials=r.CredentialStore([auth_file] if auth_file else []), **kw)
+    return r.RegistryClient(settings, credentials=c.CredentialStore([auth_file] if auth_file else []), **kw)
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ def test_docker_manifest_list(registry, open_client):
 
 def test_index_without_our_architecture_is_404(registry, open_client):
     reg, _ = registry
-    with pytest.raises(r.NotFound, match=r"no manifest for architecture 'amd64' \(it has: linux/arm64"):
+    with pytest.raises(oci.NotFound, match=r"no manifest for architecture 'amd64' \(it has: linux/arm64"):
         open_client.resolve(ref(reg, "boot/armonly:v1"))
 
 
@@ -110,26 +112,26 @@ def test_digest_reference_is_not_split_on_colon(registry, open_client):
 
 def test_unknown_tag_and_repository_are_404(registry, open_client):
     reg, _ = registry
-    with pytest.raises(r.NotFound):
+    with pytest.raises(oci.NotFound):
         open_client.resolve(ref(reg, "boot/ironcore:nope"))
-    with pytest.raises(r.NotFound):
+    with pytest.raises(oci.NotFound):
         open_client.resolve(ref(reg, "boot/nothing:v1"))
-    with pytest.raises(r.NotFound):
+    with pytest.raises(oci.NotFound):
         open_client.resolve(parse_reference(f"{reg.host}/boot/ironcore@sha256:" + "0" * 64))
 
 
 def test_disallowed_registry(registry):
     client = client_for("ghcr.io")
-    with pytest.raises(r.Disallowed, match=r"registry '127.0.0.1:\d+' is not allowed; allowed registries: ghcr.io"):
+    with pytest.raises(oci.Disallowed, match=r"registry '127.0.0.1:\d+' is not allowed; allowed registries: ghcr.io"):
         client.resolve(ref(registry[0], "boot/ironcore:v1"))
-    with pytest.raises(r.BadRequest):
+    with pytest.raises(oci.BadRequest):
         client.parse("UPPER/Case:v1")
 
 
 def test_connection_refused_is_502_and_resolution_is_cached(registry):
     reg, _ = registry
     client = client_for(reg.host, "127.0.0.1:9")
-    with pytest.raises(r.UpstreamError, match="unreachable") as info:
+    with pytest.raises(oci.UpstreamError, match="unreachable") as info:
         client.resolve(parse_reference("127.0.0.1:9/boot/x:v1"))
     assert info.value.status == 502
     # tag resolutions are cached: a second resolve within the TTL makes no request
@@ -149,7 +151,7 @@ def test_stale_resolution_used_when_registry_fails(fresh_registry):
     now[0] += 3600  # expired, but the registry is down: the last good answer is used
     assert client.resolve(ref(fresh_registry, "boot/x:v1")) is image
     now[0] += 2 * 24 * 3600
-    with pytest.raises(r.UpstreamError):
+    with pytest.raises(oci.UpstreamError):
         client.resolve(ref(fresh_registry, "boot/x:v1"))
 
 
@@ -179,19 +181,19 @@ def test_basic_auth_from_docker_config(basic_registry, tmp_path):
 def test_basic_auth_found_via_DOCKER_CONFIG(basic_registry, tmp_path):
     (tmp_path / "dc").mkdir()
     docker_config(tmp_path / "dc" / "config.json", basic_registry.host, basic_registry.username, basic_registry.password)
-    store = r.CredentialStore(r.docker_config_paths(None, {"DOCKER_CONFIG": str(tmp_path / "dc"), "HOME": str(tmp_path)}))
+    store = c.CredentialStore(c.docker_config_paths(None, {"DOCKER_CONFIG": str(tmp_path / "dc"), "HOME": str(tmp_path)}))
     settings = RegistrySettings(allowed=(basic_registry.host,), insecure=(basic_registry.host,))
     client = r.RegistryClient(settings, credentials=store)
     assert client.resolve(ref(basic_registry, "boot/nosquash:v1")).layer(h.KERNEL) is not None
 
 
 def test_basic_auth_without_or_with_wrong_credentials(basic_registry, tmp_path):
-    with pytest.raises(r.AuthFailed, match="wants a username and password") as info:
+    with pytest.raises(oci.AuthFailed, match="wants a username and password") as info:
         client_for(basic_registry.host).resolve(ref(basic_registry, "boot/ironcore:v1"))
     assert info.value.status == 502
     cfg = tmp_path / "config.json"
     docker_config(cfg, basic_registry.host, basic_registry.username, "wrong")
-    with pytest.raises(r.AuthFailed, match="refused our credentials"):
+    with pytest.raises(oci.AuthFailed, match="refused our credentials"):
         client_for(basic_registry.host, auth_file=cfg).resolve(ref(basic_registry, "boot/ironcore:v1"))
 
 
@@ -232,7 +234,7 @@ def test_expired_token_is_refreshed(token_realm):
 def test_bearer_token_with_credentials(token_realm, tmp_path):
     reg, tokens = token_realm
     # boot/uki is not anonymous: without credentials the token grants nothing and the registry says 401
-    with pytest.raises(r.AuthFailed):
+    with pytest.raises(oci.AuthFailed):
         client_for(reg.host).resolve(ref(reg, "boot/uki:v1"))
     cfg = tmp_path / "config.json"
     docker_config(cfg, reg.host, tokens.username, tokens.password)
@@ -241,7 +243,7 @@ def test_bearer_token_with_credentials(token_realm, tmp_path):
     assert image.layer(h.UKI) is not None
     assert tokens.issued[-1]["authed"] is True
     docker_config(cfg, reg.host, tokens.username, "bad")
-    with pytest.raises(r.AuthFailed, match="token server refused"):
+    with pytest.raises(oci.AuthFailed, match="token server refused"):
         client_for(reg.host, auth_file=cfg).resolve(ref(reg, "boot/uki:v1"))
 
 
@@ -249,16 +251,16 @@ def test_bearer_token_with_credentials(token_realm, tmp_path):
 
 
 def test_media_aliases():
-    assert r.media_aliases(h.KERNEL) == (h.KERNEL, h.GL_KERNEL)
-    assert r.media_aliases(h.GL_INITRD) == (h.GL_INITRD, h.INITRAMFS)
-    assert r.media_aliases("initrd") == (h.INITRAMFS, h.GL_INITRD)
-    assert r.media_aliases("application/x-other") == ("application/x-other",)
+    assert oci.media_aliases(h.KERNEL) == (h.KERNEL, h.GL_KERNEL)
+    assert oci.media_aliases(h.GL_INITRD) == (h.GL_INITRD, h.INITRAMFS)
+    assert oci.media_aliases("initrd") == (h.INITRAMFS, h.GL_INITRD)
+    assert oci.media_aliases("application/x-other") == ("application/x-other",)
 
 
 def test_parse_challenge():
-    assert r.parse_challenge('Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:a/b:pull"') == (
+    assert c.parse_challenge('Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:a/b:pull"') == (
         "bearer", {"realm": "https://ghcr.io/token", "service": "ghcr.io", "scope": "repository:a/b:pull"})
-    assert r.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    assert c.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
 
 
 def test_docker_config_forms(tmp_path):
@@ -270,9 +272,9 @@ def test_docker_config_forms(tmp_path):
         "ghcr.io": {"username": "u", "password": "p"},
         "https://Registry.Example:5000/v2/": {"identitytoken": "refresh"},
     }}))
-    store = r.CredentialStore([cfg])
-    assert store.get("registry-1.docker.io") == r.Credential("hub", "pw")
-    assert store.get("GHCR.io") == r.Credential("u", "p")
+    store = c.CredentialStore([cfg])
+    assert store.get("registry-1.docker.io") == c.Credential("hub", "pw")
+    assert store.get("GHCR.io") == c.Credential("u", "p")
     assert store.get("registry.example:5000").identity_token == "refresh"
     assert store.get("quay.io") is None
     assert "pw" not in repr(store.get("docker.io"))
@@ -282,7 +284,7 @@ def test_rotated_credentials_are_read_again_after_a_401(basic_registry, tmp_path
     cfg = tmp_path / "config.json"
     docker_config(cfg, basic_registry.host, basic_registry.username, "old-password")
     client = client_for(basic_registry.host, auth_file=cfg)
-    with pytest.raises(r.AuthFailed):
+    with pytest.raises(oci.AuthFailed):
         client.resolve(ref(basic_registry, "boot/ironcore:v1"))
     docker_config(cfg, basic_registry.host, basic_registry.username, basic_registry.password)  # rotated
     assert client.resolve(ref(basic_registry, "boot/ironcore:v1")).layer(h.KERNEL) is not None

@@ -205,7 +205,7 @@ class ProjectLab(Lab):
     def report(self) -> str:
         text = super().report()
         if self.peer is not None:
-            from netbootd.testing.lab import tail
+            from netbootd.testing.results import tail
 
             text += f"\n--- netbootd-peer log ({PEER_IP}) ---\n{tail(self.peer.text(), 40)}"
         return text

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from netbootd.config.errors import ConfigInvalid
-from netbootd.config.load import load_settings
 from netbootd.config.settings import HttpSettings, TftpSettings
+from netbootd.config.settingsfile import load_settings
 
 
 def test_defaults_and_example(tmp_path):

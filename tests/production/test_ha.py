@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from netbootd.config.load import load_settings
+from netbootd.config.settingsfile import load_settings
 from netbootd.service import StartupError, url_signer
 from tests.production.test_signing_key import machine_with_ignition, signed_ignition_url, use_key, write_key
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from netbootd.config.load import load_settings
+from netbootd.config.settingsfile import load_settings
 from tests.conftest import Daemon
 
 REPO = Path(__file__).resolve().parents[2]

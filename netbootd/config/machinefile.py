@@ -1,205 +1,33 @@
-"""Read netbootd.toml and the machines directory into frozen objects, collecting every error.
-
-Steps, kept apart so each is testable: find files → read TOML → parse into the model
-(errors carry file, line, key) → build a `Catalog`. A file that fails keeps its last good
-version when a previous catalog is given (hot reload), so one bad edit never takes a machine
-off the network.
-"""
+"""One machine file (or the profile it names) → a Machine: every key checked, the profile merged
+under it, file locations found under the files root, Ignition and BOOTy configs read and checked,
+and every template rendered once against a sample context, so a mistake is a load-time error with
+its file, line and key, never a surprise at boot time."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from netbootd.config.errors import ConfigError, ConfigInvalid, find_line
-from netbootd.config.lastgood import LastGoodStore
+from netbootd.config.errors import ConfigError
 from netbootd.config.machines import (
     KIND_KEYS,
     OTHER_BOOT_KEYS,
     Boot,
     BootFiles,
     BootKind,
-    Catalog,
-    Held,
     Machine,
 )
-from netbootd.config.settings import Settings, parse_listen
+from netbootd.config.settings import Settings
 from netbootd.config.templates import BUILTINS, TemplateError, compile_template, render, sample_context
-from netbootd.config.typed import build
+from netbootd.config.tomlfile import TomlFile, read_toml
 from netbootd.imageref import ReferenceError, disallowed_message, parse_reference, registry_allowed
-from netbootd.model import Arch, mac_hyphen, normalize_mac, normalize_uuid
+from netbootd.model import Arch, normalize_uuid
 
-DEFAULT_CONFIG = Path("/etc/netbootd/netbootd.toml")
-DEFAULT_NAME = "default"
 PROFILES_DIR = "profiles"
-
-_TOML_POS = re.compile(r"\(at line (\d+), column \d+\)")
-
-
-@attrs.frozen
-class TomlFile:
-    path: Path
-    text: str
-    data: dict[str, Any]
-
-    def line(self, key: str) -> int:
-        return find_line(self.text, key)
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.path, self.line(key) if key else 0, key, message)
-
-
-def read_toml(path: Path) -> TomlFile | ConfigError:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return ConfigError(path, 0, "", f"cannot read file: {exc.strerror or exc}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return ConfigError(path, 0, "", f"not UTF-8 text (byte {exc.start})")
-    try:
-        data = tomllib.loads(text)
-    except RecursionError:  # tomllib recurses into nested arrays and inline tables
-        return ConfigError(path, 0, "", "invalid TOML: arrays or tables nested too deeply")
-    except tomllib.TOMLDecodeError as exc:
-        match = _TOML_POS.search(str(exc))
-        line = int(match.group(1)) if match else 0
-        return ConfigError(path, line, "", f"invalid TOML: {_TOML_POS.sub('', str(exc)).strip()}")
-    return TomlFile(path, text, data)
-
-
-# ---------------------------------------------------------------- netbootd.toml
-
-
-def load_settings(path: Path | None, *, signing_key: bool = True) -> Settings:
-    """Settings from `path`; with None, /etc/netbootd/netbootd.toml if present, else defaults.
-
-    Relative paths in the file are relative to the file's own directory.
-    Raises ConfigInvalid listing every problem. signing_key=False skips reading
-    http.signing_key_file and ui.auth_file: commands that sign nothing (status, explain) must work for an
-    operator who cannot read the daemon's secrets.
-    """
-    if path is None:
-        if not DEFAULT_CONFIG.exists():
-            return Settings()
-        path = DEFAULT_CONFIG
-    toml = read_toml(path)
-    if isinstance(toml, ConfigError):
-        raise ConfigInvalid([toml])
-    errors: list[ConfigError] = []
-    settings = build(Settings, toml.data, "", path, toml.line, errors)
-    settings = attrs.evolve(settings, source=path)
-    errors += _check_settings(settings, toml, signing_key)
-    if errors:
-        raise ConfigInvalid(errors)
-    return settings
-
-
-def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> list[ConfigError]:
-    errors = []
-    for key, port in (
-        ("dhcp.port", s.dhcp.port),
-        ("dhcp.proxy_port", s.dhcp.proxy_port),
-        ("dhcp.port6", s.dhcp.port6),
-        ("tftp.port", s.tftp.port),
-        ("http.port", s.http.port),
-    ):
-        if not 0 <= port <= 65535:
-            errors.append(toml.error(key, f"expected a port number 0..65535, got {port}"))
-    if s.advertise:
-        try:
-            ipaddress.IPv4Address(s.advertise)
-        except ValueError:
-            errors.append(toml.error("advertise", f"expected an IPv4 address, got {s.advertise!r}"))
-    if s.http.sendfile_threads != "auto" and not (s.http.sendfile_threads.isdigit() and
-                                                  int(s.http.sendfile_threads) <= 256):
-        errors.append(toml.error("http.sendfile_threads", f'expected "auto" or a number of threads 0..256 (as a '
-                                                          f"string), got {s.http.sendfile_threads!r}"))
-    if s.ui.listen:
-        try:
-            parse_listen(s.ui.listen)
-        except ValueError as exc:
-            errors.append(toml.error("ui.listen", str(exc)))
-    if s.advertise6:
-        try:
-            ipaddress.IPv6Address(s.advertise6)
-        except ValueError:
-            errors.append(toml.error("advertise6", f"expected an IPv6 address, got {s.advertise6!r}"))
-    if s.http.public_url and not re.match(r"^https?://[^/\s]+/?$", s.http.public_url):
-        errors.append(toml.error("http.public_url", "expected a base URL such as http://boot.example:8080"))
-    if s.log.format not in ("text", "json"):
-        errors.append(toml.error("log.format", f"expected \"text\" or \"json\", got {s.log.format!r}"))
-    if s.log.level not in ("debug", "info", "warn", "error", "critical"):
-        errors.append(toml.error("log.level", "expected one of debug, info, warn, error, critical"))
-    if not 8 <= s.tftp.max_blksize <= 65464:
-        errors.append(toml.error("tftp.max_blksize", "expected 8..65464 (RFC 2348)"))
-    if s.tftp.max_transfers < 1:
-        errors.append(toml.error("tftp.max_transfers", "expected at least 1"))
-    for key, rate in (("http.rate_limit", s.http.rate_limit), ("tftp.rate_limit", s.tftp.rate_limit)):
-        if not (math.isfinite(rate) and rate >= 0):
-            errors.append(toml.error(key, f"expected requests a second >= 0 (0: no limit), got {rate}"))
-    for key, value, low in (
-        ("http.rate_burst", s.http.rate_burst, 1),
-        ("tftp.rate_burst", s.tftp.rate_burst, 1),
-        ("http.max_transfers", s.http.max_transfers, 1),
-        ("http.max_queued", s.http.max_queued, 0),
-        ("http.max_url_length", s.http.max_url_length, 256),
-        ("http.max_header_bytes", s.http.max_header_bytes, 1024),
-        ("http.max_headers", s.http.max_headers, 8),
-    ):
-        if value < low:
-            errors.append(toml.error(key, f"expected at least {low}, got {value}"))
-    for key, seconds, zero_ok in (
-        ("tftp.timeout", s.tftp.timeout, False),
-        ("shutdown_grace", s.shutdown_grace, True),
-        ("http.stall_timeout", s.http.stall_timeout, True),
-        ("http.queue_timeout", s.http.queue_timeout, False),
-    ):
-        if not (math.isfinite(seconds) and (seconds > 0 or (zero_ok and seconds == 0))):
-            errors.append(toml.error(key, f"expected a number of seconds {'>=' if zero_ok else '>'} 0, got {seconds}"))
-    for name in attrs.astuple(s.ipxe):
-        if name and ("\\" in name or ".." in name.split("/")):
-            errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))
-    if signing_key and s.http.signing_key_file is not None:
-        from netbootd.core.signing import SigningKeyError, read_key_file  # the core owns what a fit key is
-
-        try:
-            read_key_file(s.http.signing_key_file)
-        except SigningKeyError as exc:
-            errors.append(toml.error("http.signing_key_file", str(exc)))
-    if signing_key and s.ui.listen and s.ui.auth_file is not None:
-        from netbootd.ui.auth import AuthFileError, read_auth_file  # the dashboard owns what a fit file is
-
-        try:
-            read_auth_file(s.ui.auth_file)
-        except AuthFileError as exc:
-            errors.append(toml.error("ui.auth_file", str(exc)))
-    return errors
-
-
-# ---------------------------------------------------------------- machines directory
-
-
-def machine_file_name(stem: str) -> str | None:
-    """The MAC (colon form) a machine file stands for; None if the stem is not a MAC."""
-    try:
-        return normalize_mac(stem)
-    except ValueError:
-        return None
-
-
-def is_ignored_name(name: str) -> bool:
-    """Names the loader and the watcher skip: hidden files, ConfigMap internals (`..data`,
-    `..2026_11_22...`), editors' swap and backup files. Only *.toml counts."""
-    return name.startswith(".") or not name.endswith(".toml")
 
 
 @attrs.frozen
@@ -234,7 +62,10 @@ _BOOTY_KEYS: dict[str, type] = {
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class _Loader:
+class MachineParser:
+    """Parses the machine files of one machines directory, one call of machine() each; profiles are
+    read once and shared. Errors accumulate in `errors` (a profile's are reported once)."""
+
     def __init__(self, settings: Settings, machines_dir: Path) -> None:
         self.settings = settings
         self.dir = machines_dir
@@ -700,155 +531,7 @@ class _Loader:
                 self.errors.append(src.file.error(f"boot.{key}", str(exc)))
 
 
-@attrs.frozen
-class LoadResult:
-    machines: dict[str, Machine]  # by file stem (canonical dash form, or "default")
-    errors: list[ConfigError]
-    # file stems that exist but did not load → the error at the root of it (for a machine whose
-    # profile is broken: the profile's own error)
-    causes: dict[str, ConfigError] = attrs.field(factory=dict)
-    directory_ok: bool = True  # False: the directory itself is gone or unreadable
-
-    @property
-    def failed(self) -> set[str]:
-        return set(self.causes)
-
-
-def load_machines(settings: Settings, machines_dir: Path | None = None) -> LoadResult:
-    """Load every machine file. Pure with respect to state: no previous catalog involved."""
-    directory = machines_dir or settings.machines_dir
-    loader = _Loader(settings, directory)
-    machines: dict[str, Machine] = {}
-    causes: dict[str, ConfigError] = {}
-    seen_macs: dict[str, Path] = {}
-    try:
-        entries = sorted(directory.iterdir())
-    except FileNotFoundError:
-        loader.errors.append(ConfigError(directory, 0, "", "machines directory does not exist (create it)"))
-        return LoadResult(machines, loader.errors, causes, directory_ok=False)
-    except OSError as exc:
-        loader.errors.append(ConfigError(directory, 0, "", f"machines directory unreadable: {exc.strerror or exc}"))
-        return LoadResult(machines, loader.errors, causes, directory_ok=False)
-    for path in entries:
-        if is_ignored_name(path.name) or not path.is_file():
-            continue
-        stem = path.name[: -len(".toml")]
-        if stem == DEFAULT_NAME:
-            mac, name = None, DEFAULT_NAME
-        else:
-            mac = machine_file_name(stem)
-            if mac is None:
-                loader.errors.append(
-                    ConfigError(
-                        path,
-                        0,
-                        "",
-                        "file name is not a MAC address: name machine files like 52-54-00-12-34-56.toml "
-                        "(or 52:54:00:12:34:56.toml), or default.toml",
-                    )
-                )
-                continue
-            name = mac_hyphen(mac)
-            if mac in seen_macs:
-                # Which of the two is meant cannot be known: neither is served as it stands.
-                error = ConfigError(path, 0, "", f"same MAC as {seen_macs[mac].name}; keep one file")
-                loader.errors.append(error)
-                machines.pop(name, None)
-                causes[name] = error
-                continue
-            seen_macs[mac] = path
-        before = len(loader.errors)
-        machine = loader.machine(path, name, mac)
-        if machine is None:
-            own = loader.errors[before:]
-            causes[name] = loader.cause or (own[0] if own else ConfigError(path, 0, "", "failed to load"))
-        else:
-            machines[name] = machine
-    # Profiles that no machine uses are still checked (a CI pipeline wants to know).
-    profiles_dir = directory / PROFILES_DIR
-    if profiles_dir.is_dir():
-        for path in sorted(profiles_dir.iterdir()):
-            if not is_ignored_name(path.name) and path.is_file():
-                loader.profile(path.name[: -len(".toml")])
-    # Duplicate UUIDs would make /ipxe/<uuid> ambiguous.
-    by_uuid: dict[str, Machine] = {}
-    for name, machine in list(machines.items()):
-        if machine.uuid:
-            other = by_uuid.get(machine.uuid)
-            if other is not None:
-                error = ConfigError(machine.source, find_line(machine.source.read_text(), "uuid"), "uuid",
-                                    f"UUID {machine.uuid} is also used by {other.source.name}")
-                loader.errors.append(error)
-                causes[name] = error
-                del machines[name]
-            else:
-                by_uuid[machine.uuid] = machine
-    return LoadResult(machines, _dedupe(loader.errors), causes)
-
 
 def _no_file(rel: str) -> str:
     raise TemplateError("file() is not available in a file location")
-
-
-def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
-    seen = set()
-    out = []
-    for e in errors:
-        if e not in seen:
-            seen.add(e)
-            out.append(e)
-    return out
-
-
-def build_catalog(result: LoadResult, previous: Catalog | None = None, last_good: LastGoodStore | None = None) -> Catalog:
-    """The catalog to serve: the fresh good files; for a file that failed, its last good version
-    (from the running catalog, else from `last_good` on disk); with none, its machine is held.
-
-    A failed machine file never lets its MAC fall through to default.toml: at a real site the
-    default may be an installer that wipes disks.
-    """
-    if not result.directory_ok:
-        if previous is not None:
-            return attrs.evolve(previous, errors=tuple(result.errors))
-        if last_good is not None:  # a restart with the directory gone: serve what served before
-            saved = {n: m for n in last_good.names() if (m := last_good.load(n)) is not None}
-            gone = result.errors[0] if result.errors else ConfigError(Path(""), 0, "", "machines directory unavailable")
-            return _catalog(saved, result.errors, {}, dict.fromkeys(saved, gone))
-    files = dict(result.machines)
-    held: dict[str, Held] = {}
-    stale: dict[str, ConfigError] = {}
-    for name, cause in result.causes.items():
-        kept = previous.files.get(name) if previous is not None else None
-        if kept is None and last_good is not None:
-            kept = last_good.load(name)
-        if kept is not None:
-            files[name] = kept
-            stale[name] = cause
-        else:
-            files.pop(name, None)
-            mac = None if name == DEFAULT_NAME else machine_file_name(name)
-            held[mac or name] = Held(name, mac, cause)
-    return _catalog(files, result.errors, held, stale)
-
-
-def _catalog(files: dict[str, Machine], errors, held: dict[str, Held], stale: dict[str, ConfigError]) -> Catalog:
-    return Catalog(
-        machines={m.mac: m for m in files.values() if m.mac},
-        by_uuid={m.uuid: m for m in files.values() if m.uuid},
-        default=files.get(DEFAULT_NAME),
-        errors=tuple(errors),
-        files=files,
-        held=held,
-        stale=stale,
-    )
-
-
-def check(settings_path: Path | None, machines_dir: Path | None) -> list[ConfigError]:
-    """Every error in a configuration (for `netbootd check`)."""
-    try:
-        settings = load_settings(settings_path)
-    except ConfigInvalid as exc:
-        return exc.errors
-    return load_machines(settings, machines_dir).errors
-
 

@@ -1,0 +1,81 @@
+"""The files of secrets a configuration names, read and judged in one place: http.signing_key_file
+(the URL-signing key shared by a HA pair) and ui.auth_file (the dashboard's credentials, when the
+dashboard is on). `netbootd check` and every settings load see their errors through preflight();
+the daemon's start reads what it uses through signing_key() and ui_credentials(), with the same
+words. What makes each file fit is its owner's (netbootd.core.signing, netbootd.ui.auth), both
+reading through netbootd.secretfile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from netbootd.config.errors import ConfigError
+from netbootd.config.settings import Settings
+
+if TYPE_CHECKING:
+    from netbootd.ui.auth import Credentials
+
+SIGNING_KEY_FILE = "http.signing_key_file"
+AUTH_FILE = "ui.auth_file"
+T = TypeVar("T")
+
+
+class SecretFileError(Exception):
+    """A secret file cannot be used. `setting` names the setting, the message the file and the fix;
+    `at_start` is how the daemon's start says it (a StartupError's message)."""
+
+    def __init__(self, setting: str, message: str, at_start: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.message = message
+        self.at_start = at_start
+
+
+def signing_key(settings: Settings) -> bytes | None:
+    """http.signing_key_file's key; None when unset (the host keeps a key of its own in state_dir)."""
+    from netbootd.core.signing import SigningKeyError, read_key_file
+
+    return _read(SIGNING_KEY_FILE, settings.http.signing_key_file, read_key_file, SigningKeyError, named_at_start=True)
+
+
+def ui_credentials(settings: Settings) -> Credentials | None:
+    """ui.auth_file's credentials; None when unset (the dashboard asks no one)."""
+    from netbootd.ui.auth import AuthFileError, read_auth_file
+
+    # The daemon's start says these as they are: each names the file already.
+    return _read(AUTH_FILE, settings.ui.auth_file, read_auth_file, AuthFileError, named_at_start=False)
+
+
+# The owners above are imported when asked, not at the top: netbootd.ui's package imports this
+# module (the dashboard's reload), and both packages pull in much that a settings load naming no
+# secret file has no use for.
+
+
+def _read(setting: str, path: Path | None, read: Callable[[Path], T], error: type[Exception], *,
+          named_at_start: bool) -> T | None:
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except error as exc:
+        raise SecretFileError(setting, str(exc), f"{setting}: {exc}" if named_at_start else str(exc)) from None
+
+
+def preflight(settings: Settings, locate: Callable[[str], int] | None = None) -> list[ConfigError]:
+    """Every secret file `settings` name that cannot be used, as errors of the settings file
+    (`locate`: a setting's line in it; without it, line 0). ui.auth_file counts only with a dashboard."""
+    readers: list[Callable[[Settings], object]] = []
+    if settings.http.signing_key_file is not None:
+        readers.append(signing_key)
+    if settings.ui.listen and settings.ui.auth_file is not None:
+        readers.append(ui_credentials)
+    errors = []
+    for read in readers:
+        try:
+            read(settings)
+        except SecretFileError as exc:
+            line = locate(exc.setting) if locate is not None else 0
+            errors.append(ConfigError(settings.source or Path(), line, exc.setting, exc.message))
+    return errors

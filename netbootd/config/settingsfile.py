@@ -1,0 +1,113 @@
+"""The settings file, netbootd.toml → Settings: where it is by default, every value checked,
+each error with the file, the line and the key (and every secret file it names, netbootd.config.preflight)."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from pathlib import Path
+
+import attrs
+
+from netbootd.config.errors import ConfigError, ConfigInvalid
+from netbootd.config.preflight import preflight
+from netbootd.config.settings import Settings, parse_listen
+from netbootd.config.tomlfile import TomlFile, read_toml
+from netbootd.config.typed import build
+
+DEFAULT_CONFIG = Path("/etc/netbootd/netbootd.toml")
+
+
+def load_settings(path: Path | None, *, signing_key: bool = True) -> Settings:
+    """Settings from `path`; with None, /etc/netbootd/netbootd.toml if present, else defaults.
+
+    Relative paths in the file are relative to the file's own directory.
+    Raises ConfigInvalid listing every problem. signing_key=False skips reading the secret files
+    (http.signing_key_file, ui.auth_file): commands that sign nothing (status, explain) must work for an
+    operator who cannot read the daemon's secrets.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Settings()
+        path = DEFAULT_CONFIG
+    toml = read_toml(path)
+    if isinstance(toml, ConfigError):
+        raise ConfigInvalid([toml])
+    errors: list[ConfigError] = []
+    settings = build(Settings, toml.data, "", path, toml.line, errors)
+    settings = attrs.evolve(settings, source=path)
+    errors += _check_settings(settings, toml, signing_key)
+    if errors:
+        raise ConfigInvalid(errors)
+    return settings
+
+
+def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> list[ConfigError]:
+    errors = []
+    for key, port in (
+        ("dhcp.port", s.dhcp.port),
+        ("dhcp.proxy_port", s.dhcp.proxy_port),
+        ("dhcp.port6", s.dhcp.port6),
+        ("tftp.port", s.tftp.port),
+        ("http.port", s.http.port),
+    ):
+        if not 0 <= port <= 65535:
+            errors.append(toml.error(key, f"expected a port number 0..65535, got {port}"))
+    if s.advertise:
+        try:
+            ipaddress.IPv4Address(s.advertise)
+        except ValueError:
+            errors.append(toml.error("advertise", f"expected an IPv4 address, got {s.advertise!r}"))
+    if s.http.sendfile_threads != "auto" and not (s.http.sendfile_threads.isdigit() and
+                                                  int(s.http.sendfile_threads) <= 256):
+        errors.append(toml.error("http.sendfile_threads", f'expected "auto" or a number of threads 0..256 (as a '
+                                                          f"string), got {s.http.sendfile_threads!r}"))
+    if s.ui.listen:
+        try:
+            parse_listen(s.ui.listen)
+        except ValueError as exc:
+            errors.append(toml.error("ui.listen", str(exc)))
+    if s.advertise6:
+        try:
+            ipaddress.IPv6Address(s.advertise6)
+        except ValueError:
+            errors.append(toml.error("advertise6", f"expected an IPv6 address, got {s.advertise6!r}"))
+    if s.http.public_url and not re.match(r"^https?://[^/\s]+/?$", s.http.public_url):
+        errors.append(toml.error("http.public_url", "expected a base URL such as http://boot.example:8080"))
+    if s.log.format not in ("text", "json"):
+        errors.append(toml.error("log.format", f"expected \"text\" or \"json\", got {s.log.format!r}"))
+    if s.log.level not in ("debug", "info", "warn", "error", "critical"):
+        errors.append(toml.error("log.level", "expected one of debug, info, warn, error, critical"))
+    if not 8 <= s.tftp.max_blksize <= 65464:
+        errors.append(toml.error("tftp.max_blksize", "expected 8..65464 (RFC 2348)"))
+    if s.tftp.max_transfers < 1:
+        errors.append(toml.error("tftp.max_transfers", "expected at least 1"))
+    for key, rate in (("http.rate_limit", s.http.rate_limit), ("tftp.rate_limit", s.tftp.rate_limit)):
+        if not (math.isfinite(rate) and rate >= 0):
+            errors.append(toml.error(key, f"expected requests a second >= 0 (0: no limit), got {rate}"))
+    for key, value, low in (
+        ("http.rate_burst", s.http.rate_burst, 1),
+        ("tftp.rate_burst", s.tftp.rate_burst, 1),
+        ("http.max_transfers", s.http.max_transfers, 1),
+        ("http.max_queued", s.http.max_queued, 0),
+        ("http.max_url_length", s.http.max_url_length, 256),
+        ("http.max_header_bytes", s.http.max_header_bytes, 1024),
+        ("http.max_headers", s.http.max_headers, 8),
+    ):
+        if value < low:
+            errors.append(toml.error(key, f"expected at least {low}, got {value}"))
+    for key, seconds, zero_ok in (
+        ("tftp.timeout", s.tftp.timeout, False),
+        ("shutdown_grace", s.shutdown_grace, True),
+        ("http.stall_timeout", s.http.stall_timeout, True),
+        ("http.queue_timeout", s.http.queue_timeout, False),
+    ):
+        if not (math.isfinite(seconds) and (seconds > 0 or (zero_ok and seconds == 0))):
+            errors.append(toml.error(key, f"expected a number of seconds {'>=' if zero_ok else '>'} 0, got {seconds}"))
+    for name in attrs.astuple(s.ipxe):
+        if name and ("\\" in name or ".." in name.split("/")):
+            errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))
+    if signing_key:
+        errors += preflight(s, toml.line)
+    return errors
