@@ -11,6 +11,7 @@ import attrs
 import dpkt
 import pytest
 
+from netbootd.core.interfaces import Decision
 from netbootd.dhcp import codec
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind
 
@@ -77,9 +78,26 @@ requires_captures = pytest.mark.skipif(
 )
 
 
-class FakeCore:
-    """Test double of OUR OWN interface `netbootd.core.BootCore.offer` / `.dhcp_seen` (the real core is
-    tested with it in test_real_core.py). Answers what the boot server in the captures answered."""
+class OfferingCore:
+    """Test double of OUR OWN interface netbootd.core.interfaces.DhcpCore (the real core is tested
+    with the edge in test_real_core.py): a subclass says what it offers in `offer()`; the decision
+    carries no reason, reports are dropped, and no MAC has a machine file."""
+
+    def offer(self, client: Client, server_ip: str) -> Offer | None:
+        raise NotImplementedError
+
+    def decide(self, client: Client, server_ip: str) -> Decision:
+        return Decision(self.offer(client, server_ip), "")
+
+    def dhcp_seen(self, client: Client, offer: Offer | None, reason: str, client_ip: str = "", port: int = 67) -> None:
+        pass
+
+    def is_known(self, mac: str) -> bool:
+        return False
+
+
+class FakeCore(OfferingCore):
+    """Answers what the boot server in the captures answered, and records what it was told."""
 
     def __init__(self, answer: bool = True) -> None:
         self.answer = answer

@@ -16,6 +16,7 @@ from netbootd.model import Offer, OfferKind
 from tests.dhcp.conftest import (
     BOOT_SERVER,
     FakeCore,
+    OfferingCore,
     capture_files,
     client_requests,
     port67_requests,
@@ -262,7 +263,7 @@ def test_relayed_request_goes_to_giaddr():
 
 
 def test_long_url_goes_to_option_67():
-    class LongCore:
+    class LongCore(OfferingCore):
         def offer(self, client, server_ip):
             return Offer(OfferKind.IPXE_SCRIPT, "http://192.0.2.1/ipxe?" + "x" * 300, "m")
 
@@ -272,7 +273,7 @@ def test_long_url_goes_to_option_67():
 
 
 def test_long_tftp_name_is_refused_not_truncated():
-    class LongCore:
+    class LongCore(OfferingCore):
         def offer(self, client, server_ip):
             return Offer(OfferKind.TFTP, "d/" * 70, "m")
 
@@ -365,7 +366,7 @@ def test_answer_lines_unlimited():
 
 # ------------------------------------------------------------------ answers from templates (encode_reply)
 
-class ChosenCore:
+class ChosenCore(OfferingCore):
     """Offers whatever the test sets (`offer`): one controller, and so one set of answer
     templates, serves every example below."""
 

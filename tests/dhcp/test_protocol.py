@@ -22,7 +22,7 @@ from netbootd.dhcp.answer import DhcpController
 from netbootd.dhcp.protocol import DhcpProtocol, InterfaceAddresses, PacketInfo, PktinfoPort
 from netbootd.logs import RateLimiter
 from netbootd.sockopts import parse_pktinfo
-from tests.dhcp.conftest import FakeCore
+from tests.dhcp.conftest import FakeCore, OfferingCore
 from tests.dhcp.test_codec import request_bytes
 from tests.helpers import held_udp_port
 
@@ -180,7 +180,7 @@ def test_truncated_by_socket_is_oversized():
 
 
 def test_internal_errors_never_escape(capture_log):
-    class Broken:
+    class Broken(OfferingCore):
         def offer(self, client, server_ip):
             raise RuntimeError("core bug")
 
@@ -299,8 +299,9 @@ def test_unprivileged_bind_of_67_says_so():
         "from twisted.internet import reactor\n"
         "from netbootd.config.settings import Settings\n"
         "from netbootd.dhcp import DhcpBindError, listen_dhcp\n"
+        "from tests.dhcp.conftest import FakeCore\n"
         "try:\n"
-        "    listen_dhcp(reactor, Settings(), None)\n"
+        "    listen_dhcp(reactor, Settings(), FakeCore())\n"
         "except DhcpBindError as e:\n"
         "    print(e)\n"
     )

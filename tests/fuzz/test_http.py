@@ -85,7 +85,8 @@ def _core() -> BootCore:
 @pytest.fixture(scope="module")
 def stub():
     """The resource the daemon serves (make_site's: the Klein app behind GuardedResource)."""
-    return StubTreq(make_site(_core(), lambda: {"status": "ok"}).resource)
+    core = _core()
+    return StubTreq(make_site(core, core.timeline, core.settings.http, lambda: {"status": "ok"}).resource)
 
 
 @pytest.fixture
@@ -167,7 +168,7 @@ def twins():
     from netbootd.http.hot import HotRoutes
 
     core = _core()
-    app = BootApp(core, lambda: {"status": "ok"})
+    app = BootApp(core, core.timeline, lambda: {"status": "ok"})
     hot = StubTreq(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)))
     klein = StubTreq(GuardedResource(app.app.resource()))
     return hot, klein

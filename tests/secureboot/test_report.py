@@ -14,6 +14,8 @@ import pytest
 from netbootd import cli
 from netbootd.config.machines import Boot, BootKind, Machine
 from netbootd.config.settings import Settings
+from netbootd.core.decide import BootCore
+from netbootd.core.explain import secure_boot_lines
 from netbootd.core.secureboot import (
     OfferedBinary,
     boot_binaries,
@@ -144,12 +146,11 @@ def test_check_and_explain_helpers_print_and_count(conf, capsys):
     assert out[0].startswith('52-54-00-00-00-03: secure boot: kernel files/vmlinuz: signed by "Debian')
     assert out[1] == f"{MAC}: secure boot: uki files/uki/os.efi: NOT SIGNED: Secure Boot firmware will refuse it"
     assert len(out) == 2  # 52-54-00-00-00-09 is not a Secure Boot machine
-    cli._explain_secure_boot(conf, machines[0])
-    assert capsys.readouterr().out.splitlines() == [
+    core = BootCore(conf)
+    assert secure_boot_lines(core, machines[0]) == [
         "--- Secure Boot signatures " + "-" * 38,
         "uki files/uki/os.efi: NOT SIGNED: Secure Boot firmware will refuse it"]
-    cli._explain_secure_boot(conf, machines[2])
-    assert capsys.readouterr().out == ""
+    assert secure_boot_lines(core, machines[2]) == []
 
 
 def netbootd(*args: str) -> subprocess.CompletedProcess:
