@@ -21,6 +21,8 @@ import attrs
 from netbootd.config.machines import BootKind, Machine
 from netbootd.config.settings import Settings
 from netbootd.core.authenticode import Signature, Status, inspect
+from netbootd.core.plan import Artefact, files_for
+from netbootd.model import Arch
 
 NOT_CHECKED = "not checked against the firmware's db"
 REFUSED = "Secure Boot firmware will refuse it"
@@ -63,19 +65,18 @@ def local_or_remote(settings: Settings, role: str, location: str) -> OfferedBina
 
 
 def boot_binaries(settings: Settings, machine: Machine) -> Iterator[OfferedBinary]:
-    """What the machine's [boot] has its loader run: the kernel, or the EFI binary / UKI."""
+    """What the machine's plan has its loader run: the kernel, or the EFI binary / UKI (one per
+    architecture when its locations say {{ arch }})."""
     boot = machine.boot
     if boot.kind is BootKind.IMAGE and boot.image is not None:
         yield OfferedBinary("kernel/uki", str(boot.image), None)  # the image's layers, pulled at boot
         return
-    # one per architecture when the locations say {{ arch }}
-    variants = sorted(boot.by_arch.items()) if boot.per_arch else [("", boot.files(""))]
-    for arch, files in variants:
-        suffix = f" ({arch})" if arch else ""
-        if files is not None and boot.kind is BootKind.KERNEL and files.kernel:
-            yield local_or_remote(settings, f"kernel{suffix}", files.kernel)
-        elif files is not None and boot.kind is BootKind.EFI and files.efi:
-            yield local_or_remote(settings, f"uki{suffix}", files.efi)
+    for arch in sorted(boot.by_arch) if boot.per_arch else [""]:
+        found = files_for(machine, Arch(arch or "efi64"), None)
+        artefact = None if isinstance(found, str) else found.get("kernel") or found.get("efi")
+        if isinstance(artefact, Artefact) and artefact.location:
+            role = "kernel" if artefact.role == "kernel" else "uki"
+            yield local_or_remote(settings, role + (f" ({arch})" if arch else ""), artefact.location)
 
 
 # What every machine's boot offers. Callers put its loader's own chain in front
