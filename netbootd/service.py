@@ -408,8 +408,7 @@ class Netbootd(service.MultiService):
         from netbootd.images.proxy import ImageProxy
 
         s = self.settings
-        self.images = ImageProxy(s, self.reactor)
-        self.images.on_resolved = self._image_resolved
+        self.images = ImageProxy(s, self.reactor, on_resolved=self._image_resolved)
         self.site = make_site(self.core, self.timeline, s.http, self.health, images=self.images,
                               metrics_elsewhere=self._metrics_elsewhere())
         transfer.configure(s.http.sendfile_thread_count(), self.reactor)

@@ -35,7 +35,8 @@ _ARCH = re.compile(r"^[a-z0-9]{1,16}$")
 
 
 class ImageProxy:
-    def __init__(self, settings: Settings, reactor, registry: RegistryClient | None = None) -> None:
+    def __init__(self, settings: Settings, reactor, registry: RegistryClient | None = None,
+                 on_resolved: Callable[[ImageRef, str, ResolvedImage], None] | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.registry = registry or RegistryClient(settings.registry)
@@ -43,7 +44,7 @@ class ImageProxy:
         self.fetcher = Fetcher(reactor, self.registry)
         self.flights: dict[str, Flight] = {}
         # Told of every successful resolution (the service keeps the core's image layers current).
-        self.on_resolved: Callable[[ImageRef, str, ResolvedImage], None] | None = None
+        self.on_resolved = on_resolved
 
     def close(self) -> defer.Deferred:
         self.registry.close()

@@ -159,8 +159,16 @@ class Registry:
                 out.append(line)
         return out
 
-    def blob_gets(self, digest: str) -> int:
-        return len(self.access("GET", f"/blobs/{digest}"))
+    def blob_gets(self, digest: str, at_least: int = 0, timeout: float = 10.0) -> int:
+        """GETs of a blob in the access log. The registry writes a line after the response's last
+        byte left, so a client can hold the whole blob before its line exists: with `at_least`,
+        wait (up to `timeout`) for that many lines before counting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count = len(self.access("GET", f"/blobs/{digest}"))
+            if count >= at_least or time.monotonic() > deadline:
+                return count
+            time.sleep(0.05)
 
     def blob_file(self, digest: str) -> Path:
         hexd = digest.split(":", 1)[1]

@@ -256,7 +256,7 @@ def test_cache_survives_restart(fresh_registry, daemon_factory, body_mode):
     d.stop()
     d.start()
     assert httpx.get(url, params=params, timeout=30).content == blob
-    assert fresh_registry.blob_gets(h.sha256(blob)) == 1
+    assert fresh_registry.blob_gets(h.sha256(blob), at_least=1) == 1
 
 
 def test_lru_eviction_under_the_cap(fresh_registry, daemon_factory):
@@ -301,7 +301,7 @@ def test_twenty_concurrent_clients_one_upstream_get(fresh_registry, daemon_facto
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         digests = list(pool.map(fetch, range(20)))
     assert digests == [digest] * 20
-    assert fresh_registry.blob_gets(digest) == 1, fresh_registry.access("GET", "/blobs/")
+    assert fresh_registry.blob_gets(digest, at_least=1) == 1, fresh_registry.access("GET", "/blobs/")
     assert len(fresh_registry.access("GET", "/boot/storm/manifests/v1")) == 1  # one resolution for all 20
     metrics = httpx.get(d.url + "/metrics", timeout=10).text
     assert 'netbootd_image_upstream_fetches_total{result="ok"} 1.0' in metrics
@@ -474,7 +474,7 @@ def test_https_registry(daemon_factory, tmp_path, monkeypatch):
         r = httpx.get(d.url + "/image", params=params, timeout=30)
         assert r.status_code == 200, r.text
         assert r.content == blob
-        assert reg.blob_gets(h.sha256(blob)) == 1
+        assert reg.blob_gets(h.sha256(blob), at_least=1) == 1
     finally:
         reg.stop()
 
