@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from netbootd.config.machines import Boot, BootFiles, BootKind, Machine
+import attrs
+
+from netbootd.config.machines import Boot, BootFiles, BootKind, Lifecycle, Machine
 from netbootd.config.templates import Template, TemplateError, compile_template
 from netbootd.imageref import ReferenceError, parse_reference
 from netbootd.logs import get_logger
@@ -52,6 +54,7 @@ def to_json(machine: Machine) -> dict[str, Any]:
         "loader": machine.loader,
         "secure_boot": machine.secure_boot,
         "arch": machine.arch,
+        "lifecycle": attrs.asdict(machine.lifecycle),
         "boot": {
             "kind": boot.kind.value,
             "kernel": boot.kernel,
@@ -102,6 +105,7 @@ def from_json(doc: dict[str, Any]) -> Machine:
         loader=doc.get("loader", "ipxe"),
         secure_boot=bool(doc.get("secure_boot", False)),
         arch=doc.get("arch"),
+        lifecycle=Lifecycle(**doc.get("lifecycle", {})),
     )
 
 

@@ -15,10 +15,13 @@ import attrs
 from netbootd.config.errors import ConfigError
 from netbootd.config.machines import (
     KIND_KEYS,
+    LOCAL_BOOTS,
+    ON_FAILURE,
     OTHER_BOOT_KEYS,
     Boot,
     BootFiles,
     BootKind,
+    Lifecycle,
     Machine,
 )
 from netbootd.config.settings import Settings
@@ -40,6 +43,7 @@ class _Source:
 
 _MACHINE_KEYS = {
     "profile", "uuid", "ipxe_binary", "vars", "boot", "ignition", "booty", "signed_urls", "loader", "secure_boot",
+    "lifecycle",
     "arch",
 }
 _PROFILE_KEYS = _MACHINE_KEYS - {"profile", "uuid"}
@@ -60,6 +64,7 @@ _BOOTY_KEYS: dict[str, type] = {
     "nameserver": str,
 }
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BEACON_DONE = re.compile(r"^beacon:[a-z][a-z0-9-]{0,31}$")  # the stages /beacon accepts
 
 
 class MachineParser:
@@ -156,6 +161,7 @@ class MachineParser:
         signed = self._bool(layers, "signed_urls", True)
         secure_boot = self._bool(layers, "secure_boot", False)
         loader = self._loader(layers, secure_boot, boot)
+        lifecycle = self._lifecycle(layers)
         arch = self._arch(layers)
         if boot is not None and boot.per_arch:
             boot = self._by_arch(boot, arch)
@@ -177,6 +183,7 @@ class MachineParser:
             loader=loader,
             secure_boot=secure_boot,
             arch=arch,
+            lifecycle=lifecycle,
         )
         self._check_templates(machine, layers)
         return machine if len(self.errors) == before else None
@@ -203,6 +210,44 @@ class MachineParser:
             self.errors.append(src.file.error(key, "expected true or false"))
             return default
         return value
+
+    def _lifecycle(self, layers: list[_Source]) -> Lifecycle:
+        """[lifecycle], key by key: the machine's file over its profile's."""
+        merged: dict[str, tuple[Any, _Source]] = {}
+        for src in layers:
+            table = src.data.get("lifecycle")
+            if table is None:
+                continue
+            if not isinstance(table, dict):
+                self.errors.append(src.file.error("lifecycle", "expected a table: [lifecycle] with once = true"))
+                continue
+            for key, value in table.items():
+                merged[key] = (value, src)
+        out: dict[str, Any] = {}
+        for key, (value, src) in merged.items():
+            where = f"lifecycle.{key}"
+            if key == "once":
+                if not isinstance(value, bool):
+                    self.errors.append(src.file.error(where, "expected true or false"))
+                    continue
+            elif key == "on_failure" and value not in ON_FAILURE:
+                self.errors.append(src.file.error(where, f'expected "hold" (no answer until reprovisioned) or "retry" '
+                                                         f"(boot the installer again), got {value!r}"))
+                continue
+            elif key == "local_boot" and value not in LOCAL_BOOTS:
+                self.errors.append(src.file.error(where, f'expected "exit" or "sanboot", got {value!r}'))
+                continue
+            elif key == "done_on":
+                if not isinstance(value, str) or not (value in ("", "ignition") or _BEACON_DONE.match(value)):
+                    self.errors.append(src.file.error(where, 'expected "ignition" or "beacon:<stage>" (a short '
+                                                             f"lower-case word), got {value!r}"))
+                    continue
+            elif key not in ("on_failure", "local_boot"):
+                self.errors.append(src.file.error(where, "unknown key; expected one of: done_on, local_boot, "
+                                                         "on_failure, once"))
+                continue
+            out[key] = value
+        return Lifecycle(**out)
 
     def _arch(self, layers: list[_Source]) -> str | None:
         src = self._owner(layers, "arch")

@@ -77,6 +77,28 @@ class Boot:
         return self.by_arch.get(arch)
 
 
+ON_FAILURE = ("hold", "retry")
+LOCAL_BOOTS = ("exit", "sanboot")
+
+
+@attrs.frozen
+class Lifecycle:
+    """`[lifecycle]`: a machine that provisions once. It gets its [boot] while `provisioning`, its
+    local boot once `provisioned` (an installer called {{ done_url }}), until an operator
+    reprovisions it. State lives in the state store (netbootd.state), shared by every netbootd."""
+
+    once: bool = False
+    # A failed install ({{ failed_url }}): "hold" gets no answer until reprovisioned (a wiping
+    # installer never loops); "retry" boots [boot] again.
+    on_failure: str = "hold"
+    # How iPXE leaves for the disk: "exit" (back to the firmware, which boots its next entry) or
+    # "sanboot" (boot the first hard disk: BIOSes whose iPXE `exit` does not reach the disk).
+    local_boot: str = "exit"
+    # What counts as done besides {{ done_url }}: "" (only the callback), "ignition" (the signed
+    # Ignition config was fetched: CoreOS and Flatcar run Ignition once), "beacon:<stage>".
+    done_on: str = ""
+
+
 @attrs.frozen
 class Machine:
     """One effective machine configuration (profile already merged in)."""
@@ -99,6 +121,7 @@ class Machine:
     loader: str = "ipxe"
     secure_boot: bool = False
     arch: str | None = None  # the machine's architecture when its file says (`arch = "arm64"`)
+    lifecycle: Lifecycle = Lifecycle()
 
     @property
     def answers(self) -> bool:

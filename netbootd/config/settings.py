@@ -92,6 +92,9 @@ class HttpSettings:
     # address the machine reached us on (DHCP: the receiving interface; HTTP: the Host header).
     public_url: str = ""
     signed_url_ttl: float = 3600.0  # lifetime of the signed Ignition/BOOTy URLs put in boot scripts
+    # Lifetime of {{ done_url }} / {{ failed_url }}: an install may wait on a slow mirror, or at a
+    # prompt over a weekend, before it calls back; 72 hours covers both.
+    callback_url_ttl: float = 259200.0
     # A key shared by every netbootd that answers the same machines (active-active HA), so a URL
     # signed by one verifies on the others: at least 32 random bytes, readable by no other users
     # (netbootd refuses to start otherwise). None: a key of this host's own, kept in state_dir.

@@ -30,6 +30,8 @@ BUILTINS = (
     "kernel_url",
     "initrd_urls",
     "squashfs_url",  # image boots with a squashfs layer; "" otherwise
+    "done_url",  # [lifecycle] once: the installer calls it (GET or POST) when the disk is written
+    "failed_url",  # ... and this one when it failed (append &reason=...)
     "vars",
 )
 
@@ -56,6 +58,8 @@ def sample_context(name: str, mac: str | None, uuid: str | None, variables: Mapp
         "kernel_url": f"{SAMPLE_BASE}/files/vmlinuz",
         "initrd_urls": f"{SAMPLE_BASE}/files/initrd.img",
         "squashfs_url": "",
+        "done_url": f"{SAMPLE_BASE}/lifecycle/done?{ident}&exp=0&sig=0",
+        "failed_url": f"{SAMPLE_BASE}/lifecycle/failed?{ident}&exp=0&sig=0",
         "vars": dict(variables),
     }
     ctx.update(variables)

@@ -24,7 +24,17 @@ from netbootd.config.settings import Settings
 from netbootd.core import files, urls
 from netbootd.core.context import boot_context, signing_identity
 from netbootd.core.ident import mac_in_path
-from netbootd.core.interfaces import Decision, Denied, NoScript
+from netbootd.core.interfaces import CallbackRefused, Decision, Denied, NoScript
+from netbootd.core.lifecycle import (
+    FAILED,
+    PROVISIONED,
+    PROVISIONING,
+    MemoryStore,
+    StateStore,
+    StoreUnavailable,
+    may_report,
+    state_of,
+)
 from netbootd.core.loaders import Fetch, Loader, Rendering, make_loaders
 from netbootd.core.loaders.ipxe import chain_stub
 from netbootd.core.plan import BootPlan, PlanBook
@@ -37,9 +47,10 @@ __all__ = ["BootCore", "Decision", "Denied", "NoScript"]
 
 class BootCore:
     def __init__(self, settings: Settings, catalog: Catalog | None = None, signer: UrlSigner | None = None,
-                 timeline: Timeline | None = None, fetch: Fetch | None = None) -> None:
+                 timeline: Timeline | None = None, fetch: Fetch | None = None, states: StateStore | None = None) -> None:
         """`timeline`: what records each machine's boot (the dashboard's watched one, or a plain one);
-        `fetch`: brings a URL or image layer into the cache, for loaders that serve them over TFTP."""
+        `fetch`: brings a URL or image layer into the cache, for loaders that serve them over TFTP;
+        `states`: the lifecycle state store (netbootd.state; without one, states live in this process)."""
         self.settings = settings
         self.catalog = catalog or Catalog()
         # An ephemeral key unless the service hands one kept in the state directory.
@@ -49,7 +60,8 @@ class BootCore:
         # filled in the background by the service; plans read it, never the network.
         self.image_layers: dict[tuple[str, str], frozenset[str]] = {}  # (image, OCI arch) → boot layers
         self.loaders: dict[str, Loader] = make_loaders(settings, self.timeline, fetch)
-        self.plans = PlanBook(self.loaders, self._layers_of)
+        self.states: StateStore = states if states is not None else MemoryStore()
+        self.plans = PlanBook(self.loaders, self._layers_of, lambda: self.states.status().reason)
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix
@@ -74,8 +86,14 @@ class BootCore:
     def is_known(self, mac: str) -> bool:
         return mac in self.catalog.machines
 
-    def plan(self, machine: Machine, arch: Arch, firmware: Firmware) -> BootPlan:
-        return self.plans.plan(machine, arch, firmware)
+    def plan(self, machine: Machine, arch: Arch, firmware: Firmware, mac: str | None = None) -> BootPlan:
+        return self.plans.plan(machine, arch, firmware, self.state(machine, mac))
+
+    def state(self, machine: Machine, mac: str | None) -> str:
+        """A `once` machine's lifecycle state ("unknown" while the store was never read); "" otherwise."""
+        if not machine.lifecycle.once:
+            return ""
+        return state_of(self.states, mac or machine.mac)
 
     def base_url(self, host: str) -> str:
         return urls.base_url(self.settings.http.public_url, host, self.settings.http.port)
@@ -93,7 +111,7 @@ class BootCore:
     def rendering(self, plan: BootPlan, mac: str | None, uuid: str | None, host: str) -> Rendering:
         """Everything a loader needs to render `plan` for a machine that reached us at `host`."""
         base = self.base_url(host)
-        ctx = boot_context(plan, mac, uuid, base, self.signer)
+        ctx = boot_context(plan, mac, uuid, base, self.signer, self.settings.http.callback_url_ttl)
         return Rendering(plan, mac or plan.machine.mac or "", ctx, self.file_url(base))
 
     def machine_arch(self, machine: Machine, arch: Arch | None) -> Arch:
@@ -130,7 +148,7 @@ class BootCore:
             # the script URL whatever the plan: the script request says why not, if not
             url = urls.script_url(base, client.mac, client.uuid, client.arch.value)
             return self._offer(OfferKind.IPXE_SCRIPT, url, machine)
-        plan = self.plans.plan(machine, client.arch, client.firmware)
+        plan = self.plan(machine, client.arch, client.firmware, client.mac)
         if plan.refusal is not None:
             return Decision(None, plan.refusal, machine)
         if client.firmware is Firmware.HTTP_BOOT:
@@ -209,7 +227,7 @@ class BootCore:
             if request.mac:
                 machine = self._serving(request.mac)
                 arch = Arch(request.arch) if request.arch else loader.config_arch(machine)
-                plan = self.plans.plan(machine, arch, Firmware.EFI_PXE)
+                plan = self.plan(machine, arch, Firmware.EFI_PXE, request.mac)
                 rendering = self.rendering(plan, request.mac, None, self.settings.advertise or server_ip or "127.0.0.1")
             client_mac = self.mac_for_ip(client_ip) if client_ip else None
             return loader.open_tftp(request, rendering, client_ip, client_mac, self.timeline.clock())
@@ -255,7 +273,7 @@ class BootCore:
         machine = self.find(mac, uuid)
         if machine is None:
             raise NoScript(self.held(mac) or self.no_machine_reason())
-        plan = self.plans.plan(machine, arch, Firmware.IPXE)
+        plan = self.plan(machine, arch, Firmware.IPXE, mac)
         if plan.refusal is not None:
             raise NoScript(plan.refusal)
         return self.loaders["ipxe"].render(self.rendering(plan, mac, uuid, host))
@@ -286,7 +304,7 @@ class BootCore:
 
     def efi_url(self, machine: Machine, host: str, arch: Arch | None = None) -> str:
         """The URL of the EFI binary / UKI UEFI HTTP boot would run directly, "" if none."""
-        plan = self.plans.plan(machine, self.machine_arch(machine, arch), Firmware.HTTP_BOOT)
+        plan = self.plan(machine, self.machine_arch(machine, arch), Firmware.HTTP_BOOT)
         return plan.efi.url(self.base_url(host)) if plan.efi is not None else ""
 
     def httpboot(self, identities: list[str], host: str) -> tuple[int, dict[str, str]]:
@@ -315,3 +333,56 @@ class BootCore:
             return 200, body
         return 500, {"error": "no machine matches " + (body["ClientIPs"] or "(no X-Forwarded-For)")
                      + " and default.toml has no boot.efi or image"}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def lifecycle_callback(self, outcome: str, mac: str | None, uuid: str | None, exp: str, sig: str,
+                           source: str, note: str = "") -> Deferred:
+        """An installer's {{ done_url }} / {{ failed_url }}: checked like Ignition's signed URL (a
+        forged, expired or other machine's URL changes nothing), then stored; the Deferred fires
+        with the machine's state once the store has it."""
+        if outcome not in ("done", "failed"):
+            raise CallbackRefused(404, f"no lifecycle report {outcome!r} (done or failed)")
+        why = self.signer.check(outcome, signing_identity(mac, uuid) or "", exp, sig)
+        if why is not None:
+            raise Denied(why)
+        machine = self.find(mac, uuid)
+        target = mac or (machine.mac if machine is not None else None)
+        if machine is None or not machine.answers or target is None:
+            raise CallbackRefused(404, f"no machine answers for {mac or uuid}: nothing to mark {outcome}")
+        return self._report(machine, target, PROVISIONED if outcome == "done" else FAILED, f"{outcome}_url",
+                            source, note)
+
+    def lifecycle_event(self, mac: str | None, uuid: str | None, event: str, source: str) -> Deferred | None:
+        machine = self.find(mac, uuid)
+        target = mac or (machine.mac if machine is not None else None)
+        if machine is None or target is None or not machine.lifecycle.once or machine.lifecycle.done_on != event:
+            return None
+        if self.state(machine, target) != PROVISIONING:
+            return None  # already done (a second Ignition run), failed, or unknown: nothing to report
+        return self._report(machine, target, PROVISIONED, event, source, "")
+
+    def set_state(self, mac: str, state: str, by: str, source: str, note: str = "") -> Deferred:
+        """An operator's action (reprovision, mark done or failed): stored, then in the timeline."""
+        d = self.states.transition(mac, state, by, source, note)
+        d.addCallback(self._transitioned, mac, by, source)
+        return d
+
+    def _report(self, machine: Machine, mac: str, state: str, by: str, source: str, note: str) -> Deferred:
+        if not machine.lifecycle.once:
+            raise CallbackRefused(409, f"{machine.name} does not provision once ([lifecycle] once = true): "
+                                       "its state is not kept")
+        current = self.state(machine, mac)
+        if current == "unknown":
+            raise StoreUnavailable(f"the state store cannot be read: {self.states.status().reason}")
+        retrying = current == FAILED and machine.lifecycle.on_failure == "retry"  # a new install reports
+        refused = None if retrying else may_report(current, state)
+        if refused is not None:
+            raise CallbackRefused(409, refused)
+        d = self.states.transition(mac, state, by, source, note)
+        d.addCallback(self._transitioned, mac, by, source)
+        return d
+
+    def _transitioned(self, record, mac: str, by: str, source: str):
+        self.timeline.record("lifecycle", mac=mac, ip=source, state=record.state, by=by)
+        return record

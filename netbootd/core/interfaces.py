@@ -32,6 +32,15 @@ class Denied(Exception):
     """A signed URL was required and missing, expired, tampered or another machine's."""
 
 
+class CallbackRefused(Exception):
+    """A lifecycle callback or action that changes nothing: `status` is its HTTP status (404 no
+    such machine, 409 not a `once` machine or not in a state this report applies to)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class DhcpCore(Protocol):
     """The DHCPv4 and DHCPv6 edges."""
 
@@ -99,4 +108,15 @@ class HttpCore(Protocol):
 
     def binary_names(self) -> list[str]:
         """The binaries /boot serves by name (for a 404's message)."""
+        ...
+
+    def lifecycle_callback(self, outcome: str, mac: str | None, uuid: str | None, exp: str, sig: str,
+                           source: str, note: str = "") -> Deferred:
+        """An installer's done/failed report: fires once the new state is stored; raises Denied,
+        CallbackRefused; errbacks StoreUnavailable."""
+        ...
+
+    def lifecycle_event(self, mac: str | None, uuid: str | None, event: str, source: str) -> Deferred | None:
+        """Ignition fetched ("ignition") or a beacon ("beacon:<stage>"): a Deferred when it marks the
+        machine done (answer once it fires), None when it means nothing to the lifecycle."""
         ...

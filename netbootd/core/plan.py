@@ -71,6 +71,9 @@ class BootPlan:
     efi: Artefact | None = None  # boot.efi, or the image's UKI layer
     squashfs: Artefact | None = None
     refusal: str | None = None  # why this firmware gets nothing; None: it gets the plan
+    # [lifecycle] once: the machine's state ("provisioning", "provisioned", "failed"); "" otherwise
+    state: str = ""
+    local: bool = False  # the loader sends the machine on to its disk (boot.local, or provisioned)
 
     @property
     def kind(self) -> BootKind:
@@ -101,6 +104,7 @@ class LoaderFacts(Protocol):
     name: str
     kinds: frozenset[BootKind]
     fallback: str  # the loader to try when this one has no binary for an arch ("": none)
+    signed: bool  # runs under Secure Boot
 
     def installed(self, arch: Arch) -> bool:
         """Its binaries for `arch` are on this host (a fallback must be)."""
@@ -142,24 +146,45 @@ def files_for(machine: Machine, arch: Arch, layers: frozenset[str] | None) -> di
     }
 
 
+UNKNOWN = "unknown"  # a `once` machine's state while the state store has never been read
+
+
 def build_plan(machine: Machine, arch: Arch, firmware: Firmware, layers: frozenset[str] | None,
-               loaders: Mapping[str, LoaderFacts]) -> BootPlan:
-    """The one derivation of what `machine` boots on `arch` when `firmware` asks."""
+               loaders: Mapping[str, LoaderFacts], state: str = "", store_problem: str = "") -> BootPlan:
+    """The one derivation of what `machine` boots on `arch` when `firmware` asks. `state`: its
+    lifecycle state when its file says `[lifecycle] once = true` (UNKNOWN: the store was never
+    read, `store_problem` says why)."""
+    if machine.boot.kind is BootKind.IGNORE:
+        return BootPlan(machine, arch, firmware, refusal=f"{machine.name}: boot.ignore = true")
+    if state == UNKNOWN:
+        why = store_problem or "the state store has not been read yet"
+        return BootPlan(machine, arch, firmware, state=state, refusal=(
+            f"{machine.name}: held: lifecycle.once and its state is unknown ({why}): a machine whose state is "
+            "unknown is never provisioned"))
+    if state == "failed" and machine.lifecycle.on_failure == "hold":
+        return BootPlan(machine, arch, firmware, state=state, refusal=(
+            f"{machine.name}: its install failed; lifecycle.on_failure = \"hold\": nothing until an operator "
+            "reprovisions it (netbootd reprovision MAC)"))
+    if state == "provisioned" or machine.boot.kind is BootKind.LOCAL:
+        # Answered, not ignored: the loader hands the firmware back to its next boot entry at once
+        # (UEFI would otherwise sit out a DHCP timeout per network boot entry before the disk).
+        plan = BootPlan(machine, arch, firmware, state=state, local=True)
+        if firmware is Firmware.IPXE:
+            return attrs.evolve(plan, loader="ipxe")
+        if firmware is Firmware.HTTP_BOOT and machine.secure_boot:
+            return attrs.evolve(plan, refusal=(
+                f"{machine.name}: a local boot over UEFI HTTP boot with Secure Boot: no signed loader runs over "
+                "HTTP, so no answer (the firmware tries its next boot entry after its timeout)"))
+        return _with_loader(plan, loaders[_local_loader(machine, arch, firmware, loaders)])
     found = files_for(machine, arch, layers)
     if isinstance(found, str):
-        return BootPlan(machine, arch, firmware, refusal=found)
-    plan = BootPlan(machine, arch, firmware, **found)  # type: ignore[arg-type]
+        return BootPlan(machine, arch, firmware, state=state, refusal=found)
+    plan = BootPlan(machine, arch, firmware, state=state, **found)  # type: ignore[arg-type]
     kind = machine.boot.kind
-    if kind is BootKind.IGNORE:
-        return attrs.evolve(plan, refusal=f"{machine.name}: boot.ignore = true")
     if plan.boots_efi and arch is Arch.BIOS:
         return attrs.evolve(plan, refusal=f"{machine.name}: an EFI binary / UKI needs UEFI firmware, client is BIOS")
     if firmware is Firmware.IPXE:
         return attrs.evolve(plan, loader="ipxe")  # iPXE runs already: its script carries the plan
-    if kind is BootKind.LOCAL:
-        # Not answering lets the firmware move on to the next boot device at once;
-        # chainloading iPXE only to `exit` would cost a TFTP transfer.
-        return attrs.evolve(plan, refusal=f"{machine.name}: boot.local = true (firmware boots the next device)")
     if firmware is Firmware.HTTP_BOOT:
         if plan.efi is not None:
             return plan  # UEFI HTTP boot runs the EFI binary / UKI itself: no loader
@@ -179,6 +204,18 @@ def build_plan(machine: Machine, arch: Arch, firmware: Firmware, layers: frozens
     return _with_loader(plan, chosen)
 
 
+def _local_loader(machine: Machine, arch: Arch, firmware: Firmware, loaders: Mapping[str, LoaderFacts]) -> str:
+    """The loader that sends a machine to its disk: its own; over UEFI HTTP boot iPXE (GRUB has no
+    HTTP); its own's fallback when its own has nothing for this arch."""
+    name = "ipxe" if firmware is Firmware.HTTP_BOOT else machine.loader
+    chosen = loaders[name]
+    if not chosen.bootfile(machine, arch, firmware)[0] and chosen.fallback:
+        other = loaders[chosen.fallback]
+        if other.installed(arch) and other.bootfile(machine, arch, firmware)[0]:
+            return other.name
+    return name
+
+
 def _with_loader(plan: BootPlan, loader: LoaderFacts) -> BootPlan:
     bootfile, why = loader.bootfile(plan.machine, plan.arch, plan.firmware)
     if not bootfile:
@@ -188,19 +225,24 @@ def _with_loader(plan: BootPlan, loader: LoaderFacts) -> BootPlan:
 
 class PlanBook:
     """Plans memoised per catalog generation: `forget()` on a reload or when an image's layers
-    become known. Machines are looked up by identity (a catalog's machines live as long as it)."""
+    become known. Machines are looked up by identity (a catalog's machines live as long as it);
+    a lifecycle state is part of the key, so a transition needs no forgetting."""
 
-    def __init__(self, loaders: Mapping[str, LoaderFacts], layers: Callable[[Machine, Arch], frozenset[str] | None]):
+    def __init__(self, loaders: Mapping[str, LoaderFacts], layers: Callable[[Machine, Arch], frozenset[str] | None],
+                 store_problem: Callable[[], str] = lambda: ""):
         self._loaders = loaders
         self._layers = layers
-        self._plans: dict[tuple[int, Arch, Firmware], tuple[Machine, BootPlan]] = {}
+        self._store_problem = store_problem
+        self._plans: dict[tuple[int, Arch, Firmware, str], tuple[Machine, BootPlan]] = {}
 
-    def plan(self, machine: Machine, arch: Arch, firmware: Firmware) -> BootPlan:
-        key = (id(machine), arch, firmware)
+    def plan(self, machine: Machine, arch: Arch, firmware: Firmware, state: str = "") -> BootPlan:
+        key = (id(machine), arch, firmware, state)
         hit = self._plans.get(key)
         if hit is not None and hit[0] is machine:
             return hit[1]
-        plan = build_plan(machine, arch, firmware, self._layers(machine, arch), self._loaders)
+        if state == UNKNOWN:  # says why, which changes: never memoised
+            return build_plan(machine, arch, firmware, None, self._loaders, state, self._store_problem())
+        plan = build_plan(machine, arch, firmware, self._layers(machine, arch), self._loaders, state)
         self._plans[key] = (machine, plan)  # the machine kept beside its plan: its id is not reused meanwhile
         return plan
 

@@ -121,8 +121,9 @@ class UrlSigner:
         msg = f"{scope}\n{ident}\n{exp}".encode()
         return hmac.digest(self._key, msg, "sha256").hex()[:32]  # one-shot: a third of hmac.new's time
 
-    def sign(self, scope: str, ident: str) -> tuple[int, str]:
-        exp = int(self._clock() + self.ttl)
+    def sign(self, scope: str, ident: str, ttl: float | None = None) -> tuple[int, str]:
+        """`ttl`: this URL's lifetime when not the signer's (an installer's callbacks live longer)."""
+        exp = int(self._clock() + (self.ttl if ttl is None else ttl))
         return exp, self._mac(scope, ident, exp)
 
     def check(self, scope: str, ident: str, exp_text: str, sig: str) -> str | None:

@@ -47,7 +47,7 @@ MAX_UNATTRIBUTED = 256
 # The order of a boot: firmware DHCP, its TFTP (NBP, shim, GRUB and its files), iPXE's script,
 # the script's downloads (kernel, initrds, image layers, EFI binaries), the script's beacon just
 # before it boots the kernel, and the booted initramfs fetching its Ignition (hence after it).
-STAGE_RANK = {"dhcp": 0, "tftp": 1, "script": 2, "http": 3, "beacon": 4, "ignition": 5}
+STAGE_RANK = {"dhcp": 0, "tftp": 1, "script": 2, "http": 3, "beacon": 4, "ignition": 5, "lifecycle": 6}
 _DOWNLOAD_RANK = STAGE_RANK["http"]  # a stage an edge adds later ranks with the downloads
 # reported when the transfer ends, with its duration in `seconds`
 _REPORTED_AT_END = frozenset({"tftp", "http"})
@@ -162,6 +162,8 @@ class Timeline:
             self._learn(m, ip, now)  # a live request naming its machine shows the machine's address
         event = self._event(now, stage, ip, detail)
         label = stage
+        if stage == "lifecycle":
+            label = f"lifecycle:{detail.get('state', '')}"  # provisioned, failed, provisioning (reprovisioned)
         if stage == "beacon":
             label = f"beacon:{detail.get('beacon', '')}"
             if detail.get("beacon") == "loaded" and m.attempt_start is not None:

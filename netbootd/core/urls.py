@@ -65,6 +65,15 @@ def ignition_url(base: str, mac: str | None, uuid: str | None, signature: tuple[
     return f"{base}/ignition?{_query(query)}"
 
 
+def callback_url(base: str, outcome: str, mac: str | None, uuid: str | None,
+                 signature: tuple[int, str] | None) -> str:
+    """An installer's {{ done_url }} / {{ failed_url }} ([lifecycle] once)."""
+    query = ident_query(mac, uuid)
+    if signature is not None:
+        query.update(exp=str(signature[0]), sig=signature[1])
+    return f"{base}/lifecycle/{outcome}?{_query(query)}"
+
+
 def beacon_url(base: str, mac: str | None, uuid: str | None) -> str:
     return f"{base}/beacon?{_query(ident_query(mac, uuid))}"
 

@@ -21,7 +21,8 @@ from netbootd.config.settings import HttpSettings
 from netbootd.config.templates import TemplateError
 from netbootd.core import files as core_files
 from netbootd.core.ident import mac_in_path
-from netbootd.core.interfaces import Denied, HttpCore, NoScript
+from netbootd.core.interfaces import CallbackRefused, Denied, HttpCore, NoScript
+from netbootd.core.lifecycle import StoreUnavailable
 from netbootd.core.timeline import Timeline
 from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
@@ -187,6 +188,55 @@ class BootApp:
     def ignition_by_id(self, request, ident: str):
         return self._ignition(request, *_identity(ident), _arg(request, "exp"), _arg(request, "sig"))
 
+    # -------------------------------------------------------------- lifecycle callbacks
+
+    @app.route("/lifecycle/<outcome>", methods=["GET", "POST"])
+    def lifecycle(self, request, outcome: str):
+        """{{ done_url }} / {{ failed_url }}: GET or POST (curl, wget, a kickstart %post, a preseed
+        late_command, an Ignition unit), idempotent; answered once the state is stored."""
+        mac, uuid = _query_identity(request)
+        client = request.getClientAddress().host
+        reason = _arg(request, "reason")[:200]
+        try:
+            d = self.core.lifecycle_callback(outcome, mac, uuid, _arg(request, "exp"), _arg(request, "sig"), client,
+                                             reason)
+        except Denied as exc:
+            log.warn("lifecycle report refused", mac=mac or "", uuid=uuid or "", outcome=outcome, client=client,
+                     reason=str(exc))
+            raise HttpError(403, f"refused: {exc}") from None
+        except CallbackRefused as exc:
+            log.warn("lifecycle report changes nothing", mac=mac or "", outcome=outcome, client=client, why=str(exc))
+            raise HttpError(exc.status, str(exc)) from None
+        except StoreUnavailable as exc:
+            raise self._unavailable(request, exc) from None
+
+        def stored(record):
+            log.info("lifecycle report stored", mac=mac or "", outcome=outcome, state=record.state, client=client,
+                     note=reason)
+            return _text(request, f"ok: {mac or uuid} is {record.state}\n")
+
+        return d.addCallbacks(stored, lambda f: self._store_failed(request, f))
+
+    def _unavailable(self, request, exc: Exception) -> HttpError:
+        request.setHeader(b"retry-after", b"10")
+        log.error("lifecycle report not stored: the state store is unavailable; the installer will retry",
+                  error=str(exc))
+        return HttpError(503, f"not stored, retry: {exc}")
+
+    def _store_failed(self, request, failure):
+        failure.trap(StoreUnavailable)
+        raise self._unavailable(request, failure.value)
+
+    def _done_on(self, request, mac, uuid, event: str, body):
+        """Ignition fetched or a beacon: when that marks the machine done, answer once it is stored."""
+        try:
+            d = self.core.lifecycle_event(mac, uuid, event, request.getClientAddress().host)
+        except StoreUnavailable as exc:
+            raise self._unavailable(request, exc) from None
+        if d is None:
+            return body
+        return d.addCallbacks(lambda _record: body, lambda f: self._store_failed(request, f))
+
     def _ignition(self, request, mac, uuid, exp, sig):
         try:
             body = self.core.ignition(mac, uuid, exp, sig)
@@ -199,7 +249,7 @@ class BootApp:
         self.timeline.record("ignition", mac=mac, ip=request.getClientAddress().host, size=len(body))
         log.info("ignition sent", mac=mac or "", uuid=uuid or "", size=len(body))
         request.setHeader(b"content-type", b"application/json")
-        return body
+        return self._done_on(request, mac, uuid, "ignition", body)
 
     # -------------------------------------------------------------- DHCP-extension JSON, BOOTy
 
@@ -273,7 +323,7 @@ class BootApp:
         machine = self.core.find(mac, uuid)
         log.info("boot progress", mac=mac or "", uuid=uuid or "", stage=stage,
                  machine=machine.name if machine else "")
-        return _text(request, "ok\n")
+        return self._done_on(request, mac, uuid, f"beacon:{stage}", _text(request, "ok\n"))
 
     @app.route("/machines", methods=["GET"])
     def machines(self, request):
@@ -325,7 +375,8 @@ class BootApp:
         return generate_latest()
 
 
-_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines"}
+_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines",
+           "lifecycle"}
 _TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
 _route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes

@@ -277,6 +277,7 @@ def answer_refusal(request: Any, refusal: Refusal) -> None:
     request.finish()
 
 
+CALLBACK_BODY_MAX = 4096  # bytes of a POST to /lifecycle/* read (and ignored)
 _REASONS = {413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -346,9 +347,15 @@ class LimitedChannel(http.HTTPChannel):
         return super().checkPersistence(request, version)
 
     def allHeadersReceived(self) -> None:
-        if self.length != 0:  # a Content-Length > 0, or None for Transfer-Encoding: chunked
+        if self.length != 0 and not self._callback_body():  # Content-Length > 0, or None for chunked
             return self._refuse(413, "body", "request bodies are not accepted")
         return super().allHeadersReceived()
+
+    def _callback_body(self) -> bool:
+        """An installer's POST to its done or failed URL (curl -d, wget --post-data, a kickstart
+        %post) may carry a small body, with a length: it is read and ignored (the URL says it all)."""
+        return (getattr(self, "_command", b"") == b"POST" and getattr(self, "_path", b"").startswith(b"/lifecycle/")
+                and self.length is not None and 0 < self.length <= CALLBACK_BODY_MAX)
 
     def allContentReceived(self) -> None:
         self._in_head = False

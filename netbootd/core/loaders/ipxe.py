@@ -70,11 +70,25 @@ def _kernel_script(r: Rendering) -> str:
     return "".join(lines)
 
 
+def _local(plan: BootPlan, ctx: dict[str, Any]) -> str:
+    """On to the disk. `exit` hands the firmware back its boot order (UEFI then boots its next
+    entry); BIOSes whose iPXE `exit` does not reach the disk boot it with `sanboot` (its first
+    hard disk) — lifecycle.local_boot = "sanboot"."""
+    why = f"its install is done ({plan.state})" if plan.state else "boot.local = true"
+    lines = [f"echo netbootd: booting from local disk: {why}\n", _beacon(ctx, "local")]
+    if plan.machine.lifecycle.local_boot == "sanboot":
+        lines.append("iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\n")
+    lines.append("exit\n")
+    return "".join(lines)
+
+
 def render_script(r: Rendering) -> str:
     """The machine's iPXE script. Raises TemplateError if a template fails (validated at load)."""
     plan, ctx, machine = r.plan, r.context, r.plan.machine
     kind = plan.kind
     head = f"# netbootd: {machine.name} ({kind.value})\n"
+    if plan.local:
+        return SHEBANG + head + _local(plan, ctx)
     if plan.kernel is not None:
         return _kernel_script(r)
     if plan.boots_efi:
@@ -90,8 +104,6 @@ def render_script(r: Rendering) -> str:
         if not text.lstrip().startswith("#!ipxe"):
             text = SHEBANG + text
         return text if text.endswith("\n") else text + "\n"
-    if kind is BootKind.LOCAL:
-        return SHEBANG + head + "echo netbootd: booting from local disk\n" + _beacon(ctx, "local") + "exit\n"
     raise ValueError(f"no script for boot kind {kind.value}")
 
 
