@@ -176,6 +176,64 @@ def cmd_status(args) -> int:
     return status(url, args.mac, args.watch)
 
 
+def _ui_url(command: str, args) -> str | int:
+    """The management listener's URL: --url, else ui.listen from the configuration."""
+    if args.url:
+        return args.url.rstrip("/")
+    settings = _settings_or_exit(command, args.config, required=False, signing_key=False)
+    if isinstance(settings, int):
+        return settings
+    if not settings.ui.listen:
+        print(f"netbootd {command}: ui.listen is off in {settings.source or 'the built-in defaults'}: the management "
+              "API lives there (set ui.listen, or pass --url)", file=sys.stderr)
+        return 2
+    from netbootd.config.settings import parse_listen
+
+    host, port = parse_listen(settings.ui.listen)
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _macs(command: str, texts: list[str]) -> list[str] | int:
+    try:
+        return [normalize_mac(t) for t in texts]
+    except ValueError as exc:
+        print(f"netbootd {command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_state(args) -> int:
+    from netbootd.manage import ManageError, state
+
+    url, macs = _ui_url("state", args), _macs("state", args.mac)
+    if isinstance(url, int) or isinstance(macs, int):
+        return url if isinstance(url, int) else int(macs)  # type: ignore[arg-type]
+    try:
+        return state(url, macs, args.user)
+    except ManageError as exc:
+        print(f"netbootd state: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_reprovision(args) -> int:
+    from netbootd.manage import ManageError, act
+
+    url, macs = _ui_url("reprovision", args), _macs("reprovision", args.mac)
+    if isinstance(url, int) or isinstance(macs, int):
+        return url if isinstance(url, int) else int(macs)  # type: ignore[arg-type]
+    chosen = [bool(macs), args.profile is not None, args.state is not None]
+    if sum(chosen) != 1:
+        print("netbootd reprovision: name the machines one way: MAC..., --profile P or --state S", file=sys.stderr)
+        return 2
+    selection = {"macs": macs} if macs else ({"profile": args.profile} if args.profile is not None
+                                             else {"state": args.state})
+    try:
+        return act(url, args.action, selection, args.user)
+    except ManageError as exc:
+        print(f"netbootd reprovision: {exc}", file=sys.stderr)
+        return 1
+
+
 CONFIG_HELP = f"netbootd.toml, or its directory (default: {DEFAULT_CONFIG})"
 
 
@@ -184,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"netbootd {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           help="serve, check, explain, try or status; `netbootd COMMAND --help` for its options")
+                           help="serve, check, explain, try, status, state or reprovision; "
+                                "`netbootd COMMAND --help` for its options")
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help=CONFIG_HELP + "; without one, built-in defaults")
@@ -224,6 +283,27 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                     help="refresh every SECONDS (default 2)")
     st.set_defaults(func=cmd_status)
+
+    user_help = "a ui.auth_file user (password from NETBOOTD_PASSWORD, or asked); NETBOOTD_TOKEN: a bearer token"
+    sp = sub.add_parser("state", help="the lifecycle state of machines that provision once ([lifecycle] once = true)")
+    sp.add_argument("mac", nargs="*", help="only these machines")
+    sp.add_argument("--url", help="the management listener (default: ui.listen from the configuration)")
+    sp.add_argument("--config", help=CONFIG_HELP)
+    sp.add_argument("--user", help=user_help)
+    sp.set_defaults(func=cmd_state)
+
+    rp = sub.add_parser("reprovision", help="install machines again on their next power-on (or mark them done or "
+                                            "failed with --action)")
+    rp.add_argument("mac", nargs="*", help="the machines (any MAC form)")
+    rp.add_argument("--profile", help="every machine built on this profile")
+    rp.add_argument("--state", choices=["provisioning", "provisioned", "failed"],
+                    help="every machine in this state (e.g. failed)")
+    rp.add_argument("--action", choices=["reprovision", "done", "failed"], default="reprovision",
+                    help="what to do: reprovision (default), or mark done / failed by hand")
+    rp.add_argument("--url", help="the management listener (default: ui.listen from the configuration)")
+    rp.add_argument("--config", help=CONFIG_HELP)
+    rp.add_argument("--user", help=user_help)
+    rp.set_defaults(func=cmd_reprovision)
     return p
 
 

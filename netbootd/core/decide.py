@@ -386,3 +386,16 @@ class BootCore:
     def _transitioned(self, record, mac: str, by: str, source: str):
         self.timeline.record("lifecycle", mac=mac, ip=source, state=record.state, by=by)
         return record
+
+    def lifecycle_rows(self) -> list[dict[str, object]]:
+        """Every machine that provisions once (by its file) or has a stored state, with that state."""
+        view = self.states.view()
+        rows: dict[str, dict[str, object]] = {}
+        for machine in self.catalog.machines.values():
+            if machine.lifecycle.once and machine.mac:
+                rows[machine.mac] = {"mac": machine.mac, "name": machine.name, "profile": machine.profile or "",
+                                     "once": True, "state": self.state(machine, machine.mac)}
+        for mac, record in view.items():
+            row = rows.setdefault(mac, {"mac": mac, "name": "", "profile": "", "once": False, "state": record.state})
+            row.update(since=record.since, by=record.by, source=record.source)
+        return sorted(rows.values(), key=lambda r: str(r["mac"]))

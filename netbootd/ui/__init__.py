@@ -8,6 +8,7 @@ The service wires it (netbootd.service); nothing here decides a boot.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +16,21 @@ from typing import Any
 from netbootd.config.preflight import ui_credentials
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
+from netbootd.logs import get_logger
+from netbootd.model import normalize_mac
 from netbootd.ui import details
 from netbootd.ui.auth import Authenticator, Credentials
 from netbootd.ui.fleet import Fleet, WatchedTimeline, machine_row
 from netbootd.ui.live import Hub
+
+
+def _transition_doc(t: Any) -> dict[str, Any]:
+    if isinstance(t, dict):
+        return t
+    return {k: getattr(t, k, None) for k in ("state", "previous", "at", "by", "source", "note")}
+
+
+log = get_logger("netbootd.ui")
 
 __all__ = ["Dashboard", "WatchedTimeline"]
 
@@ -97,6 +109,66 @@ class Dashboard:
                 f"URLs show {server} (a documentation address): advertise is not set, so each machine is "
                 "sent the address of this host its request reached"),
         }
+
+    # -------------------------------------------------------------- lifecycle
+
+    @property
+    def on_loopback(self) -> bool:
+        from netbootd.config.settings import parse_listen
+
+        host, _ = parse_listen(self.settings.ui.listen)
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
+
+    def lifecycle_doc(self) -> dict[str, Any]:
+        status = self.core.states.status()
+        return {"now": self.clock(), "machines": self.core.lifecycle_rows(),
+                "store": {"ok": status.ok, "loaded": status.loaded, "reason": status.reason}}
+
+    def lifecycle_machine(self, mac: str):
+        """One machine's state and its transitions, newest first."""
+        row = next((r for r in self.core.lifecycle_rows() if r["mac"] == mac), None)
+        d = self.core.states.history(mac, 100)
+        d.addCallback(lambda history: {"mac": mac, "row": row,
+                                       "history": [_transition_doc(t) for t in history]})
+        return d
+
+    def lifecycle_act(self, doc: dict[str, Any], who: str, source: str):
+        """An operator's action on the machines `doc` selects; a Deferred of what changed."""
+        from twisted.internet import defer
+
+        targets = {"reprovision": "provisioning", "done": "provisioned", "failed": "failed"}
+        action = doc.get("action")
+        if action not in targets:
+            raise ValueError('"action" is one of "reprovision", "done", "failed"')
+        rows = self.core.lifecycle_rows()
+        if "macs" in doc:
+            if not isinstance(doc["macs"], list) or not doc["macs"]:
+                raise ValueError('"macs" is a list of MAC addresses')
+            macs = [normalize_mac(str(m)) for m in doc["macs"]]
+        elif "profile" in doc:
+            macs = [str(r["mac"]) for r in rows if r["profile"] == doc["profile"]]
+        elif "state" in doc:
+            macs = [str(r["mac"]) for r in rows if r["state"] == doc["state"]]
+        else:
+            raise ValueError('select machines with "macs", "profile" or "state"')
+        by = f"operator {who}"
+        log.info("operator action", action=action, machines=",".join(macs) or "none", by=who, client=source)
+        calls = [self.core.set_state(mac, targets[action], by, source) for mac in macs]
+
+        def done(results):
+            out: dict[str, Any] = {"action": action, "changed": [], "errors": []}
+            for mac, (ok, value) in zip(macs, results, strict=True):
+                if ok:
+                    out["changed"].append({"mac": mac, "state": value.state})
+                else:
+                    out["errors"].append({"mac": mac, "error": str(value.value)})
+                    log.error("operator action not stored", action=action, mac=mac, by=who, error=str(value.value))
+            return out
+
+        return defer.DeferredList(calls, consumeErrors=True).addCallback(done)
 
     def health_doc(self) -> dict[str, Any]:
         catalog = self.core.catalog

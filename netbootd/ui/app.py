@@ -36,6 +36,7 @@ SECURITY_HEADERS = {
     b"x-frame-options": b"DENY",
     b"referrer-policy": b"no-referrer",
 }
+MAX_ACTION_BYTES = 64 * 1024
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -131,6 +132,55 @@ class DashboardApp:
     @app.route("/api/health", methods=["GET"])
     def health(self, request):
         return _json(request, self.dashboard.health_doc())
+
+    # -------------------------------------------------------------- lifecycle (the management API)
+
+    @app.route("/api/lifecycle", methods=["GET"])
+    def lifecycle(self, request):
+        return _json(request, self.dashboard.lifecycle_doc())
+
+    @app.route("/api/lifecycle/<ident>", methods=["GET"])
+    def lifecycle_machine(self, request, ident: str):
+        try:
+            mac = normalize_mac(ident)
+        except ValueError:
+            raise UiError(400, f"{ident!r} is not a MAC address") from None
+        return self.dashboard.lifecycle_machine(mac).addCallback(lambda doc: _json(request, doc))
+
+    @app.route("/api/lifecycle", methods=["POST"])
+    def lifecycle_action(self, request):
+        """{"action": "reprovision" | "done" | "failed", and "macs": [...] | "profile": P | "state": S}"""
+        self._writable(request)
+        try:
+            doc = json.loads(request.content.read(MAX_ACTION_BYTES + 1)[:MAX_ACTION_BYTES] or b"{}")
+        except ValueError as exc:
+            raise UiError(400, f"the body is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise UiError(400, "the body is a JSON object")
+        who = self.dashboard.auth.who(request.getHeader(b"authorization")) or "loopback (no ui.auth_file)"
+        source = request.getClientAddress().host
+        try:
+            d = self.dashboard.lifecycle_act(doc, who, source)
+        except ValueError as exc:
+            raise UiError(400, str(exc)) from None
+        return d.addCallback(lambda result: _json(request, result, 200 if not result["errors"] else 503))
+
+    def _writable(self, request) -> None:
+        """Actions change what machines boot: with credentials (or on a loopback listener without
+        ui.auth_file), as JSON (a browser cannot send that cross-site without a preflight this
+        server never grants), and never from another site's page."""
+        if not self.dashboard.auth.enabled and not self.dashboard.on_loopback:
+            raise UiError(403, "actions need ui.auth_file when ui.listen is not a loopback address (SECURITY.md)")
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            raise UiError(415, "actions are JSON: Content-Type: application/json")
+        site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+        if site in (b"cross-site", b"same-site"):
+            raise UiError(403, "refused: a request from another site's page")
+        origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        if origin and origin != "null" and origin.split("://", 1)[-1] != host:
+            raise UiError(403, f"refused: Origin {origin[:100]!r} is not this dashboard ({host[:100]})")
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):

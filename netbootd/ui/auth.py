@@ -189,6 +189,20 @@ class Authenticator:
             return False
         return False
 
+    @staticmethod
+    def who(header: bytes | None) -> str:
+        """Who an (already allowed) Authorization header says it is, for the log of an action: a
+        Basic user's name, or which Bearer token (the first hex digits of its digest)."""
+        scheme, _, value = (header or b"").strip().partition(b" ")
+        if scheme.lower() == b"basic":
+            try:
+                return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
+            except (binascii.Error, UnicodeDecodeError):
+                return ""
+        if scheme.lower() == b"bearer":
+            return "token " + _digest(value.strip().decode("latin-1")).hex()[:8]
+        return ""
+
     def challenge(self) -> bytes:
         """The WWW-Authenticate header of a 401: the schemes the file allows."""
         creds = self.credentials
