@@ -30,7 +30,7 @@ from netbootd.logs import get_logger
 
 log = get_logger("netbootd.images")
 
-KINDS = ("config_error", "held", "image_unresolved", "loader_missing")
+KINDS = ("config_error", "held", "image_unresolved", "loader_missing", "state_store")
 problems_gauge = Gauge("netbootd_problems", "Problems /healthz reports, by kind", ["kind"])
 
 # Image resolution failures: the first few are logged as they happen, then at most one line per image
@@ -165,6 +165,33 @@ def hint_for(kind: str, registry: str) -> str:
         "credentials": f"registry.auth_file (credentials for {registry})",
     }.get(kind, f"the network path to {registry} (proxy, DNS, firewall), registry.insecure for a plain-HTTP "
                f"registry, and registry.allowed")
+
+
+# ------------------------------------------------------------------------ lifecycle
+
+lifecycle_gauge = Gauge("netbootd_lifecycle_machines", "Machines that provision once, by lifecycle state", ["state"])
+LIFECYCLE_STATES = ("provisioning", "provisioned", "failed", "unknown")
+
+
+def lifecycle_summary(rows: Iterable[dict[str, Any]], ok: bool, loaded: bool, reason: str) -> dict[str, Any]:
+    """/healthz's lifecycle part: machines by state, and whether the state store answers."""
+    counts = dict.fromkeys(LIFECYCLE_STATES, 0)
+    for row in rows:
+        if row.get("once") or row.get("state"):
+            counts[str(row["state"])] = counts.get(str(row["state"]), 0) + 1
+    for state, n in counts.items():
+        lifecycle_gauge.labels(state).set(n)
+    return {"states": counts, "store": {"ok": ok, "loaded": loaded, "reason": reason}}
+
+
+def store_problems(summary: dict[str, Any], once_machines: list[str]) -> list[dict[str, Any]]:
+    store = summary["store"]
+    if store["ok"]:
+        return []
+    held = "" if store["loaded"] else "; machines that provision once are held until it is read"
+    return [problem("state_store", "state store", once_machines,
+                    f"the state store is unavailable: {store['reason']} (nothing reinstalls: machines get their last "
+                    f"known state{held}; lifecycle reports get 503 and are retried)")]
 
 
 def set_gauges(problems: list[dict[str, Any]]) -> None:

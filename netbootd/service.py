@@ -234,12 +234,18 @@ class Netbootd(service.MultiService):
             or "nothing",
         )
 
+    def lifecycle_summary(self) -> dict[str, Any]:
+        status = self.core.states.status()
+        return health.lifecycle_summary(self.core.lifecycle_rows(), status.ok, status.loaded, status.reason)
+
     def refresh_problems(self) -> list[dict[str, Any]]:
         catalog = self.core.catalog
+        once = sorted(m.name for m in catalog.files.values() if m.lifecycle.once)
         self.problems = (
             health.config_problems(catalog)
             + [p for loader in self.core.loaders.values() for p in loader.problems(catalog)]
             + self.images_watch.problems()
+            + health.store_problems(self.lifecycle_summary(), once)
         )
         health.set_gauges(self.problems)
         return self.problems
@@ -337,6 +343,7 @@ class Netbootd(service.MultiService):
             "held": sorted(h.name for h in catalog.held.values()),
             "problems": self.problems,
             "config_errors": [str(e) for e in catalog.errors],
+            "lifecycle": self.lifecycle_summary(),
             "last_reload": round(self.last_reload, 3),
             "uptime": round(time.time() - self.started, 1),
         }

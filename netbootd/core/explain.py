@@ -5,6 +5,7 @@ Secure Boot verdict of every binary offered. Read from the same plans the daemon
 from __future__ import annotations
 
 import json
+import time
 
 from netbootd.config.machines import BootKind, Machine
 from netbootd.config.settings import Settings
@@ -64,6 +65,8 @@ def explain_lines(core: BootCore, mac: str, firmware_key: str, server: str, *, s
         emit(f"          the file has errors ({catalog.stale[machine.name]}); this is its last good version, "
              f"kept in {core.settings.state_dir}")
     emit(f"boot      {machine.boot.kind.value}")
+    if machine.lifecycle.once:
+        out += lifecycle_lines(core, machine, mac)
     if machine.vars:
         emit("vars      " + ", ".join(f"{k}={v}" for k, v in machine.vars.items()))
     emit(f"firmware  {firmware.value}, arch {arch.value}; server {server}"
@@ -99,6 +102,19 @@ def explain_lines(core: BootCore, mac: str, firmware_key: str, server: str, *, s
             out += json.dumps(body, indent=1).split("\n")
     out += secure_boot_lines(core, machine)
     return out
+
+
+def lifecycle_lines(core: BootCore, machine: Machine, mac: str) -> list[str]:
+    life = machine.lifecycle
+    state = core.state(machine, mac)
+    record = core.states.view().get(mac)
+    since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.since))} by {record.by}" if record else ""
+    done = "{{ done_url }}" + (f" or {life.done_on}" if life.done_on else "")
+    lines = [f"lifecycle once: {state}{since}; done when {done}; on failure {life.on_failure}; "
+             f"local boot {life.local_boot}"]
+    if state == "unknown":
+        lines.append(f"          the state store cannot be read: {core.states.status().reason}")
+    return lines
 
 
 def _ipxe_lines(core: BootCore, machine: Machine, mac: str, arch: Arch, server: str) -> list[str]:
