@@ -65,7 +65,7 @@ class StoreStatus:
     reason: str  # "" when ok; otherwise what is wrong, in words an operator can act on
     since: float  # epoch seconds since which this status holds
     loaded: bool  # the view was read in full at least once (False: it is empty, not "no machines")
-    where: str  # "sqlite /var/lib/netbootd/state.sqlite3", "postgresql db.example:5432/netbootd"
+    where: str  # "SQLite /var/lib/netbootd/state.sqlite3", "PostgreSQL db.example:5432/netbootd"
 
     @classmethod
     def up(cls, where: str, loaded: bool = True) -> StoreStatus:

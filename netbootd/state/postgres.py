@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import threading
 import time
@@ -123,7 +124,7 @@ class PgConfig:
 
     def where(self) -> str:
         info = conninfo_to_dict(self.url)
-        return f"postgresql {info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or self.role()}"
+        return f"PostgreSQL {info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or self.role()}"
 
 
 class _Kicked(Exception):
@@ -198,31 +199,31 @@ class PostgresStore(BaseStore):
     def _problem(self, exc: BaseException) -> tuple[bool, str]:
         """(transient, the reason in an operator's words) for a failure to use the database."""
         text = str(exc).strip()
-        detail = text.rpartition("FATAL:")[2].strip() if "FATAL:" in text else text.splitlines()[-1] if text else repr(exc)
+        detail = _detail(text) or repr(exc)
         sqlstate = getattr(exc, "sqlstate", None) or ""
         role = self.config.role()
         if "password authentication failed" in text:
             where = (f"state.password_file {self.config.password_file}" if self.config.password_file
                      else "state.password_file is not set")
-            return False, (f'PostgreSQL at {self.where} refused the password of role "{role}" ({where}): put that '
+            return False, (f'{self.where} refused the password of role "{role}" ({where}): put that '
                            "role's password in state.password_file, or the role in state.url")
         if "no password supplied" in text or "fe_sendauth" in text:
-            return False, (f'PostgreSQL at {self.where} asks a password of role "{role}" and none was given: '
+            return False, (f'{self.where} asks a password of role "{role}" and none was given: '
                            "set state.password_file")
         connecting = isinstance(exc, psycopg.OperationalError) and not sqlstate
         if connecting and "does not exist" in text:
-            return False, f"PostgreSQL at {self.where}: {detail} (state.url)"
+            return False, f"{self.where}: {detail} (state.url)"
         if "pg_hba.conf" in text:
-            return False, (f"PostgreSQL at {self.where} lets no connection of role \"{role}\" in from this host: "
+            return False, (f"{self.where} lets no connection of role \"{role}\" in from this host: "
                            f"{detail} (the server's pg_hba.conf, or state.sslmode)")
         if any(word in text for word in ("certificate", "sslmode", "SSL error", "private key", "sslkey", "sslcert")):
-            return False, (f"TLS to PostgreSQL at {self.where}: {detail} (state.sslmode, state.sslrootcert, "
+            return False, (f"TLS to {self.where}: {detail} (state.sslmode, state.sslrootcert, "
                            "state.sslcert, state.sslkey)")
         # A connection that failed without a word from the server is the server being away.
         transient = connecting or sqlstate[:2] in _TRANSIENT_CLASSES or any(word in text for word in _TRANSIENT)
         if transient:
-            return True, f"cannot reach PostgreSQL at {self.where}: {detail}"
-        return False, f"PostgreSQL at {self.where}: {detail} (sqlstate {sqlstate or '?'})"
+            return True, f"cannot reach {self.where}: {detail}"
+        return False, f"{self.where}: {detail} (sqlstate {sqlstate or '?'})"
 
     # -- the listener thread
 
@@ -295,7 +296,7 @@ class PostgresStore(BaseStore):
                 current = row[0] if row else 0
                 if current > len(MIGRATIONS):
                     raise StateStoreError(
-                        f"the state database at {self.where} has schema version {current}, written by a newer "
+                        f"the state database {self.where} has schema version {current}, written by a newer "
                         f"netbootd; this one knows versions up to {len(MIGRATIONS)}: upgrade this netbootd")
                 for version in range(current + 1, len(MIGRATIONS) + 1):
                     for statement in MIGRATIONS[version - 1]:
@@ -413,3 +414,14 @@ class PostgresStore(BaseStore):
                     for s, p, since, actor, source, note, seq in rows]
 
         return self._with_conn(work)
+
+
+_LIBPQ_PREFIX = re.compile(r'^(?:connection failed: )?(?:connection to server (?:at|on) .*?(?:port \d+ )?failed: )?')
+
+
+def _detail(text: str) -> str:
+    """libpq's words without its preamble: "connection failed: connection to server at "10.0.0.5",
+    port 5432 failed: FATAL:  password authentication failed for user "netbootd"" → the last part."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = _LIBPQ_PREFIX.sub("", first.strip())
+    return first.removeprefix("FATAL:").strip()

@@ -62,10 +62,11 @@ def _state(text: str | None) -> State | None:
 
 
 class SqliteStore(BaseStore):
-    def __init__(self, reactor: Any, state_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, reactor: Any, state_dir: Path, *, busy_timeout: float = 5.0, **kwargs: Any) -> None:
         self.path = state_dir / FILE_NAME
-        super().__init__(reactor, f"sqlite {self.path}", **kwargs)
+        super().__init__(reactor, f"SQLite {self.path}", **kwargs)
         self.state_dir = state_dir
+        self.busy_timeout = busy_timeout  # another process holding the file (a backup, sqlite3 by hand)
         self._conn: sqlite3.Connection | None = None
 
     def start(self) -> Deferred[None]:
@@ -94,7 +95,8 @@ class SqliteStore(BaseStore):
                 f"cannot create state_dir {self.state_dir}: {exc.strerror or exc} (netbootd runs as uid {os.geteuid()}; "
                 "it keeps machine lifecycle states there: create the directory, writable by that user)") from None
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0, check_same_thread=False)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout,
+                                   check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._unusable(exc) from None
         try:

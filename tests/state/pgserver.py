@@ -55,7 +55,7 @@ class PgServer:
 
     def start(self) -> None:
         assert self.proc is None
-        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log, "ab")  # the child writes to it; closed here once handed over
         self.proc = subprocess.Popen(
             [*self._as_user, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
              "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
