@@ -54,9 +54,8 @@ def state_password(settings: Settings) -> str | None:
     """state.password_file's password; None when unset (libpq's own ways, or no password)."""
     from netbootd.state.password import PasswordFileError, read_password_file
 
-    # Its messages name the setting already.
     return _read(STATE_PASSWORD_FILE, settings.state.password_file, read_password_file, PasswordFileError,
-                 named_at_start=False)
+                 named_at_start=True)
 
 
 # The owners above are imported when asked, not at the top: netbootd.ui's package imports this

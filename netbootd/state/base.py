@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from netbootd.logs import get_logger
 from netbootd.state.model import (
     Expect,
     Record,
@@ -45,8 +45,10 @@ NOT_STARTED = "not started"
 Row = tuple[str, Record | None, int]
 
 
+log = get_logger("netbootd.state")
+
+
 class BaseStore:
-    log = Logger(namespace="state")
 
     def __init__(self, reactor: Any, where: str, *, clock: Callable[[], float] = time.time,
                  operation_timeout: float = OPERATION_TIMEOUT) -> None:
@@ -139,7 +141,7 @@ class BaseStore:
                 else:
                     answer.callback(result)  # type: ignore[arg-type]
             elif isinstance(result, Failure) and not result.check(StoreUnavailable):
-                self.log.failure("state store: a late database call failed", result)
+                log.failure("state store: a late database call failed", result)
 
         d.addBoth(done)
         return answer
@@ -175,7 +177,7 @@ class BaseStore:
                 try:
                     callback(mac, record)
                 except Exception:
-                    self.log.failure("state store: a change callback failed", mac=mac)
+                    log.failure("state store: a change callback failed", mac=mac)
 
     def _set_status(self, ok: bool, reason: str = "", loaded: bool | None = None) -> None:
         """Logs once when the database goes away and once when it is back, not at every retry."""
@@ -187,10 +189,10 @@ class BaseStore:
         since = old.since if ok == old.ok else now
         self._status = StoreStatus(ok, reason, since, loaded, self.where)
         if (old.ok or old.reason == NOT_STARTED) and not ok:
-            self.log.warn("state store unavailable: {reason}; serving the states it last read, changes refused until "
+            log.warn("state store unavailable: {reason}; serving the states it last read, changes refused until "
                           "it is back", reason=reason, where=self.where)
         elif ok and not old.ok and old.reason != NOT_STARTED:
-            self.log.info("state store back after {seconds:.0f} s", seconds=now - old.since, where=self.where)
+            log.info("state store back after {seconds:.0f} s", seconds=now - old.since, where=self.where)
 
     def _op_succeeded(self) -> None:
         """A database call worked. The backend decides whether that says the store is well."""

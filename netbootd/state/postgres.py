@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row
+from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row, log
 from netbootd.state.model import (
     Conflict,
     Decision,
@@ -264,7 +264,7 @@ class PostgresStore(BaseStore):
             except Exception as exc:  # a bug: keep the listener alive, say what it was
                 failure = Failure()
                 self.reactor.callFromThread(self._unavailable, f"state listener failed: {exc!r}")
-                self.reactor.callFromThread(self.log.failure, "state store: listener failed", failure)
+                self.reactor.callFromThread(log.failure, "state store: listener failed", failure)
             finally:
                 first = False
                 if conn is not None:
@@ -278,7 +278,7 @@ class PostgresStore(BaseStore):
                 raise _Kicked()
             macs = {n.payload for n in conn.notifies(timeout=POLL, stop_after=1)}
             if macs:
-                macs |= {n.payload for n in conn.notifies(timeout=0.01)}  # the rest of a burst: one query
+                macs |= {n.payload for n in conn.notifies(timeout=0)}  # what else has arrived: one query
                 rows = self._load(conn, macs)
                 self.reactor.callFromThread(self._apply, rows)
                 quiet_since = time.monotonic()
@@ -303,7 +303,7 @@ class PostgresStore(BaseStore):
                         conn.execute(statement)
                     conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)",
                                  (version, self.clock(), f"netbootd pid {os.getpid()} on {socket.gethostname()}"))
-                    self.reactor.callFromThread(self.log.info, "state database migrated to schema version {version}",
+                    self.reactor.callFromThread(log.info, "state database migrated to schema version {version}",
                                                 version=version, where=self.where)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise StateStoreError(

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row
+from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row, log
 from netbootd.state.model import (
     Conflict,
     Decision,
@@ -77,7 +77,7 @@ class SqliteStore(BaseStore):
         return self._db.submit(self._open_sync).addCallback(loaded)
 
     def stop(self) -> Deferred[None]:
-        self._db.submit(self._close_sync).addErrback(lambda f: self.log.failure("state store: closing failed", f))
+        self._db.submit(self._close_sync).addErrback(lambda f: log.failure("state store: closing failed", f))
         return self._db.stop(STOP_TIMEOUT)
 
     def _op_succeeded(self) -> None:

@@ -80,18 +80,18 @@ def test_the_password_file_is_a_secret_file(tmp_path):
     pw = secret(tmp_path / "pw", "s3cret\n", 0o644)
     cfg = tmp_path / "netbootd.toml"
     text = errors_of(tmp_path, '[state]\nurl = "postgresql://nb@db/nb"\npassword_file = "pw"\n')
-    assert text == [f"{cfg}:3: state.password_file: state.password_file {pw} is readable by other users (mode 0644): "
+    assert text == [f"{cfg}:3: state.password_file: password file {pw} is readable by other users (mode 0644): "
                     f"whoever can read it can change every machine's lifecycle state; run `chmod 600 {pw}` "
                     "(a Kubernetes Secret: defaultMode: 0400)"]
     # The daemon's start says it the same way (load_settings without secrets, as `netbootd status` does).
     settings = load_settings(cfg, signing_key=False)
-    with pytest.raises(StateStoreError, match=r"^state.password_file .* is readable by other users"):
+    with pytest.raises(StateStoreError, match=r"^state.password_file: password file .* is readable by other users"):
         open_store(settings, reactor)
     # Without state.url the file is not used, so not read.
     assert load_settings(secret(cfg, '[state]\npassword_file = "pw"\n')).state.password_file == pw
     secret(pw, "", 0o600)
     assert errors_of(tmp_path, '[state]\nurl = "postgresql://nb@db/nb"\npassword_file = "pw"\n') == [
-        f"{cfg}:3: state.password_file: state.password_file {pw} is empty: put the role's password in it"]
+        f"{cfg}:3: state.password_file: password file {pw} is empty: put the role's password in it"]
 
 
 def test_sqlite_without_a_url_and_the_settings_round_trip(tmp_path):
