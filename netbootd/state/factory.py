@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from netbootd.config.preflight import SecretFileError, state_password
 from netbootd.config.settings import Settings
 from netbootd.state.model import StateStoreError
+from netbootd.state.password import SETTING, PasswordFileError, read_password_file
 from netbootd.state.store import StateStore
 
 
@@ -24,10 +24,12 @@ def open_store(settings: Settings, reactor: Any = None) -> StateStore:
         return SqliteStore(reactor, settings.state_dir)
     from netbootd.state.postgres import PgConfig, PostgresStore  # psycopg only for those who use it
 
-    try:
-        password = state_password(settings)
-    except SecretFileError as exc:
-        raise StateStoreError(exc.at_start) from None
     s = settings.state
+    password = None
+    if s.password_file is not None:
+        try:
+            password = read_password_file(s.password_file)
+        except PasswordFileError as exc:  # as config.preflight says it for `netbootd check`
+            raise StateStoreError(f"{SETTING}: {exc}") from None
     return PostgresStore(reactor, PgConfig(s.url, password, s.password_file, s.sslmode, s.sslrootcert, s.sslcert,
                                            s.sslkey, s.connect_timeout))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from netbootd.secretfile import read_private_file
 
+SETTING = "state.password_file"
 MAX_PASSWORD_BYTES = 1024
 
 

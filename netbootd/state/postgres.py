@@ -138,6 +138,7 @@ class PostgresStore(BaseStore):
         self.config = config
         self.backoff = backoff
         self._conn: psycopg.Connection[Any] | None = None  # the writer's, on the DbThread
+        self._down: tuple[float, str] | None = None  # the writer's last failed connection: (until, reason)
         self._stopping = threading.Event()
         self._kick = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="netbootd-state-listener", daemon=True)
@@ -169,6 +170,7 @@ class PostgresStore(BaseStore):
     # -- the reactor thread's side of the listener
 
     def _loaded(self, rows: list[Row]) -> None:
+        self._down = None  # the database answers: the writer may try again at once
         self._apply(rows, complete=True)
         self._set_status(True, loaded=True)
         if not self._first.called:
@@ -180,10 +182,9 @@ class PostgresStore(BaseStore):
             self._first.callback(None)
 
     def _refused(self, error: StateStoreError) -> None:
+        self._set_status(False, str(error))
         if not self._first.called:
             self._first.errback(error)
-        else:
-            self._set_status(False, str(error))
 
     # -- connections, on either thread
 
@@ -329,24 +330,29 @@ class PostgresStore(BaseStore):
     def _with_conn(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """`work` on the writer's connection. A connection that has died since its last use is
         replaced once: work that had committed before the answer was lost is found done, and an
-        idempotent transition is then a no-op."""
+        idempotent transition is then a no-op. After a failed connection attempt, calls within
+        connect_timeout fail at once with its reason: a queue of calls that piled up while the
+        database hung is answered, not worked through one connect_timeout each."""
         for attempt in (1, 2):
             fresh = self._conn is None
+            if fresh and self._down is not None and time.monotonic() < self._down[0]:
+                raise StoreUnavailable(self._down[1])
             try:
                 if self._conn is None:
                     self._conn = self._connect()
+                    self._down = None
                 return work(self._conn)
             except psycopg.Error as exc:
                 broken = self._conn is None or self._conn.broken or self._conn.closed
-                transient, reason = self._problem(exc)
-                if broken and self._conn is not None:
+                if not broken:  # the connection is well: the database refused this statement
+                    raise StoreUnavailable(f"{self.where} did not take the change: {_detail(str(exc))}") from None
+                if self._conn is not None:
                     self._conn.close()
-                if broken:
                     self._conn = None
-                if broken and not fresh and attempt == 1:
+                if not fresh and attempt == 1:
                     continue
-                if not transient and not broken:
-                    reason = f"the state database refused the change: {reason}"
+                reason = self._problem(exc)[1]
+                self._down = (time.monotonic() + self.config.connect_timeout, reason)
                 raise StoreUnavailable(reason) from None
         raise AssertionError("unreachable")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row, log
 from netbootd.state.model import (
@@ -74,7 +75,11 @@ class SqliteStore(BaseStore):
             self._apply(rows, complete=True)
             self._status = StoreStatus.up(self.where)
 
-        return self._db.submit(self._open_sync).addCallback(loaded)
+        def refused(failure: Failure) -> Failure:
+            self._set_status(False, str(failure.value))
+            return failure
+
+        return self._db.submit(self._open_sync).addCallbacks(loaded, refused)
 
     def stop(self) -> Deferred[None]:
         self._db.submit(self._close_sync).addErrback(lambda f: log.failure("state store: closing failed", f))

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import statistics
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 
 from netbootd.config.settings import Settings, StateSettings
@@ -122,6 +124,40 @@ async def test_an_outage_keeps_the_view_refuses_changes_and_both_nodes_recover(p
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_hung_database_stalls_neither_the_reactor_nor_the_caller(postgres):
+    """The writer's server process stops answering (SIGSTOP): the caller gets StoreUnavailable
+    after operation_timeout, the reactor keeps ticking, the view claims nothing; when the server
+    process resumes, the late commit reaches the view."""
+    store = store_for(postgres, postgres.database(), operation_timeout=0.5)
+    await store.start()
+    await store.transition(OTHER, State.PROVISIONING, "operator alice", "")
+    backend = await store._db.submit(lambda: store._conn.info.backend_pid)
+    gaps = [0.0]
+    last = [reactor.seconds()]
+
+    def tick() -> None:
+        now = reactor.seconds()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    ticker = task.LoopingCall(tick)
+    ticker.start(0.01)
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.5 s"):
+            await store.transition(MAC, State.PROVISIONED, "done_url", "10.0.0.7")
+        assert MAC not in store.view()
+        await task_sleep(0.3)
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    ticker.stop()
+    assert max(gaps) < 0.2, f"the reactor stalled {max(gaps):.3f} s"
+    await eventually(lambda: MAC in store.view() and store.status().ok, timeout=5.0)
+    assert [t.state for t in await store.history(MAC)] == [State.PROVISIONED]
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_wrong_password_refuses_to_start_naming_the_setting_and_the_role(postgres, tmp_path):
     wrong = tmp_path / "password"
     wrong.write_text("not the password\n")
@@ -165,6 +201,4 @@ async def test_nodes_starting_together_migrate_once(postgres):
 
 
 async def task_sleep(seconds: float) -> None:
-    from twisted.internet import task
-
     await task.deferLater(reactor, seconds, lambda: None)
