@@ -44,11 +44,11 @@ NOT_STARTED = "not started"
 # (mac, record or None when forgotten, seq)
 Row = tuple[str, Record | None, int]
 
-
 log = get_logger("netbootd.state")
 
 
 class BaseStore:
+    """StateStore's reactor-thread half; a subclass adds start(), stop() and the database calls."""
 
     def __init__(self, reactor: Any, where: str, *, clock: Callable[[], float] = time.time,
                  operation_timeout: float = OPERATION_TIMEOUT) -> None:

@@ -16,6 +16,8 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from netbootd.state.model import StoreUnavailable
+
 T = TypeVar("T")
 
 _STOP = object()
@@ -28,8 +30,11 @@ class DbThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopped: Deferred[None] = Deferred()
         self._started = False
+        self._closing = False
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._closing:
+            return defer.fail(StoreUnavailable("the state store is stopped"))
         if not self._started:
             self._started = True
             self._thread.start()
@@ -40,6 +45,7 @@ class DbThread:
     def stop(self, timeout: float) -> Deferred[None]:
         """Fires when the calls queued before it have run, or after `timeout` seconds if one hangs
         (the thread is a daemon: it does not keep the process alive)."""
+        self._closing = True
         if not self._started:
             return defer.succeed(None)
         self._queue.put(_STOP)
