@@ -1,9 +1,10 @@
 """The files of secrets a configuration names, read and judged in one place: http.signing_key_file
-(the URL-signing key shared by a HA pair) and ui.auth_file (the dashboard's credentials, when the
-dashboard is on). `netbootd check` and every settings load see their errors through preflight();
-the daemon's start reads what it uses through signing_key() and ui_credentials(), with the same
-words. What makes each file fit is its owner's (netbootd.core.signing, netbootd.ui.auth), both
-reading through netbootd.secretfile."""
+(the URL-signing key shared by a HA pair), ui.auth_file (the dashboard's credentials, when the
+dashboard is on) and state.password_file (the state database's password, when state.url is set).
+`netbootd check` and every settings load see their errors through preflight(); the daemon's start
+reads what it uses through signing_key(), ui_credentials() and state_password(), with the same
+words. What makes each file fit is its owner's (netbootd.core.signing, netbootd.ui.auth,
+netbootd.state.password), all reading through netbootd.secretfile."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 SIGNING_KEY_FILE = "http.signing_key_file"
 AUTH_FILE = "ui.auth_file"
+STATE_PASSWORD_FILE = "state.password_file"  # noqa: S105 - a setting's name
 T = TypeVar("T")
 
 
@@ -48,6 +50,14 @@ def ui_credentials(settings: Settings) -> Credentials | None:
     return _read(AUTH_FILE, settings.ui.auth_file, read_auth_file, AuthFileError, named_at_start=False)
 
 
+def state_password(settings: Settings) -> str | None:
+    """state.password_file's password; None when unset (libpq's own ways, or no password)."""
+    from netbootd.state.password import PasswordFileError, read_password_file
+
+    return _read(STATE_PASSWORD_FILE, settings.state.password_file, read_password_file, PasswordFileError,
+                 named_at_start=True)
+
+
 # The owners above are imported when asked, not at the top: netbootd.ui's package imports this
 # module (the dashboard's reload), and both packages pull in much that a settings load naming no
 # secret file has no use for.
@@ -65,12 +75,15 @@ def _read(setting: str, path: Path | None, read: Callable[[Path], T], error: typ
 
 def preflight(settings: Settings, locate: Callable[[str], int] | None = None) -> list[ConfigError]:
     """Every secret file `settings` name that cannot be used, as errors of the settings file
-    (`locate`: a setting's line in it; without it, line 0). ui.auth_file counts only with a dashboard."""
+    (`locate`: a setting's line in it; without it, line 0). ui.auth_file counts only with a dashboard,
+    state.password_file only with a state.url."""
     readers: list[Callable[[Settings], object]] = []
     if settings.http.signing_key_file is not None:
         readers.append(signing_key)
     if settings.ui.listen and settings.ui.auth_file is not None:
         readers.append(ui_credentials)
+    if settings.state.url and settings.state.password_file is not None:
+        readers.append(state_password)
     errors = []
     for read in readers:
         try:

@@ -174,6 +174,24 @@ class UiSettings:
     metrics_on_http_port: bool = True
 
 
+SSLMODES = ("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@attrs.frozen
+class StateSettings:
+    """Where machine lifecycle states are kept (netbootd.state): unset url, an SQLite file in
+    state_dir, for one netbootd; a PostgreSQL database, shared by every netbootd that answers the
+    same machines."""
+
+    url: str = ""  # "postgresql://user@host:5432/db"; no password in it (password_file)
+    password_file: Path | None = None  # the role's password; readable by no other users
+    sslmode: str = ""  # libpq's sslmode; "": the url's, else libpq's default (prefer)
+    sslrootcert: Path | None = None  # CA certificates to check the server's with (sslmode verify-ca, verify-full)
+    sslcert: Path | None = None  # client certificate, when the server asks for one
+    sslkey: Path | None = None  # its private key (libpq refuses one others can read)
+    connect_timeout: int = 5  # seconds for each connection attempt (libpq's minimum: 2)
+
+
 @attrs.frozen
 class Settings:
     advertise: str = ""  # IPv4 address put in siaddr/URLs; empty: the receiving interface's address
@@ -192,6 +210,7 @@ class Settings:
     registry: RegistrySettings = RegistrySettings()
     log: LogSettings = LogSettings()
     ui: UiSettings = UiSettings()
+    state: StateSettings = StateSettings()
     shutdown_grace: float = 30.0  # seconds SIGTERM waits for running downloads before closing them
     source: Path | None = None  # the file these came from, for messages
 

@@ -12,7 +12,7 @@ import attrs
 
 from netbootd.config.errors import ConfigError, ConfigInvalid
 from netbootd.config.preflight import preflight
-from netbootd.config.settings import Settings, parse_listen
+from netbootd.config.settings import SSLMODES, Settings, StateSettings, parse_listen
 from netbootd.config.tomlfile import TomlFile, read_toml
 from netbootd.config.typed import build
 
@@ -108,6 +108,44 @@ def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> li
     for name in attrs.astuple(s.ipxe):
         if name and ("\\" in name or ".." in name.split("/")):
             errors.append(toml.error("ipxe", f"binary name {name!r} must be a plain relative name"))
+    errors += _check_state(s.state, toml)
     if signing_key:
         errors += preflight(s, toml.line)
     return errors
+
+
+def _check_state(state: StateSettings, toml: TomlFile) -> list[ConfigError]:
+    errors = []
+    if state.sslmode not in SSLMODES:
+        errors.append(toml.error("state.sslmode", f"expected one of {', '.join(m for m in SSLMODES if m)} (or \"\"), "
+                                                  f"got {state.sslmode!r}"))
+    if not 2 <= state.connect_timeout <= 600:
+        errors.append(toml.error("state.connect_timeout", f"expected seconds 2..600 (libpq waits at least 2), "
+                                                          f"got {state.connect_timeout}"))
+    if not state.url:
+        return errors
+    problem = postgres_url_problem(state.url)
+    if problem:
+        errors.append(toml.error("state.url", problem))
+    for key, path in (("state.sslrootcert", state.sslrootcert), ("state.sslcert", state.sslcert),
+                      ("state.sslkey", state.sslkey)):
+        if path is not None and not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            errors.append(toml.error(key, f"{path} {what}"))
+    return errors
+
+
+def postgres_url_problem(url: str) -> str:
+    """What is wrong with a state.url, or ""."""
+    if not re.match(r"^postgres(ql)?://", url):
+        return f'expected a URL such as "postgresql://netbootd@db.example:5432/netbootd", got {url!r}'
+    import psycopg  # only for a configuration that names a PostgreSQL database
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        return f"not a valid PostgreSQL URL: {str(exc).strip()}"
+    if params.get("password"):
+        return "holds a password: put it in a file named by state.password_file (netbootd.toml is not a secret)"
+    return ""
