@@ -140,7 +140,9 @@ def cmd_serve(args) -> int:
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", daemon.shutdown)
     reactor.run()
-    return 0
+    if daemon.exit_code:
+        print("netbootd: stopped on a fatal error (the log line above says why)", file=sys.stderr)
+    return daemon.exit_code
 
 
 def cmd_try(args) -> int:

@@ -1,9 +1,9 @@
 """The only wiring: settings → core → edges and listeners, plus reload.
 
 `Netbootd` is a Twisted MultiService of named children, started in order and stopped in reverse:
-"ui" (the dashboard's listener), "http", "tftp", "dhcp", "dhcp6", "config-watch" (the machines
+"state" (the lifecycle's store), "ui" (the dashboard's listener), "http", "tftp", "dhcp", "dhcp6", "config-watch" (the machines
 directory), and the periodic jobs "images-resolve", "loader-watch", "http-progress", "dhcp6-rejoin",
-"watchdog". Nothing else knows how the pieces connect; each edge gets the core (through the
+"watchdog", "state-watch". Nothing else knows how the pieces connect; each edge gets the core (through the
 interface it needs, netbootd.core.interfaces), the timeline it records into, and its settings.
 """
 
@@ -132,6 +132,50 @@ def every(name: str, seconds: float, job: Callable[[], Any], reactor: Any) -> in
     return timer
 
 
+class StateService(service.Service):
+    """The state store: opened (and its view loaded, off the reactor) before anything listens. Until
+    it is read, machines that provision once are held; a store that refuses us (a corrupt SQLite
+    file, wrong PostgreSQL credentials) stops the daemon, saying why."""
+
+    def __init__(self, daemon: Netbootd) -> None:
+        self.setName("state")
+        self.daemon = daemon
+        self._seen: tuple = ()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.daemon.states.start()
+        d.addCallbacks(self._started, self._refused)
+
+    def _started(self, _) -> None:
+        status = self.daemon.states.status()
+        log.info("state store open", where=status.where, ok=status.ok, reason=status.reason or None,
+                 machines=len(self.daemon.states.view()))
+        self.check()
+
+    def _refused(self, failure) -> None:
+        from netbootd.state import StateStoreError
+
+        error = failure.value if failure.check(StateStoreError) else failure.getErrorMessage()
+        log.critical("the state store cannot be used; stopping (nothing is provisioned on a state that cannot be "
+                     "read): {error}", error=str(error))
+        self.daemon.exit_code = 1
+        if self.daemon.reactor.running:
+            self.daemon.reactor.stop()
+
+    def check(self) -> None:
+        """Health follows the store: refreshed when it goes away or comes back."""
+        status = self.daemon.states.status()
+        seen = (status.ok, status.loaded, status.reason)
+        if seen != self._seen:
+            self._seen = seen
+            self.daemon.refresh_problems()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self.daemon.states.stop()
+
+
 class Netbootd(service.MultiService):
     def __init__(self, settings: Settings, reactor) -> None:
         super().__init__()
@@ -146,7 +190,13 @@ class Netbootd(service.MultiService):
             self.timeline = WatchedTimeline()
         else:
             self.timeline = Timeline()
-        self.core = BootCore(settings, signer=url_signer(settings), timeline=self.timeline, fetch=self.fetch_artefact)
+        from netbootd.state import open_store
+
+        # the lifecycle's states: SQLite in state_dir, or the PostgreSQL every node shares
+        self.states = open_store(settings, reactor)
+        self.exit_code = 0  # 1: a fatal error after start (the state store refused us)
+        self.core = BootCore(settings, signer=url_signer(settings), timeline=self.timeline, fetch=self.fetch_artefact,
+                             states=self.states)
         self.ui: Any = None  # netbootd.ui.Dashboard on ui.listen
         self.site: Any = None  # the boot network's HTTP site
         self.images: Any = None  # netbootd.images.proxy.ImageProxy, with the HTTP listener
@@ -458,7 +508,8 @@ class Netbootd(service.MultiService):
     def _children(self) -> list[service.Service]:
         """What runs, in start order (stopped in reverse)."""
         s = self.settings
-        out: list[service.Service] = []
+        state = StateService(self)
+        out: list[service.Service] = [state, every("state-watch", 5.0, state.check, self.reactor)]
         if s.ui.listen:
             out.append(Listening("ui", self._listen_ui))
         if s.http.enabled:

@@ -61,6 +61,7 @@ class BootCore:
         self.image_layers: dict[tuple[str, str], frozenset[str]] = {}  # (image, OCI arch) → boot layers
         self.loaders: dict[str, Loader] = make_loaders(settings, self.timeline, fetch)
         self.states: StateStore = states if states is not None else MemoryStore()
+        self.states.on_change(self._state_changed)  # this node's transitions and other nodes' alike
         self.plans = PlanBook(self.loaders, self._layers_of, lambda: self.states.status().reason)
 
     def replace_catalog(self, catalog: Catalog) -> None:
@@ -364,9 +365,7 @@ class BootCore:
 
     def set_state(self, mac: str, state: str, by: str, source: str, note: str = "") -> Deferred:
         """An operator's action (reprovision, mark done or failed): stored, then in the timeline."""
-        d = self.states.transition(mac, state, by, source, note)
-        d.addCallback(self._transitioned, mac, by, source)
-        return d
+        return self.states.transition(mac, state, by, source, note)
 
     def _report(self, machine: Machine, mac: str, state: str, by: str, source: str, note: str) -> Deferred:
         if not machine.lifecycle.once:
@@ -379,13 +378,15 @@ class BootCore:
         refused = None if retrying else may_report(current, state)
         if refused is not None:
             raise CallbackRefused(409, refused)
-        d = self.states.transition(mac, state, by, source, note)
-        d.addCallback(self._transitioned, mac, by, source)
-        return d
+        return self.states.transition(mac, state, by, source, note)
 
-    def _transitioned(self, record, mac: str, by: str, source: str):
-        self.timeline.record("lifecycle", mac=mac, ip=source, state=record.state, by=by)
-        return record
+    def _state_changed(self, mac: str, record) -> None:
+        """Every stored transition, whichever netbootd took it, goes into the machine's timeline."""
+        if record is None:
+            self.timeline.record("lifecycle", mac=mac, state="forgotten")
+        else:
+            # `source`, not `ip`: an operator's address must not become the machine's
+            self.timeline.record("lifecycle", mac=mac, state=str(record.state), by=record.by, source=record.source)
 
     def lifecycle_rows(self) -> list[dict[str, object]]:
         """Every machine that provisions once (by its file) or has a stored state, with that state."""

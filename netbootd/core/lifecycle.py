@@ -15,115 +15,75 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
 
-import attrs
 from twisted.internet import defer
 
-PROVISIONING, PROVISIONED, FAILED = "provisioning", "provisioned", "failed"
+from netbootd.state.model import Conflict, Record, State, StoreStatus, StoreUnavailable, Transition
+from netbootd.state.store import ChangeCallback, StateStore
+
+PROVISIONING, PROVISIONED, FAILED = State.PROVISIONING.value, State.PROVISIONED.value, State.FAILED.value
 STATES = (PROVISIONING, PROVISIONED, FAILED)
 
-
-class Record(Protocol):
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def since(self) -> float: ...
-
-    @property
-    def by(self) -> str: ...
-
-    @property
-    def source(self) -> str: ...
-
-
-class StoreStatus(Protocol):
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def loaded(self) -> bool:
-        """The view was read in full at least once."""
-        ...
-
-    @property
-    def reason(self) -> str: ...
-
-
-class StateStore(Protocol):
-    """What the core needs of a state store (netbootd.state provides SQLite and PostgreSQL ones)."""
-
-    def view(self) -> Mapping[str, Record]: ...
-
-    def status(self) -> StoreStatus: ...
-
-    def transition(self, mac: str, state: str, by: str, source: str, note: str = "",
-                   expect: str | None = None) -> defer.Deferred: ...
-
-    def history(self, mac: str, limit: int = 50) -> defer.Deferred: ...
-
-
-class StoreUnavailable(Exception):
-    """The store cannot take a transition now; nothing changed (answer 503: retry)."""
-
-
-# ------------------------------------------------------------------------ an in-process store
-
-
-@attrs.frozen
-class MemoryRecord:
-    state: str
-    since: float
-    by: str
-    source: str
-    seq: int = 0
-
-
-@attrs.frozen
-class MemoryStatus:
-    ok: bool = True
-    loaded: bool = True
-    reason: str = ""
+__all__ = ["FAILED", "PROVISIONED", "PROVISIONING", "MemoryStore", "StateStore", "StoreUnavailable", "may_report",
+           "state_of"]
 
 
 class MemoryStore:
-    """States kept in this process only: `netbootd explain`, and cores built without a store.
-    The daemon always runs on netbootd.state's durable stores."""
+    """States kept in this process only (the same rules as netbootd.state's stores): `netbootd
+    explain`, and cores built without a store. The daemon always runs on a durable store."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._records: dict[str, MemoryRecord] = {}
-        self._history: dict[str, list[dict[str, Any]]] = {}
+        self._records: dict[str, Record] = {}
+        self._history: dict[str, list[Transition]] = {}
+        self._callbacks: list[ChangeCallback] = []
         self._clock = clock
+        self._seq = 0
 
-    def view(self) -> Mapping[str, MemoryRecord]:
+    def view(self) -> Mapping[str, Record]:
         return self._records
 
-    def status(self) -> MemoryStatus:
-        return MemoryStatus()
+    def status(self) -> StoreStatus:
+        return StoreStatus.up("memory (this process only)")
 
-    def transition(self, mac: str, state: str, by: str, source: str, note: str = "",
-                   expect: str | None = None) -> defer.Deferred:
+    def on_change(self, callback: ChangeCallback) -> None:
+        self._callbacks.append(callback)
+
+    def transition(self, mac: str, state: State | str, by: str, source: str, note: str = "",
+                   expect=None) -> defer.Deferred:
+        state = State(state)
         current = self._records.get(mac)
-        if expect is not None and (current.state if current else PROVISIONING) != expect:
-            return defer.fail(StateConflict(mac, current.state if current else PROVISIONING, expect))
         if current is not None and current.state == state:
             return defer.succeed(current)
-        record = MemoryRecord(state, self._clock(), by, source, (current.seq + 1) if current else 1)
+        if expect is not None:
+            allowed = {expect} if isinstance(expect, State) else set(expect)
+            if (current.state if current else None) not in allowed:
+                return defer.fail(Conflict(mac, expect, current))
+        self._seq += 1
+        record = Record(mac, state, self._clock(), by, source, self._seq)
         self._records[mac] = record
-        self._history.setdefault(mac, []).append(
-            {"mac": mac, "state": state, "previous": current.state if current else "", "at": record.since,
-             "by": by, "source": source, "note": note})
+        self._history.setdefault(mac, []).append(Transition(mac, state, current.state if current else None,
+                                                            record.since, by, source, note, self._seq))
+        for callback in self._callbacks:
+            callback(mac, record)
         return defer.succeed(record)
 
     def history(self, mac: str, limit: int = 50) -> defer.Deferred:
         return defer.succeed(list(reversed(self._history.get(mac, [])))[:limit])
 
+    def forget(self, mac: str, by: str, source: str = "", note: str = "") -> defer.Deferred:
+        current = self._records.pop(mac, None)
+        if current is not None:
+            self._seq += 1
+            self._history[mac].append(Transition(mac, None, current.state, self._clock(), by, source, note, self._seq))
+            for callback in self._callbacks:
+                callback(mac, None)
+        return defer.succeed(current)
 
-class StateConflict(Exception):
-    def __init__(self, mac: str, actual: str, expected: str) -> None:
-        super().__init__(f"{mac} is {actual}, not {expected}")
-        self.actual = actual
+    def start(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred:
+        return defer.succeed(None)
 
 
 # ------------------------------------------------------------------------ the rules

@@ -27,7 +27,8 @@ from netbootd.ui.live import Hub
 def _transition_doc(t: Any) -> dict[str, Any]:
     if isinstance(t, dict):
         return t
-    return {k: getattr(t, k, None) for k in ("state", "previous", "at", "by", "source", "note")}
+    doc = {k: getattr(t, k, None) for k in ("state", "previous", "since", "by", "source", "note")}
+    return {k: (str(v) if k in ("state", "previous") and v is not None else v) for k, v in doc.items()}
 
 
 log = get_logger("netbootd.ui")

@@ -13,7 +13,8 @@ from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
 from netbootd.core.interfaces import CallbackRefused, Denied, NoScript
-from netbootd.core.lifecycle import MemoryStatus, MemoryStore, StoreUnavailable
+from netbootd.core.lifecycle import MemoryStore, StoreUnavailable
+from netbootd.state.model import StoreStatus
 from netbootd.model import Arch, Client, Firmware, OfferKind
 
 ONCE = "52:54:00:00:10:01"
@@ -89,7 +90,7 @@ def test_installer_then_disk(core):
     assert "kernel --name" not in script and script.rstrip().endswith("exit") and "provisioned" in script
     events = core.timeline.machine(ONCE)["events"]
     assert events[-1]["stage"] == "lifecycle" and events[-1]["state"] == "provisioned"
-    assert events[-1]["by"] == "done_url" and events[-1]["ip"] == "10.0.0.50"
+    assert events[-1]["by"] == "done_url" and events[-1]["source"] == "10.0.0.50"
     # reported again: idempotent, nothing new stored
     assert settle(report(core, ONCE, "done", done)).since == record.since
     # the operator reprovisions: the installer again
@@ -150,7 +151,7 @@ def test_ignition_fetched_marks_done_once(core):
 
 class NeverRead(MemoryStore):
     def status(self):
-        return MemoryStatus(ok=False, loaded=False, reason="cannot connect to the database: connection refused")
+        return StoreStatus(False, "cannot connect to the database: connection refused", 0.0, False, "PostgreSQL test")
 
 
 def test_a_once_machine_whose_state_is_unknown_is_held(tmp_path):
