@@ -365,7 +365,9 @@ class BootCore:
     def set_state(self, mac: str, state: str, by: str, source: str, note: str = "") -> Deferred:
         """An operator's action (reprovision, mark done or failed): stored, then in the timeline."""
         d = self.states.transition(mac, state, by, source, note)
-        d.addCallback(self._transitioned, mac, by, source)
+        # `source` is the operator's address, not the machine's: in the timeline as `client`, never as
+        # the machine's address (that would move its address claim, and its transfers would go unattributed)
+        d.addCallback(self._transitioned, mac, by, "", client=source)
         return d
 
     def _report(self, machine: Machine, mac: str, state: str, by: str, source: str, note: str) -> Deferred:
@@ -383,8 +385,8 @@ class BootCore:
         d.addCallback(self._transitioned, mac, by, source)
         return d
 
-    def _transitioned(self, record, mac: str, by: str, source: str):
-        self.timeline.record("lifecycle", mac=mac, ip=source, state=record.state, by=by)
+    def _transitioned(self, record, mac: str, by: str, source: str, client: str = ""):
+        self.timeline.record("lifecycle", mac=mac, ip=source, state=record.state, by=by, client=client)
         return record
 
     def lifecycle_rows(self) -> list[dict[str, object]]:
