@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from netbootd.config.machines import Machine
 from netbootd.config.preflight import ui_credentials
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
@@ -50,7 +51,7 @@ class Dashboard:
         self.cache = cache
         self.clock = clock
         self.auth = Authenticator(credentials)
-        self.fleet = Fleet(timeline, lambda: self.core.catalog, clock)
+        self.fleet = Fleet(timeline, lambda: self.core.catalog, clock, self.lifecycle_of)
         self.hub = Hub(self.fleet, health, problems, reactor, clock)
 
     def site(self):
@@ -79,7 +80,7 @@ class Dashboard:
 
         catalog = self.core.catalog
         seen = self.timeline.machine(mac)
-        row = machine_row(mac, seen, catalog)
+        row = machine_row(mac, seen, catalog, self.lifecycle_of)
         if row is None:
             return defer.succeed(None)
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._machine_doc,
@@ -121,6 +122,19 @@ class Dashboard:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return host == "localhost"
+
+    def lifecycle_of(self, machine: Machine, mac: str) -> dict[str, Any]:
+        """A fleet row's lifecycle columns (netbootd.ui.fleet.LifecycleOf): nothing for a machine
+        that does not provision once; its state, and since when and by whom once the store has a
+        record. Read on the reactor, from the store's in-memory view (no database round trip)."""
+        state = self.core.state(machine, mac)
+        if not state:
+            return {}
+        out: dict[str, Any] = {"lifecycle": state}
+        record = self.core.states.view().get(mac) if state != "unknown" else None
+        if record is not None:
+            out.update(lifecycle_since=record.since, lifecycle_by=record.by)
+        return out
 
     def lifecycle_doc(self) -> dict[str, Any]:
         status = self.core.states.status()
