@@ -83,10 +83,12 @@ class Dashboard:
         row = machine_row(mac, seen, catalog, self.lifecycle_of)
         if row is None:
             return defer.succeed(None)
+        states = details.StatesNow.of(self.core.states, mac)  # read here, on the reactor
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._machine_doc,
-                                         mac, catalog, seen, row)
+                                         mac, catalog, seen, row, states)
 
-    def _machine_doc(self, mac: str, catalog, seen: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    def _machine_doc(self, mac: str, catalog, seen: dict[str, Any] | None, row: dict[str, Any],
+                     states: details.StatesNow) -> dict[str, Any]:
         machine = catalog.machines.get(mac)
         server = self.settings.advertise or "192.0.2.1"
         profile_path = (self.settings.machines_dir / "profiles" / f"{machine.profile}.toml"
@@ -103,7 +105,7 @@ class Dashboard:
                        "default": machine is None and catalog.default is not None and row.get("unknown", False)},
             "errors": details.machine_errors(catalog, mac, self.settings),
             "explain": details.explanations(self.settings, catalog, self.core.image_layers, mac, server,
-                                            details.arch_order(row)),
+                                            details.arch_order(row), states),
             "server": server,
             # without `advertise` each machine is sent the address its request reached: unknown here
             "server_note": "" if self.settings.advertise else (
