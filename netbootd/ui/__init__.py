@@ -1,8 +1,10 @@
 """The operator's dashboard: the fleet's boots at a glance, on a management listener.
 
-Read-only. It reads what the daemon already knows — the core's boot timeline and catalog, the
-health problems, the image cache — and never the boot network: it listens on ui.listen
-(127.0.0.1:9180 by default), a Twisted Site of its own, never on the boot network's HTTP port.
+It reads what the daemon already knows — the core's boot timeline and catalog, the lifecycle
+states, the health problems, the image cache — and never the boot network. Its only actions are the
+lifecycle's (lifecycle_act: reprovision, mark done or failed, stored through the core). It listens
+on ui.listen (127.0.0.1:9180 by default), a Twisted Site of its own, never on the boot network's
+HTTP port.
 The service wires it (netbootd.service); nothing here decides a boot.
 """
 

@@ -192,6 +192,13 @@ def test_actions_with_credentials_are_the_users(daemon_factory, browser, tmp_pat
     fleet = browser.page(daemon.ui_url + "/", http_credentials={"username": "alice", "password": "s3cret-pass"})
     expect(row(fleet, A).locator("td.lifecycle")).to_have_text("provisioned")
     expect(row(fleet, A).locator("td.lifecycle")).to_have_attribute("title", re.compile(r"operator alice"))
+    # a refusal is shown in the server's words (the page's request sent as a form's, rewritten in flight)
+    page.route("**/api/lifecycle", lambda route: route.continue_(
+        headers={**route.request.headers, "content-type": "text/plain"}))
+    confirm(page, "#act-reprovision")
+    expect(page.locator("#action-result")).to_have_attribute("data-ok", "false")
+    expect(page.locator("#action-result")).to_contain_text("HTTP 415: actions are JSON")
+    assert state(daemon, A, auth=creds) == "provisioned"
     # without credentials: nothing
     r = httpx.post(daemon.ui_url + "/api/lifecycle", json={"action": "reprovision", "macs": [A]}, timeout=10)
     assert r.status_code == 401
