@@ -1,8 +1,10 @@
 """The operator's dashboard: the fleet's boots at a glance, on a management listener.
 
-Read-only. It reads what the daemon already knows — the core's boot timeline and catalog, the
-health problems, the image cache — and never the boot network: it listens on ui.listen
-(127.0.0.1:9180 by default), a Twisted Site of its own, never on the boot network's HTTP port.
+It reads what the daemon already knows — the core's boot timeline and catalog, the lifecycle
+states, the health problems, the image cache — and never the boot network. Its only actions are the
+lifecycle's (lifecycle_act: reprovision, mark done or failed, stored through the core). It listens
+on ui.listen (127.0.0.1:9180 by default), a Twisted Site of its own, never on the boot network's
+HTTP port.
 The service wires it (netbootd.service); nothing here decides a boot.
 """
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from netbootd.config.machines import Machine
 from netbootd.config.preflight import ui_credentials
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
@@ -51,7 +54,7 @@ class Dashboard:
         self.cache = cache
         self.clock = clock
         self.auth = Authenticator(credentials)
-        self.fleet = Fleet(timeline, lambda: self.core.catalog, clock)
+        self.fleet = Fleet(timeline, lambda: self.core.catalog, clock, self.lifecycle_of)
         self.hub = Hub(self.fleet, health, problems, reactor, clock)
 
     def site(self):
@@ -80,13 +83,15 @@ class Dashboard:
 
         catalog = self.core.catalog
         seen = self.timeline.machine(mac)
-        row = machine_row(mac, seen, catalog)
+        row = machine_row(mac, seen, catalog, self.lifecycle_of)
         if row is None:
             return defer.succeed(None)
+        states = details.StatesNow.of(self.core.states, mac)  # read here, on the reactor
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._machine_doc,
-                                         mac, catalog, seen, row)
+                                         mac, catalog, seen, row, states)
 
-    def _machine_doc(self, mac: str, catalog, seen: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    def _machine_doc(self, mac: str, catalog, seen: dict[str, Any] | None, row: dict[str, Any],
+                     states: details.StatesNow) -> dict[str, Any]:
         machine = catalog.machines.get(mac)
         server = self.settings.advertise or "192.0.2.1"
         profile_path = (self.settings.machines_dir / "profiles" / f"{machine.profile}.toml"
@@ -103,7 +108,7 @@ class Dashboard:
                        "default": machine is None and catalog.default is not None and row.get("unknown", False)},
             "errors": details.machine_errors(catalog, mac, self.settings),
             "explain": details.explanations(self.settings, catalog, self.core.image_layers, mac, server,
-                                            details.arch_order(row)),
+                                            details.arch_order(row), states),
             "server": server,
             # without `advertise` each machine is sent the address its request reached: unknown here
             "server_note": "" if self.settings.advertise else (
@@ -122,6 +127,19 @@ class Dashboard:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return host == "localhost"
+
+    def lifecycle_of(self, machine: Machine, mac: str) -> dict[str, Any]:
+        """A fleet row's lifecycle columns (netbootd.ui.fleet.LifecycleOf): nothing for a machine
+        that does not provision once; its state, and since when and by whom once the store has a
+        record. Read on the reactor, from the store's in-memory view (no database round trip)."""
+        state = self.core.state(machine, mac)
+        if not state:
+            return {}
+        out: dict[str, Any] = {"lifecycle": state}
+        record = self.core.states.view().get(mac) if state != "unknown" else None
+        if record is not None:
+            out.update(lifecycle_since=record.since, lifecycle_by=record.by)
+        return out
 
     def lifecycle_doc(self) -> dict[str, Any]:
         status = self.core.states.status()

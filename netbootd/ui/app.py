@@ -1,4 +1,5 @@
-"""The dashboard's HTTP side: a Klein app on the management listener (ui.listen), read-only.
+"""The dashboard's HTTP side: a Klein app on the management listener (ui.listen); its only writes
+are the lifecycle actions (POST /api/lifecycle).
 
 Pages (static HTML + vanilla JS from netbootd/ui/static, shipped in the package: no CDN, boot
 networks are often offline): / (fleet), /machine/<mac>, /health. Their data: /api/fleet,

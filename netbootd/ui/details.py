@@ -10,13 +10,18 @@ from __future__ import annotations
 import re
 import secrets
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import attrs
+from twisted.internet import defer
 
 from netbootd.config.machines import Catalog
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
 from netbootd.core.explain import explain_lines
+from netbootd.core.lifecycle import MemoryStatus, Record, StateStore, StoreUnavailable
 from netbootd.core.signing import UrlSigner
 
 # `netbootd explain --arch` keys, in the order the page offers them (the firmware seen first)
@@ -32,12 +37,45 @@ def hide_signatures(text: str) -> str:
     return _BOOTY_TOKEN.sub(r"\1(signed)\2", _SIGNATURE.sub(r"\1" + _HIDDEN, text))
 
 
+@attrs.frozen
+class StatesNow:
+    """One machine's lifecycle record as the daemon's store holds it now, for an explanation: taken
+    on the reactor (the store's view is the reactor's), read in the thread that renders. It
+    changes nothing."""
+
+    records: Mapping[str, Record]
+    now: MemoryStatus
+
+    @classmethod
+    def of(cls, store: StateStore, mac: str) -> StatesNow:
+        status = store.status()
+        record = store.view().get(mac)
+        return cls({mac: record} if record is not None else {},
+                   MemoryStatus(ok=status.ok, loaded=status.loaded, reason=status.reason))
+
+    def view(self) -> Mapping[str, Record]:
+        return self.records
+
+    def status(self) -> MemoryStatus:
+        return self.now
+
+    def transition(self, mac: str, state: str, by: str, source: str, note: str = "",
+                   expect: str | None = None) -> defer.Deferred:
+        return defer.fail(StoreUnavailable("an explanation changes no state"))
+
+    def history(self, mac: str, limit: int = 50) -> defer.Deferred:
+        return defer.succeed([])
+
+
 def explanations(settings: Settings, catalog: Catalog, image_layers: dict, mac: str, server: str,
-                 arch_keys: list[str]) -> dict[str, list[str]]:
-    """`netbootd explain` for each firmware, as the running daemon's catalog answers. Rendered on a
-    throwaway core: its own timeline (a held machine's explanation records nothing in the real one)
-    and a random signing key (the real key signs nothing here)."""
-    core = BootCore(settings, catalog, signer=UrlSigner(secrets.token_bytes(32), settings.http.signed_url_ttl))
+                 arch_keys: list[str], states: StateStore | None = None) -> dict[str, list[str]]:
+    """`netbootd explain` for each firmware, as the running daemon's catalog answers, in the
+    machine's lifecycle state (`states`: StatesNow; a provisioned machine is offered its local
+    boot, not its installer). Rendered on a throwaway core: its own timeline (a held machine's
+    explanation records nothing in the real one) and a random signing key (the real key signs
+    nothing here)."""
+    core = BootCore(settings, catalog, signer=UrlSigner(secrets.token_bytes(32), settings.http.signed_url_ttl),
+                    states=states)
     for (ref, arch), kinds in image_layers.items():
         core.image_resolved(ref, arch, kinds)
     out = {}

@@ -10,17 +10,24 @@ pass over the MACs alone notices machines the bounded timeline forgot.
 
 Times in rows are the server's unix times; the page computes ages against the `now` each message
 carries, so no row changes merely because time passes.
+
+Provision once: a `[lifecycle] once = true` machine's row carries its state (`lifecycle`: provisioning,
+provisioned, failed or unknown; `lifecycle_since` and `lifecycle_by` once it has a record), read through
+a function the dashboard passes (LifecycleOf), never from the core here. A transition is recorded in
+the timeline (stage "lifecycle"), so its row is rebuilt as any other change is; the boot columns
+(stage, state, elapsed) describe boots only and leave lifecycle events out. A state changed with no
+event here (another netbootd sharing the store, the store's first read) is noticed by the RECONCILE pass.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from netbootd.config.machines import Catalog, Machine
-from netbootd.core.timeline import ATTEMPT_IDLE, Timeline
+from netbootd.core.timeline import ATTEMPT_IDLE, STAGE_RANK, Timeline
 
 RECONCILE = 10.0  # seconds between full passes that catch machines the timeline forgot
 # A new boot run starts with a DHCP answer after one of these (or after ATTEMPT_IDLE of silence):
@@ -29,6 +36,12 @@ _RUN_ENDS = frozenset({"beacon", "ignition", "held"})
 # A DHCP REQUEST on 67 is the site server's to answer: netbootd's silence is the normal path, not an
 # error (the reason text of netbootd.dhcp.answer.SITE_REQUEST; tests/ui check that they agree).
 SITE_REQUEST_PREFIX = "REQUEST for the site's DHCP server"
+LIFECYCLE = "lifecycle"  # the timeline stage of a lifecycle transition: not a boot stage
+LIFECYCLE_KEYS = ("lifecycle", "lifecycle_since", "lifecycle_by")
+
+# What a machine's lifecycle puts in its row: {} when it does not provision once, else
+# {"lifecycle": state} and, when the store has a record, its "lifecycle_since" and "lifecycle_by".
+LifecycleOf = Callable[[Machine, str], dict[str, Any]]
 
 
 class WatchedTimeline(Timeline):
@@ -88,7 +101,31 @@ def _run_start(events: list[dict[str, Any]]) -> int:
     return start
 
 
-def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict[str, Any] | None:
+def _label(event: dict[str, Any]) -> str:
+    return f"beacon:{event.get('beacon', '')}" if event["stage"] == "beacon" else event["stage"]
+
+
+def _boot_stage(run: Sequence[dict[str, Any]]) -> str:
+    """How far this boot run got, for a machine whose timeline stage is a lifecycle transition:
+    the furthest stage its boot events reached (the latest of equals)."""
+    best, rank = "", -1
+    for event in run:
+        r = STAGE_RANK.get(event["stage"], STAGE_RANK["http"])
+        if r >= rank:
+            best, rank = _label(event), r
+    return best
+
+
+def lifecycle_fields(mac: str, catalog: Catalog, lifecycle: LifecycleOf | None) -> dict[str, Any]:
+    """The row's lifecycle columns: the machine's own file, or default.toml for an unknown MAC."""
+    if lifecycle is None or mac in catalog.held:
+        return {}
+    machine = catalog.machines.get(mac) or catalog.default
+    return lifecycle(machine, mac) if machine is not None else {}
+
+
+def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog,
+                lifecycle: LifecycleOf | None = None) -> dict[str, Any] | None:
     """The fleet row of one machine, None when netbootd neither has a file for it nor saw it."""
     machine: Machine | None = catalog.machines.get(mac)
     held = catalog.held.get(mac)
@@ -108,12 +145,23 @@ def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict
                    unknown=True)
     if held is not None:
         row["held"] = str(held.error)
-    if seen is None or not seen["events"]:
+    row.update(lifecycle_fields(mac, catalog, lifecycle))
+    events = seen["events"] if seen is not None else ()  # a list, or the timeline's own deque (no copy)
+    stage = seen["stage"] if seen is not None else ""
+    last_seen = seen["last_seen"] if seen is not None else 0.0
+    count = len(events)
+    if stage.startswith(LIFECYCLE) or any(e["stage"] == LIFECYCLE for e in events):
+        # a transition is no boot stage: the boot columns are the boot events' alone
+        events = [e for e in events if e["stage"] != LIFECYCLE]
+        if events:
+            last_seen = events[-1]["time"]
+    if seen is None or not events:
         row["state"] = "held" if held is not None else "idle"
         return row
-    events = seen["events"]  # a list, or the timeline's own deque (no copy)
     run = list(itertools.islice(events, _run_start(events), None))
-    row.update(ip=seen["ip"], stage=seen["stage"], start=run[0]["time"], last=seen["last_seen"], events=len(events))
+    if stage.startswith(LIFECYCLE):
+        stage = _boot_stage(run)
+    row.update(ip=seen["ip"], stage=stage, start=run[0]["time"], last=last_seen, events=count)
     # the machine's firmware: what started this run (iPXE asks DHCP again later: it is not the firmware)
     asked = [e for e in run if e["stage"] == "dhcp" and "firmware" in e] or [
         e for e in events if e["stage"] == "dhcp" and "firmware" in e][-1:]
@@ -126,7 +174,6 @@ def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict
         if error:
             break
     last = events[-1]
-    stage = seen["stage"]
     if held is not None:
         state = "held"
     elif _error_of(last):
@@ -146,10 +193,12 @@ def machine_row(mac: str, seen: dict[str, Any] | None, catalog: Catalog) -> dict
 class Fleet:
     """The rows the dashboard shows, maintained from the dirty set while a dashboard watches."""
 
-    def __init__(self, timeline: WatchedTimeline, catalog: Callable[[], Catalog], clock: Callable[[], float]) -> None:
+    def __init__(self, timeline: WatchedTimeline, catalog: Callable[[], Catalog], clock: Callable[[], float],
+                 lifecycle: LifecycleOf | None = None) -> None:
         self.timeline = timeline
         self.catalog = catalog
         self.clock = clock
+        self.lifecycle = lifecycle
         self.rows: dict[str, dict[str, Any]] = {}
         self._catalog_seen: Catalog | None = None
         self._reconciled = 0.0
@@ -176,10 +225,23 @@ class Fleet:
         macs += [mac for mac in catalog.held if mac != "default" and mac not in known and mac not in catalog.machines]
         rows = {}
         for mac in macs:
-            row = machine_row(mac, self.timeline.seen(mac), catalog)
+            row = machine_row(mac, self.timeline.seen(mac), catalog, self.lifecycle)
             if row is not None:
                 rows[mac] = row
         return rows
+
+    def _lifecycle_moved(self, catalog: Catalog) -> set[str]:
+        """Machines whose lifecycle state differs from their row's: changed with no timeline event
+        (another netbootd sharing the state store, or the store read for the first time)."""
+        if self.lifecycle is None:
+            return set()
+        moved = set()
+        for mac, row in self.rows.items():
+            # only once machines: which machines provision once changes with the files (a reload: every row rebuilt)
+            if "lifecycle" in row and lifecycle_fields(mac, catalog, self.lifecycle) != {
+                    k: row[k] for k in LIFECYCLE_KEYS if k in row}:
+                moved.add(mac)
+        return moved
 
     def changes(self, budget: float = 0.02) -> tuple[list[dict[str, Any]], list[str]]:
         """Rows that changed since the last call, and MACs no longer shown. At most `budget`
@@ -203,10 +265,11 @@ class Fleet:
             self._reconciled = self.clock()
             known = set(self.timeline.macs())
             dirty |= {mac for mac, row in self.rows.items() if "last" in row and mac not in known}
+            dirty |= self._lifecycle_moved(catalog)
         deadline = time.perf_counter() + budget
         while dirty:
             mac = dirty.pop()
-            row = machine_row(mac, self.timeline.seen(mac), catalog)
+            row = machine_row(mac, self.timeline.seen(mac), catalog, self.lifecycle)
             if row is None:
                 if self.rows.pop(mac, None) is not None:
                     removed.append(mac)

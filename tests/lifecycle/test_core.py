@@ -14,8 +14,8 @@ from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
 from netbootd.core.interfaces import CallbackRefused, Denied, NoScript
 from netbootd.core.lifecycle import MemoryStore, StoreUnavailable
-from netbootd.state.model import StoreStatus
 from netbootd.model import Arch, Client, Firmware, OfferKind
+from netbootd.state.model import StoreStatus
 
 ONCE = "52:54:00:00:10:01"
 RETRY = "52:54:00:00:10:02"

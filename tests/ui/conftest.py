@@ -69,8 +69,10 @@ class Browser:
         self.browser = self._playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_FLAGS)
         self.pages: list = []
 
-    def page(self, url: str | None = None):
-        page = self.browser.new_page(viewport={"width": 1400, "height": 1000})
+    def page(self, url: str | None = None, **context):
+        """A new page (in a context of its own: `context` as Playwright's new_context takes it,
+        e.g. http_credentials={"username": ..., "password": ...})."""
+        page = self.browser.new_page(viewport={"width": 1400, "height": 1000}, **context)
         page.set_default_timeout(15_000)
         self.pages.append(page)
         if url:

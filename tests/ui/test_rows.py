@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 from netbootd.config.machines import Catalog
 from netbootd.dhcp.answer import SITE_REQUEST
 from netbootd.ui.fleet import SITE_REQUEST_PREFIX, WatchedTimeline, machine_row
@@ -67,3 +69,80 @@ def test_inline_ignition_is_hidden_whatever_its_quoting():
     assert hide_signatures(url) == "http://10.0.0.2/ignition?mac=52-54-00-00-00-01&exp=1700000000&sig=(hidden) x"
     assert hide_signatures("http://h/booty/1700000000-abcdef0123/52-54-00-00-00-01.bty") == \
         "http://h/booty/(signed)/52-54-00-00-00-01.bty"
+
+
+def test_lifecycle_column_from_the_store_and_boot_columns_from_boots(tmp_path):
+    """A once machine's row carries its lifecycle state; a transition (an event in the timeline)
+    rebuilds its row, and changes none of its boot columns; an operator's address is not the
+    machine's; a state changed with no event (another netbootd on the same store) is noticed by
+    the reconcile pass."""
+    from netbootd.config.catalog import build_catalog
+    from netbootd.config.machinesdir import load_machines
+    from netbootd.config.settings import Settings
+    from netbootd.core.decide import BootCore
+    from netbootd.core.lifecycle import MemoryStore
+    from netbootd.model import Arch
+    from netbootd.ui import Dashboard
+    from netbootd.ui.fleet import RECONCILE
+    from tests.lifecycle.test_core import settle
+
+    once, plain, idle = "52:54:00:79:00:11", "52:54:00:79:00:12", "52:54:00:79:00:13"
+    machines, files = tmp_path / "machines", tmp_path / "files"
+    machines.mkdir()
+    files.mkdir()
+    (files / "vmlinuz").write_bytes(b"k")
+    body = '[boot]\nkernel = "vmlinuz"\ncmdline = "done={{ done_url }}"\n'
+    for mac in (once, idle):
+        (machines / f"{mac.replace(':', '-')}.toml").write_text("[lifecycle]\nonce = true\n" + body)
+    (machines / f"{plain.replace(':', '-')}.toml").write_text(body)
+    settings = Settings(machines_dir=machines, files_root=files, advertise="10.0.0.2", state_dir=tmp_path / "state")
+    now = [1000.0]
+    timeline = WatchedTimeline(clock=lambda: now[0])
+    store = MemoryStore(clock=lambda: now[0])
+    core = BootCore(settings, build_catalog(load_machines(settings)), timeline=timeline, states=store)
+    dash = Dashboard(core, timeline, settings, None, health=dict, problems=list, images=list, cache=lambda: None,
+                     credentials=None, clock=lambda: now[0])
+    fleet = dash.fleet
+    fleet.start()
+    assert fleet.rows[once]["lifecycle"] == "provisioning" and "lifecycle_since" not in fleet.rows[once]
+    assert "lifecycle" not in fleet.rows[plain]
+    assert fleet.rows[idle]["lifecycle"] == "provisioning"
+
+    timeline.record_dhcp(once, "10.0.0.5", {"port": 4011, "firmware": "efi-pxe", "arch": "efi64", "offered": "x"})
+    script = core.script(once, None, Arch.EFI64, "10.0.0.2")
+    timeline.record("script", mac=once, ip="10.0.0.5")
+    timeline.record("beacon", mac=once, ip="10.0.0.5", beacon="loaded")
+    changed, _ = fleet.changes()
+    assert [(r["mac"], r["state"], r["stage"]) for r in changed] == [(once, "done", "beacon:loaded")]
+
+    # the installer reports done: the row changes live (its lifecycle), the boot stays done
+    url = next(w for w in script.split() if "/lifecycle/done?" in w).split("=", 1)[1]
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    now[0] += 30
+    settle(core.lifecycle_callback("done", once, None, q["exp"], q["sig"], "10.0.0.5"))
+    changed, _ = fleet.changes()
+    assert len(changed) == 1
+    row = changed[0]
+    assert (row["lifecycle"], row["lifecycle_by"], row["lifecycle_since"]) == ("provisioned", "done_url", now[0])
+    assert (row["state"], row["stage"], row["ip"]) == ("done", "beacon:loaded", "10.0.0.5")
+
+    # an operator reprovisions it from another address: the machine keeps its own address
+    now[0] += 30
+    settle(core.set_state(once, "provisioning", "operator alice", "192.0.2.9"))
+    row = fleet.changes()[0][0]
+    assert (row["lifecycle"], row["lifecycle_by"], row["ip"], row["state"]) == (
+        "provisioning", "operator alice", "10.0.0.5", "done")
+    assert timeline.mac_for("10.0.0.5") == once and timeline.mac_for("192.0.2.9") is None
+    assert timeline.machine(once)["events"][-1]["source"] == "192.0.2.9"
+
+    # a machine never seen, marked failed by an operator: failed, and still idle (no boot seen)
+    settle(core.set_state(idle, "failed", "operator alice", "192.0.2.9"))
+    row = fleet.changes()[0][0]
+    assert (row["lifecycle"], row["state"]) == ("failed", "idle") and "stage" not in row
+
+    # the store changed with no event here: the reconcile pass notices
+    settle(store.transition(idle, "provisioning", "operator bob", "192.0.2.10"))
+    assert fleet.changes() == ([], [])
+    now[0] += RECONCILE
+    changed, _ = fleet.changes()
+    assert [(r["mac"], r["lifecycle"], r["lifecycle_by"]) for r in changed] == [(idle, "provisioning", "operator bob")]

@@ -70,3 +70,64 @@ NB.getJSON = async function (url) {
   if (!r.ok && r.status !== 404) throw new Error(url + ": HTTP " + r.status);
   return { status: r.status, body: await r.json() };
 };
+
+// ---------------------------------------------------------------- lifecycle actions
+
+// POST an action to the management API: JSON (the server refuses anything else, and a browser
+// cannot send JSON cross-site without a preflight this server never grants), with the page's own
+// credentials (the Basic auth the browser already holds for this origin).
+NB.act = async function (doc) {
+  let r;
+  try {
+    r = await fetch("/api/lifecycle", {
+      method: "POST", cache: "no-store", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(doc),
+    });
+  } catch (e) {
+    return { ok: false, status: 0, body: null, text: "the request failed: " + e.message };
+  }
+  const text = await r.text();
+  let body = null;
+  try { body = JSON.parse(text); } catch (e) { body = null; }
+  return { ok: r.ok, status: r.status, body, text };
+};
+
+NB.ACTION_WORDS = { reprovision: "reprovisioned", done: "marked done", failed: "marked failed" };
+
+// What an action did, in words: the machines changed and any error, or the server's own refusal.
+NB.showResult = function (box, res) {
+  const lines = [];
+  const b = res.body;
+  if (b && Array.isArray(b.changed)) {
+    const word = NB.ACTION_WORDS[b.action] || b.action;
+    lines.push(b.changed.length
+      ? word + ": " + b.changed.map((c) => c.mac + " (now " + c.state + ")").join(", ")
+      : "no machine matched: nothing changed");
+    for (const e of b.errors || []) lines.push("not stored for " + e.mac + ": " + e.error);
+  } else {
+    lines.push((res.status ? "HTTP " + res.status + ": " : "") + (res.text || "").trim());
+  }
+  const ok = res.ok && !(b && b.errors && b.errors.length);
+  box.replaceChildren(...lines.map((t) => NB.el("div", { text: t })));
+  box.className = "result " + (ok ? "ok" : "bad");
+  box.dataset.ok = ok ? "true" : "false";
+  box.hidden = false;
+};
+
+// A confirmation step before an action: the question and its own Confirm / Cancel buttons in
+// `box` (an element holding .confirm-text, .confirm-yes and .confirm-no). `run` is async.
+NB.confirm = function (box, question, label, run) {
+  const yes = box.querySelector(".confirm-yes"), no = box.querySelector(".confirm-no");
+  box.querySelector(".confirm-text").textContent = question;
+  yes.textContent = label;
+  yes.disabled = false;
+  box.hidden = false;
+  yes.focus();
+  no.onclick = () => { box.hidden = true; };
+  yes.onclick = async () => {
+    yes.disabled = true;
+    try { await run(); } finally { box.hidden = true; yes.disabled = false; }
+  };
+};
+
+NB.time = function (t) { return t ? new Date(t * 1000).toLocaleString() : ""; };

@@ -1,4 +1,5 @@
-// One machine: its timeline as a waterfall, its errors, what it would be offered, its files.
+// One machine: its lifecycle (provision once) and its actions, its timeline as a waterfall, its
+// errors, what it would be offered, its files.
 "use strict";
 
 (function () {
@@ -8,7 +9,7 @@
 
   const detail = (e) => Object.entries(e).filter(([k]) => !["time", "stage", "ip"].includes(k))
     .map(([k, v]) => k + "=" + v).join(" ");
-  const label = (e) => e.stage + (e.beacon ? ":" + e.beacon : "") + (e.file ? " " + e.file : "") + (e.path ? " " + e.path : "");
+  const label = (e) => e.stage + (e.beacon ? ":" + e.beacon : "") + (e.stage === "lifecycle" && e.state ? ":" + e.state : "") + (e.file ? " " + e.file : "") + (e.path ? " " + e.path : "");
   const failed = (e) => e.error || e.answered === false || (e.stage === "beacon" && e.beacon !== "loaded");
 
   function waterfall(events) {
@@ -40,7 +41,7 @@
     tbody.replaceChildren(...events.map((e) => NB.el("tr", { "data-stage": e.stage, class: failed(e) ? "state-failed" : "" },
       NB.el("td", { class: "mono", text: new Date(e.time * 1000).toLocaleTimeString() }),
       NB.el("td", { class: "mono", text: (e.time - t0).toFixed(3) }),
-      NB.el("td", { text: e.stage + (e.beacon ? ":" + e.beacon : "") }),
+      NB.el("td", { text: e.stage + (e.beacon ? ":" + e.beacon : "") + (e.stage === "lifecycle" && e.state ? ":" + e.state : "") }),
       NB.el("td", { class: "mono", text: e.ip || "" }),
       NB.el("td", { class: "mono", text: detail(e) }))));
   }
@@ -50,7 +51,7 @@
     document.title = "netbootd · " + (r.hostname || r.mac);
     document.getElementById("title").textContent = r.mac + (r.hostname ? "  ·  " + r.hostname : "");
     const facts = [
-      ["state", r.state], ["stage", r.stage || "never seen"], ["file", r.name ? r.name + ".toml" : (r.unknown ? "none (unknown MAC)" : "")],
+      ["state", r.state], ["lifecycle", r.lifecycle], ["stage", r.stage || "never seen"], ["file", r.name ? r.name + ".toml" : (r.unknown ? "none (unknown MAC)" : "")],
       ["profile", r.profile], ["boot", r.kind], ["firmware", r.firmware ? r.firmware + " / " + r.arch : ""],
       ["address", r.ip], ["last seen", NB.ago(r.last)], ["boot took", r.took ? NB.duration(r.took) : ""],
     ].filter(([, v]) => v);
@@ -90,11 +91,78 @@
     }
   }
 
+  // ------------------------------------------------------------ lifecycle
+
+  const ACTIONS = {
+    reprovision: { target: "provisioning", label: "Reprovision",
+      question: "Reprovision " + mac + "? It boots its installer again at its next boot." },
+    done: { target: "provisioned", label: "Mark done",
+      question: "Mark " + mac + " done (provisioned)? From its next boot on it is sent to its local disk." },
+    failed: { target: "failed", label: "Mark failed",
+      question: "Mark " + mac + " failed? Its next boot is what its [lifecycle] on_failure says (hold: refused)." },
+  };
+  let lifecycleState = "";
+
+  function showLifecycle(doc) {
+    const card = document.getElementById("lifecycle-card");
+    const row = doc.row;
+    const history = (doc.history || []).slice().sort((a, b) => (b.at || 0) - (a.at || 0)); // newest first
+    card.hidden = !row && !history.length;
+    if (card.hidden) return;
+    const once = !!(row && row.once);
+    lifecycleState = row ? row.state : "";
+    card.dataset.state = lifecycleState;
+    const facts = row ? [
+      ["state", row.state],
+      ["since", row.since ? NB.time(row.since) + " (" + NB.ago(row.since) + ")" : ""],
+      ["by", row.by], ["from", row.source],
+    ].filter(([, v]) => v) : [];
+    document.getElementById("lifecycle-facts").replaceChildren(...facts.map(([k, v]) =>
+      NB.el("span", { class: "chip" + (k === "state" ? " lc-" + v : ""), "data-key": k }, k, NB.el("b", { text: v }))));
+    document.getElementById("lifecycle-note").textContent = !once
+      ? "This machine does not provision once ([lifecycle] once = true in its file): its stored state is not used."
+      : (row.by ? "" : "No transition recorded yet: a provision-once machine starts out provisioning.");
+    document.getElementById("lifecycle-actions").hidden = !once;
+    for (const [action, a] of Object.entries(ACTIONS)) {
+      const button = document.getElementById("act-" + action);
+      button.disabled = !once || lifecycleState === a.target;
+      button.title = button.disabled && once ? "it is " + a.target + " already" : "";
+    }
+    document.querySelector("#lifecycle-history tbody").replaceChildren(...(history.length ? history.map((h) =>
+      NB.el("tr", { "data-state": h.state, "data-by": h.by || "" },
+        NB.el("td", { class: "mono", text: NB.time(h.at) }),
+        NB.el("td", {}, h.previous ? h.previous + " → " : "", NB.el("span", { class: "lc lc-" + h.state, text: h.state })),
+        NB.el("td", { class: "by", text: h.by || "" }),
+        NB.el("td", { class: "mono", text: h.source || "" }),
+        NB.el("td", { text: h.note || "" })))
+      : [NB.el("tr", {}, NB.el("td", { class: "empty", colSpan: 5, text: "no transition recorded" }))]));
+  }
+
+  for (const [action, a] of Object.entries(ACTIONS)) {
+    document.getElementById("act-" + action).addEventListener("click", () => {
+      NB.confirm(document.getElementById("confirm"), a.question, a.label, async () => {
+        const res = await NB.act({ action, macs: [mac] });
+        NB.showResult(document.getElementById("action-result"), res);
+        await load();
+      });
+    });
+  }
+
+  async function lifecycleDoc() {
+    try {
+      const { status, body } = await NB.getJSON("/api/lifecycle/" + NB.macPath(mac));
+      return status === 200 ? body : null;
+    } catch (e) {
+      return null; // the machine's own page still shows
+    }
+  }
+
   async function load() {
     if (loading) { again = true; return; }
     loading = true;
     try {
-      const { status, body } = await NB.getJSON("/api/machine/" + NB.macPath(mac));
+      const [{ status, body }, lifecycle] = await Promise.all([
+        NB.getJSON("/api/machine/" + NB.macPath(mac)), lifecycleDoc()]);
       if (status === 404) {
         document.getElementById("title").textContent = mac;
         document.getElementById("summary").textContent = body.error;
@@ -102,6 +170,7 @@
         NB.setNow(body.now);
         show(body);
       }
+      if (lifecycle) showLifecycle(lifecycle);
     } finally {
       loading = false;
       if (again) { again = false; setTimeout(load, 250); }
