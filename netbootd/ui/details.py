@@ -14,15 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 from twisted.internet import defer
 
 from netbootd.config.machines import Catalog
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
 from netbootd.core.explain import explain_lines
-from netbootd.core.lifecycle import MemoryStatus, Record, StateStore, StoreUnavailable
+from netbootd.core.lifecycle import MemoryStore, StateStore, StoreUnavailable
 from netbootd.core.signing import UrlSigner
+from netbootd.state.model import Record, StoreStatus
 
 # `netbootd explain --arch` keys, in the order the page offers them (the firmware seen first)
 FIRMWARE_ARCH = {("bios-pxe", "bios"): "bios", ("efi-pxe", "efi32"): "efi32", ("efi-pxe", "efi64"): "efi64",
@@ -37,34 +37,26 @@ def hide_signatures(text: str) -> str:
     return _BOOTY_TOKEN.sub(r"\1(signed)\2", _SIGNATURE.sub(r"\1" + _HIDDEN, text))
 
 
-@attrs.frozen
-class StatesNow:
+class StatesNow(MemoryStore):
     """One machine's lifecycle record as the daemon's store holds it now, for an explanation: taken
     on the reactor (the store's view is the reactor's), read in the thread that renders. It
     changes nothing."""
 
-    records: Mapping[str, Record]
-    now: MemoryStatus
+    def __init__(self, records: Mapping[str, Record], status: StoreStatus) -> None:
+        super().__init__()
+        self._records.update(records)
+        self._now = status
 
     @classmethod
     def of(cls, store: StateStore, mac: str) -> StatesNow:
-        status = store.status()
         record = store.view().get(mac)
-        return cls({mac: record} if record is not None else {},
-                   MemoryStatus(ok=status.ok, loaded=status.loaded, reason=status.reason))
+        return cls({mac: record} if record is not None else {}, store.status())
 
-    def view(self) -> Mapping[str, Record]:
-        return self.records
+    def status(self) -> StoreStatus:
+        return self._now
 
-    def status(self) -> MemoryStatus:
-        return self.now
-
-    def transition(self, mac: str, state: str, by: str, source: str, note: str = "",
-                   expect: str | None = None) -> defer.Deferred:
+    def transition(self, mac: str, state, by: str, source: str, note: str = "", expect=None) -> defer.Deferred:
         return defer.fail(StoreUnavailable("an explanation changes no state"))
-
-    def history(self, mac: str, limit: int = 50) -> defer.Deferred:
-        return defer.succeed([])
 
 
 def explanations(settings: Settings, catalog: Catalog, image_layers: dict, mac: str, server: str,
