@@ -141,7 +141,8 @@ kernel_assets() {
 # Rebuilt when this script (the /init lives here), busybox or the modules change.
 initramfs_assets() {
     local out="$1" busybox="$2" stamp root
-    stamp="$( { sha256sum "$0" "$busybox"; cat "$out"/modules/*; } | sha256sum | cut -d' ' -f1)"
+    # contents only: the paths differ with how the script is called (relative, absolute) and with PATH
+    stamp="$(cat "$0" "$busybox" "$out"/modules/* | sha256sum | cut -d' ' -f1)"
     if [ "$FORCE" = 0 ] && [ -s "$out/initrd.cpio.gz" ] && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
     fi
@@ -379,8 +380,8 @@ DISK_MIB=64
 SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 disk_assets() {
     local out="$1" busybox="$2" console="$3" efi_loader="$4" efi_name="$5" bios="$6" stamp work root part started=$SECONDS
-    stamp="$( { sha256sum "$out/vmlinuz" "$busybox" "$efi_loader"
-                if [ -n "$bios" ]; then sha256sum "$SYSLINUX_MBR" "$(command -v syslinux)"; fi
+    stamp="$( { cat "$out/vmlinuz" "$busybox" "$efi_loader"
+                if [ -n "$bios" ]; then cat "$SYSLINUX_MBR" "$(command -v syslinux)"; fi
                 echo "$console $efi_name $bios $DISK_MIB"; sed -n '/^disk_assets()/,/^}$/p' "$0"; } | sha256sum | cut -d' ' -f1)"
     if [ "$FORCE" = 0 ] && [ -s "$out/disk.img.gz" ] && [ -s "$out/disk.img.size" ] && [ "$(cat "$out/disk.stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
