@@ -283,10 +283,19 @@ if [ -n "$installing" ]; then
     done
     [ -n "$disk" ] || install_failed "no disk (${want:-/dev/vda, /dev/sda or /dev/nvme0n1}) within 10 s"
     say "nbd-install: mac=$mac ip=$ip writing $install to $disk"
+    status=0
     set -o pipefail
     timeout 900 wget -q -O- "$install" 2>/tmp/wget.err | gunzip -c 2>/tmp/gunzip.err | dd of="$disk" bs=1M conv=fsync 2>/tmp/dd.err \
-        || install_failed "writing $install to $disk: $(cat /tmp/wget.err /tmp/gunzip.err /tmp/dd.err | tr '\n' ' ')"
+        || status=$?
     set +o pipefail
+    if [ "$status" != 0 ]; then
+        # the first stage that said why (wget's error also makes gunzip complain about no input)
+        why="$(cat /tmp/wget.err)"
+        [ -n "$why" ] || why="$(cat /tmp/gunzip.err)"
+        [ -n "$why" ] || why="$(grep -v ' records ' /tmp/dd.err)"
+        [ -n "$why" ] || why="exit status $status (143: no image within 900 s)"
+        install_failed "writing $install to $disk: $(echo "$why" | tr '\n' ' ' | sed 's/ *$//')"
+    fi
     sync
     if [ -n "$done_url" ]; then
         report "$done_url" "status=done&disk=$disk" \
