@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Build what the QEMU boot tests boot: a kernel from Debian's linux-image package and a busybox
-# initramfs that prints a marker line and powers off, for x86-64 and for arm64. Idempotent;
-# everything is cached in tests/integration/.assets/ (gitignored), arm64 in its arm64/ directory.
+# initramfs that prints a marker line and powers off (or, with nbd_install=, writes a disk image to the
+# machine's disk and reboots), and a small disk image that boots by itself (disk.img.gz), for x86-64
+# and for arm64. Idempotent; everything is cached in tests/integration/.assets/ (gitignored), arm64
+# in its arm64/ directory.
 #
 # x86-64: needs apt-get (to download the kernel package, no install), dpkg-deb, busybox-static, cpio
 # and gzip; for the Secure Boot UKIs also systemd-boot-efi, binutils, sbsigntool, openssl and ovmf
-# (their keys).
+# (their keys); for the test disk fdisk (sfdisk), dosfstools, mtools, syslinux, syslinux-common and
+# systemd-boot-efi.
 # arm64: Debian's arm64 packages (kernel, busybox-static, systemd-boot-efi's stub, shim-signed,
 # grub-efi-arm64-signed) are downloaded, not installed, through package lists of their own in
 # .assets/arm64/apt (the host's apt sources, arm64 only: the host needs no `dpkg --add-architecture`);
@@ -25,6 +28,9 @@ FORCE=0
 # The kernel modules the guest needs for its NIC (virtio-net-pci), in no particular order; their
 # dependencies are resolved from each module's own `depends=` field (no modules.dep in the .deb).
 ROOT_MODULES="virtio_pci virtio_net"
+# ...and those the installer (nbd_install=, below) loads for the disk it writes: virtio-blk (/dev/vda)
+# only. /dev/sda (AHCI, SCSI) would need libata or scsi_mod + sd_mod: about 600 KB more initramfs.
+DISK_MODULES="virtio_blk"
 BUSYBOX="${BUSYBOX:-$(command -v busybox || echo /bin/busybox)}"
 
 die() { echo "assets.sh: $*" >&2; exit 1; }
@@ -74,11 +80,12 @@ pe_machine() {
     od -An -tx2 -j $((at + 4)) -N 2 "$file" | tr -d ' '
 }
 
-# $out/vmlinuz and $out/modules/ (the NIC's modules and a load order) from the kernel package $pkg;
+# $out/vmlinuz and $out/modules/ (the NIC's and the disk's modules, their load orders) from the kernel package $pkg;
 # the kernel must be an EFI PE for $machine (firmware and GRUB boot it as one).
 kernel_assets() {
     local out="$1" pkg="$2" machine="$3" work deb vmlinuz kdir ko name m
-    if [ "$FORCE" = 0 ] && [ -s "$out/vmlinuz" ] && [ -d "$out/modules" ] && [ "$(cat "$out/kernel.pkg" 2>/dev/null)" = "$pkg" ]; then
+    if [ "$FORCE" = 0 ] && [ -s "$out/vmlinuz" ] && [ -d "$out/modules" ] && [ "$(cat "$out/kernel.pkg" 2>/dev/null)" = "$pkg" ] \
+            && [ "$(cat "$out/modules/roots" 2>/dev/null)" = "$ROOT_MODULES; $DISK_MODULES" ]; then
         return 0
     fi
     echo "assets.sh: fetching $pkg"
@@ -92,9 +99,10 @@ kernel_assets() {
     kdir="$(ls -d "$work"/x/lib/modules/*)"
     [ "$(pe_machine "$vmlinuz")" = "$machine" ] || die "$(basename "$vmlinuz") of $pkg is not an EFI PE image for machine $machine"
 
-    # Resolve the module set and a load order (dependencies first) from the `depends=` fields.
+    # Resolve the module sets and a load order (dependencies first) from the `depends=` fields:
+    # modules/order (the NIC's), then modules/order.disk (the disk's, less what the NIC's loaded).
     declare -A path_of=() seen=()
-    local order=()
+    local order=() nic_order=()
     while IFS= read -r ko; do
         name="$(basename "$ko")"; name="${name%.ko*}"
         path_of[${name//-/_}]="$ko"
@@ -113,22 +121,28 @@ kernel_assets() {
         order+=("$m")
     }
     for m in $ROOT_MODULES; do visit "$m"; done
+    nic_order=("${order[@]}")
+    order=()
+    for m in $DISK_MODULES; do visit "$m"; done
 
     rm -rf "$out/modules" "$out/vmlinuz"
     mkdir "$out/modules"
-    for m in "${order[@]}"; do cp "${path_of[$m]}" "$out/modules/$m.ko"; done
-    printf '%s\n' "${order[@]}" > "$out/modules/order"
+    for m in "${nic_order[@]}" "${order[@]}"; do cp "${path_of[$m]}" "$out/modules/$m.ko"; done
+    printf '%s\n' "${nic_order[@]}" > "$out/modules/order"
+    printf '%s\n' "${order[@]}" > "$out/modules/order.disk"
+    echo "$ROOT_MODULES; $DISK_MODULES" > "$out/modules/roots"
     cp "$vmlinuz" "$out/vmlinuz"
     echo "$pkg" > "$out/kernel.pkg"
     rm -f "$out/initrd.cpio.gz"  # rebuilt with the new modules
-    echo "assets.sh: kernel $(basename "$vmlinuz"), modules: ${order[*]}"
+    echo "assets.sh: kernel $(basename "$vmlinuz"), modules: ${nic_order[*]}; for the installer's disk: ${order[*]}"
 }
 
 # $out/initrd.cpio.gz: $busybox, $out/modules and the one /init both architectures boot (below).
 # Rebuilt when this script (the /init lives here), busybox or the modules change.
 initramfs_assets() {
     local out="$1" busybox="$2" stamp root
-    stamp="$( { sha256sum "$0" "$busybox"; cat "$out"/modules/*; } | sha256sum | cut -d' ' -f1)"
+    # contents only: the paths differ with how the script is called (relative, absolute) and with PATH
+    stamp="$(cat "$0" "$busybox" "$out"/modules/* | sha256sum | cut -d' ' -f1)"
     if [ "$FORCE" = 0 ] && [ -s "$out/initrd.cpio.gz" ] && [ "$(cat "$out/initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
     fi
@@ -141,11 +155,13 @@ initramfs_assets() {
     temps+=("$root")
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules}
     cp "$busybox" "$root/bin/busybox"
-    cp "$out"/modules/*.ko "$out/modules/order" "$root/lib/modules/"
+    cp "$out"/modules/*.ko "$out/modules/order" "$out/modules/order.disk" "$root/lib/modules/"
 
     cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
-# netbootd integration test guest: report what this machine received, then power off.
+# netbootd integration test guest: report what this machine received, then power off. With
+# nbd_install= on its command line it is an installer instead (below): it writes that disk image to
+# the machine's disk, reports to nbd_done= (or, when anything fails, nbd_failed=) and reboots.
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -153,7 +169,66 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 dmesg -n 1
 say() { echo "$*" > /dev/console 2>/dev/null || echo "$*"; }
-fail() { say "NETBOOT-FAIL $*"; sleep 1; poweroff -f; }
+cmdline="$(cat /proc/cmdline)"
+# arg NAME: the value of NAME= on the kernel command line: everything after the first `=` up to the
+# next space (a URL keeps its own `=` and `&`). Status 1 when NAME= is not there.
+arg() {
+    local word value="" found=1
+    set -f  # the words are not file name patterns (a URL may hold `?` or `*`)
+    for word in $cmdline; do
+        case "$word" in "$1="*) value="${word#*=}"; found=0; break ;; esac
+    done
+    set +f
+    printf '%s\n' "$value"
+    return $found
+}
+url="$(arg nbd_ign)"
+install="$(arg nbd_install)"
+done_url="$(arg nbd_done)"
+failed_url="$(arg nbd_failed)"
+fail_on_purpose="$(arg nbd_fail)"
+[ "$fail_on_purpose" = 0 ] && fail_on_purpose=""
+installing=""
+[ -n "$install$fail_on_purpose" ] && installing=1
+net_up=""
+
+# ---- the installer's reports
+# report URL DATA: POST the form DATA to URL; up to 10 tries 2 s apart (a 503 means "not yet"). A
+# server that takes GET only (405) gets a GET of URL as it is. Status 0 once one try succeeded.
+report() {
+    local target="$1" data="$2" i
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        # No `wget -T`: it segfaults in Debian 12's busybox-static (1.35.0); `timeout` bounds it.
+        timeout 20 wget -q -O /tmp/report.out --post-data="$data" "$target" 2>/tmp/report.err && return 0
+        if grep -q ' 405 ' /tmp/report.err; then
+            timeout 20 wget -q -O /tmp/report.out "$target" 2>/tmp/report.err && return 0
+        fi
+        say "nbd-install: $target, try $i of 10: $(tr '\n' ' ' < /tmp/report.err)"
+        [ "$i" = 10 ] || sleep 2
+    done
+    return 1
+}
+# form TEXT: TEXT as one form-encoded value
+form() { printf '%s' "$*" | tr '\n' ' ' | sed 's/%/%25/g; s/&/%26/g; s/=/%3D/g; s/+/%2B/g; s/#/%23/g; s/ /+/g'; }
+# install_failed REASON: tell nbd_failed= (once the network is up), say so, reboot.
+install_failed() {
+    local reason="$*"
+    if [ -n "$failed_url" ] && [ -n "$net_up" ]; then
+        report "$failed_url" "status=failed&reason=$(form "$reason")" \
+            || reason="$reason (nbd_failed= not reached: $(tr '\n' ' ' < /tmp/report.err))"
+    fi
+    say "NETBOOTD-INSTALL-FAILED $reason"
+    sync
+    sleep 0.2
+    reboot -f
+    sleep 60
+}
+fail() {
+    [ -n "$installing" ] && install_failed "$*"
+    say "NETBOOT-FAIL $*"; sleep 1; poweroff -f
+}
+
+# ---- the network
 for m in $(cat /lib/modules/order); do
     insmod "/lib/modules/$m.ko" || fail "insmod $m"
 done
@@ -169,13 +244,8 @@ for i in $(seq 1 100); do
 done
 [ -n "$iface" ] || fail "no network interface (is virtio_net loaded?)"
 mac="$(cat "/sys/class/net/$iface/address")"
-cmdline="$(cat /proc/cmdline)"
-url=""
-for word in $cmdline; do
-    case "$word" in nbd_ign=*) url="${word#nbd_ign=}" ;; esac
-done
 ip link set "$iface" up
-case "$url" in
+case "${url:-${install:-${failed_url:-$done_url}}}" in
 *://\[*)
     # An IPv6 URL: an IPv6-only segment. The kernel configures its address itself (SLAAC, from the
     # router advertisement; Debian's busybox has no DHCPv6 client); wait until it is no longer tentative.
@@ -193,6 +263,51 @@ case "$url" in
     ip="$(ip -4 -o addr show dev "$iface" | sed -n 's/.* inet \([^ ]*\).*/\1/p')"
     ;;
 esac
+net_up=1
+
+# ---- the installer: nbd_install=<URL of a gzip'd raw disk image> [nbd_done=<URL>] [nbd_failed=<URL>]
+# [nbd_disk=<device>] [nbd_fail=1: report a failure without writing anything]
+if [ -n "$installing" ]; then
+    [ -z "$fail_on_purpose" ] || install_failed "asked to fail (nbd_fail=$fail_on_purpose)"
+    for m in $(cat /lib/modules/order.disk); do
+        insmod "/lib/modules/$m.ko" || install_failed "insmod $m"
+    done
+    want="$(arg nbd_disk)"
+    disk=""
+    for i in $(seq 1 100); do
+        for d in ${want:-/dev/vda /dev/sda /dev/nvme0n1}; do
+            [ -b "$d" ] && { disk="$d"; break; }
+        done
+        [ -n "$disk" ] && break
+        sleep 0.1
+    done
+    [ -n "$disk" ] || install_failed "no disk (${want:-/dev/vda, /dev/sda or /dev/nvme0n1}) within 10 s"
+    say "nbd-install: mac=$mac ip=$ip writing $install to $disk"
+    status=0
+    set -o pipefail
+    timeout 900 wget -q -O- "$install" 2>/tmp/wget.err | gunzip -c 2>/tmp/gunzip.err | dd of="$disk" bs=1M conv=fsync 2>/tmp/dd.err \
+        || status=$?
+    set +o pipefail
+    if [ "$status" != 0 ]; then
+        # the first stage that said why (wget's error also makes gunzip complain about no input)
+        why="$(cat /tmp/wget.err)"
+        [ -n "$why" ] || why="$(cat /tmp/gunzip.err)"
+        [ -n "$why" ] || why="$(grep -v ' records ' /tmp/dd.err)"
+        [ -n "$why" ] || why="exit status $status (143: no image within 900 s)"
+        install_failed "writing $install to $disk: $(echo "$why" | tr '\n' ' ' | sed 's/ *$//')"
+    fi
+    sync
+    if [ -n "$done_url" ]; then
+        report "$done_url" "status=done&disk=$disk" \
+            || install_failed "$disk written, but nbd_done= not reached: $(tr '\n' ' ' < /tmp/report.err)"
+    fi
+    say "NETBOOTD-INSTALL-DONE disk=$disk"
+    sleep 0.2
+    reboot -f
+    sleep 60
+fi
+
+# ---- the test guest's report
 if [ -n "$url" ]; then
     # No `wget -T`: it segfaults in Debian 12's busybox-static (1.35.0); `timeout` bounds it.
     if timeout 20 wget -q -O /tmp/ignition "$url" 2>/tmp/wget.err; then
@@ -260,6 +375,93 @@ build_uki() {
     "$objcopy" "${args[@]}" "$stub" "$dest"
 }
 
+# ---------------------------------------------------------------- the test disk (provisioning tests)
+# $out/disk.img.gz, and $out/disk.img.size (its size unpacked, in bytes): a raw disk image that boots
+# from itself alone, for the provisioning tests (the installer in the /init above writes it to a
+# machine's disk; the machine then boots its disk). MBR, one active FAT32 partition (type EF) with
+# $out/vmlinuz and an initramfs of the disk's own (not the network one: its /init touches no network)
+# whose /init prints `NETBOOTD-DISK-OK firmware=<bios|uefi> disk_marker=<disk_marker= of its command
+# line>` and powers off. UEFI: systemd-boot ($efi_loader) as EFI/BOOT/$efi_name with one entry
+# (disk_marker=systemd-boot); BIOS ($bios = syslinux; x86-64 only): syslinux's MBR and boot sector
+# and syslinux.cfg (disk_marker=syslinux). Built without mounting anything (sfdisk, mkfs.vfat,
+# mtools, syslinux's mtools installer); rebuilt when an input changes.
+DISK_MIB=64
+SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
+disk_assets() {
+    local out="$1" busybox="$2" console="$3" efi_loader="$4" efi_name="$5" bios="$6" stamp work root part started=$SECONDS
+    stamp="$( { cat "$out/vmlinuz" "$busybox" "$efi_loader"
+                if [ -n "$bios" ]; then cat "$SYSLINUX_MBR" "$(command -v syslinux)"; fi
+                echo "$console $efi_name $bios $DISK_MIB"; sed -n '/^disk_assets()/,/^}$/p' "$0"; } | sha256sum | cut -d' ' -f1)"
+    if [ "$FORCE" = 0 ] && [ -s "$out/disk.img.gz" ] && [ -s "$out/disk.img.size" ] && [ "$(cat "$out/disk.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    work="$(mktemp -d "$out/.disk.XXXXXX")"
+    temps+=("$work")
+    root="$work/root"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev}
+    cp "$busybox" "$root/bin/busybox"
+    cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+# The test disk's own system (tests/integration/assets.sh): no network, nothing from netbootd. It says
+# which firmware started it and its boot entry's disk_marker=, then powers off.
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+dmesg -n 1
+firmware=bios
+[ -d /sys/firmware/efi ] && firmware=uefi
+marker=""
+set -f
+for word in $(cat /proc/cmdline); do
+    case "$word" in disk_marker=*) marker="${word#*=}" ;; esac
+done
+echo "NETBOOTD-DISK-OK firmware=$firmware disk_marker=$marker" > /dev/console
+sleep 0.2
+poweroff -f
+INIT
+    chmod 755 "$root/init"
+    (cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -9n) > "$work/initrd.gz"
+
+    local args="console=$console panic=-1"
+    printf 'timeout 0\ndefault netbootd-disk.conf\neditor no\n' > "$work/loader.conf"
+    printf 'title netbootd test disk\nlinux /vmlinuz\ninitrd /initrd.gz\noptions %s disk_marker=systemd-boot\n' "$args" > "$work/entry.conf"
+    printf 'SERIAL 0 115200\nDEFAULT netbootd-disk\nPROMPT 0\nTIMEOUT 0\nLABEL netbootd-disk\n  LINUX /vmlinuz\n  INITRD /initrd.gz\n  APPEND %s disk_marker=syslinux\n' \
+        "$args" > "$work/syslinux.cfg"
+
+    # The partition: from 1 MiB to the end (hidden sectors 2048: syslinux's boot sector reads its
+    # partition's offset there), a fixed volume id.
+    part="$work/part.img"
+    mkfs.vfat -F 32 -s 1 -S 512 -h 2048 -n NBDDISK -i 6e626464 -C "$part" $(( (DISK_MIB - 1) * 1024 )) >/dev/null \
+        || die "mkfs.vfat failed"
+    export MTOOLS_SKIP_CHECK=1
+    mmd -i "$part" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+    mcopy -i "$part" "$out/vmlinuz" ::/vmlinuz
+    mcopy -i "$part" "$work/initrd.gz" ::/initrd.gz
+    mcopy -i "$part" "$efi_loader" "::/EFI/BOOT/$efi_name"
+    mcopy -i "$part" "$work/loader.conf" ::/loader/loader.conf
+    mcopy -i "$part" "$work/entry.conf" ::/loader/entries/netbootd-disk.conf
+    if [ -n "$bios" ]; then
+        mcopy -i "$part" "$work/syslinux.cfg" ::/syslinux.cfg
+        syslinux --install "$part" || die "syslinux --install failed"
+    fi
+
+    truncate -s "${DISK_MIB}M" "$work/disk.img"
+    printf 'label: dos\nlabel-id: 0x6e626464\nstart=2048, type=ef, bootable\n' | sfdisk -q "$work/disk.img" >/dev/null \
+        || die "sfdisk failed"
+    if [ -n "$bios" ]; then
+        dd if="$SYSLINUX_MBR" of="$work/disk.img" bs=440 count=1 conv=notrunc status=none
+    fi
+    dd if="$part" of="$work/disk.img" bs=1M seek=1 conv=notrunc,sparse status=none
+    gzip -9n < "$work/disk.img" > "$work/disk.img.gz"
+    stat -c %s "$work/disk.img" > "$out/disk.img.size"
+    mv "$work/disk.img.gz" "$out/disk.img.gz"
+    echo "$stamp" > "$out/disk.stamp"
+    echo "assets.sh: test disk $out/disk.img.gz $(du -h "$out/disk.img.gz" | cut -f1) (${DISK_MIB} MiB unpacked;" \
+         "UEFI systemd-boot${bios:+, BIOS $bios}) in $((SECONDS - started)) s"
+}
+
 # ================================================================ x86-64
 pkg="$(kernel_package "$OUT" linux-image-amd64)"
 kernel_assets "$OUT" "$pkg" 8664
@@ -306,15 +508,40 @@ else
     fi
 fi
 
+# ---------------------------------------------------------------- the test disk
+DISK_EFI_LOADER="${DISK_EFI_LOADER:-/usr/lib/systemd/boot/efi/systemd-bootx64.efi}"
+# Packages the test disk needs, for the architecture's EFI loader $1 (and syslinux for BIOS: $2).
+disk_missing() {
+    local missing=""
+    [ -f "$1" ] || missing+=" systemd-boot-efi"
+    command -v sfdisk >/dev/null || missing+=" fdisk"
+    command -v mkfs.vfat >/dev/null || missing+=" dosfstools"
+    command -v mcopy >/dev/null && command -v mmd >/dev/null || missing+=" mtools"
+    if [ -n "${2:-}" ]; then
+        command -v syslinux >/dev/null || missing+=" syslinux"
+        [ -f "$SYSLINUX_MBR" ] || missing+=" syslinux-common"
+    fi
+    echo "$missing"
+}
+disk_missing="$(disk_missing "$DISK_EFI_LOADER" syslinux)"
+if [ -n "$disk_missing" ]; then
+    rm -f "$OUT/disk.img.gz" "$OUT/disk.img.size" "$OUT/disk.stamp"
+    echo "assets.sh: no test disk (the disk tests skip): apt-get install$disk_missing"
+else
+    disk_assets "$OUT" "$BUSYBOX" ttyS0 "$DISK_EFI_LOADER" BOOTX64.EFI syslinux
+fi
+
 # ================================================================ arm64
 # In .assets/arm64: vmlinuz (Debian's signed kernel), modules/, initrd.cpio.gz (the same /init),
 # uki.efi (unsigned, in linuxaa64.efi.stub), shimaa64.efi.signed and grubnetaa64.efi.signed (for
-# netbootd's grub.arm64_shim / arm64_grub), ipxe/ipxe-arm64.efi (deploy/ipxe-arm64.sh).
+# netbootd's grub.arm64_shim / arm64_grub), ipxe/ipxe-arm64.efi (deploy/ipxe-arm64.sh), disk.img.gz
+# (the test disk, UEFI only: systemd-bootaa64.efi from systemd-boot-efi).
 ARM64_UKI_CMDLINE="console=ttyAMA0 panic=-1 nbd_uki=1"
 ARM64_LOADERS="busybox-static systemd-boot-efi shim-signed grub-efi-arm64-signed"
 # package:path of each file taken from them
 ARM64_FILES="busybox-static:bin/busybox systemd-boot-efi:usr/lib/systemd/boot/efi/linuxaa64.efi.stub
-shim-signed:usr/lib/shim/shimaa64.efi.signed grub-efi-arm64-signed:usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed"
+shim-signed:usr/lib/shim/shimaa64.efi.signed grub-efi-arm64-signed:usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed
+systemd-boot-efi:usr/lib/systemd/boot/efi/systemd-bootaa64.efi"
 
 arm64_assets() {
     temps=()
@@ -345,7 +572,9 @@ arm64_assets() {
     pkg="$(kernel_package "$ARM64" linux-image-arm64)"
     kernel_assets "$ARM64" "$pkg" aa64
 
-    if [ "$FORCE" = 1 ] || ! [ -s "$ARM64/loaders.pkgs" ]; then  # missing, or the lists were refreshed
+    local have_files=1
+    for entry in $ARM64_FILES; do [ -s "$ARM64/$(basename "${entry#*:}")" ] || have_files=0; done
+    if [ "$FORCE" = 1 ] || ! [ -s "$ARM64/loaders.pkgs" ] || [ "$have_files" = 0 ]; then  # missing, or the lists were refreshed
         work="$(mktemp -d "$ARM64/.loaders.XXXXXX")"
         temps+=("$work")
         # shellcheck disable=SC2086
@@ -358,7 +587,8 @@ arm64_assets() {
             cp "$file" "$ARM64/$(basename "$file")"
         done
         [ "$(pe_machine "$ARM64/shimaa64.efi.signed")" = aa64 ] && [ "$(pe_machine "$ARM64/grubnetaa64.efi.signed")" = aa64 ] \
-            || die "shimaa64.efi.signed / grubnetaa64.efi.signed are not arm64 EFI binaries"
+            && [ "$(pe_machine "$ARM64/systemd-bootaa64.efi")" = aa64 ] \
+            || die "shimaa64.efi.signed / grubnetaa64.efi.signed / systemd-bootaa64.efi are not arm64 EFI binaries"
         for deb in "$work"/*.deb; do dpkg-deb -f "$deb" Package Version | paste -sd' '; done > "$ARM64/loaders.pkgs"
         echo "assets.sh: arm64 $(sed 's/^Package: //; s/ Version: / /' "$ARM64/loaders.pkgs" | paste -sd, | sed 's/,/, /g')"
     fi
@@ -373,6 +603,16 @@ arm64_assets() {
         mv "$ARM64/uki.efi.tmp" "$ARM64/uki.efi"
         echo "$uki_stamp" > "$ARM64/uki.stamp"
         echo "assets.sh: arm64 UKI $(du -h "$ARM64/uki.efi" | cut -f1) (unsigned), cmdline: $ARM64_UKI_CMDLINE"
+    fi
+
+    # The test disk: UEFI only (systemd-bootaa64.efi as EFI/BOOT/BOOTAA64.EFI).
+    local missing
+    missing="$(disk_missing "$ARM64/systemd-bootaa64.efi")"
+    if [ -n "$missing" ]; then
+        rm -f "$ARM64/disk.img.gz" "$ARM64/disk.img.size" "$ARM64/disk.stamp"
+        echo "assets.sh: no arm64 test disk (the arm64 disk tests skip): apt-get install$missing"
+    else
+        disk_assets "$ARM64" "$ARM64/busybox" ttyAMA0 "$ARM64/systemd-bootaa64.efi" BOOTAA64.EFI ""
     fi
 
     # The arm64 iPXE, as an operator gets it: Debian 12 has none.
@@ -399,4 +639,4 @@ else
     [ -s "$ARM64/unavailable" ] || echo "the arm64 part failed (exit $arm64_status): $(tail -1 "$ARM64/errors.log")" > "$ARM64/unavailable"
     echo "assets.sh: no arm64 assets (the arm64 tests skip): $(cat "$ARM64/unavailable")"
 fi
-echo "assets.sh: ready in $OUT ($(cat "$OUT/kernel.pkg")$([ "$arm64_status" = 0 ] && echo ", $(cat "$ARM64/kernel.pkg")"))"
+echo "assets.sh: ready in $OUT ($(cat "$OUT/kernel.pkg")$([ "$arm64_status" = 0 ] && echo ", $(cat "$ARM64/kernel.pkg")")) after $SECONDS s"
