@@ -133,15 +133,21 @@ def cmd_serve(args) -> int:
     log.info("starting", version=__version__, config=str(settings.source or "(built-in defaults)"))
     try:
         daemon = Netbootd(settings, reactor)
-        daemon.start()
     except StartupError as exc:
         log.critical("{error}", error=str(exc))
         print(f"netbootd: {exc}", file=sys.stderr)
         return 1
+
+    def failed(failure) -> None:
+        error = failure.value if failure.check(StartupError) else failure.getTraceback()
+        log.critical("{error}", error=str(error))
+        print(f"netbootd: {error}", file=sys.stderr)
+        daemon.exit_code = 1
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: daemon.begin().addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", daemon.shutdown)
     reactor.run()
-    if daemon.exit_code:
-        print("netbootd: stopped on a fatal error (the log line above says why)", file=sys.stderr)
     return daemon.exit_code
 
 

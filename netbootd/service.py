@@ -133,38 +133,15 @@ def every(name: str, seconds: float, job: Callable[[], Any], reactor: Any) -> in
 
 
 class StateService(service.Service):
-    """The state store: opened (and its view loaded, off the reactor) before anything listens. Until
-    it is read, machines that provision once are held; a store that refuses us (a corrupt SQLite
-    file, wrong PostgreSQL credentials) stops the daemon, saying why."""
+    """The open state store, as a child: health follows it (`check`), and stopping closes it."""
 
     def __init__(self, daemon: Netbootd) -> None:
         self.setName("state")
         self.daemon = daemon
         self._seen: tuple = ()
 
-    def startService(self) -> None:
-        super().startService()
-        d = self.daemon.states.start()
-        d.addCallbacks(self._started, self._refused)
-
-    def _started(self, _) -> None:
-        status = self.daemon.states.status()
-        log.info("state store open", where=status.where, ok=status.ok, reason=status.reason or None,
-                 machines=len(self.daemon.states.view()))
-        self.check()
-
-    def _refused(self, failure) -> None:
-        from netbootd.state import StateStoreError
-
-        error = failure.value if failure.check(StateStoreError) else failure.getErrorMessage()
-        log.critical("the state store cannot be used; stopping (nothing is provisioned on a state that cannot be "
-                     "read): {error}", error=str(error))
-        self.daemon.exit_code = 1
-        if self.daemon.reactor.running:
-            self.daemon.reactor.stop()
-
     def check(self) -> None:
-        """Health follows the store: refreshed when it goes away or comes back."""
+        """Refresh health when the store goes away or comes back."""
         status = self.daemon.states.status()
         seen = (status.ok, status.loaded, status.reason)
         if seen != self._seen:
@@ -194,7 +171,7 @@ class Netbootd(service.MultiService):
 
         # the lifecycle's states: SQLite in state_dir, or the PostgreSQL every node shares
         self.states = open_store(settings, reactor)
-        self.exit_code = 0  # 1: a fatal error after start (the state store refused us)
+        self.exit_code = 0  # 1: the start failed (cmd_serve's exit status)
         self.core = BootCore(settings, signer=url_signer(settings), timeline=self.timeline, fetch=self.fetch_artefact,
                              states=self.states)
         self.ui: Any = None  # netbootd.ui.Dashboard on ui.listen
@@ -384,6 +361,9 @@ class Netbootd(service.MultiService):
 
     def health(self) -> dict[str, Any]:
         """/healthz: "ok", or "degraded" with every problem (HTTP 200 either way: the daemon serves)."""
+        state = self.namedServices.get("state")
+        if isinstance(state, StateService):
+            state.check()  # the store's status now, not at the last tick
         catalog = self.core.catalog
         return {
             "status": "degraded" if self.problems else "ok",
@@ -550,6 +530,26 @@ class Netbootd(service.MultiService):
     def http_port(self) -> Any:
         ports = self.ports("http")
         return ports[0] if ports else None
+
+    def begin(self) -> defer.Deferred:
+        """Open the state store (its view read off the reactor), then start everything. Nothing
+        listens before the store answered: a store that refuses us (a corrupt SQLite file, wrong
+        PostgreSQL credentials) stops the start with StartupError; one that cannot be reached
+        yet is retried in the background, machines that provision once held until it is read."""
+        from netbootd.state import StateStoreError
+
+        def opened(_) -> None:
+            status = self.states.status()
+            log.info("state store open", where=status.where, ok=status.ok, reason=status.reason or None,
+                     machines=len(self.states.view()))
+            self.start()
+
+        def refused(failure):
+            failure.trap(StateStoreError)
+            raise StartupError(f"the state store cannot be used (nothing is provisioned on a state that cannot be "
+                               f"read): {failure.value}")
+
+        return self.states.start().addCallbacks(opened, refused)
 
     def start(self) -> None:
         """Start every enabled listener and job; raises StartupError with an actionable message
