@@ -17,7 +17,7 @@ _EXPORTS = {
     "LabError": "netbootd.testing.lab",
     "missing_requirements": "netbootd.testing.lab",
     "BootResult": "netbootd.testing.results",
-    "PowerOn": "netbootd.testing.poweron",
+    "PowerOn": "netbootd.testing.results",
     "Disk": "netbootd.testing.firmware",
     "DEFAULT_EXPECT": "netbootd.testing.results",
     "FIRMWARES": "netbootd.testing.firmware",

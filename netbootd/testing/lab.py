@@ -59,8 +59,7 @@ from netbootd.testing.firmware import (
     parse_memory,
 )
 from netbootd.testing.netns import ANSI, NetnsClient, Proc, TimelineWatch, Topology, tail, wait_until
-from netbootd.testing.poweron import PowerOn
-from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, stages_from
+from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, PowerOn, stages_from
 
 SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
 BOOT_IP = "10.77.0.2"  # netbootd

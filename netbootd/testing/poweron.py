@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from netbootd.testing.results import ANSI, PANIC, stage_names
+from netbootd.testing.results import ANSI, PANIC, PowerOn, stage_names
 
 _UEFI_NET = r"\"UEFI (?:PXE|HTTP)"
 NETWORK = re.compile(rf"Booting from ROM|iPXE initialising devices|>>Start (?:PXE|HTTP Boot) over|"
@@ -51,20 +51,6 @@ _ESCAPES = re.compile(r"\x1b\[[=?]?[0-9;]*[A-Za-z]|\x1b[()c][A-Za-z0-9]?|\r")
 _PROGRESS = frozenset({"script", "beacon", "ignition"})
 _DOWNLOADS = frozenset({"tftp", "http"})
 ENDS = frozenset({"reboot", "power off", "kernel panic"})
-
-
-@attrs.frozen
-class PowerOn:
-    number: int  # 1, 2, ...
-    started: float  # wall time: QEMU's start, when the console showed the firmware, or the DHCP request
-    how: str  # what showed it: "QEMU started", "console: SeaBIOS (version ...)", "timeline: ..."
-    console: str  # its console, escapes removed ("" when the console did not show where it began)
-    events: tuple[dict[str, Any], ...]  # netbootd's events of this power-on
-    path: tuple[str, ...]  # network, dhcp, script, kernel, ..., disk, reboot
-    offset: int | None = None  # where its console begins in the raw console (None: not shown)
-
-    def describe(self) -> str:
-        return f"power-on {self.number}: " + " → ".join(self.path)
 
 
 def ended(power_on: PowerOn, label: str) -> PowerOn:

@@ -6,12 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
-
-if TYPE_CHECKING:
-    from netbootd.testing.poweron import PowerOn
 
 # "the kernel has started the initramfs' init" (info messages: a `quiet` command line hides them)
 DEFAULT_EXPECT = r"Run /init as init process|Freeing unused kernel (image )?(\(initmem\) )?memory"
@@ -75,6 +72,22 @@ def describe(event: dict[str, Any]) -> str:
     """One line for an event: what happened, without the bookkeeping fields."""
     skip = {"time", "stage", "ip"}
     return " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+
+
+@attrs.frozen
+class PowerOn:
+    """One power-on of a machine's run (netbootd.testing.poweron tells them apart)."""
+
+    number: int  # 1, 2, ...
+    started: float  # wall time: QEMU's start, when the console showed the firmware, or the DHCP request
+    how: str  # what showed it: "QEMU started", "console: SeaBIOS (version ...)", "timeline: ..."
+    console: str  # its console, escapes removed ("" when the console did not show where it began)
+    events: tuple[dict[str, Any], ...]  # netbootd's events of this power-on
+    path: tuple[str, ...]  # network, dhcp, script, kernel, ..., disk, reboot
+    offset: int | None = None  # where its console begins in the raw console (None: not shown)
+
+    def describe(self) -> str:
+        return f"power-on {self.number}: " + " → ".join(self.path)
 
 
 @attrs.frozen

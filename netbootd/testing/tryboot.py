@@ -32,8 +32,7 @@ from typing import TextIO
 
 from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.testing.firmware import FIRMWARES, firmware
-from netbootd.testing.poweron import PowerOn
-from netbootd.testing.results import DEFAULT_EXPECT, BootResult, describe, stage_names
+from netbootd.testing.results import DEFAULT_EXPECT, BootResult, PowerOn, describe, stage_names
 
 # the client each firmware kind presents on its first request
 _CLIENTS = {

@@ -12,7 +12,7 @@ import pytest
 
 from netbootd.testing import poweron
 from netbootd.testing.firmware import AAVMF_START, OVMF_START, SEABIOS_START, Disk, Vm, firmware, parse_memory
-from netbootd.testing.results import stages_from
+from netbootd.testing.results import PowerOn, stages_from
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 NEVER = re.compile(r"(?!)")  # a console that shows no firmware start
@@ -24,13 +24,13 @@ def recording(name: str) -> tuple[str, list[dict], dict]:
     return raw, json.loads((d / "timeline.json").read_text()), json.loads((d / "meta.json").read_text())
 
 
-def split(name: str, **kw) -> list[poweron.PowerOn]:
+def split(name: str, **kw) -> list[PowerOn]:
     raw, events, meta = recording(name)
     options = {"start": firmware(meta["firmware"]).start, "started": meta["started"], "seen": meta["seen"], **kw}
     return poweron.split(raw, events, **options)
 
 
-def paths(power_ons: list[poweron.PowerOn]) -> list[str]:
+def paths(power_ons: list[PowerOn]) -> list[str]:
     return [p.describe() for p in power_ons]
 
 
@@ -158,7 +158,7 @@ def test_a_panic_and_a_device_that_does_not_boot():
 def test_ended_goes_before_the_end():
     _, second = split("bios-reboot")
     assert poweron.ended(second, "expect matched").path[-3:] == ("beacon", "expect matched", "power off")
-    running = poweron.PowerOn(1, 0.0, "QEMU started", "", (), ("network", "dhcp"))
+    running = PowerOn(1, 0.0, "QEMU started", "", (), ("network", "dhcp"))
     assert poweron.ended(running, "timed out").path == ("network", "dhcp", "timed out")
 
 
