@@ -217,7 +217,9 @@ def _following(lab, disk: str | None, memory: str | None, reboots: int, expect: 
     mib = parse_memory(memory) if memory else (1024 if disk is not None else 512)
     until = f"--expect '{expect}'" if expect else "the default test"
     after = f" after {reboots} reboot{'s' if reboots != 1 else ''}" if reboots else ""
-    return f"{where}{mib} MiB; reboots are followed until {until} matches{after} (or --timeout)"
+    hint = ("; the default test matches at the first kernel start: give --expect (what the installed system prints) "
+            "or --reboots to follow the machine further") if not expect and not reboots else ""
+    return f"{where}{mib} MiB; reboots are followed until {until} matches{after} (or --timeout){hint}"
 
 
 def report(printer: Printer, result: BootResult, expect: str | None) -> None:
