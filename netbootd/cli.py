@@ -160,7 +160,8 @@ def cmd_try(args) -> int:
         print(f"netbootd try: {exc}", file=sys.stderr)
         return 2
     try:
-        return run(mac, args.config, args.firmware, args.expect, args.timeout, args.keep, args.quiet, ipv6=args.ipv6)
+        return run(mac, args.config, args.firmware, args.expect, args.timeout, args.keep, args.quiet, ipv6=args.ipv6,
+                   disk=args.disk, memory=args.memory, reboots=args.reboots)
     except NoConfig as exc:
         print(f"netbootd try: {exc}", file=sys.stderr)
         return 2

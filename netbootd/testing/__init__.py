@@ -17,6 +17,8 @@ _EXPORTS = {
     "LabError": "netbootd.testing.lab",
     "missing_requirements": "netbootd.testing.lab",
     "BootResult": "netbootd.testing.results",
+    "PowerOn": "netbootd.testing.results",
+    "Disk": "netbootd.testing.firmware",
     "DEFAULT_EXPECT": "netbootd.testing.results",
     "FIRMWARES": "netbootd.testing.firmware",
     "firmware": "netbootd.testing.firmware",

@@ -7,9 +7,11 @@ lists what was measured on these machines).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +63,71 @@ _GAVE_UP_PXE6 = _gave_up("UEFI PXEv6")
 _GAVE_UP_HTTP6 = _gave_up("UEFI HTTPv6")
 
 
+# A power-on, on the console (the firmware starts; netbootd.testing.poweron): SeaBIOS and AAVMF print
+# a banner. Debian's OVMF (a release build) prints none, but its terminal driver starts each
+# power-on by clearing the screen and setting the mode (`ESC[=3h`, nothing else prints it), a run of
+# them that one match takes whole.
+SEABIOS_START = re.compile(r"SeaBIOS \(version[^\n]*")
+AAVMF_START = re.compile(r"UEFI firmware \(version[^\n]*")
+OVMF_START = re.compile(r"(?:\x1b\[2J\x1b\[01;01H)?\x1b\[=3h(?:\x1b\[2J\x1b\[01;01H|\x1b\[=3h)*")
+
+
+@attrs.frozen
+class Disk:
+    """A machine's disk image: `path`, in `format` (qcow2 or raw, as `qemu-img info` says)."""
+
+    path: Path
+    format: str = "qcow2"
+
+    def drive(self, interface: str) -> str:
+        """QEMU's -drive value: `if=virtio` (a virtio-blk disk SeaBIOS boots in `-boot` order), or
+        `if=none` (a drive for a -device line that sets its own bootindex)."""
+        return f"file={self.path},format={self.format},if={interface}" + (",id=disk0" if interface == "none" else "")
+
+
+SIZE = re.compile(r"^[1-9][0-9]*(?:\.[0-9]+)?[KMGT]?$", re.I)  # qemu-img's sizes: 64M, 2G, 1.5G, bytes
+
+
+def parse_memory(memory: int | str) -> int:
+    """A machine's memory in MiB: 1024, "1024", "1024M", "1G"."""
+    m = re.fullmatch(r"([1-9][0-9]*)([MG]?)(?:i?B)?", str(memory).strip(), re.I)
+    if m is None:
+        raise ValueError(f"memory {memory!r}: expected MiB (1024) or a size with M or G (1024M, 1G)")
+    return int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
+
+
+class DiskError(ValueError):
+    """A disk could not be made or used; the message says why."""
+
+
+def new_disk(path: Path, size: str) -> Disk:
+    """An empty qcow2 of `size` (64M, 2G: qemu-img's syntax) at `path`, made with qemu-img."""
+    if not SIZE.match(size):
+        raise DiskError(f"disk size {size!r}: expected a number with K, M, G or T (64M, 2G)")
+    if shutil.which("qemu-img") is None:
+        raise DiskError("qemu-img is missing (apt-get install qemu-utils)")
+    out = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size.upper()],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise DiskError(f"qemu-img create {path} {size}: {out.stderr.strip()}")
+    return Disk(path.absolute(), "qcow2")
+
+
+def existing_disk(path: Path) -> Disk:
+    """An image that exists (qcow2, raw, ...: its format as qemu-img sees it); the machine writes to it."""
+    if not path.is_file():
+        raise DiskError(f"{path}: no such disk image (a size such as 2G makes a new one)")
+    if shutil.which("qemu-img") is None:
+        raise DiskError("qemu-img is missing (apt-get install qemu-utils)")
+    # -U: no lock needed to read the header; the format named, so QEMU does not guess (a raw image
+    # guessed raw may not write its first sector)
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0:
+        raise DiskError(f"qemu-img info {path}: {out.stderr.strip()}")
+    return Disk(path.absolute(), json.loads(out.stdout).get("format", "raw"))
+
+
 @attrs.frozen
 class Vm:
     """What a firmware kind needs to build one machine's QEMU command line."""
@@ -71,6 +138,18 @@ class Vm:
     name: str
     accel: str = "tcg"
     memory_mb: int = 512
+    # A disk (a qcow2 or raw image), booted after the network, as a bare-metal fleet is set up: BIOS
+    # `-boot order=nc`, UEFI the NIC at bootindex 1 and the disk at 2. None: no disk.
+    disk: Disk | None = None
+    reboot: bool = False  # a guest reboot resets the machine (False: `-no-reboot`, QEMU exits)
+    extra: tuple[str, ...] = ()  # more QEMU arguments, appended
+
+
+# The disk after the NIC (bootindex=1), for OVMF and AAVMF
+def _uefi_disk(vm: Vm) -> list[str]:
+    if vm.disk is None:
+        return []
+    return ["-drive", vm.disk.drive("none"), "-device", "virtio-blk-pci,drive=disk0,bootindex=2"]
 
 
 @attrs.frozen
@@ -84,6 +163,7 @@ class FirmwareKind:
     give_up: re.Pattern[str] | None = None  # the firmware gave up on the path under test
     timeout: float = 150.0  # seconds, under TCG
     ipv6: bool = False  # boots over IPv6 only: needs an IPv6-only lab (Lab(ipv6=True))
+    start: re.Pattern[str] = OVMF_START  # what its console shows when it powers on (each reset too)
 
     def missing(self) -> str | None:
         """Why this kind cannot run here (naming the packages to install), or None."""
@@ -98,16 +178,18 @@ class FirmwareKind:
 def _common(vm: Vm, qemu: str) -> list[str]:
     return [
         qemu, "-accel", vm.accel, "-m", str(vm.memory_mb), "-nographic", "-serial", "stdio", "-monitor", "none",
-        "-no-reboot", "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
+        *([] if vm.reboot else ["-no-reboot"]), "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
     ]  # fmt: skip
 
 
 def _bios(vm: Vm) -> list[str]:
     # SeaBIOS + the NIC's iPXE ROM. reboot-timeout: when nothing boots, SeaBIOS reboots after 1 s
-    # instead of waiting 60 s, and -no-reboot turns that into QEMU exiting.
+    # instead of waiting 60 s, and -no-reboot turns that into QEMU exiting. A disk: network first,
+    # then the disk (`order=nc`; a virtio disk is SeaBIOS's first hard disk).
     nic = f"virtio-net-pci,netdev=n0,mac={vm.mac}"
-    return [*_common(vm, "qemu-system-x86_64"), "-machine", "pc", "-boot", "order=n,reboot-timeout=1000",
-            "-device", nic]
+    disk = [] if vm.disk is None else ["-drive", vm.disk.drive("virtio")]
+    return [*_common(vm, "qemu-system-x86_64"), "-machine", "pc", "-boot",
+            f"order={'n' if vm.disk is None else 'nc'},reboot-timeout=1000", "-device", nic, *disk, *vm.extra]
 
 
 def _ovmf(vm: Vm, *extra: str, code: Path = OVMF_CODE, vars_template: Path = OVMF_VARS,
@@ -120,7 +202,7 @@ def _ovmf(vm: Vm, *extra: str, code: Path = OVMF_CODE, vars_template: Path = OVM
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
         "-device", f"virtio-net-pci,netdev=n0,mac={vm.mac},romfile=,bootindex=1",
-        *extra,
+        *_uefi_disk(vm), *extra, *vm.extra,
     ]  # fmt: skip
 
 
@@ -171,12 +253,12 @@ def _aavmf(vm: Vm, *extra: str, vars_template: Path = AAVMF_VARS) -> list[str]:
     # AAVMF's PL011 is the console (Linux: console=ttyAMA0); romfile= and bootindex=1 as for OVMF
     return [
         "qemu-system-aarch64", "-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a57", "-smp", "1",
-        "-m", str(max(vm.memory_mb, 1024)), "-nographic", "-serial", "stdio", "-monitor", "none", "-no-reboot",
-        "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
+        "-m", str(max(vm.memory_mb, 1024)), "-nographic", "-serial", "stdio", "-monitor", "none",
+        *([] if vm.reboot else ["-no-reboot"]), "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}",
         "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
         "-device", f"virtio-net-pci,netdev=n0,mac={vm.mac},romfile=,bootindex=1",
-        *extra,
+        *_uefi_disk(vm), *extra, *vm.extra,
     ]  # fmt: skip
 
 
@@ -196,7 +278,7 @@ _ARM64 = ("qemu-system-arm", "qemu-efi-aarch64")
 FIRMWARES: dict[str, FirmwareKind] = {
     "bios": FirmwareKind(
         "bios", "SeaBIOS with the NIC's iPXE ROM (PXE, then iPXE)", "qemu-system-x86_64",
-        (*_X86, "ipxe-qemu"), (IPXE_NIC_ROM,), _bios, None, 90.0,
+        (*_X86, "ipxe-qemu"), (IPXE_NIC_ROM,), _bios, None, 90.0, start=SEABIOS_START,
     ),
     "uefi": FirmwareKind(
         "uefi", "OVMF's own UEFI PXE (4011 exchange, TFTP)", "qemu-system-x86_64",
@@ -226,16 +308,17 @@ FIRMWARES: dict[str, FirmwareKind] = {
     # TCG emulating arm64 is slower: AAVMF asks DHCP ~6 s after start, a boot to the marker takes 15-35 s
     "arm64-uefi": FirmwareKind(
         "arm64-uefi", "arm64 (AAVMF): its own UEFI PXE (4011 exchange, TFTP)", "qemu-system-aarch64",
-        _ARM64, (AAVMF_CODE, AAVMF_VARS), _aavmf, _GAVE_UP_PXE4_OR_GRUB, 180.0,
+        _ARM64, (AAVMF_CODE, AAVMF_VARS), _aavmf, _GAVE_UP_PXE4_OR_GRUB, 180.0, start=AAVMF_START,
     ),
     "arm64-http": FirmwareKind(
         "arm64-http", "arm64 (AAVMF): UEFI HTTP boot (IPv4)", "qemu-system-aarch64",
-        _ARM64, (AAVMF_CODE, AAVMF_VARS), _arm64_http, _GAVE_UP_HTTP4, 180.0,
+        _ARM64, (AAVMF_CODE, AAVMF_VARS), _arm64_http, _GAVE_UP_HTTP4, 180.0, start=AAVMF_START,
     ),
     "arm64-secure": FirmwareKind(
         "arm64-secure", "arm64 (AAVMF): its own UEFI PXE, Secure Boot enforced with Microsoft's keys (shim loads, "
         "unsigned iPXE is refused)",
         "qemu-system-aarch64", _ARM64, (AAVMF_CODE, AAVMF_VARS_MS), _arm64_secure, _GAVE_UP_PXE4_OR_GRUB, 180.0,
+        start=AAVMF_START,
     ),
 }
 # The names the project's own tests used before the kinds were shipped.

@@ -46,9 +46,20 @@ from typing import Any
 import attrs
 
 from netbootd.config.settings import LogSettings, Settings, to_toml
-from netbootd.testing.firmware import Vm, accelerator, firmware
+from netbootd.testing import poweron
+from netbootd.testing.firmware import (
+    SIZE,
+    Disk,
+    DiskError,
+    Vm,
+    accelerator,
+    existing_disk,
+    firmware,
+    new_disk,
+    parse_memory,
+)
 from netbootd.testing.netns import ANSI, NetnsClient, Proc, TimelineWatch, Topology, tail, wait_until
-from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, stages_from
+from netbootd.testing.results import DEFAULT_EXPECT, PANIC, BootResult, PowerOn, stages_from
 
 SITE_IP = "10.77.0.1"  # the site's address server (dnsmasq)
 BOOT_IP = "10.77.0.2"  # netbootd
@@ -109,6 +120,15 @@ class Boot:
     firmware_failure: str | None = None
     timed_out: bool = False
     seconds: float = 0.0
+    disk: Disk | None = None
+    # Following reboots (netbootd.testing.poweron): a reset starts another power-on in the same QEMU,
+    # and `expect` counts only from power-on `reboots` + 1 on.
+    follow: bool = False
+    reboots: int = 0
+    events: list[dict] = attrs.field(factory=list)  # netbootd's timeline for the MAC (the lab's watch fills it)
+    seen: list[float] = attrs.field(factory=list)  # when the lab first saw each console start after the first
+    console_at: dict[float, int] = attrs.field(factory=dict)  # a power-on the timeline showed: where its console begins
+    announced: int = 1  # power-ons reported to the caller (the first goes without saying)
 
     @property
     def serial(self) -> Path:
@@ -125,11 +145,41 @@ class Boot:
     def console(self) -> str:
         return ANSI.sub("", self.proc.text())
 
+    def power_ons(self) -> list[PowerOn]:
+        """This run's power-ons so far (one unless it follows reboots), each with its path."""
+        raw = self.proc.text()
+        if not self.follow:
+            console = ANSI.sub("", raw)
+            return [PowerOn(1, self.proc.started_wall, "QEMU started", console, tuple(self.events),
+                            poweron.path(console, self.events, last=True), 0)]
+        return poweron.split(raw, self.events, start=firmware(self.firmware).start, started=self.proc.started_wall,
+                             seen=self.seen, console_at=self.console_at)
+
+    def counted(self, raw: str) -> str:
+        """The console `expect` is matched on: from power-on `reboots` + 1 on ("" until it began)."""
+        if self.reboots == 0:
+            return ANSI.sub("", raw)
+        power_ons = self.power_ons()
+        if len(power_ons) <= self.reboots:
+            return ""
+        offset = power_ons[self.reboots].offset
+        return ANSI.sub("", raw[offset:]) if offset is not None else ""
+
     def scan(self) -> None:
-        give_up = firmware(self.firmware).give_up
-        for line in self.console().splitlines():
-            if self.match is None and (m := self.expect.search(line)):
-                self.match = m
+        kind = firmware(self.firmware)
+        raw = self.proc.text()
+        if self.follow:
+            now = time.time()
+            while len(self.seen) < len(poweron.console_starts(raw, kind.start)) - 1:
+                self.seen.append(now)
+        # with a disk, the firmware giving up on the network goes on to the disk, as it should
+        give_up = kind.give_up if self.disk is None else None
+        if self.match is None:
+            for line in self.counted(raw).splitlines():
+                if m := self.expect.search(line):
+                    self.match = m
+                    break
+        for line in ANSI.sub("", raw).splitlines():
             if self.panic is None and (p := PANIC.search(line)):
                 self.panic = p.group(0)
             if self.fail is not None and self.guest_failure is None and (f := self.fail.search(line)):
@@ -145,11 +195,13 @@ class Boot:
             return f"the machine reported a failure: {self.guest_failure}"
         if self.firmware_failure:
             return f"the firmware gave up on this boot path: {self.firmware_failure}"
+        after = f" after {self.reboots} reboot{'s' if self.reboots > 1 else ''}" if self.reboots else ""
         if self.timed_out:
-            return f"nothing matched {self.expect.pattern!r} within {self.timeout:.0f} s (QEMU killed)"
+            return f"nothing matched {self.expect.pattern!r}{after} within {self.timeout:.0f} s (QEMU killed)"
         if self.match:
             return "booted"
-        return f"QEMU exited ({self.proc.popen.returncode}) after {self.seconds:.0f} s without a match of {self.expect.pattern!r}"
+        return (f"QEMU exited ({self.proc.popen.returncode}) after {self.seconds:.0f} s without a match of "
+                f"{self.expect.pattern!r}{after}")
 
 
 # ---------------------------------------------------------------------------------- the lab
@@ -435,21 +487,51 @@ class Lab:
         return name
 
     def launch(self, mac: str, firmware_name: str, timeout: float | None = None, expect: str | None = None,
-               fail: str | None = None) -> Boot:
-        """Power on one machine (it runs while the caller does other things; see `wait`)."""
+               fail: str | None = None, *, disk: Disk | Path | str | None = None, memory: int | str | None = None,
+               reboots: int = 0, follow_reboots: bool | None = None, qemu_args: Sequence[str] = ()) -> Boot:
+        """Power on one machine (it runs while the caller does other things; see `wait`).
+
+        `disk`: a disk after the network in its boot order (as a bare-metal fleet is set up) — a
+        size ("64M", "2G": a new qcow2 `<machine>.qcow2` in the lab's directory), or an existing
+        image (a Path, or a `Disk`), which the machine writes to. `memory`: MiB, or "1G" (default
+        512 MiB; 1 GiB with a disk, what an installer needs). `follow_reboots` (default: when it has
+        a disk, or `reboots` > 0): a reboot resets the machine instead of ending QEMU, and the run
+        goes on through its power-ons; `reboots`: `expect` counts only from power-on `reboots` + 1
+        on. `qemu_args`: appended to QEMU's command line."""
         kind = firmware(firmware_name)
         if kind.ipv6 != self.ipv6:
             fix = "use Lab(ipv6=True)" if kind.ipv6 else "pick an IPv6 firmware kind (uefi6, uefi-http6)"
             raise LabError(f"firmware {kind.name} boots over {'IPv6' if kind.ipv6 else 'IPv4'} and this lab is "
                            f"{'IPv6-only' if self.ipv6 else 'IPv4'}: {fix}")
+        if reboots < 0 or (reboots and follow_reboots is False):
+            raise LabError(f"reboots={reboots}: a count of reboots to follow (follow_reboots=False follows none)")
+        try:
+            memory_mb = parse_memory(memory) if memory is not None else None
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
         n = len(self.boots)
         name = f"vm{n}-{kind.name}-{mac.replace(':', '')[-4:]}"
-        vm = Vm(mac=mac, tap=self.add_tap(), workdir=self.root, name=name, accel=self.accel)
+        image = self.disk(disk, name) if disk is not None else None
+        follow = follow_reboots if follow_reboots is not None else (image is not None or reboots > 0)
+        vm = Vm(mac=mac, tap=self.add_tap(), workdir=self.root, name=name, accel=self.accel,
+                memory_mb=memory_mb or (1024 if image is not None else 512), disk=image, reboot=follow,
+                extra=tuple(qemu_args))
         proc = self.start(name, kind.argv(vm))
         boot = Boot(name, mac, kind.name, proc, timeout or kind.timeout, re.compile(expect or DEFAULT_EXPECT),
-                    re.compile(fail) if fail else None)
+                    re.compile(fail) if fail else None, disk=image, follow=follow, reboots=reboots)
         self.boots.append(boot)
         return boot
+
+    def disk(self, disk: Disk | Path | str, name: str = "disk") -> Disk:
+        """A `Disk` for `launch`: a size makes a new qcow2 `<name>.qcow2` in the lab's directory."""
+        try:
+            if isinstance(disk, Disk):
+                return disk
+            if isinstance(disk, str) and SIZE.match(disk):
+                return new_disk(self.root / f"{name}.qcow2", disk)
+            return existing_disk(Path(disk))
+        except DiskError as exc:
+            raise LabError(str(exc)) from None
 
     def wait(self, *boots: Boot, on_poll: Callable[[], None] | None = None) -> None:
         """Until every machine matched, failed, powered off, or ran out of time."""
@@ -479,34 +561,66 @@ class Lab:
             time.sleep(0.2)
 
     def boot(self, mac: str, firmware: str = "bios", expect: str | None = None, timeout: float | None = None,
-             *, fail: str | None = None, on_event: Callable[[dict], None] | None = None,
-             on_console: Callable[[str], None] | None = None) -> BootResult:
+             *, fail: str | None = None, disk: Disk | Path | str | None = None, memory: int | str | None = None,
+             reboots: int = 0, follow_reboots: bool | None = None, qemu_args: Sequence[str] = (),
+             on_event: Callable[[dict], None] | None = None, on_console: Callable[[str], None] | None = None,
+             on_power_on: Callable[[PowerOn], None] | None = None) -> BootResult:
         """Power on one machine and wait for it: the result says whether `expect` (a regular
-        expression on its console; default: the kernel started the initramfs' init) matched."""
-        return self.boot_many([(mac, firmware)], expect, timeout, fail=fail, on_event=on_event,
-                              on_console=on_console)[0]
+        expression on its console; default: the kernel started the initramfs' init) matched.
+        `disk`, `memory`, `reboots`, `follow_reboots`, `qemu_args`: see `launch`."""
+        return self.boot_many([(mac, firmware)], expect, timeout, fail=fail, disk=disk, memory=memory,
+                              reboots=reboots, follow_reboots=follow_reboots, qemu_args=qemu_args,
+                              on_event=on_event, on_console=on_console, on_power_on=on_power_on)[0]
 
     def boot_many(self, machines: Sequence[tuple[str, str]], expect: str | None = None, timeout: float | None = None,
-                  *, fail: str | None = None, on_event: Callable[[dict], None] | None = None,
-                  on_console: Callable[[str], None] | None = None) -> list[BootResult]:
+                  *, fail: str | None = None, disk: Disk | Path | str | None = None, memory: int | str | None = None,
+                  reboots: int = 0, follow_reboots: bool | None = None, qemu_args: Sequence[str] = (),
+                  on_event: Callable[[dict], None] | None = None, on_console: Callable[[str], None] | None = None,
+                  on_power_on: Callable[[PowerOn], None] | None = None) -> list[BootResult]:
         """Power on machines at the same time (each its own (mac, firmware)) and wait for all.
-        `on_event` gets netbootd's timeline events as they happen (with "mac" added), `on_console`
-        each new piece of console output (one machine at a time: for a terminal)."""
+        `disk` etc. apply to each (see `launch`): a size gives each machine a new disk of its own; an
+        existing image can serve one machine only. `on_event` gets netbootd's timeline events as
+        they happen (with "mac" and "power_on", its number, added), `on_console` each new piece of
+        console output (one machine at a time: for a terminal), `on_power_on` each power-on after
+        the first as the lab sees it begin (a machine that follows its reboots)."""
+        if disk is not None and not (isinstance(disk, str) and SIZE.match(disk)) and len(machines) > 1:
+            raise LabError(f"disk={disk}: one existing image cannot serve {len(machines)} machines (a size gives "
+                           "each a disk of its own)")
         if self.netbootd is None:
             # not refused for errors elsewhere in the configuration: netbootd holds a broken machine
             # (its boot then fails, saying why) and serves the others; `netbootd check` is the gate
             self.start_netbootd(check_config=False)
-        boots = [self.launch(mac, fw, timeout, expect, fail) for mac, fw in machines]
+        boots = [self.launch(mac, fw, timeout, expect, fail, disk=disk, memory=memory, reboots=reboots,
+                             follow_reboots=follow_reboots, qemu_args=qemu_args) for mac, fw in machines]
         client = NetnsClient(self.boot_ns)
         watches = []
+
+        def announce(boot: Boot) -> list[PowerOn]:
+            """The machine's power-ons; a new one is reported (and, when only the timeline showed
+            it, where the console stood then is kept: its console begins there)."""
+            power_ons = boot.power_ons()
+            for power_on in power_ons[boot.announced:]:
+                if power_on.how.startswith("timeline") and power_on.started not in boot.console_at:
+                    boot.console_at[power_on.started] = len(boot.proc.text())
+                if on_power_on is not None:
+                    on_power_on(power_on)
+            boot.announced = max(boot.announced, len(power_ons))
+            return power_ons
+
         for boot in boots:
-            def forward(event: dict, mac: str = boot.mac) -> None:
+            def forward(event: dict, boot: Boot = boot) -> None:
+                power_ons = announce(boot) if boot.follow else []
                 if on_event is not None:
-                    on_event({**event, "mac": mac})
-            watches.append(TimelineWatch(client, f"http://127.0.0.1:{self.http_port}", boot.mac, forward))
+                    on_event({**event, "mac": boot.mac, "power_on": poweron.number_of(power_ons, event)})
+            watch = TimelineWatch(client, f"http://127.0.0.1:{self.http_port}", boot.mac, forward)
+            boot.events = watch.events  # the power-ons are told apart with them
+            watches.append(watch)
         offsets = [0] * len(boots)
 
         def poll() -> None:
+            for boot in boots:
+                if boot.follow:
+                    announce(boot)  # a start the console showed, before the events that follow it
             for watch in watches:
                 watch.poll()
             if on_console is not None:
@@ -521,22 +635,32 @@ class Lab:
             poll()
         finally:
             client.close()
-        return [
-            BootResult(
-                mac=boot.mac,
-                firmware=boot.firmware,
-                booted=boot.booted,
-                seconds=round(boot.seconds, 2),
-                reason=boot.why(),
-                stages=stages_from(watch.events, boot.proc.started_wall),
-                console=boot.console(),
-                timeline=list(watch.events),
-                netbootd_log=self.netbootd_lines(boot.mac),
-                match=boot.match.group(0) if boot.match else "",
-                timed_out=boot.timed_out,
-            )
-            for boot, watch in zip(boots, watches, strict=True)
-        ]
+        return [self.result(boot) for boot in boots]
+
+    def result(self, boot: Boot) -> BootResult:
+        """What a finished machine's run tells its caller."""
+        power_ons = boot.power_ons()
+        if boot.proc.popen.returncode == 0 and power_ons[-1].path[-1] not in poweron.ENDS:
+            power_ons[-1] = attrs.evolve(power_ons[-1], path=(*power_ons[-1].path, "power off"))  # QEMU exited by itself
+        if boot.booted:
+            power_ons[-1] = poweron.ended(power_ons[-1], "expect matched")
+        elif boot.timed_out:
+            power_ons[-1] = poweron.ended(power_ons[-1], "timed out")
+        return BootResult(
+            mac=boot.mac,
+            firmware=boot.firmware,
+            booted=boot.booted,
+            seconds=round(boot.seconds, 2),
+            reason=boot.why(),
+            stages=stages_from(boot.events, boot.proc.started_wall, power_ons),
+            console=boot.console(),
+            timeline=list(boot.events),
+            netbootd_log=self.netbootd_lines(boot.mac),
+            match=boot.match.group(0) if boot.match else "",
+            timed_out=boot.timed_out,
+            power_ons=tuple(power_ons),
+            disk=boot.disk.path if boot.disk is not None else None,
+        )
 
     # -- reports and teardown
 

@@ -4,6 +4,8 @@ timeline netbootd recorded for the machine, and where it stopped."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -73,6 +75,22 @@ def describe(event: dict[str, Any]) -> str:
 
 
 @attrs.frozen
+class PowerOn:
+    """One power-on of a machine's run (netbootd.testing.poweron tells them apart)."""
+
+    number: int  # 1, 2, ...
+    started: float  # wall time: QEMU's start, when the console showed the firmware, or the DHCP request
+    how: str  # what showed it: "QEMU started", "console: SeaBIOS (version ...)", "timeline: ..."
+    console: str  # its console, escapes removed ("" when the console did not show where it began)
+    events: tuple[dict[str, Any], ...]  # netbootd's events of this power-on
+    path: tuple[str, ...]  # network, dhcp, script, kernel, ..., disk, reboot
+    offset: int | None = None  # where its console begins in the raw console (None: not shown)
+
+    def describe(self) -> str:
+        return f"power-on {self.number}: " + " → ".join(self.path)
+
+
+@attrs.frozen
 class BootResult:
     mac: str
     firmware: str
@@ -85,6 +103,13 @@ class BootResult:
     netbootd_log: list[str]  # netbootd's log lines that name this machine
     match: str = ""  # the console text that matched `expect`
     timed_out: bool = False  # nothing decided within the timeout (QEMU was killed)
+    # each power-on (one, unless the machine followed its reboots) with its path (netbootd.testing.poweron)
+    power_ons: tuple[PowerOn, ...] = ()
+    disk: Path | None = None  # the machine's disk image (it persists across its power-ons)
+
+    def paths(self) -> list[str]:
+        """One line per power-on: `power-on 1: network → dhcp → script → kernel → ... → reboot`."""
+        return [power_on.describe() for power_on in self.power_ons]
 
     def stopped_at(self) -> str:
         """The last stage netbootd saw, for "where the boot stopped"."""
@@ -95,9 +120,14 @@ class BootResult:
         return f"{name} ({describe(last)})"
 
 
-def stages_from(events: list[dict[str, Any]], started_wall: float) -> dict[str, float]:
+def stages_from(events: list[dict[str, Any]], started_wall: float,
+                power_ons: Sequence[PowerOn] = ()) -> dict[str, float]:
+    """Seconds from QEMU's start to each stage's first event. With `power_ons`, each power-on's
+    events are named on their own (a download after the second power-on's DHCP is not the first's
+    "initrd3")."""
+    named = [(n, e) for p in power_ons for n, e in zip(stage_names(list(p.events)), p.events, strict=True)]
     out: dict[str, float] = {}
-    for name, event in zip(stage_names(events), events, strict=True):
+    for name, event in named or zip(stage_names(events), events, strict=True):
         if name not in out and isinstance(event.get("time"), (int, float)):
             out[name] = round(max(0.0, event["time"] - started_wall), 2)
     return out

@@ -9,6 +9,13 @@ Before QEMU starts, the configuration is asked what the machine would get: a hel
 unknown machine, or one whose kernel is a remote URL the isolated lab cannot reach, is reported
 at once (exit 1) instead of after a timeout.
 
+`--disk SIZE|PATH`: the machine gets a disk after the network in its boot order (as a bare-metal
+fleet is set up), 1 GiB unless `--memory` says otherwise, and QEMU runs without `-no-reboot`: the
+run follows the machine through its reboots (provision, then boot from the disk) until `--expect`
+matches (`--reboots N`: after N reboots), and prints each power-on's path
+(netbootd.testing.poweron says how a power-on is told apart). A new disk lives in the try's
+directory and goes with it, unless `--keep`.
+
 `--ipv6` (or an IPv6 firmware kind): the lab is IPv6-only — the site's server gives stateful DHCPv6
 addresses and router advertisements, and iPXE its script URL (see netbootd.testing.lab) — and OVMF
 boots with IPv4 PXE off (uefi6, the default then) or IPv4 off (uefi-http6).
@@ -25,7 +32,7 @@ from typing import TextIO
 
 from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.testing.firmware import FIRMWARES, firmware
-from netbootd.testing.results import DEFAULT_EXPECT, BootResult, describe, stage_names
+from netbootd.testing.results import DEFAULT_EXPECT, BootResult, PowerOn, describe, stage_names
 
 # the client each firmware kind presents on its first request
 _CLIENTS = {
@@ -92,7 +99,8 @@ class Printer:
         self.out = out
         self.quiet = quiet
         self.started = time.time()
-        self.events: list[dict] = []
+        self.events: list[dict] = []  # the current power-on's
+        self.power_on = 1
 
     def console(self, text: str) -> None:
         if not self.quiet:
@@ -100,10 +108,15 @@ class Printer:
             self.out.flush()
 
     def event(self, event: dict) -> None:
+        if event.get("power_on", 1) != self.power_on:
+            self.power_on, self.events = event.get("power_on", 1), []  # each power-on's stages named anew
         self.events.append(event)
         name = stage_names(self.events)[-1]
         at = event.get("time", time.time()) - self.started
-        self.say(f"+{at:6.2f} s  {name:<9} {describe({k: v for k, v in event.items() if k != 'mac'})}")
+        self.say(f"+{at:6.2f} s  {name:<9} {describe({k: v for k, v in event.items() if k not in ('mac', 'power_on')})}")
+
+    def powered_on(self, power_on: PowerOn) -> None:
+        self.say(f"+{power_on.started - self.started:6.2f} s  power-on {power_on.number} ({power_on.how})")
 
     def say(self, line: str) -> None:
         prefix = "\n" if not self.quiet else ""
@@ -112,7 +125,8 @@ class Printer:
 
 
 def run(mac: str, config: str | None, firmware_name: str | None, expect: str | None, timeout: float | None,
-        keep: bool, quiet: bool, out: TextIO = sys.stdout, ipv6: bool = False) -> int:
+        keep: bool, quiet: bool, out: TextIO = sys.stdout, ipv6: bool = False, disk: str | None = None,
+        memory: str | None = None, reboots: int = 0) -> int:
     """The command; returns the exit status (0 booted, 1 did not, 2 cannot try here)."""
     from netbootd.testing.lab import BOOT_IP, BOOT_IP6, PREFIX6, Lab, LabError, missing_requirements
 
@@ -126,6 +140,10 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
     reason = missing_requirements(firmware_name)
     if reason:
         print(f"netbootd try: {reason}", file=sys.stderr)
+        return 2
+    problem = _disk_problem(disk, memory, reboots)
+    if problem:
+        print(f"netbootd try: {problem}", file=sys.stderr)
         return 2
     try:
         offered = preflight(config, mac, firmware_name, BOOT_IP6 if ipv6 else BOOT_IP)
@@ -146,8 +164,11 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
             printer.say(f"IPv6-only lab: the site's DHCPv6 server ({lab.site_ip}) leases addresses in {PREFIX6}/64 "
                         f"(stateful) and gives iPXE its script URL {lab.url}{lab.site_ipxe_script}; netbootd at "
                         f"{lab.boot_ip}")
+        if disk is not None or reboots:
+            printer.say(_following(lab, disk, memory, reboots, expect))
         printer.started = time.time()
-        result = lab.boot(mac, kind.name, expect, timeout, on_event=printer.event, on_console=printer.console)
+        result = lab.boot(mac, kind.name, expect, timeout, disk=disk, memory=memory, reboots=reboots,
+                          on_event=printer.event, on_console=printer.console, on_power_on=printer.powered_on)
     except LabError as exc:
         print(f"netbootd try: the lab could not be set up: {exc}", file=sys.stderr)
         return 2
@@ -160,18 +181,60 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
             shutil.rmtree(root, ignore_errors=True)
     report(printer, result, expect)
     if keep or quiet:
-        printer.say(f"lab files kept in {root} (console: {root}/{lab.boots[0].name}.log, netbootd.log, bridge.pcap)")
+        disk_kept = f", disk: {result.disk}" if result.disk is not None and result.disk.parent == root else ""
+        printer.say(f"lab files kept in {root} (console: {root}/{lab.boots[0].name}.log, netbootd.log, bridge.pcap"
+                    f"{disk_kept})")
     return 0 if result.booted else 1
+
+
+def _disk_problem(disk: str | None, memory: str | None, reboots: int) -> str | None:
+    """Why --disk, --memory or --reboots cannot be used as given (before a lab is made)."""
+    from netbootd.testing.firmware import SIZE, parse_memory
+
+    if disk is not None and not SIZE.match(disk):
+        if not Path(disk).is_file():
+            return f"--disk {disk}: neither a size (64M, 2G: a new qcow2) nor an existing disk image"
+    if disk is not None and shutil.which("qemu-img") is None:
+        return "--disk needs qemu-img (apt-get install qemu-utils)"
+    if memory is not None:
+        try:
+            parse_memory(memory)
+        except ValueError as exc:
+            return f"--memory: {exc}"
+    if reboots < 0:
+        return f"--reboots {reboots}: a number of reboots (0 or more)"
+    return None
+
+
+def _following(lab, disk: str | None, memory: str | None, reboots: int, expect: str | None) -> str:
+    """The line that says what a run with a disk or reboots does."""
+    from netbootd.testing.firmware import SIZE, parse_memory
+
+    where = ""
+    if disk is not None:
+        where = (f"a new {disk} qcow2 disk in {lab.root}" if SIZE.match(disk) else f"the disk image {disk} (written to)")
+        where += ", booted after the network; "
+    mib = parse_memory(memory) if memory else (1024 if disk is not None else 512)
+    until = f"--expect '{expect}'" if expect else "the default test"
+    after = f" after {reboots} reboot{'s' if reboots != 1 else ''}" if reboots else ""
+    hint = ("; the default test matches at the first kernel start: give --expect (what the installed system prints) "
+            "or --reboots to follow the machine further") if not expect and not reboots else ""
+    return f"{where}{mib} MiB; reboots are followed until {until} matches{after} (or --timeout){hint}"
 
 
 def report(printer: Printer, result: BootResult, expect: str | None) -> None:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.stages.items()) or "none"
+    many = len(result.power_ons) > 1 or result.disk is not None
     if result.booted:
         printer.say(f"BOOTED in {result.seconds:.1f} s: {result.match.strip()!r}")
+        for line in result.paths() if many else ():
+            printer.say(line)
         printer.say(f"stages: {stages}")
         return
     printer.say(f"DID NOT BOOT ({result.seconds:.1f} s): {result.reason}")
     printer.say(f"stopped after: {result.stopped_at()}")
+    for line in result.paths() if many else ():
+        printer.say(line)
     printer.say(f"stages: {stages}")
     if expect is None and "quiet" in result.console and not result.match:
         printer.say(f"(the default test {DEFAULT_EXPECT!r} needs the kernel's info messages, which `quiet` hides: "
@@ -194,6 +257,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--expect", help=f"a regular expression on the console that means success (default: the "
                                          f"kernel started the initramfs' init: {DEFAULT_EXPECT!r})")
     parser.add_argument("--timeout", type=float, help="seconds before giving up (default: per firmware, 90-180 under TCG)")
+    parser.add_argument("--disk", metavar="SIZE|PATH",
+                        help="give the machine a disk, booted after the network (BIOS order=nc, UEFI bootindex 2): a "
+                             "size (64M, 2G) makes a new qcow2 in the lab's directory, a path uses that image (it is "
+                             "written to); the run then follows the machine's reboots, printing each power-on's path")
+    parser.add_argument("--memory", help="the machine's memory: MiB, or 1G (default 512 MiB; 1 GiB with --disk)")
+    parser.add_argument("--reboots", type=int, default=0,
+                        help="follow the machine's reboots, and count --expect only after this many (default 0: "
+                             "anywhere; reboots are followed anyway with --disk)")
     parser.add_argument("--keep", action="store_true", help="keep the lab's files (logs, capture, configuration)")
     parser.add_argument("--quiet", action="store_true",
                         help="do not stream the console (it is kept in the lab's files, whose path is printed)")

@@ -318,6 +318,38 @@ if [ -n "$url" ]; then
 else
     body="NO-URL"
 fi
+# nbd_reboot_once (the disk tests): a marker in the disk's (/dev/vda) first sector. Not there: write
+# it and reboot. There: report it (the disk kept what the earlier power-on wrote) and go on. The
+# sector is a BIOS boot sector too: booted from the disk, it prints `NETBOOT-DISK-BOOT NBD-MARK <id>`
+# on the serial port and powers the machine off.
+case " $cmdline " in *" nbd_reboot_once "*)
+    for m in $(cat /lib/modules/order.disk); do
+        insmod "/lib/modules/$m.ko" 2>/dev/null || true  # loaded already when nbd_install= came first
+    done
+    disk=""
+    for i in $(seq 1 50); do
+        [ -b /dev/vda ] && { disk=/dev/vda; break; }
+        sleep 0.1
+    done
+    [ -n "$disk" ] || fail "mac=$mac nbd_reboot_once: no disk /dev/vda (is virtio_blk loaded?)"
+    found="$(head -c 512 "$disk" | tr -c 'A-Za-z0-9 -' '\n' | sed -n 's/^.*NBD-MARK \([0-9a-f-]\{36\}\).*$/\1/p' | head -n1)"
+    if [ -z "$found" ]; then
+        mark="$(cat /proc/sys/kernel/random/uuid)"
+        # 16-bit code at 0x7c00: cli; ds=0; si=0x7c1d (the text after it); each byte out to COM1
+        # (0x3f8) up to the NUL; ACPI power off (0x2000 to PM1a_CNT, 0x604, as SeaBIOS sets it); hlt
+        code='\372\061\300\216\330\276\035\174\254\204\300\164\006\272\370\003\356\353\365\272\004\006\270\000\040\357\364\353\375'
+        { printf "$code"; printf 'NETBOOT-DISK-BOOT NBD-MARK %s\r\n\000' "$mark"; } > /tmp/code
+        { dd if=/tmp/code bs=510 count=1 conv=sync 2>/dev/null; printf '\125\252'; } > /tmp/sector
+        dd if=/tmp/sector of="$disk" bs=512 count=1 conv=notrunc,fsync 2>/dev/null \
+            || fail "mac=$mac nbd_reboot_once: cannot write $disk"
+        sync
+        say "NETBOOT-DISK wrote=$mark, rebooting"
+        sleep 0.2
+        reboot -f
+    fi
+    say "NETBOOT-DISK found=$found"
+    ;;
+esac
 say "NETBOOT-OK mac=$mac ip=$ip cmdline=$cmdline ignition=$body"
 sleep 0.2
 poweroff -f

@@ -27,6 +27,7 @@ OK = "52:54:00:88:00:01"
 PANICS = "52:54:00:88:00:02"
 BROKEN = "52:54:00:88:00:03"
 IGNORED = "52:54:00:88:00:04"
+DISK = "52:54:00:88:00:05"
 
 
 @pytest.fixture
@@ -44,6 +45,8 @@ def config(tmp_path, assets) -> Path:
         PANICS: '[boot]\nkernel = "vmlinuz"\ncmdline = "console=ttyS0 panic=-1"\n',
         BROKEN: '[boot]\nkernel = "vmlinuz"\ncmdline = "console=ttyS0 {{ hostnmae }}"\n',
         IGNORED: "[boot]\nignore = true\n",
+        # the test initramfs marks its disk and reboots; the next boot finds the mark (assets.sh)
+        DISK: '[boot]\nkernel = "vmlinuz"\ninitrds = ["initrd.img"]\ncmdline = "console=ttyS0 panic=-1 nbd_reboot_once"\n',
     }
     for mac, text in machines.items():
         (conf / "machines" / f"{mac.replace(':', '-')}.toml").write_text(text)
@@ -121,6 +124,40 @@ def test_a_panic_says_where_the_boot_stopped(config):
     assert "--- last console lines ---" in out and "--- netbootd log lines for this machine ---" in out
     log_part = out.split("--- netbootd log lines for this machine ---")[1]
     assert "script sent" in log_part and OK not in log_part
+
+
+def test_disk_follows_the_reboot(config):
+    """`--disk 64M`: a qcow2 in the try's directory; the machine marks it and reboots, the run follows
+    it to the second power-on (network first again), which reads the mark back from the disk."""
+    need("bios")
+    code, out = finish(netbootd_try(DISK, "--config", str(config), "--disk", "64M", "--keep",
+                                    "--expect", r"NETBOOT-DISK found=\S+"), timeout=200)
+    assert code == 0, out
+    assert "==> a new 64M qcow2 disk in " in out and "1024 MiB; reboots are followed until --expect" in out, out
+    wrote = re.search(r"NETBOOT-DISK wrote=([0-9a-f-]{36}),", out)
+    found = re.search(r"NETBOOT-DISK found=([0-9a-f-]{36})", out)
+    assert wrote and found and wrote.group(1) == found.group(1), out
+    assert re.search(r"==> \+ *[0-9.]+ s  power-on 2 \(console: SeaBIOS \(version", out), out
+    assert "==> power-on 1: network → dhcp → script → kernel → initrd → beacon → reboot\n" in out, out
+    assert "==> power-on 2: network → dhcp → script → kernel → initrd → beacon → expect matched" in out, out
+    # the second power-on's stages are printed as its own (a kernel, not a third initrd)
+    assert out.count("s  kernel    path=/files/vmlinuz") == 2, out
+    kept = Path(re.search(r"lab files kept in (\S+) ", out).group(1))
+    try:
+        disk = Path(re.search(r"disk: (\S+\.qcow2)\)", out).group(1))
+        assert disk.parent == kept and disk.read_bytes()[:4] == b"QFI\xfb"  # qcow2
+        assert f"NBD-MARK {wrote.group(1)}".encode() in disk.read_bytes()  # qcow2 keeps data clusters as they are
+    finally:
+        shutil.rmtree(kept)
+
+
+def test_disk_argument_is_checked_before_a_lab(config, tmp_path):
+    need("bios")
+    code, out = finish(netbootd_try(DISK, "--config", str(config), "--disk", str(tmp_path / "none.qcow2")), 60)
+    assert code == 2 and "neither a size (64M, 2G: a new qcow2) nor an existing disk image" in out, out
+    code, out = finish(netbootd_try(DISK, "--config", str(config), "--disk", "1G", "--memory", "lots"), 60)
+    assert code == 2 and "--memory: memory 'lots'" in out, out
+    assert "==>" not in out, "a lab was started"
 
 
 @pytest.mark.parametrize(("mac", "why"), [(BROKEN, "held: "), (IGNORED, "boot.ignore = true")])
