@@ -1,6 +1,7 @@
 """Boot-storm benchmark of the proxy-DHCP edge: netbootd against dnsmasq in proxy mode.
 
     sudo python bench/dhcp.py [-v] [--seconds 5] [--steps 7] [--step-seconds 2] [--profile]
+    sudo python -P bench/dhcp.py --netbootd-pythonpath /tmp/old-checkout   # this netbootd and that one, one run
 
 Creates two network namespaces joined by a veth pair (server 10.79.0.2, client 10.79.0.100),
 then for each server in turn (dnsmasq with `dhcp-range=10.79.0.0,proxy` + a `pxe-service`, then
@@ -14,10 +15,27 @@ netbootd's DHCP edge with the real boot core and a default machine):
 
 The client is a BIOS PXE ROM's DISCOVER (arch 0, no user class), which both servers answer; it
 sends in bursts every millisecond and sleeps in between, so it leaves the CPU to the servers.
-Both servers log one line per answer to a file (their default verbosity; set
-NETBOOTD_BENCH_LOG_LEVEL=warn to see netbootd without its per-answer line). netbootd's CPU time
-per answer is printed too. Everything it starts is stopped by PID and the namespaces are deleted
-on exit. Needs root, iproute2 and dnsmasq. `--profile` runs netbootd under cProfile.
+Both servers log to a file at their default verbosity: dnsmasq one line per answer, netbootd one
+"answered" line per answer up to 200 a second (its own limit, dhcp/answer.py; set
+NETBOOTD_BENCH_LOG_LEVEL=warn to see netbootd without them). netbootd runs with
+dhcp.unknown_rate 0 (no flood guard) but in the --flood runs. Each server's CPU time (utime +
+stime) per answer is printed, over all its runs and over the paced run alone. CPU per answer
+depends on how many datagrams each wakeup finds (on a 2-core host netbootd spent 2-3 times as
+much at 1000/s as at 10000/s, and a server that falls behind reads big batches and spends less
+per answer), so the paced figure is like-for-like only where every server kept up with the paced
+rate (a p50 of a millisecond or so); the all-runs figure also depends on the rates its own search
+tried.
+Everything it starts is stopped by PID and the namespaces are deleted on exit. Needs root,
+iproute2 and dnsmasq. `--profile` runs netbootd under cProfile.
+
+--netbootd-pythonpath PATH (repeatable): also measure the netbootd package found in PATH (another
+checkout: before/after a change) in the same run, after this checkout's (--others-first: before
+it), with the same settings and the same paced rate. Each netbootd runs as `python -P
+bench/dhcp.py serve` with PYTHONPATH=its checkout, writes the netbootd.__file__ it imported into
+its log, and is refused unless that is under its checkout. The table adds this checkout's CPU per
+answer over each other's (new/old). --paced-rate R: every server's paced run at R (pick one that
+all keep up with on a busy host); with --steps 0, no rate search. On a shared host run it several
+times, alternating the order: run-to-run noise in CPU per answer can exceed 20%.
 """
 
 from __future__ import annotations
@@ -37,9 +55,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # netbootd from this checkout, installed or not
-from netbootd.testing.netns import Topology  # noqa: E402
-
+# netbootd is imported inside functions only: the orchestrator puts this checkout first on sys.path
+# (main), a `serve` child imports the netbootd its PYTHONPATH names (run with -P: no script directory).
 SERVER_IP = "10.79.0.2"
 CLIENT_IP = "10.79.0.100"
 NET = "10.79.0.0"
@@ -140,14 +157,21 @@ def cpu_seconds(pid: int) -> float:
 def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: float = 0.0) -> None:
     from twisted.internet import reactor
 
-    from netbootd.config.catalog import build_catalog
-    from netbootd.config.machinesdir import load_machines
+    import netbootd
+
+    try:
+        from netbootd.config.catalog import build_catalog
+        from netbootd.config.machinesdir import load_machines
+    except ImportError:  # a checkout from before config/load.py was split (i22-config)
+        from netbootd.config.load import build_catalog, load_machines  # type: ignore[no-redef]
     from netbootd.config.settings import DhcpSettings, HttpSettings, Settings
     from netbootd.core.decide import BootCore
     from netbootd.dhcp import listen_dhcp
     from netbootd.logs import start_logging
 
     stream = log_file.open("a")
+    stream.write(f"bench: netbootd imported from {netbootd.__file__}\n")
+    stream.flush()
     start_logging("text", os.environ.get("NETBOOTD_BENCH_LOG_LEVEL", "info"), stream)
     # unknown_rate 0 by default: the rate runs measure answers to new MACs, not the flood guard
     settings = Settings(machines_dir=machines, files_root=machines.parent, http=HttpSettings(port=8080),
@@ -157,7 +181,7 @@ def serve(machines: Path, log_file: Path, profile: Path | None, unknown_rate: fl
         sys.exit("\n".join(map(str, result.errors)))
     listen_dhcp(reactor, settings, BootCore(settings, build_catalog(result)))
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
-    print("READY", flush=True)
+    print("READY", netbootd.__file__, flush=True)
     if profile is None:
         reactor.run(installSignalHandlers=False)
         return
@@ -175,6 +199,8 @@ class Bench:
     srv_if, cli_if = "nbbs0", "nbbc0"
 
     def __init__(self, args: argparse.Namespace) -> None:
+        from netbootd.testing.netns import Topology
+
         self.args = args
         self.net = Topology("nbb")
         self.tmp = Path(tempfile.mkdtemp(prefix="netbootd-bench-"))
@@ -208,20 +234,28 @@ class Bench:
                 proc.kill()
                 proc.wait()
 
-    def start_netbootd(self, unknown_rate: float = 0.0) -> subprocess.Popen:
+    def start_netbootd(self, unknown_rate: float = 0.0, checkout: Path = REPO, tag: str = "") -> subprocess.Popen:
+        """netbootd's DHCP edge from the package in `checkout` (PYTHONPATH, and -P so that nothing
+        else comes first); refused unless the child says it imported that one."""
         argv = [
-            *self.nice, *self.srv.argv(sys.executable, __file__, "serve"),
-            "--machines", str(self.tmp / "machines"), "--log", str(self.tmp / "netbootd.log"),
+            *self.nice, *self.srv.argv(sys.executable, "-P", __file__, "serve"),
+            "--machines", str(self.tmp / "machines"), "--log", str(self.tmp / f"netbootd{tag}.log"),
             "--unknown-rate", str(unknown_rate),
         ]  # fmt: skip
         if self.args.profile:
-            argv += ["--profile", str(self.tmp / "netbootd.prof")]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            argv += ["--profile", str(self.tmp / f"netbootd{tag}.prof")]
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.procs.append(proc)
         ready, _, _ = select.select([proc.stdout], [], [], 30)
-        if not ready or "READY" not in proc.stdout.readline():
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("READY"):
             self.stop(proc)
             raise SystemExit(f"netbootd did not start: {proc.stderr.read()}")
+        imported = Path(line.split(None, 1)[1].strip()).resolve()
+        if not imported.is_relative_to(checkout.resolve()):
+            self.stop(proc)
+            raise SystemExit(f"netbootd imported {imported}, not the one in {checkout}")
         return proc
 
     def start_dnsmasq(self) -> subprocess.Popen:
@@ -305,16 +339,19 @@ class Bench:
                 rate = (lo + hi) / 2
         return lo, steps
 
-    def run_server(self, name: str, paced_rate: float | None) -> dict:
-        proc = self.start_netbootd() if name == "netbootd" else self.start_dnsmasq()
+    def run_server(self, name: str, paced_rate: float | None, checkout: Path = REPO, tag: str = "") -> dict:
+        proc = self.start_netbootd(checkout=checkout, tag=tag) if name == "netbootd" else self.start_dnsmasq()
         result: dict = {}
         try:
             self.load(50, 1000)  # warm-up (imports, caches, neighbour entries)
             cpu_before = cpu_seconds(proc.pid)  # `nice` and `ip netns exec` exec: same PID
             result["sustained"], result["steps"] = self.sustained(self.args.start_rate)
             rate = paced_rate or result["sustained"]
+            cpu_paced = cpu_seconds(proc.pid)
             result["paced"] = self.load(max(1, int(rate * self.args.seconds)), rate)
-            if paced_rate and result["sustained"] and result["sustained"] < paced_rate:
+            paced_cpu = cpu_seconds(proc.pid) - cpu_paced
+            result["cpu_us_per_paced_answer"] = 1e6 * paced_cpu / max(result["paced"]["answered"], 1)
+            if name == "netbootd" and paced_rate and result["sustained"] and result["sustained"] < paced_rate:
                 own = result["sustained"]
                 result["paced_own"] = self.load(max(1, int(own * self.args.seconds)), own)
             answers = sum(r["answered"] for r in result["steps"]) + result["paced"]["answered"]
@@ -376,6 +413,13 @@ def main() -> None:
     parser.add_argument("--flood", action="store_true",
                         help="also: a spoofed-MAC flood at dnsmasq's sustained rate while a configured machine "
                              "asks, with the flood guard (dhcp.unknown_rate default) and without it")
+    parser.add_argument("--netbootd-pythonpath", type=Path, action="append", default=[], metavar="PATH",
+                        help="also measure the netbootd package in PATH (another checkout), same run; repeatable")
+    parser.add_argument("--others-first", action="store_true",
+                        help="run the --netbootd-pythonpath netbootds before this checkout's (alternate the order)")
+    parser.add_argument("--paced-rate", type=float, default=0.0,
+                        help="the paced run's rate for every server (default: dnsmasq's sustained rate); with "
+                             "--steps 0 the rate searches are skipped")
     args = parser.parse_args()
 
     if args.cmd == "load":
@@ -385,60 +429,99 @@ def main() -> None:
         serve(args.machines, args.log, args.profile, args.unknown_rate)
         return
 
+    sys.path.insert(0, str(REPO))  # the orchestrator: netbootd from this checkout, installed or not
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
+    if not args.steps and not args.paced_rate:
+        raise SystemExit("--steps 0 needs --paced-rate")
+    for path in args.netbootd_pythonpath:
+        if not (path / "netbootd" / "__init__.py").is_file():
+            raise SystemExit(f"--netbootd-pythonpath {path}: no netbootd package there")
+    # (label, checkout, log/profile tag): this checkout's, then (or after) the others
+    this = "netbootd"
+    nbs = [(this, REPO, "")]
+    if args.netbootd_pythonpath:
+        this = f"netbootd@{REPO.name}"
+        nbs = [(this, REPO, "-0")]
+        others = []
+        for i, path in enumerate(args.netbootd_pythonpath, 1):
+            label = f"netbootd@{path.resolve().name}"
+            others.append((label if label not in (this, *(o[0] for o in others)) else f"{label}#{i}", path, f"-{i}"))
+        nbs = others + nbs if args.others_first else nbs + others
     bench = Bench(args)
     try:
         bench.up()
         if args.flood_rate:
             flood_table(bench, args, args.flood_rate)
             return
-        dnsmasq = bench.run_server("dnsmasq", None)
-        rate = dnsmasq["sustained"]
-        netbootd = bench.run_server("netbootd", rate)
+        load_start = os.getloadavg()[0]
+        dnsmasq = bench.run_server("dnsmasq", args.paced_rate or None)
+        rate = args.paced_rate or dnsmasq["sustained"]
+        paced_at = "--paced-rate" if args.paced_rate else "dnsmasq's rate"
+        results = {label: bench.run_server("netbootd", rate, checkout, tag) for label, checkout, tag in nbs}
+        width = max(9, *(len(label) for label in results))
         print(
             f"\nboot storm of BIOS PXE DISCOVERs, a distinct MAC each, over a veth pair between two namespaces;\n"
             f"sustained = highest offered rate answered with <= 1% loss and p99 < {MAX_P99_MS:.0f} ms "
             f"({args.steps} runs of "
-            f"{args.step_seconds:.0f} s);\npaced = {args.seconds:.0f} s at dnsmasq's sustained rate "
-            f"({rate:.0f}/s); latency = DISCOVER sent -> OFFER received\n"
+            f"{args.step_seconds:.0f} s);\npaced = {args.seconds:.0f} s at {paced_at} ({rate:.0f}/s); "
+            "latency = DISCOVER sent -> OFFER received"
         )
+        if args.netbootd_pythonpath:
+            print("netbootd checkouts, in the order run: " + ", ".join(f"{label} = {checkout}" for label, checkout, _ in nbs))
+        print(f"load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")
         print(
-            f"{'server':<9} {'sustained/s':>11} | {'paced/s':>8} {'sent':>7} {'answers':>8} {'lost':>7} "
+            f"{'server':<{width}} {'sustained/s':>11} | {'paced/s':>8} {'sent':>7} {'answers':>8} {'lost':>7} "
             f"{'p50 ms':>8} {'p99 ms':>8}"
         )
-        for name, res in (("dnsmasq", dnsmasq), ("netbootd", netbootd), ("netbootd", None)):
-            if res is None:
-                if "paced_own" not in netbootd:
-                    continue
-                r, sustained = netbootd["paced_own"], ""  # netbootd at its own sustained rate
-            else:
-                r, sustained = res["paced"], f"{res['sustained']:.0f}"
+        rows = [("dnsmasq", dnsmasq["paced"], f"{dnsmasq['sustained']:.0f}")]
+        for label, res in results.items():
+            rows.append((label, res["paced"], f"{res['sustained']:.0f}"))
+            if "paced_own" in res:
+                rows.append((label, res["paced_own"], ""))  # at its own sustained rate
+        for name, r, sustained in rows:
             lat = r["latencies_ms"]
             print(
-                f"{name:<9} {sustained:>11} | {r['rate']:>8.0f} {r['sent']:>7} {r['answered']:>8} "
+                f"{name:<{width}} {sustained:>11} | {r['rate']:>8.0f} {r['sent']:>7} {r['answered']:>8} "
                 f"{100 * (1 - r['answered'] / r['sent']):>6.1f}% {pct(lat, 50):>8.2f} {pct(lat, 99):>8.2f}"
             )
-        ratio = netbootd["sustained"] / dnsmasq["sustained"] if dnsmasq["sustained"] else float("nan")
-        p99 = pct(netbootd["paced"]["latencies_ms"], 99)
+        print()
+        for label, res in results.items():
+            if not args.steps:
+                continue
+            ratio = res["sustained"] / dnsmasq["sustained"] if dnsmasq["sustained"] else float("nan")
+            p99 = pct(res["paced"]["latencies_ms"], 99)
+            print(
+                f"{label}/dnsmasq sustained-rate ratio: {ratio:.2f}; {label} p99 at {paced_at}: "
+                f"{p99:.2f} ms (goal: ratio >= 1 and p99 < 5 ms)"
+            )
         print(
-            f"\nnetbootd/dnsmasq sustained-rate ratio: {ratio:.2f}; netbootd p99 at dnsmasq's rate: "
-            f"{p99:.2f} ms (goal: ratio >= 1 and p99 < 5 ms)"
+            "\nCPU per answer (utime+stime of the server process, us): over all its runs (rate search, paced);\n"
+            f"over the paced run alone ({rate:.0f}/s for every server; like-for-like only where each kept up: low p50)"
         )
-        print(
-            f"CPU per answer (utime+stime): dnsmasq {dnsmasq['cpu_us_per_answer']:.0f} us, "
-            f"netbootd {netbootd['cpu_us_per_answer']:.0f} us"
-        )
+        print(f"{'server':<{width}} {'all runs':>9} {'paced':>9}")
+        for label, res in (("dnsmasq", dnsmasq), *results.items()):
+            print(f"{label:<{width}} {res['cpu_us_per_answer']:>9.1f} {res['cpu_us_per_paced_answer']:>9.1f}")
+        new = results[this]
+        for label, old in results.items():
+            if label != this:
+                print(
+                    f"CPU per answer {this} / {label} (new/old): "
+                    f"{new['cpu_us_per_answer'] / old['cpu_us_per_answer']:.2f} over all runs, "
+                    f"{new['cpu_us_per_paced_answer'] / old['cpu_us_per_paced_answer']:.2f} paced"
+                )
         if args.flood:
             flood_table(bench, args, rate)
         if args.verbose:
-            for name, res in (("dnsmasq", dnsmasq), ("netbootd", netbootd)):
+            for name, res in (("dnsmasq", dnsmasq), *results.items()):
                 for st in res["steps"]:
                     print(f"  {name} search: {st['rate']:.0f}/s -> {st['answered']}/{st['sent']}")
         if args.profile:
             import pstats
 
-            pstats.Stats(str(bench.tmp / "netbootd.prof")).sort_stats("tottime").print_stats(25)
+            for label, _, tag in nbs:
+                print(f"\n{label}:")
+                pstats.Stats(str(bench.tmp / f"netbootd{tag}.prof")).sort_stats("tottime").print_stats(25)
     finally:
         bench.down()
 
