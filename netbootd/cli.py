@@ -108,7 +108,9 @@ def cmd_explain(args) -> int:
     result = load_machines(settings)
     # What a restarted daemon would serve: a broken file's last good version, if one was kept.
     catalog = build_catalog(result, None, LastGoodStore(settings.state_dir))
-    core = BootCore(settings, catalog)
+    from netbootd.manage import daemon_states
+
+    core = BootCore(settings, catalog, states=daemon_states(settings, mac))
     for err in result.errors:
         print(f"warning: {err}")
     server = args.server or settings.advertise or SAMPLE_SERVER

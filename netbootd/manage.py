@@ -93,3 +93,35 @@ def act(base: str, action: str, selection: dict[str, Any], user: str | None) -> 
         print(f"no machine matched {selection}", file=sys.stderr)
         return 1
     return 1 if doc.get("errors") else 0
+
+
+def daemon_states(settings, mac: str):
+    """The machine's lifecycle state as the running daemon holds it (its management API on
+    ui.listen), for `netbootd explain`; without a daemon to ask, none (shown as provisioning, and
+    explain says so)."""
+    from netbootd.config.settings import parse_listen
+    from netbootd.core.lifecycle import SnapshotStore
+    from netbootd.state.model import Record, State, StoreStatus
+
+    where = "no ui.listen"
+    if settings.ui.listen:
+        host, port = parse_listen(settings.ui.listen)
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
+        where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        try:
+            headers = {"authorization": f"Bearer {os.environ['NETBOOTD_TOKEN']}"} if "NETBOOTD_TOKEN" in os.environ else {}
+            r = httpx.get(f"{where}/api/lifecycle", timeout=2, headers=headers)
+            if r.status_code == 200:
+                doc = r.json()
+                store = doc.get("store", {})
+                records = {row["mac"]: Record(row["mac"], State(row["state"]), row.get("since", 0.0), row.get("by", ""),
+                                              row.get("source", ""), 0)
+                           for row in doc.get("machines", []) if row.get("since") and row.get("state") in set(State)}
+                status = StoreStatus(bool(store.get("ok", True)), store.get("reason", ""), time.time(),
+                                     bool(store.get("loaded", True)), f"the daemon at {where}")
+                return SnapshotStore(records, status)
+            where += f" (answered {r.status_code})"
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            where += f" ({type(exc).__name__})"
+    return SnapshotStore({}, StoreStatus.up("none"), note=f"not asked of a running netbootd ({where}): shown as a "
+                                                          "new machine's")

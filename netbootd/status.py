@@ -55,6 +55,10 @@ def _render_unattributed(events: list[dict[str, Any]], now: float) -> str:
 def render_health(doc: dict[str, Any]) -> str:
     """The same problems /healthz lists, one per line: what, which machines, what is wrong."""
     head = f"netbootd {doc.get('status', '?')}: {doc.get('summary', '')}"
+    life = doc.get("lifecycle") or {}
+    states = {k: v for k, v in (life.get("states") or {}).items() if v}
+    if states:  # machines that provision once ([lifecycle] once = true), by state
+        head += "; provision once: " + ", ".join(f"{n} {state}" for state, n in states.items())
     problems = doc.get("problems") or []
     if not problems:
         return head + ", no problems\n"

@@ -114,6 +114,9 @@ def lifecycle_lines(core: BootCore, machine: Machine, mac: str) -> list[str]:
              f"local boot {life.local_boot}"]
     if state == "unknown":
         lines.append(f"          the state store cannot be read: {core.states.status().reason}")
+    note = getattr(core.states, "note", "")
+    if note:
+        lines.append(f"          state {note}")
     return lines
 
 

@@ -86,6 +86,24 @@ class MemoryStore:
         return defer.succeed(None)
 
 
+class SnapshotStore(MemoryStore):
+    """Records as another store held them at one moment (the daemon's, read by `netbootd explain`
+    or the dashboard's explanations): read-only."""
+
+    def __init__(self, records: Mapping[str, Record], status: StoreStatus, note: str = "") -> None:
+        super().__init__()
+        self._records.update(records)
+        self._now = status
+        self.note = note  # how these states were learnt, when that is worth saying
+
+    def status(self) -> StoreStatus:
+        return self._now
+
+    def transition(self, mac: str, state: State | str, by: str, source: str, note: str = "",
+                   expect=None) -> defer.Deferred:
+        return defer.fail(StoreUnavailable("a snapshot of the states changes nothing"))
+
+
 # ------------------------------------------------------------------------ the rules
 
 

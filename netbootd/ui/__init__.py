@@ -19,6 +19,7 @@ from netbootd.config.machines import Machine
 from netbootd.config.preflight import ui_credentials
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
+from netbootd.core.lifecycle import StateStore
 from netbootd.logs import get_logger
 from netbootd.model import normalize_mac
 from netbootd.ui import details
@@ -86,12 +87,12 @@ class Dashboard:
         row = machine_row(mac, seen, catalog, self.lifecycle_of)
         if row is None:
             return defer.succeed(None)
-        states = details.StatesNow.of(self.core.states, mac)  # read here, on the reactor
+        states = details.states_now(self.core.states, mac)  # read here, on the reactor
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._machine_doc,
                                          mac, catalog, seen, row, states)
 
     def _machine_doc(self, mac: str, catalog, seen: dict[str, Any] | None, row: dict[str, Any],
-                     states: details.StatesNow) -> dict[str, Any]:
+                     states: StateStore) -> dict[str, Any]:
         machine = catalog.machines.get(mac)
         server = self.settings.advertise or "192.0.2.1"
         profile_path = (self.settings.machines_dir / "profiles" / f"{machine.profile}.toml"

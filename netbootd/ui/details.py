@@ -10,19 +10,15 @@ from __future__ import annotations
 import re
 import secrets
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from twisted.internet import defer
 
 from netbootd.config.machines import Catalog
 from netbootd.config.settings import Settings
 from netbootd.core.decide import BootCore
 from netbootd.core.explain import explain_lines
-from netbootd.core.lifecycle import MemoryStore, StateStore, StoreUnavailable
+from netbootd.core.lifecycle import SnapshotStore, StateStore
 from netbootd.core.signing import UrlSigner
-from netbootd.state.model import Record, StoreStatus
 
 # `netbootd explain --arch` keys, in the order the page offers them (the firmware seen first)
 FIRMWARE_ARCH = {("bios-pxe", "bios"): "bios", ("efi-pxe", "efi32"): "efi32", ("efi-pxe", "efi64"): "efi64",
@@ -37,32 +33,17 @@ def hide_signatures(text: str) -> str:
     return _BOOTY_TOKEN.sub(r"\1(signed)\2", _SIGNATURE.sub(r"\1" + _HIDDEN, text))
 
 
-class StatesNow(MemoryStore):
+def states_now(store: StateStore, mac: str) -> SnapshotStore:
     """One machine's lifecycle record as the daemon's store holds it now, for an explanation: taken
-    on the reactor (the store's view is the reactor's), read in the thread that renders. It
-    changes nothing."""
-
-    def __init__(self, records: Mapping[str, Record], status: StoreStatus) -> None:
-        super().__init__()
-        self._records.update(records)
-        self._now = status
-
-    @classmethod
-    def of(cls, store: StateStore, mac: str) -> StatesNow:
-        record = store.view().get(mac)
-        return cls({mac: record} if record is not None else {}, store.status())
-
-    def status(self) -> StoreStatus:
-        return self._now
-
-    def transition(self, mac: str, state, by: str, source: str, note: str = "", expect=None) -> defer.Deferred:
-        return defer.fail(StoreUnavailable("an explanation changes no state"))
+    on the reactor (the store's view is the reactor's), read in the thread that renders."""
+    record = store.view().get(mac)
+    return SnapshotStore({mac: record} if record is not None else {}, store.status())
 
 
 def explanations(settings: Settings, catalog: Catalog, image_layers: dict, mac: str, server: str,
                  arch_keys: list[str], states: StateStore | None = None) -> dict[str, list[str]]:
     """`netbootd explain` for each firmware, as the running daemon's catalog answers, in the
-    machine's lifecycle state (`states`: StatesNow; a provisioned machine is offered its local
+    machine's lifecycle state (`states`: states_now(); a provisioned machine is offered its local
     boot, not its installer). Rendered on a throwaway core: its own timeline (a held machine's
     explanation records nothing in the real one) and a random signing key (the real key signs
     nothing here)."""

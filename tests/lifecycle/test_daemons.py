@@ -84,6 +84,12 @@ def test_sqlite_state_survives_a_restart_and_forged_urls_change_nothing(daemon_f
     d.start()  # the same state_dir: SQLite kept it
     assert local(d, ONCE) and installing(d, OTHER)
     assert "lifecycle" in d.get("/healthz").json() and d.get("/healthz").json()["lifecycle"]["states"]["provisioned"] == 1
+    status = subprocess.run([sys.executable, "-m", "netbootd", "status", "--url", d.url], capture_output=True, text=True,
+                            timeout=60)
+    assert "provision once: 1 provisioning, 1 provisioned" in status.stdout, status.stdout + status.stderr
+    explain = subprocess.run([sys.executable, "-m", "netbootd", "explain", ONCE, "--config", str(d.config)],
+                             capture_output=True, text=True, timeout=60, cwd=d.root)
+    assert "lifecycle once: provisioned" in explain.stdout and "by done_url" in explain.stdout, explain.stdout
 
 
 def test_callbacks_for_ignored_machines_and_machines_without_a_lifecycle(daemon_factory, tmp_path):
