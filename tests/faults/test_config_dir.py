@@ -116,7 +116,7 @@ def test_deleting_a_subdirectory_keeps_hot_reload_working(daemon_factory):
     (d.machines / "profiles").mkdir()
     (d.machines / "profiles" / "p.toml").write_text("[boot]\nlocal = true\n")
     (d.machines / "52-54-00-00-00-09.toml").write_text('profile = "p"\n')
-    wait_for(lambda: d.get("/ipxe?mac=52:54:00:00:00:09").text.rstrip().endswith("exit"), timeout=10)
+    wait_for(lambda: d.get("/ipxe?mac=52:54:00:00:00:09").text.rstrip().endswith("exit 1"), timeout=10)
     assert "Unhandled" not in d.log() and "Traceback" not in d.log()
 
 

@@ -55,7 +55,7 @@ def test_explain_local_and_bad_mac():
     out = netbootd("explain", "52:54:00:00:00:06", "--arch", "bios", "--config", str(EXAMPLE)).stdout
     # answered: iPXE sends the firmware on to its disk at once (no DHCP timeouts first)
     assert "DHCP      67 OFFER: tftp undionly.kpxe" in out
-    assert "booting from local disk: boot.local = true" in out and out.rstrip().endswith("exit")
+    assert "booting from local disk: boot.local = true" in out and out.rstrip().endswith("exit 1")
     bad = netbootd("explain", "nope", "--config", str(EXAMPLE), check=False)
     assert bad.returncode == 2 and "not a MAC address" in bad.stderr
 

@@ -178,7 +178,7 @@ def test_efi_machine_script_chains_its_binary(daemon):
 
 def test_local_boot_script_exits(daemon):
     r = daemon.get("/ipxe/52-54-00-12-34-59")
-    assert r.status_code == 200 and r.text.rstrip().endswith("exit")
+    assert r.status_code == 200 and r.text.rstrip().endswith("exit 1")
 
 
 def _signed_ignition_url(daemon, mac="52-54-00-12-34-56") -> str:

@@ -87,7 +87,7 @@ def test_installer_then_disk(core):
     http = offer(core, ONCE, Firmware.HTTP_BOOT).offer
     assert http.kind is OfferKind.HTTP_EFI and http.bootfile.endswith("/boot/snponly.efi")
     script = core.script(ONCE, None, Arch.EFI64, SERVER)
-    assert "kernel --name" not in script and script.rstrip().endswith("exit") and "provisioned" in script
+    assert "kernel --name" not in script and script.rstrip().endswith("exit 1") and "provisioned" in script
     events = core.timeline.machine(ONCE)["events"]
     assert events[-1]["stage"] == "lifecycle" and events[-1]["state"] == "provisioned"
     assert events[-1]["by"] == "done_url" and events[-1]["source"] == "10.0.0.50"
@@ -116,7 +116,7 @@ def test_retry_boots_the_installer_again_and_sanboot_is_chosen(core):
     assert "kernel --name kernel" in core.script(RETRY, None, Arch.BIOS, SERVER)
     settle(report(core, RETRY, "done", done))  # the second install worked
     script = core.script(RETRY, None, Arch.BIOS, SERVER)
-    assert "sanboot --no-describe --drive 0x80" in script and script.rstrip().endswith("exit")
+    assert "sanboot --no-describe --drive 0x80" in script and script.rstrip().endswith("exit 1")
 
 
 def test_forged_expired_and_other_machines_urls_change_nothing(core, tmp_path):

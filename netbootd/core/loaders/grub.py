@@ -157,8 +157,8 @@ def machine_cfg(r: Rendering) -> str:
     head = f"# netbootd: {machine.name} ({kind.value}) for {mac}\nset timeout=0\n"
     tail = ('echo "netbootd: the boot of ${net_default_mac} failed (see above); booting the next device in 10 s"\n'
             "sleep 10\nexit\n")
-    if plan.local:  # back to the firmware, which boots its next entry (the disk)
-        return head + 'echo "netbootd: booting from local disk"\nexit\n'
+    if plan.local:  # back to the firmware: a failure status, so it boots its next entry (the disk), not its menu
+        return head + 'echo "netbootd: booting from local disk"\nexit 1\n'
     if plan.boots_efi:
         return head + f"chainloader /{artefact_name(mac, 'image.efi')}\nboot\n" + tail
     if kind not in (BootKind.KERNEL, BootKind.IMAGE):

@@ -71,14 +71,15 @@ def _kernel_script(r: Rendering) -> str:
 
 
 def _local(plan: BootPlan, ctx: dict[str, Any]) -> str:
-    """On to the disk. `exit` hands the firmware back its boot order (UEFI then boots its next
-    entry); BIOSes whose iPXE `exit` does not reach the disk boot it with `sanboot` (its first
-    hard disk) — lifecycle.local_boot = "sanboot"."""
+    """On to the disk. `exit 1` hands the firmware back its boot order: UEFI boots its next entry
+    only after one that failed (one that returns success ends in the boot manager's menu: EDK2's
+    BdsDxe, Dell, Lenovo); a BIOS ignores the status. BIOSes whose iPXE `exit` does not reach the
+    disk boot it with `sanboot` (its first hard disk): lifecycle.local_boot = "sanboot"."""
     why = f"its install is done ({plan.state})" if plan.state else "boot.local = true"
     lines = [f"echo netbootd: booting from local disk: {why}\n", _beacon(ctx, "local")]
     if plan.machine.lifecycle.local_boot == "sanboot":
         lines.append("iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\n")
-    lines.append("exit\n")
+    lines.append("exit 1\n")
     return "".join(lines)
 
 
