@@ -137,6 +137,7 @@ class NobodyDaemon(Daemon):
     run_as = AS_NOBODY
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
 def test_machines_directory_made_unreadable():
     # Not under tmp_path: pytest's temporary directories are private to root.
