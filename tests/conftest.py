@@ -187,7 +187,8 @@ XDIST_GROUPS = {
     "container": "container",
 }
 # Longest first, so that the workers finish together: QEMU boots, then the other tests that start
-# real daemons, then the rest (each group in collection order).
+# real programs, then those that start a netbootd (daemon_factory), then the rest, which are short
+# (each group in collection order).
 ORDER = ("integration", "browser", "netns", "registry", "container")
 
 
@@ -253,7 +254,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def rank(item: pytest.Item) -> int:
         have = {m.name for m in item.iter_markers()}
-        return next((i for i, name in enumerate(ORDER) if name in have), len(ORDER))
+        daemon = "daemon_factory" in getattr(item, "fixturenames", ())
+        return next((i for i, name in enumerate(ORDER) if name in have), len(ORDER) + (0 if daemon else 1))
 
     items.sort(key=rank)  # stable: collection order within each rank
 
