@@ -292,6 +292,7 @@ def test_bind_message_for_permission_denied():
     )
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
 def test_unprivileged_bind_of_67_says_so():
     code = (

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,7 @@ def test_machines_directory_renamed_away_and_back(daemon_factory):
     assert health["machines"] == 3  # the last good configuration, still counted
     _assert_serving(d, good)
     d.signal(signal.SIGHUP)  # a reload while it is gone changes nothing
-    time.sleep(0.3)
+    wait_for(lambda: "configuration reloaded trigger=SIGHUP" in d.log(), timeout=10)
     _assert_serving(d, good)
 
     # edited while away, then put back: picked up without a signal
@@ -110,7 +109,8 @@ def test_deleting_a_subdirectory_keeps_hot_reload_working(daemon_factory):
     _configure(d)
     d.start()
     shutil.rmtree(d.machines / "profiles")
-    time.sleep(0.5)  # let that deletion be seen first
+    # that deletion seen first, on its own (the bug: no event was read after it)
+    wait_for(lambda: 'trigger="directory profiles removed"' in d.log(), timeout=10)
     (d.machines / "52-54-00-00-00-09.toml").write_text('[boot]\nchain = "http://x/new"\n')
     _healthy(d, machines=4)
     (d.machines / "profiles").mkdir()
@@ -137,6 +137,7 @@ class NobodyDaemon(Daemon):
     run_as = AS_NOBODY
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
 def test_machines_directory_made_unreadable():
     # Not under tmp_path: pytest's temporary directories are private to root.

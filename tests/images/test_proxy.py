@@ -432,6 +432,7 @@ def test_slow_client_memory_stays_flat(fresh_registry, daemon_factory, body_mode
     assert "sha256:" + hasher.hexdigest() == h.sha256(blob)
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_cache_disk_full_serves_pass_through(fresh_registry, daemon_factory):
     push = h.Pusher(fresh_registry.url)
@@ -453,6 +454,7 @@ def test_cache_disk_full_serves_pass_through(fresh_registry, daemon_factory):
         subprocess.run(["umount", str(cache)], check=False)
 
 
+@pytest.mark.registry
 def test_https_registry(daemon_factory, tmp_path, monkeypatch):
     """A registry not listed as insecure is spoken to over TLS, verified against the system trust
     (here a test CA given through SSL_CERT_FILE, which httpx and Twisted's Agent both honour)."""

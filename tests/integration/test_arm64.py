@@ -240,6 +240,7 @@ KERNEL_MEDIA, INITRD_MEDIA, UKI_MEDIA = (f"application/vnd.ironcore.image.{k}" f
 X86_MAC = "52:54:00:a6:40:86"
 
 
+@pytest.mark.registry
 def test_one_multi_arch_image_boots_an_x86_and_an_arm64_machine(tmp_path, assets, arm64, request):
     """(3) One OCI index with an amd64 and an arm64 manifest; one profile-less `image = ...` for two
     machines of different architectures, booted at the same time: each gets its own layers (the
@@ -274,6 +275,7 @@ def test_one_multi_arch_image_boots_an_x86_and_an_arm64_machine(tmp_path, assets
         assert "arch=arm64" in log and "boot/aa64/grubaa64.efi" in log  # arm64 PXE: GRUB by default
 
 
+@pytest.mark.registry
 def test_http_boot_of_an_images_arm64_uki_layer(tmp_path, assets, arm64, request):
     """(2) AAVMF HTTP boot of the UKI layer of an image's arm64 manifest (the amd64 one has none)."""
     from .test_image_boot import REGISTRY, LabRegistry

@@ -73,6 +73,7 @@ def test_shim_grub_signed_kernel_per_machine(sb_lab):
     assert "GRUB never asked" not in log
 
 
+@pytest.mark.registry
 def test_image_machine_boots_through_grub_from_a_registry(sb_lab):
     """(3) an `image = ...` machine under Secure Boot: GRUB (no HTTP) gets the image's kernel and
     initramfs layers over TFTP, fetched by netbootd from a real registry into its cache."""

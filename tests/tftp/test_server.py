@@ -421,6 +421,7 @@ def _unprivileged_port_start() -> int:
         return 1024
 
 
+@pytest.mark.root
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv") or _unprivileged_port_start() <= 69,
     reason="needs root (to drop to nobody) and setpriv",

@@ -131,7 +131,27 @@ def test_a_client_that_stops_reading_is_resynced_not_buffered(site):
             ScriptedMachine(daemon, mac, "127.0.0.2").dhcp()
         time.sleep(1.5)  # ... and has its own diffs (ticks are spaced out after a costly one)
     time.sleep(1)  # a few ticks for the last round, while the client still reads nothing
-    stream.read_for(3)
+
+    def final_rows() -> dict:
+        """Every row as the client knows it now: the resync snapshot, then the diffs after it."""
+        names = [name for name, _ in stream.events()]
+        if names.count("snapshot") < 2:
+            return {}
+        events = stream.events()
+        rows = {row["mac"]: row for row in events[names.index("snapshot", 1)][1]["machines"]}
+        for name, doc in events[names.index("snapshot", 1) + 1:]:
+            if name == "diff":
+                rows.update({row["mac"]: row for row in doc["rows"]})
+        return rows
+
+    def caught_up() -> bool:
+        # it reads again until it has caught up: the server spaces its ticks out after costly ones
+        # (netbootd.ui.live.MAX_DUTY), so how long the last diffs take depends on the machine's load
+        stream.read_for(0.5)
+        rows = final_rows()
+        return all(rows.get(mac, {}).get("events") == rounds for mac in burst)
+
+    wait_for(caught_up, timeout=60, interval=0)
     events = stream.events()
     names = [name for name, _ in events]
     assert names.count("snapshot") >= 2, names[:20]  # the first, then a resync
