@@ -165,6 +165,7 @@ def wait_for(predicate, timeout: float = 3.0, interval: float = 0.02):
 DIRECTORY_MARKERS = {"integration": ("integration",)}  # tests/<directory>: markers of every test in it
 RESOURCE_FIXTURES = {  # a fixture (anywhere in a test's fixture closure) -> the markers it needs
     "assets": ("integration",),
+    "postgres_server": ("postgres",),  # tests/state/conftest.py: a private PostgreSQL server
     "lab": ("integration",),
     "lab_separate_host": ("integration",),
     "lab_shared_address": ("integration",),
@@ -180,7 +181,8 @@ RESOURCE_FIXTURES = {  # a fixture (anywhere in a test's fixture closure) -> the
     "image_run": ("container",),
     "mounted_image": ("container",),
 }
-IMPLIES = {"integration": ("netns",), "netns": ("root",), "container": ("root",)}
+# postgres: Debian's server runs as its own user (setpriv), which needs root
+IMPLIES = {"integration": ("netns",), "netns": ("root",), "container": ("root",), "postgres": ("root",)}
 # xdist (--dist loadgroup): tests of one group run on one worker, one after the other
 XDIST_GROUPS = {
     # one `podman image mount` of the image at a time, and test_container.py's module-scoped mount made once

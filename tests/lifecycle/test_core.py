@@ -149,6 +149,17 @@ def test_ignition_fetched_marks_done_once(core):
     assert core.lifecycle_event(ONCE, None, "ignition", "10.0.0.61") is None  # not its done_on
 
 
+def test_a_beacon_stage_marks_done_when_the_machine_says_so(tmp_path):
+    core = build(tmp_path)
+    (core.settings.machines_dir / "52-54-00-00-10-05.toml").write_text(
+        '[lifecycle]\nonce = true\ndone_on = "beacon:installed"\n[boot]\nkernel = "vmlinuz"\n')
+    core.replace_catalog(build_catalog(load_machines(core.settings)))
+    mac = "52:54:00:00:10:05"
+    assert core.lifecycle_event(mac, None, "beacon:loaded", "10.0.0.7") is None  # another stage
+    assert settle(core.lifecycle_event(mac, None, "beacon:installed", "10.0.0.7")).by == "beacon:installed"
+    assert core.state(core.find(mac), mac) == "provisioned"
+
+
 class NeverRead(MemoryStore):
     def status(self):
         return StoreStatus(False, "cannot connect to the database: connection refused", 0.0, False, "PostgreSQL test")

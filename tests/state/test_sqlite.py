@@ -221,6 +221,7 @@ UNWRITABLE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root  # setpriv to nobody: root can write anywhere
 def test_an_unwritable_state_dir_is_a_clear_error(tmp_path):
     """As a user who may not write in state_dir (root may write anywhere: the store runs as nobody
     then, in a directory outside pytest's, whose parents are closed to other users)."""

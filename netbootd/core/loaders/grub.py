@@ -149,6 +149,21 @@ def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
+# On to the disk. Debian 12's GRUB (2.06) exits to the firmware with EFI_SUCCESS whatever `exit` is
+# given, and UEFI firmware answers a boot entry that returned success with its boot manager's menu
+# (EDK2's BdsDxe; Dell, Lenovo), not the next entry. So GRUB boots the disk's removable-media loader
+# itself (its signed shim under Secure Boot: shim verifies what it chainloads), and exits only when
+# the disk has none.
+LOCAL_CFG = (
+    'echo "netbootd: booting from local disk"\n'
+    'if [ "$grub_cpu" = "arm64" ]; then set nbd_efi=/EFI/BOOT/BOOTAA64.EFI; else set nbd_efi=/EFI/BOOT/BOOTX64.EFI; fi\n'
+    "search --no-floppy --file --set=nbd_disk $nbd_efi\n"
+    'if [ -n "$nbd_disk" ]; then chainloader ($nbd_disk)$nbd_efi; boot; fi\n'
+    'echo "netbootd: no $nbd_efi on any disk; back to the firmware"\n'
+    "exit\n"
+)
+
+
 def machine_cfg(r: Rendering) -> str:
     """A machine's grub.cfg. Its file names carry ${grub_cpu}: each machine fetches its own
     architecture's files; the command line and the number of initrds are the plan's."""
@@ -157,8 +172,8 @@ def machine_cfg(r: Rendering) -> str:
     head = f"# netbootd: {machine.name} ({kind.value}) for {mac}\nset timeout=0\n"
     tail = ('echo "netbootd: the boot of ${net_default_mac} failed (see above); booting the next device in 10 s"\n'
             "sleep 10\nexit\n")
-    if plan.local:  # back to the firmware: a failure status, so it boots its next entry (the disk), not its menu
-        return head + 'echo "netbootd: booting from local disk"\nexit 1\n'
+    if plan.local:
+        return head + LOCAL_CFG
     if plan.boots_efi:
         return head + f"chainloader /{artefact_name(mac, 'image.efi')}\nboot\n" + tail
     if kind not in (BootKind.KERNEL, BootKind.IMAGE):
