@@ -153,12 +153,14 @@ def _quote(word: str) -> str:
 # given, and UEFI firmware answers a boot entry that returned success with its boot manager's menu
 # (EDK2's BdsDxe; Dell, Lenovo), not the next entry. So GRUB boots the disk's removable-media loader
 # itself (its signed shim under Secure Boot: shim verifies what it chainloads), and exits only when
-# the disk has none.
+# no disk has one.
 LOCAL_CFG = (
     'echo "netbootd: booting from local disk"\n'
     'if [ "$grub_cpu" = "arm64" ]; then set nbd_efi=/EFI/BOOT/BOOTAA64.EFI; else set nbd_efi=/EFI/BOOT/BOOTX64.EFI; fi\n'
-    "search --no-floppy --file --set=nbd_disk $nbd_efi\n"
-    'if [ -n "$nbd_disk" ]; then chainloader ($nbd_disk)$nbd_efi; boot; fi\n'
+    # the first partitions of the first disks (GRUB's `search` trips over the network device)
+    "for nbd_disk in (hd0,gpt1) (hd0,msdos1) (hd1,gpt1) (hd1,msdos1) (hd0,gpt2) (hd1,gpt2); do\n"
+    '  if [ -f $nbd_disk$nbd_efi ]; then chainloader $nbd_disk$nbd_efi; boot; fi\n'
+    "done\n"
     'echo "netbootd: no $nbd_efi on any disk; back to the firmware"\n'
     "exit\n"
 )
