@@ -43,6 +43,14 @@ NOT_STARTED = "not started"
 
 # (mac, record or None when forgotten, seq)
 Row = tuple[str, Record | None, int]
+# Every machine's record, its columns in the order rows_of reads them (both databases)
+SELECT_MACHINES = "SELECT mac, state, since, actor, source, seq FROM machines"
+
+
+def rows_of(fetched: Iterable[tuple]) -> list[Row]:
+    """Rows of SELECT_MACHINES as (mac, its record or None, seq)."""
+    return [(mac, Record(mac, State(state), since, actor, source, seq) if state is not None else None, seq)
+            for mac, state, since, actor, source, seq in fetched]
 
 log = get_logger("netbootd.state")
 

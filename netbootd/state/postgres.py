@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row, log
+from netbootd.state.base import SELECT_MACHINES, STOP_TIMEOUT, BaseStore, Row, log, rows_of
 from netbootd.state.model import (
     Conflict,
     Decision,
@@ -312,13 +312,10 @@ class PostgresStore(BaseStore):
                 "the database's owner, or grant it CREATE on the schema") from None
 
     def _load(self, conn: psycopg.Connection[Any], macs: Iterable[str] | None) -> list[Row]:
-        query = "SELECT mac, state, since, actor, source, seq FROM machines"
+        query = SELECT_MACHINES
         if macs is None:
-            rows = conn.execute(query).fetchall()
-        else:
-            rows = conn.execute(query + " WHERE mac = ANY(%s)", (list(macs),)).fetchall()
-        return [(mac, Record(mac, State(state), since, actor, source, seq) if state is not None else None, seq)
-                for mac, state, since, actor, source, seq in rows]
+            return rows_of(conn.execute(query).fetchall())
+        return rows_of(conn.execute(query + " WHERE mac = ANY(%s)", (list(macs),)).fetchall())
 
     # -- the writer (DbThread)
 

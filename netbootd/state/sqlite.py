@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from netbootd.state.base import STOP_TIMEOUT, BaseStore, Row, log
+from netbootd.state.base import SELECT_MACHINES, STOP_TIMEOUT, BaseStore, Row, log, rows_of
 from netbootd.state.model import (
     Conflict,
     Decision,
@@ -154,9 +154,7 @@ class SqliteStore(BaseStore):
             raise
 
     def _load(self, conn: sqlite3.Connection) -> list[Row]:
-        rows = conn.execute("SELECT mac, state, since, actor, source, seq FROM machines").fetchall()
-        return [(mac, Record(mac, State(state), since, actor, source, seq) if state is not None else None, seq)
-                for mac, state, since, actor, source, seq in rows]
+        return rows_of(conn.execute(SELECT_MACHINES).fetchall())
 
     def _close_sync(self) -> None:
         if self._conn is not None:
