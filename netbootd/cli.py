@@ -213,36 +213,43 @@ def _macs(command: str, texts: list[str]) -> list[str] | int:
         return 2
 
 
-def cmd_state(args) -> int:
-    from netbootd.manage import ManageError, state
+def _manage(command: str, args, call) -> int:
+    """A management-API command: the listener's URL and the MACs from args, then `call(url, macs)`;
+    what the daemon refuses, or cannot be asked, ends in one line on stderr."""
+    from netbootd.manage import ManageError
 
-    url, macs = _ui_url("state", args), _macs("state", args.mac)
-    if isinstance(url, int) or isinstance(macs, int):
-        return url if isinstance(url, int) else int(macs)  # type: ignore[arg-type]
+    url, macs = _ui_url(command, args), _macs(command, args.mac)
+    if isinstance(url, int):
+        return url
+    if isinstance(macs, int):
+        return macs
     try:
-        return state(url, macs, args.user)
+        return call(url, macs)
     except ManageError as exc:
-        print(f"netbootd state: {exc}", file=sys.stderr)
+        print(f"netbootd {command}: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_state(args) -> int:
+    from netbootd.manage import state
+
+    return _manage("state", args, lambda url, macs: state(url, macs, args.user))
 
 
 def cmd_reprovision(args) -> int:
-    from netbootd.manage import ManageError, act
+    from netbootd.manage import act
 
-    url, macs = _ui_url("reprovision", args), _macs("reprovision", args.mac)
-    if isinstance(url, int) or isinstance(macs, int):
-        return url if isinstance(url, int) else int(macs)  # type: ignore[arg-type]
-    chosen = [bool(macs), args.profile is not None, args.state is not None]
+    chosen = [bool(args.mac), args.profile is not None, args.state is not None]
     if sum(chosen) != 1:
         print("netbootd reprovision: name the machines one way: MAC..., --profile P or --state S", file=sys.stderr)
         return 2
-    selection = {"macs": macs} if macs else ({"profile": args.profile} if args.profile is not None
-                                             else {"state": args.state})
-    try:
+
+    def call(url: str, macs: list[str]) -> int:
+        selection = {"macs": macs} if macs else ({"profile": args.profile} if args.profile is not None
+                                                 else {"state": args.state})
         return act(url, args.action, selection, args.user)
-    except ManageError as exc:
-        print(f"netbootd reprovision: {exc}", file=sys.stderr)
-        return 1
+
+    return _manage("reprovision", args, call)
 
 
 CONFIG_HELP = f"netbootd.toml, or its directory (default: {DEFAULT_CONFIG})"
