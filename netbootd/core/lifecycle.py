@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 
 from twisted.internet import defer
 
-from netbootd.state.model import Conflict, Record, State, StoreStatus, StoreUnavailable, Transition
+from netbootd.state.model import Conflict, Decision, Record, State, StoreStatus, StoreUnavailable, Transition, decide
 from netbootd.state.store import ChangeCallback, StateStore
 
 PROVISIONING, PROVISIONED, FAILED = State.PROVISIONING.value, State.PROVISIONED.value, State.FAILED.value
@@ -52,12 +52,11 @@ class MemoryStore:
                    expect=None) -> defer.Deferred:
         state = State(state)
         current = self._records.get(mac)
-        if current is not None and current.state == state:
+        verdict = decide(current, state, expect)  # the rule the durable stores apply
+        if verdict is Decision.NOOP:
             return defer.succeed(current)
-        if expect is not None:
-            allowed = {expect} if isinstance(expect, State) else set(expect)
-            if (current.state if current else None) not in allowed:
-                return defer.fail(Conflict(mac, expect, current))
+        if verdict is Decision.CONFLICT:
+            return defer.fail(Conflict(mac, expect, current))
         self._seq += 1
         record = Record(mac, state, self._clock(), by, source, self._seq)
         self._records[mac] = record
