@@ -17,6 +17,7 @@ from netbootd.core import files
 from netbootd.core.loaders.base import Events, Fetch, Rendering, TftpRequest
 from netbootd.core.plan import BootPlan
 from netbootd.core.secureboot import OfferedBinary
+from netbootd.health import problem
 from netbootd.model import Arch, Firmware
 
 SHEBANG = "#!ipxe\n"
@@ -171,8 +172,6 @@ class IpxeLoader:
     def problems(self, catalog: Catalog) -> list[dict[str, Any]]:
         """Configured iPXE binaries not on disk (every machine of that arch), and machines'
         own ipxe_binary files not under tftp.root."""
-        from netbootd.health import problem
-
         out = []
         ipxe_dir = self.settings.tftp.ipxe_dir
         for arch, name in attrs.asdict(self.settings.ipxe).items():
