@@ -379,6 +379,7 @@ _ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "
            "lifecycle"}
 _TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
 _MISSING_ROUTES = frozenset({"files", "boot"})  # a 404 here is a file a machine wanted and did not get
+MISSING_CLIENTS = 4096  # clients whose "file not found" lines are rate-limited apart
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
 _route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes
 
@@ -456,6 +457,8 @@ class MetricsSite(server.Site):
         mac = self.timeline.record("http", mac=named, ip=ip, path=path, status=404, error="not found",
                                    **self._what(named or self.timeline.mac_for(ip), request))
         machine = self.core.find(mac, None) if self.core is not None and mac else None
+        if self.missing_lines.tracked() > MISSING_CLIENTS:  # keyed by client: bounded, whatever the network
+            self.missing_lines = RateLimiter(burst=5, period=60.0, clock=lambda: self.reactor.seconds())
         self.missing_lines.log(log.warn, f"404 {ip}", "file not found", mac=mac or "", client=ip,
                                machine=machine.name if machine is not None else "", path=path)
 
