@@ -206,6 +206,10 @@ class RateLimiter:
         self.suppressed[key] = self.suppressed.get(key, 0) + 1
         return False
 
+    def tracked(self) -> int:
+        """How many keys it keeps a window for (not __len__: an empty limiter must stay truthy)."""
+        return len(self._windows)
+
     def take_suppressed(self, key: str) -> int:
         return self.suppressed.pop(key, 0)
 

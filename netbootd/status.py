@@ -18,7 +18,13 @@ def _age(now: float, t: float | None) -> str:
 
 def _details(event: dict[str, Any]) -> str:
     skip = {"time", "stage", "ip"}
-    return " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    text = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    if event.get("stage") != "http":
+        return text
+    # a download first says what it was (kernel, initrd, squashfs, preseed.cfg), a 404 that it was missing
+    name = str(event.get("role") or str(event.get("file", "")).rsplit("/", 1)[-1])
+    head = ("MISSING " if event.get("status") == 404 else "") + name
+    return f"{head.strip()}  {text}" if head.strip() else text
 
 
 UNATTRIBUTED_SHOWN = 10  # the newest; /machines has the rest

@@ -95,6 +95,20 @@ def compile_template(text: str) -> Template:
         raise TemplateError("template expression nested too deeply") from None
 
 
+def files_named(template: Template) -> tuple[str, ...]:
+    """The files_root paths a template names with `file("...")` (literal arguments only), in order."""
+    try:
+        tree = _ENV.parse(template.source)
+    except (jinja2.TemplateSyntaxError, RecursionError):
+        return ()
+    named = []
+    for call in tree.find_all(jinja2.nodes.Call):
+        if (isinstance(call.node, jinja2.nodes.Name) and call.node.name == "file" and call.args
+                and isinstance(call.args[0], jinja2.nodes.Const) and isinstance(call.args[0].value, str)):
+            named.append(call.args[0].value.lstrip("/"))
+    return tuple(dict.fromkeys(named))
+
+
 def render(template: Template, context: Mapping[str, Any], file_url: Callable[[str], str]) -> str:
     try:
         return template.compiled.render(**context, file=file_url)

@@ -44,5 +44,28 @@ def read_toml(path: Path) -> TomlFile | ConfigError:
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_POS.search(str(exc))
         line = int(match.group(1)) if match else 0
-        return ConfigError(path, line, "", f"invalid TOML: {_TOML_POS.sub('', str(exc)).strip()}")
+        message = f"invalid TOML: {_TOML_POS.sub('', str(exc)).strip()}"
+        return ConfigError(path, line, "", message + template_quote_hint(text, line))
     return TomlFile(path, text, data)
+
+
+# `key = "...{{ ... "` : a basic string whose template holds a double quote (which ends the string)
+_TEMPLATE_IN_BASIC = re.compile(r'^\s*([A-Za-z0-9_.\-"]+?)\s*=\s*"(?!"")(.*\{\{.*)$')
+_QUOTE_IN_TEMPLATE = re.compile(r'\{\{[^}]*"')  # {{ file("x") }}
+_CLOSING_QUOTE = re.compile(r'"\s*(#[^"]*)?$')  # the string's closing quote and a comment after it
+
+
+def template_quote_hint(text: str, line: int) -> str:
+    """A hint for the commonest TOML mistake in a machine file: a template's own double quotes
+    (`{{ file("x") }}`) inside a double-quoted (basic) string end the string early. "" when the
+    failing line is not that."""
+    lines = text.splitlines()
+    if not 0 < line <= len(lines):
+        return ""
+    found = _TEMPLATE_IN_BASIC.match(lines[line - 1])
+    if found is None or not _QUOTE_IN_TEMPLATE.search(found.group(2)):
+        return ""
+    key, value = found.group(1), _CLOSING_QUOTE.sub("", found.group(2))
+    suggestion = f"{key} = '{value}'" if "'" not in value and len(value) <= 160 else f"{key} = '...'"
+    return (f"; a template's double quotes end a double-quoted TOML string: use a literal (single-quoted) string,"
+            f" {suggestion}")

@@ -16,6 +16,7 @@ import json
 import secrets
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 
@@ -37,7 +38,7 @@ from netbootd.core.lifecycle import (
 )
 from netbootd.core.loaders import Fetch, Loader, Rendering, make_loaders
 from netbootd.core.loaders.ipxe import chain_stub
-from netbootd.core.plan import BootPlan, PlanBook
+from netbootd.core.plan import BootPlan, PlanBook, download_names, layer_role
 from netbootd.core.signing import UrlSigner
 from netbootd.core.timeline import Timeline
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind, normalize_mac
@@ -63,10 +64,12 @@ class BootCore:
         self.states: StateStore = states if states is not None else MemoryStore()
         self.states.on_change(self._state_changed)  # this node's transitions and other nodes' alike
         self.plans = PlanBook(self.loaders, self._layers_of, lambda: self.states.status().reason)
+        self._downloads: dict[int, tuple[Machine, dict[str, dict[str, str]]]] = {}  # id(machine) → names
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix
         self.plans.forget()
+        self._downloads = {}
 
     def image_resolved(self, ref: str, oci_arch: str, kinds: frozenset[str]) -> None:
         """The service learned (in the background, off the reactor) which boot layers an image has."""
@@ -266,6 +269,27 @@ class BootCore:
 
     def file_path(self, rel: str) -> Path:
         return files.resolve_under(self.settings.files_root, rel)
+
+    def download(self, mac: str | None, uri: str) -> dict[str, str]:
+        """What a download (`uri`: path and query) is for the machine `mac`: {"role": ...} for an
+        artefact of its plan (kernel, initrd, efi; an image layer: also squashfs), {"file": ...}
+        for a file its command line names with file("..."); {} when it is neither or unknown."""
+        parts = urlsplit(uri)
+        path = parts.path
+        if path == "/image":
+            role = layer_role((parse_qs(parts.query).get("layerName") or [""])[0])
+            return {"role": role} if role else {}
+        if path.startswith("/httpboot/") and path.endswith(".efi"):
+            return {"role": "efi"}  # an image's UKI layer
+        if not path.startswith("/files/") or mac is None:
+            return {}
+        machine = self.find(mac, None)
+        if machine is None:
+            return {}
+        hit = self._downloads.get(id(machine))
+        if hit is None or hit[0] is not machine:
+            hit = self._downloads[id(machine)] = (machine, download_names(machine))
+        return hit[1].get(unquote(path[len("/files/"):]), {})
 
     def chain_stub(self, host: str) -> str:
         return chain_stub(self.base_url(host))

@@ -106,6 +106,12 @@ class HttpCore(Protocol):
         """A loader binary served over HTTP (/boot/<name>); raises FileError."""
         ...
 
+    def download(self, mac: str | None, uri: str) -> dict[str, str]:
+        """What a download (`uri`: its path and query) is for machine `mac`, as timeline fields:
+        {"role": "kernel"|"initrd"|"efi"|"squashfs"}, {"file": "<files_root path its command line
+        names>"}, or {} (unknown)."""
+        ...
+
     def binary_names(self) -> list[str]:
         """The binaries /boot serves by name (for a 404's message)."""
         ...

@@ -19,7 +19,7 @@ from typing import Protocol
 import attrs
 
 from netbootd.config.machines import BootKind, Machine
-from netbootd.config.templates import Template
+from netbootd.config.templates import Template, files_named
 from netbootd.core import urls
 from netbootd.imageref import ImageRef
 from netbootd.model import Arch, Firmware
@@ -144,6 +144,37 @@ def files_for(machine: Machine, arch: Arch, layers: frozenset[str] | None) -> di
         "kernel": _located("kernel", found.kernel),
         "initrds": tuple(_located("initrd", loc) for loc in found.initrds),
     }
+
+
+def download_names(machine: Machine) -> dict[str, dict[str, str]]:
+    """What each file a machine may fetch from /files is, by its files_root path: its role in the
+    plan ({"role": "kernel"}, "initrd", "efi") for any architecture, else the file its command line
+    (or script, or chain) names with `file("...")` ({"file": "d-i/preseed.cfg"}). The timeline
+    files a download with this, so it reads as what was fetched, not as the n-th download."""
+    names: dict[str, dict[str, str]] = {}
+    boot = machine.boot
+    for template in (boot.cmdline, boot.script, boot.chain):
+        if template is not None:
+            for rel in files_named(template):
+                names[rel] = {"file": rel}
+    if boot.kind in (BootKind.KERNEL, BootKind.EFI):
+        every = [boot.files(arch.value) for arch in Arch] if boot.per_arch else [boot.files("")]
+        for found in every:
+            if found is None:
+                continue
+            located = [("kernel", found.kernel), *(("initrd", loc) for loc in found.initrds), ("efi", found.efi)]
+            for role, loc in located:
+                if loc and "://" not in loc:
+                    names[loc.lstrip("/")] = {"role": role}
+    return names
+
+
+def layer_role(media_type: str) -> str:
+    """The role of an OCI boot layer by its media type (ironcore or gardenlinux names); "" if none."""
+    return _LAYER_ROLES.get(media_type.rsplit(".", 1)[-1], "")
+
+
+_LAYER_ROLES = {"kernel": "kernel", "initramfs": "initrd", "squashfs": "squashfs", "uki": "efi"}
 
 
 UNKNOWN = "unknown"  # a `once` machine's state while the state store has never been read

@@ -13,6 +13,10 @@ trusted when it is stale (made longer than ATTEMPT_IDLE before the request began
 has since claimed another address. Such events, and events from addresses nobody claimed, go
 to a bounded "unattributed" list with the reason, never to a machine.
 
+Downloads: an HTTP download's event carries what it was when the core knows (`role`: kernel,
+initrd, efi, squashfs; `file`: a file its command line names with file("...")), and a request
+for a file that is not there is an `http` event with `status=404` and an `error`.
+
 Stage: a machine's `stage` says how far its current boot got, in STAGE_RANK order. Requests the
 machine makes right now and that name it (DHCP, script, beacon, Ignition with a MAC) set the
 stage as they say, backwards too: DHCP after a download means it started over, a second script
@@ -51,6 +55,22 @@ STAGE_RANK = {"dhcp": 0, "tftp": 1, "script": 2, "http": 3, "beacon": 4, "igniti
 _DOWNLOAD_RANK = STAGE_RANK["http"]  # a stage an edge adds later ranks with the downloads
 # reported when the transfer ends, with its duration in `seconds`
 _REPORTED_AT_END = frozenset({"tftp", "http"})
+
+
+def fetched(event: dict[str, Any]) -> str:
+    """What an HTTP download was, as its event names it: its role in the machine's plan (kernel,
+    initrd, efi, squashfs) or the base name of the file its command line names ("preseed.cfg");
+    "" when the core could not say (display code then falls back to the download's position)."""
+    if event.get("role"):
+        return str(event["role"])
+    if event.get("stage") == "http" and event.get("file"):
+        return str(event["file"]).rstrip("/").rsplit("/", 1)[-1]
+    return ""
+
+
+def missing(event: dict[str, Any]) -> bool:
+    """A request for a file that is not there (404 on /files or /boot)."""
+    return event.get("stage") == "http" and event.get("status") == 404
 
 
 class _Machine:

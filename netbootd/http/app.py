@@ -28,7 +28,7 @@ from netbootd.http import limits, metrics
 from netbootd.http.files import FileResource
 from netbootd.http.guard import GuardedResource
 from netbootd.http.hot import HotRoutes
-from netbootd.logs import get_logger
+from netbootd.logs import RateLimiter, get_logger
 from netbootd.model import Arch, normalize_mac, normalize_uuid
 
 log = get_logger("netbootd.http")
@@ -378,19 +378,25 @@ class BootApp:
 _ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines",
            "lifecycle"}
 _TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
+_MISSING_ROUTES = frozenset({"files", "boot"})  # a 404 here is a file a machine wanted and did not get
+MISSING_CLIENTS = 4096  # clients whose "file not found" lines are rate-limited apart
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
 _route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes
 
 
 class MetricsSite(server.Site):
     """A Site that counts requests and bytes per route (first path segment, bounded set), files
-    downloads into the boot timeline, and knows which requests are still running (graceful
-    shutdown waits for them; large ones log their progress)."""
+    downloads into the boot timeline (named by what they are for the machine: the core's
+    `download`), and files there too a request for a file that is not there (404 on /files,
+    /boot), with a log line rate-limited per client. It knows which requests are still running
+    (graceful shutdown waits for them; large ones log their progress)."""
 
-    def __init__(self, resource, timeline: Timeline | None = None, **kwargs) -> None:
+    def __init__(self, resource, timeline: Timeline | None = None, core: HttpCore | None = None, **kwargs) -> None:
         super().__init__(resource, **kwargs)
         self.timeline = timeline
+        self.core = core
         self.active: dict = {}  # request -> start time
+        self.missing_lines = RateLimiter(burst=5, period=60.0, clock=lambda: self.reactor.seconds())
 
     def getResourceFor(self, request):
         self.active[request] = self.reactor.seconds()
@@ -416,18 +422,45 @@ class MetricsSite(server.Site):
             ip = request.getClientAddress().host
             size = request.sentLength or 0
             path = request.path.decode("latin-1", "replace")
+            named = mac_in_path(path)  # a per-machine file ("/files/52-54-00-12-34-56/...") names its machine
+            what = self._what(named or self.timeline.mac_for(ip), request)
             mac = self.timeline.record(
                 "http",
-                mac=mac_in_path(path),  # a per-machine file ("/files/52-54-00-12-34-56/...") names its machine
+                mac=named,
                 ip=ip,
                 path=path[:200],
                 bytes=size,
                 seconds=round(seconds, 3) if seconds else None,
                 mbps=round(size / seconds / 1e6, 1) if seconds else None,
+                **what,
             )
             if size >= PROGRESS_MIN_BYTES:
                 log.info("download finished", mac=mac or "", client=ip, path=request.path.decode("latin-1", "replace")[:200],
                          bytes=size, seconds=round(seconds or 0, 1))
+        elif self.timeline is not None and route in _MISSING_ROUTES and request.code == 404:
+            self._missing(request)
+
+    def _what(self, mac: str | None, request) -> dict[str, str]:
+        """What the machine fetched (its role, or the command line's file name), from the core."""
+        if self.core is None:
+            return {}
+        uri = request.uri.decode("latin-1", "replace") if request.uri else request.path.decode("latin-1", "replace")
+        return self.core.download(mac, uri)
+
+    def _missing(self, request) -> None:
+        """A file a machine asked for is not there: in its timeline (stage http, status 404, an
+        error the dashboard shows) and in the log, at most a few lines a minute per client."""
+        assert self.timeline is not None
+        ip = request.getClientAddress().host
+        path = request.path.decode("latin-1", "replace")[:200]
+        named = mac_in_path(path)
+        mac = self.timeline.record("http", mac=named, ip=ip, path=path, status=404, error="not found",
+                                   **self._what(named or self.timeline.mac_for(ip), request))
+        machine = self.core.find(mac, None) if self.core is not None and mac else None
+        if self.missing_lines.tracked() > MISSING_CLIENTS:  # keyed by client: bounded, whatever the network
+            self.missing_lines = RateLimiter(burst=5, period=60.0, clock=lambda: self.reactor.seconds())
+        self.missing_lines.log(log.warn, f"404 {ip}", "file not found", mac=mac or "", client=ip,
+                               machine=machine.name if machine is not None else "", path=path)
 
     def log_progress(self) -> None:
         """Called periodically: one line per large download still running."""
@@ -456,7 +489,7 @@ def make_site(core: HttpCore, timeline: Timeline, settings: HttpSettings, health
               images: Any = None, metrics_elsewhere: str | None = None) -> MetricsSite:
     """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this."""
     app = BootApp(core, timeline, health, images, metrics_elsewhere)
-    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline)
+    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline, core=core)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, settings, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

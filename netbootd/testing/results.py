@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from netbootd.core.timeline import fetched, missing
+
 # "the kernel has started the initramfs' init" (info messages: a `quiet` command line hides them)
 DEFAULT_EXPECT = r"Run /init as init process|Freeing unused kernel (image )?(\(initmem\) )?memory"
 PANIC = re.compile(r"Kernel panic - not syncing.*")
@@ -26,17 +28,28 @@ def tail(text: str, lines: int = 40) -> str:
 
 def stage_names(events: list[dict[str, Any]]) -> list[str]:
     """A name per timeline event, as an operator reads a boot: dhcp, tftp, loader (an EFI binary
-    over HTTP before any script: UEFI HTTP boot), script, kernel, initrd, initrd2, ..., ignition,
-    beacon. Downloads after the script are the kernel first, then the initrds, in the order the
-    generated scripts fetch them."""
+    over HTTP before any script: UEFI HTTP boot), script, kernel, initrd, initrd2, squashfs,
+    preseed.cfg, ..., ignition, beacon. A download is named by what netbootd knew it to be (its
+    role in the machine's plan, or the file its command line names); one it did not know is
+    named by position: after the script the kernel first, then the initrds, in the order the
+    generated scripts fetch them. A file that was not there is `missing:<name>`."""
     names = []
-    after_script = 0
+    after_script = initrds = 0
     seen_script = False
     for e in events:
         stage = e.get("stage", "")
+        name = fetched(e)
         if stage == "script":
-            seen_script, after_script = True, 0
+            seen_script, after_script, initrds = True, 0, 0
             names.append("script")
+        elif missing(e):
+            names.append("missing:" + (name or str(e.get("path", "")).rsplit("/", 1)[-1]))
+        elif stage == "http" and name:
+            after_script += seen_script
+            if name == "initrd":
+                initrds += 1
+                name = "initrd" if initrds == 1 else f"initrd{initrds}"
+            names.append(name)
         elif stage == "http":
             if not seen_script:
                 names.append("loader")

@@ -83,6 +83,8 @@ class WatchedTimeline(Timeline):
 def _error_of(event: dict[str, Any]) -> str:
     """What went wrong in this event, "" if nothing did."""
     if event.get("error"):
+        if event["stage"] == "http" and event.get("path"):  # a file that was not there: which one
+            return f"http: {event['error']}: {event['path']}"
         return f"{event['stage']}: {event['error']}"
     if event.get("answered") is False and not str(event.get("reason", "")).startswith(SITE_REQUEST_PREFIX):
         return f"not answered: {event.get('reason', '')}"

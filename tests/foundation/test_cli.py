@@ -153,3 +153,33 @@ def test_every_option_has_help():
 
     missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(parser()) if not a.help]
     assert not missing, missing
+
+
+def test_check_hints_at_a_literal_string_for_a_template_with_quotes(tmp_path):
+    """`cmdline = "root=live:{{ file("rootfs.squashfs") }}"` is invalid TOML (the template's quotes end the
+    string): check names the file and line, and suggests the literal string that works."""
+    (tmp_path / "machines").mkdir()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "vmlinuz").write_bytes(b"k")
+    (tmp_path / "files" / "rootfs.squashfs").write_bytes(b"s")
+    (tmp_path / "netbootd.toml").write_text('machines_dir = "machines"\nfiles_root = "files"\n')
+    machine = tmp_path / "machines" / "52-54-00-00-00-01.toml"
+    machine.write_text('[boot]\nkernel = "vmlinuz"\ncmdline = "root=live:{{ file("rootfs.squashfs") }}"  # live\n')
+    out = netbootd("check", "--config", str(tmp_path), check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert f"{machine}:3: invalid TOML:" in text
+    assert "use a literal (single-quoted) string, cmdline = 'root=live:{{ file(\"rootfs.squashfs\") }}'" in text
+    # what it suggests is right: the same line as a literal string checks clean
+    machine.write_text("[boot]\nkernel = \"vmlinuz\"\ncmdline = 'root=live:{{ file(\"rootfs.squashfs\") }}'\n")
+    assert netbootd("check", "--config", str(tmp_path)).stdout == "OK: 1 machine file, no default\n"
+
+
+def test_no_quote_hint_for_other_toml_errors(tmp_path):
+    from netbootd.config.tomlfile import template_quote_hint
+
+    assert template_quote_hint('cmdline = "a {{ x }}" "\n', 1) == ""  # the stray quote is outside the template
+    assert template_quote_hint("[boot\n", 1) == ""
+    assert template_quote_hint('kernel = "vmlinuz" x\n', 1) == ""
+    assert "script = '#!ipxe {{ file(\"a b\") }}'" in template_quote_hint(
+        'x = 1\nscript = "#!ipxe {{ file("a b") }}"\n', 2)

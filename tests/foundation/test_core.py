@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,33 @@ def test_urls_escape_exactly_as_urlencode_and_quote():
     signer = UrlSigner(b"k" * 32, clock=lambda: 1000.0)
     exp, sig = signer.sign("ignition", "52:54:00:12:34:56")
     assert sig == hmac.new(b"k" * 32, f"ignition\n52:54:00:12:34:56\n{exp}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def test_download_names_what_a_machine_fetches(core, tmp_path):
+    """The core tells the HTTP edge what a download is for a machine: its plan's role, or the file
+    its command line names; image layers by their media type, whatever the machine."""
+    files = tmp_path / "files"
+    for rel in ("fcos/efi64/vmlinuz", "fcos/efi64/initrd.img", "fcos/arm64/vmlinuz", "fcos/arm64/initrd.img",
+                "extra.img", "rootfs.squashfs", "d-i/preseed.cfg"):
+        (files / rel).parent.mkdir(parents=True, exist_ok=True)
+        (files / rel).write_bytes(b"x")
+    (tmp_path / "machines" / "52-54-00-00-00-02.toml").write_text(
+        '[boot]\nkernel = "fcos/{{ arch }}/vmlinuz"\ninitrds = ["fcos/{{ arch }}/initrd.img", "extra.img"]\n'
+        "cmdline = 'root=live:{{ file(\"rootfs.squashfs\") }} url={{ file(\"/d-i/preseed.cfg\") }} console=ttyS0'\n")
+    result = load_machines(core.settings)
+    assert result.errors == []
+    core.replace_catalog(build_catalog(result))
+    mac = "52:54:00:00:00:02"
+    assert core.download(mac, "/files/fcos/efi64/vmlinuz") == {"role": "kernel"}
+    assert core.download(mac, "/files/fcos/arm64/initrd.img") == {"role": "initrd"}
+    assert core.download(mac, "/files/extra.img") == {"role": "initrd"}
+    assert core.download(mac, "/files/rootfs.squashfs") == {"file": "rootfs.squashfs"}
+    assert core.download(mac, "/files/d-i/preseed.cfg") == {"file": "d-i/preseed.cfg"}
+    assert core.download(mac, "/files/other.img") == {}
+    assert core.download(None, "/files/extra.img") == {}  # which machine: unknown
+    # an image machine's layers, by the URLs its own script hands out
+    script = core.script("52:54:00:00:00:01", None, Arch.EFI64, "10.0.0.2")
+    layers = re.findall(r"http://10\.0\.0\.2(/image\?\S+)", script)
+    roles = [core.download("52:54:00:00:00:01", u).get("role") for u in layers]
+    assert sorted(roles) == ["initrd", "kernel", "squashfs"], script
+    assert core.download(None, "/httpboot/org/os/sha256-" + "0" * 64 + ".efi") == {"role": "efi"}

@@ -9,7 +9,7 @@
 
   const detail = (e) => Object.entries(e).filter(([k]) => !["time", "stage", "ip"].includes(k))
     .map(([k, v]) => k + "=" + v).join(" ");
-  const label = (e) => e.stage + (e.beacon ? ":" + e.beacon : "") + (e.stage === "lifecycle" && e.state ? ":" + e.state : "") + (e.file ? " " + e.file : "") + (e.path ? " " + e.path : "");
+  const label = (e) => e.stage + (e.beacon ? ":" + e.beacon : "") + (e.stage === "lifecycle" && e.state ? ":" + e.state : "") + (e.role ? ":" + e.role : "") + (e.status ? " " + e.status : "") + (e.file ? " " + e.file : "") + (e.path ? " " + e.path : "");
   const failed = (e) => e.error || e.answered === false || (e.stage === "beacon" && e.beacon !== "loaded");
 
   function waterfall(events) {
@@ -41,7 +41,7 @@
     tbody.replaceChildren(...events.map((e) => NB.el("tr", { "data-stage": e.stage, class: failed(e) ? "state-failed" : "" },
       NB.el("td", { class: "mono", text: new Date(e.time * 1000).toLocaleTimeString() }),
       NB.el("td", { class: "mono", text: (e.time - t0).toFixed(3) }),
-      NB.el("td", { text: e.stage + (e.beacon ? ":" + e.beacon : "") + (e.stage === "lifecycle" && e.state ? ":" + e.state : "") }),
+      NB.el("td", { text: e.stage + (e.beacon ? ":" + e.beacon : "") + (e.stage === "lifecycle" && e.state ? ":" + e.state : "") + (e.role ? ":" + e.role : "") }),
       NB.el("td", { class: "mono", text: e.ip || "" }),
       NB.el("td", { class: "mono", text: detail(e) }))));
   }
