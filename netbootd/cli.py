@@ -15,7 +15,7 @@ from netbootd.config.machines import machine_count
 from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import Settings
 from netbootd.config.settingsfile import DEFAULT_CONFIG
-from netbootd.core.explain import FIRMWARES
+from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_ALIASES, FIRMWARES, add_firmware_option
 from netbootd.model import normalize_mac
 
 
@@ -114,7 +114,7 @@ def cmd_explain(args) -> int:
     for err in result.errors:
         print(f"warning: {err}")
     server = args.server or settings.advertise or SAMPLE_SERVER
-    for line in explain_lines(core, mac, args.arch, server, show_secrets=args.show_secrets):
+    for line in explain_lines(core, mac, args.firmware, server, show_secrets=args.show_secrets):
         print(line)
     return 0
 
@@ -246,6 +246,12 @@ def cmd_reprovision(args) -> int:
 
 
 CONFIG_HELP = f"netbootd.toml, or its directory (default: {DEFAULT_CONFIG})"
+FIRMWARE_HELP = (f"the firmware asking, by the names `netbootd try` boots: bios (BIOS PXE), uefi (UEFI PXE), uefi-http "
+                 f"(UEFI HTTP boot), arm64-uefi, arm64-http, and their -secure and IPv6 kinds, each asking as its plain "
+                 f"kind does; default {DEFAULT_FIRMWARE} (UEFI PXE on x86_64: what current servers boot with). Also "
+                 f"efi32 (32-bit UEFI PXE), and the former names "
+                 + ", ".join(f"{old} ({new})" for old, new in FIRMWARE_ALIASES.items())
+                 + "; --arch, the option's former name, still works")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -272,9 +278,9 @@ def parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="show what a machine would be offered and the script it gets")
     explain.add_argument("mac", help="the machine's MAC address (any of 52:54:00:12:34:56, 52-54-00-12-34-56)")
-    explain.add_argument("--arch", choices=sorted(FIRMWARES), default="efi64",
-                         help="the firmware asking: bios (BIOS PXE), efi32/efi64/arm64 (UEFI PXE), "
-                              "http/http-arm64 (UEFI HTTP boot); default efi64")
+    add_firmware_option(explain, accepted=FIRMWARES, help=FIRMWARE_HELP)
+    explain.add_argument("--arch", dest="firmware", type=lambda name: FIRMWARE_ALIASES.get(name, name),
+                         choices=sorted(FIRMWARES), help=argparse.SUPPRESS)  # deprecated: --firmware's former name
     explain.add_argument("--config", help=CONFIG_HELP)
     explain.add_argument("--server", help="address to put in URLs (default: advertise, else 192.0.2.1)")
     explain.add_argument("--show-secrets", action="store_true", help="print Ignition contents")

@@ -31,22 +31,12 @@ from pathlib import Path
 from typing import TextIO
 
 from netbootd.config.settingsfile import DEFAULT_CONFIG
+from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES, add_firmware_option
 from netbootd.testing.firmware import FIRMWARES, firmware
 from netbootd.testing.results import DEFAULT_EXPECT, BootResult, PowerOn, describe, stage_names
 
-# the client each firmware kind presents on its first request
-_CLIENTS = {
-    "bios": ("BIOS_PXE", "BIOS"),
-    "uefi": ("EFI_PXE", "EFI64"),
-    "uefi-http": ("HTTP_BOOT", "EFI64"),
-    "uefi-secure": ("EFI_PXE", "EFI64"),
-    "uefi-http-secure": ("HTTP_BOOT", "EFI64"),
-    "arm64-uefi": ("EFI_PXE", "ARM64"),
-    "arm64-http": ("HTTP_BOOT", "ARM64"),
-    "arm64-secure": ("EFI_PXE", "ARM64"),
-    "uefi6": ("EFI_PXE", "EFI64"),
-    "uefi-http6": ("HTTP_BOOT", "EFI64"),
-}
+# the client each firmware kind presents on its first request (the names explain shares)
+_CLIENTS = {name: (fw.name, arch.name) for name, (fw, arch) in FIRMWARE_NAMES.items()}
 IPV6_DEFAULT = "uefi6"
 
 
@@ -130,7 +120,7 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
     """The command; returns the exit status (0 booted, 1 did not, 2 cannot try here)."""
     from netbootd.testing.lab import BOOT_IP, BOOT_IP6, PREFIX6, Lab, LabError, missing_requirements
 
-    firmware_name = firmware_name or (IPV6_DEFAULT if ipv6 else "bios")
+    firmware_name = firmware_name or (IPV6_DEFAULT if ipv6 else DEFAULT_FIRMWARE)
     if ipv6 and not firmware(firmware_name).ipv6:
         ipv6_kinds = ", ".join(name for name, kind in FIRMWARES.items() if kind.ipv6)
         print(f"netbootd try: --ipv6 makes the lab IPv6-only, which --firmware {firmware_name} cannot boot on: "
@@ -248,9 +238,10 @@ def report(printer: Printer, result: BootResult, expect: str | None) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("mac", help="the MAC the virtual machine gets (its machine file decides what it boots)")
     parser.add_argument("--config", help="netbootd.toml, or its directory (default: /etc/netbootd/netbootd.toml)")
-    parser.add_argument("--firmware", choices=sorted(FIRMWARES),
+    add_firmware_option(parser, default=None,
                         help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items())
-                        + f" (default bios; {IPV6_DEFAULT} with --ipv6)")
+                        + f" (default {DEFAULT_FIRMWARE}, the firmware current servers boot with; {IPV6_DEFAULT} "
+                          "with --ipv6). `netbootd explain --firmware` takes the same names")
     parser.add_argument("--ipv6", action="store_true",
                         help="an IPv6-only lab: no IPv4, the site's DHCPv6 server gives stateful addresses and iPXE its "
                              f"script URL, OVMF boots with IPv4 PXE off (firmware {IPV6_DEFAULT} or uefi-http6)")

@@ -153,3 +153,38 @@ def test_every_option_has_help():
 
     missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(parser()) if not a.help]
     assert not missing, missing
+
+
+def test_explain_takes_the_firmware_names_try_boots():
+    """`explain --firmware` takes try's names; each answers as the old `--arch` name it replaces."""
+    common = ("--config", str(EXAMPLE), "--server", "10.0.0.2")
+    for new, old in (("uefi-http", "http"), ("uefi", "efi64"), ("bios", "bios"), ("arm64-uefi", "arm64"),
+                     ("arm64-http", "http-arm64")):
+        by_name = netbootd("explain", "52:54:00:00:00:04", "--firmware", new, *common).stdout
+        assert by_name == netbootd("explain", "52:54:00:00:00:04", "--arch", old, *common).stdout, new
+        assert by_name == netbootd("explain", "52:54:00:00:00:04", "--firmware", old, *common).stdout, new
+    assert "DHCP      67 OFFER: http-efi http://10.0.0.2/boot/snponly.efi" in netbootd(
+        "explain", "52:54:00:00:00:04", "--firmware", "uefi-http", *common).stdout
+    # the default is uefi for both commands
+    assert netbootd("explain", "52:54:00:00:00:04", *common).stdout == netbootd(
+        "explain", "52:54:00:00:00:04", "--firmware", "uefi", *common).stdout
+    bad = netbootd("explain", "52:54:00:00:00:04", "--firmware", "nope", *common, check=False)
+    assert bad.returncode == 2 and "invalid choice: 'nope' (choose from 'bios', 'uefi'," in bad.stderr
+
+
+def test_explain_and_try_show_the_same_firmware_names_and_default():
+    import re
+
+    def firmware_option(command: str) -> tuple[str, str]:
+        text = " ".join(netbootd(command, "--help").stdout.split())
+        names = re.search(r"--firmware (\{[^}]*\})", text)
+        default = re.search(r"default (\S+?)[,;. )]", text[text.index("--firmware {", names.end()):])
+        assert names and default, text
+        return names.group(1), default.group(1)
+
+    assert firmware_option("explain") == firmware_option("try")
+    from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES
+    from netbootd.testing.firmware import FIRMWARES
+
+    assert firmware_option("try") == ("{" + ",".join(FIRMWARE_NAMES) + "}", DEFAULT_FIRMWARE)
+    assert set(FIRMWARE_NAMES) == set(FIRMWARES), "a lab firmware kind explain does not know"
