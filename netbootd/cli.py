@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import attrs
@@ -324,9 +325,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The exit status of a command whose reader went away (`netbootd status | head -1`), as a shell
+# reports a program SIGPIPE ended: 128 + SIGPIPE
+CLOSED_PIPE = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # what is still buffered fails here, not at exit (where Python prints a traceback)
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe: nothing more to say to it. Point stdout at /dev/null so that
+        # Python's own flush at exit has nowhere to fail (Python's documentation, "Note on SIGPIPE").
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (a test's capture): nothing buffered to lose
+            pass
+        return CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -188,3 +188,39 @@ def test_explain_and_try_show_the_same_firmware_names_and_default():
 
     assert firmware_option("try") == ("{" + ",".join(FIRMWARE_NAMES) + "}", DEFAULT_FIRMWARE)
     assert set(FIRMWARE_NAMES) == set(FIRMWARES), "a lab firmware kind explain does not know"
+
+
+def _closed_pipe(*args: str) -> tuple[int, str]:
+    """Run netbootd with its stdout a pipe whose reader is gone before it writes (`... | true`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "netbootd", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(60), err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`netbootd explain ... | head -1`, `check ... | true`, `status | head -1`: no traceback."""
+    import http.server
+    import threading
+
+    class NotSeen(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotSeen)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for args in (("explain", "52:54:00:00:00:02", "--config", str(EXAMPLE)),
+                     ("check", "--config", str(EXAMPLE)),
+                     ("status", "52:54:00:00:00:02", "--url", f"http://127.0.0.1:{server.server_port}")):
+            code, err = _closed_pipe(*args)
+            assert "Traceback" not in err and "BrokenPipeError" not in err and err == "", (args, err)
+            assert code == 141, (args, code)  # 128 + SIGPIPE, as a shell reports a program a closed pipe ended
+    finally:
+        server.shutdown()
