@@ -123,7 +123,7 @@ def cmd_explain(args) -> int:
 def cmd_serve(args) -> int:
     from twisted.internet import reactor
 
-    from netbootd.logs import get_logger, start_logging
+    from netbootd.logs import get_logger, logs_to_stderr, start_logging
     from netbootd.service import Netbootd, StartupError
 
     settings = _settings_or_exit("serve", args.config, required=False)
@@ -134,17 +134,22 @@ def cmd_serve(args) -> int:
     start_logging(settings.log.format, settings.log.level)
     log = get_logger("netbootd")
     log.info("starting", version=__version__, config=str(settings.source or "(built-in defaults)"))
+
+    def fatal(error: str) -> None:
+        """Said once: the log's critical line (journald and JSON logs keep it), printed too only
+        when the log does not go to stderr."""
+        log.critical("cannot start", error=error)
+        if not logs_to_stderr():
+            print(f"netbootd: {error}", file=sys.stderr)
     try:
         daemon = Netbootd(settings, reactor)
     except StartupError as exc:
-        log.critical("{error}", error=str(exc))
-        print(f"netbootd: {exc}", file=sys.stderr)
+        fatal(str(exc))
         return 1
 
     def failed(failure) -> None:
         error = failure.value if failure.check(StartupError) else failure.getTraceback()
-        log.critical("{error}", error=str(error))
-        print(f"netbootd: {error}", file=sys.stderr)
+        fatal(str(error))
         daemon.exit_code = 1
         reactor.stop()
 

@@ -174,10 +174,21 @@ class LineObserver:
             pass
 
 
+_destination: IO[str] | None = None  # where start_logging sent the log
+
+
 def start_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None = None) -> None:
+    global _destination
+    _destination = stream or sys.stderr
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(LineObserver(stream or sys.stderr, fmt), [predicate])
+    observer = FilteringLogObserver(LineObserver(_destination, fmt), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+
+
+def logs_to_stderr() -> bool:
+    """The log goes to stderr (a terminal, or journald reading it): a fatal error logged there
+    need not be printed there again."""
+    return _destination is not None and _destination is sys.stderr
 
 
 class RateLimiter:

@@ -71,9 +71,19 @@ def test_serve_says_what_to_do_when_the_port_is_taken(tmp_path, kind):
     cfg.write_text(f'machines_dir = "machines"\n[http]\nport = {port}\nlisten = "127.0.0.1"\n'
                    "[dhcp]\nenabled = false\n[tftp]\nenabled = false\n")
     out = netbootd("serve", "--config", str(cfg), check=False)
+    as_json = netbootd("serve", "--config", str(cfg), "--log-format", "json", check=False)
     holder.close()
     assert out.returncode == 1
     assert f"cannot bind TCP port {port}: another program holds it" in out.stderr
+    # said once: the log's critical line (the log goes to stderr), not printed again
+    assert out.stderr.count(f"cannot bind TCP port {port}") == 1, out.stderr
+    assert f' critical netbootd cannot start error="cannot bind TCP port {port}: ' in out.stderr, out.stderr
+    # a JSON log (journald) gets it as its critical line
+    assert as_json.returncode == 1 and as_json.stderr.count(f"cannot bind TCP port {port}") == 1, as_json.stderr
+    import json
+
+    (critical,) = [r for r in map(json.loads, as_json.stderr.splitlines()) if r["level"] == "critical"]
+    assert critical["error"].startswith(f"cannot bind TCP port {port}: another program holds it"), critical
 
 
 def test_serve_reports_settings_errors(tmp_path):
