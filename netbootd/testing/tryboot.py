@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import attrs
+
 from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES, add_firmware_option
 from netbootd.testing.firmware import FIRMWARES, firmware
@@ -44,9 +46,11 @@ class Refused(Exception):
     """The machine cannot boot in the lab; the message says why (before QEMU starts)."""
 
 
-def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str = "10.77.0.2") -> str:
+def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str = "10.77.0.2",
+              http_port: int | None = None) -> str:
     """What the configuration gives this machine, as one line; raises Refused when it cannot boot
-    in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach)."""
+    in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach). `http_port`:
+    the port the lab's netbootd serves HTTP on (as the lab sets it), for the URLs in the line."""
     from netbootd.config.catalog import build_catalog
     from netbootd.config.discover import find_settings
     from netbootd.config.machines import BootKind
@@ -55,6 +59,8 @@ def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str =
     from netbootd.model import Arch, Client, Firmware
 
     settings = find_settings(config, required=True)
+    if http_port is not None:  # the lab's netbootd listens there, whatever the configuration says (Lab.settings)
+        settings = attrs.evolve(settings, http=attrs.evolve(settings.http, port=http_port, public_url=""))
     core = BootCore(settings, build_catalog(load_machines(settings)))  # a fresh daemon: no last good versions
     fw, arch = _CLIENTS.get(firmware_name, ("EFI_PXE", "EFI64"))
     decision = core.decide(Client(mac, Arch[arch], Firmware[fw]), server_ip)
@@ -118,7 +124,7 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
         keep: bool, quiet: bool, out: TextIO = sys.stdout, ipv6: bool = False, disk: str | None = None,
         memory: str | None = None, reboots: int = 0) -> int:
     """The command; returns the exit status (0 booted, 1 did not, 2 cannot try here)."""
-    from netbootd.testing.lab import BOOT_IP, BOOT_IP6, PREFIX6, Lab, LabError, missing_requirements
+    from netbootd.testing.lab import BOOT_IP, BOOT_IP6, HTTP_PORT, PREFIX6, Lab, LabError, missing_requirements
 
     firmware_name = firmware_name or (IPV6_DEFAULT if ipv6 else DEFAULT_FIRMWARE)
     if ipv6 and not firmware(firmware_name).ipv6:
@@ -136,7 +142,7 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
         print(f"netbootd try: {problem}", file=sys.stderr)
         return 2
     try:
-        offered = preflight(config, mac, firmware_name, BOOT_IP6 if ipv6 else BOOT_IP)
+        offered = preflight(config, mac, firmware_name, BOOT_IP6 if ipv6 else BOOT_IP, HTTP_PORT)
     except Refused as exc:
         print(f"netbootd try: {exc}", file=sys.stderr)
         return 1
