@@ -88,6 +88,19 @@ def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str =
     return f"{machine.name}: {boot.kind.value}; {decision.offer.describe()}"
 
 
+def step(event: dict) -> str:
+    """A timeline event as try's stage stream says it. The firmware's REQUEST on 67 that takes the
+    site server's lease is a normal step (netbootd, a proxy, leaves it to that server), not a
+    refusal: said so, not as `answered=False reason=...`."""
+    from netbootd.dhcp.answer import SITE_REQUEST
+
+    if event.get("answered") is False and str(event.get("reason", "")).startswith(SITE_REQUEST):
+        server = str(event["reason"]).removeprefix(SITE_REQUEST).strip(" ()").removeprefix("server id ")
+        return (f"the firmware takes its address from the site's DHCP server ({server}): normal, that server's to "
+                f"answer (port={event.get('port', 67)} firmware={event.get('firmware', '')})")
+    return describe({k: v for k, v in event.items() if k not in ("mac", "power_on")})
+
+
 class Printer:
     """The terminal side: console text, and the timeline lines in between."""
 
@@ -109,7 +122,7 @@ class Printer:
         self.events.append(event)
         name = stage_names(self.events)[-1]
         at = event.get("time", time.time()) - self.started
-        self.say(f"+{at:6.2f} s  {name:<9} {describe({k: v for k, v in event.items() if k not in ('mac', 'power_on')})}")
+        self.say(f"+{at:6.2f} s  {name:<9} {step(event)}")
 
     def powered_on(self, power_on: PowerOn) -> None:
         self.say(f"+{power_on.started - self.started:6.2f} s  power-on {power_on.number} ({power_on.how})")

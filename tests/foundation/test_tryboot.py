@@ -33,3 +33,17 @@ def test_the_header_names_the_lab_port(config):
 def test_an_ignored_machine_is_refused(config):
     with pytest.raises(Refused, match=r"boot\.ignore = true"):
         preflight(config, "52:54:00:88:00:04", "uefi", BOOT_IP, HTTP_PORT)
+
+
+def test_the_site_servers_lease_is_a_normal_step():
+    from netbootd.dhcp.answer import SITE_REQUEST
+    from netbootd.testing.tryboot import step
+
+    request = {"stage": "dhcp", "port": 67, "firmware": "bios-pxe", "arch": "bios", "answered": False,
+               "reason": f"{SITE_REQUEST} (server id 10.77.0.1)", "mac": MAC, "time": 0.0}
+    line = step(request)
+    assert line.startswith("the firmware takes its address from the site's DHCP server (10.77.0.1): normal"), line
+    assert "answered=False" not in line and "firmware=bios-pxe" in line
+    # a real refusal still reads as one
+    refused = {**request, "reason": "held: machines/x.toml:1: broken"}
+    assert "answered=False" in step(refused) and "held: " in step(refused)
