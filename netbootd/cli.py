@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import attrs
@@ -15,7 +16,7 @@ from netbootd.config.machines import machine_count
 from netbootd.config.machinesdir import load_machines
 from netbootd.config.settings import Settings
 from netbootd.config.settingsfile import DEFAULT_CONFIG
-from netbootd.core.explain import FIRMWARES
+from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_ALIASES, FIRMWARES, add_firmware_option
 from netbootd.model import normalize_mac
 
 
@@ -114,7 +115,7 @@ def cmd_explain(args) -> int:
     for err in result.errors:
         print(f"warning: {err}")
     server = args.server or settings.advertise or SAMPLE_SERVER
-    for line in explain_lines(core, mac, args.arch, server, show_secrets=args.show_secrets):
+    for line in explain_lines(core, mac, args.firmware, server, show_secrets=args.show_secrets):
         print(line)
     return 0
 
@@ -122,7 +123,7 @@ def cmd_explain(args) -> int:
 def cmd_serve(args) -> int:
     from twisted.internet import reactor
 
-    from netbootd.logs import get_logger, start_logging
+    from netbootd.logs import get_logger, logs_to_stderr, start_logging
     from netbootd.service import Netbootd, StartupError
 
     settings = _settings_or_exit("serve", args.config, required=False)
@@ -133,17 +134,22 @@ def cmd_serve(args) -> int:
     start_logging(settings.log.format, settings.log.level)
     log = get_logger("netbootd")
     log.info("starting", version=__version__, config=str(settings.source or "(built-in defaults)"))
+
+    def fatal(error: str) -> None:
+        """Said once: the log's critical line (journald and JSON logs keep it), printed too only
+        when the log does not go to stderr."""
+        log.critical("cannot start", error=error)
+        if not logs_to_stderr():
+            print(f"netbootd: {error}", file=sys.stderr)
     try:
         daemon = Netbootd(settings, reactor)
     except StartupError as exc:
-        log.critical("{error}", error=str(exc))
-        print(f"netbootd: {exc}", file=sys.stderr)
+        fatal(str(exc))
         return 1
 
     def failed(failure) -> None:
         error = failure.value if failure.check(StartupError) else failure.getTraceback()
-        log.critical("{error}", error=str(error))
-        print(f"netbootd: {error}", file=sys.stderr)
+        fatal(str(error))
         daemon.exit_code = 1
         reactor.stop()
 
@@ -253,6 +259,12 @@ def cmd_reprovision(args) -> int:
 
 
 CONFIG_HELP = f"netbootd.toml, or its directory (default: {DEFAULT_CONFIG})"
+FIRMWARE_HELP = (f"the firmware asking, by the names `netbootd try` boots: bios (BIOS PXE), uefi (UEFI PXE), uefi-http "
+                 f"(UEFI HTTP boot), arm64-uefi, arm64-http, and their -secure and IPv6 kinds, each asking as its plain "
+                 f"kind does; default {DEFAULT_FIRMWARE} (UEFI PXE on x86_64: what current servers boot with). Also "
+                 f"efi32 (32-bit UEFI PXE), and the former names "
+                 + ", ".join(f"{old} ({new})" for old, new in FIRMWARE_ALIASES.items())
+                 + "; --arch, the option's former name, still works")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -279,9 +291,9 @@ def parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="show what a machine would be offered and the script it gets")
     explain.add_argument("mac", help="the machine's MAC address (any of 52:54:00:12:34:56, 52-54-00-12-34-56)")
-    explain.add_argument("--arch", choices=sorted(FIRMWARES), default="efi64",
-                         help="the firmware asking: bios (BIOS PXE), efi32/efi64/arm64 (UEFI PXE), "
-                              "http/http-arm64 (UEFI HTTP boot); default efi64")
+    add_firmware_option(explain, accepted=FIRMWARES, help=FIRMWARE_HELP)
+    explain.add_argument("--arch", dest="firmware", type=lambda name: FIRMWARE_ALIASES.get(name, name),
+                         choices=sorted(FIRMWARES), help=argparse.SUPPRESS)  # deprecated: --firmware's former name
     explain.add_argument("--config", help=CONFIG_HELP)
     explain.add_argument("--server", help="address to put in URLs (default: advertise, else 192.0.2.1)")
     explain.add_argument("--show-secrets", action="store_true", help="print Ignition contents")
@@ -325,9 +337,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The exit status of a command whose reader went away (`netbootd status | head -1`), as a shell
+# reports a program SIGPIPE ended: 128 + SIGPIPE
+CLOSED_PIPE = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # what is still buffered fails here, not at exit (where Python prints a traceback)
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe: nothing more to say to it. Point stdout at /dev/null so that
+        # Python's own flush at exit has nowhere to fail (Python's documentation, "Note on SIGPIPE").
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (a test's capture): nothing buffered to lose
+            pass
+        return CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -157,6 +157,19 @@ def _is_noise(event: dict[str, Any], message: str | None = None) -> bool:
     return bool(_TWISTED_NOISE.match(message))
 
 
+# Twisted's routine lines that are debug for netbootd, logged at info: an HTTP client (a firmware
+# that stopped reading, a browser's idle keep-alive) timed out: normal, nothing to act on.
+_TWISTED_DEBUG = ("Timing out client",)
+
+
+def _demoted(event: dict[str, Any]) -> dict[str, Any]:
+    """The event, at debug level if it is one of _TWISTED_DEBUG's at info."""
+    fmt = event.get("log_format")
+    if event.get("log_level") is LogLevel.info and type(fmt) is str and fmt.startswith(_TWISTED_DEBUG):
+        return {**event, "log_level": LogLevel.debug}
+    return event
+
+
 @implementer(ILogObserver)
 class LineObserver:
     def __init__(self, stream: IO[str], fmt: str = "text") -> None:
@@ -174,10 +187,26 @@ class LineObserver:
             pass
 
 
+_destination: IO[str] | None = None  # where start_logging sent the log
+
+
 def start_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None = None) -> None:
+    global _destination
+    _destination = stream or sys.stderr
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(LineObserver(stream or sys.stderr, fmt), [predicate])
+    filtered = FilteringLogObserver(LineObserver(_destination, fmt), [predicate])
+
+    @implementer(ILogObserver)
+    def observer(event: dict[str, Any]) -> None:
+        filtered(_demoted(event))
+
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+
+
+def logs_to_stderr() -> bool:
+    """The log goes to stderr (a terminal, or journald reading it): a fatal error logged there
+    need not be printed there again."""
+    return _destination is not None and _destination is sys.stderr
 
 
 class RateLimiter:

@@ -13,16 +13,54 @@ from netbootd.core.decide import BootCore, NoScript
 from netbootd.core.secureboot import boot_binaries, findings
 from netbootd.model import Arch, Client, Firmware
 
-# The firmware that first asks, and the arch it reports, by its `explain --arch` name
-FIRMWARES = {
+# The firmware names `netbootd explain --firmware` and `netbootd try --firmware` share (try's lab
+# kinds, netbootd.testing.firmware.FIRMWARES, are these names), each with the firmware that first
+# asks and the arch it reports. Secure Boot and IPv6 kinds ask as their plain kind does: what a
+# machine with secure_boot = true is offered comes from its machine file, not from how it asks.
+FIRMWARE_NAMES = {
     "bios": (Firmware.BIOS_PXE, Arch.BIOS),
+    "uefi": (Firmware.EFI_PXE, Arch.EFI64),
+    "uefi-http": (Firmware.HTTP_BOOT, Arch.EFI64),
+    "uefi-secure": (Firmware.EFI_PXE, Arch.EFI64),
+    "uefi-http-secure": (Firmware.HTTP_BOOT, Arch.EFI64),
+    "arm64-uefi": (Firmware.EFI_PXE, Arch.ARM64),
+    "arm64-http": (Firmware.HTTP_BOOT, Arch.ARM64),
+    "arm64-secure": (Firmware.EFI_PXE, Arch.ARM64),
+    "uefi6": (Firmware.EFI_PXE, Arch.EFI64),
+    "uefi-http6": (Firmware.HTTP_BOOT, Arch.EFI64),
+}
+# The default of both commands: UEFI PXE on x86_64, what current servers boot with (BIOS is legacy)
+DEFAULT_FIRMWARE = "uefi"
+# explain's names before it shared try's (`explain --arch`; the dashboard's keys): each the same as
+# a name above, but efi32, which only explain knows (a 32-bit UEFI; no lab kind boots one).
+FIRMWARE_ALIASES = {"efi64": "uefi", "arm64": "arm64-uefi", "http": "uefi-http", "http-arm64": "arm64-http"}
+# What explain accepts: the shared names, the aliases and efi32
+FIRMWARES = {
+    **FIRMWARE_NAMES,
+    **{alias: FIRMWARE_NAMES[name] for alias, name in FIRMWARE_ALIASES.items()},
     "efi32": (Firmware.EFI_PXE, Arch.EFI32),
-    "efi64": (Firmware.EFI_PXE, Arch.EFI64),
-    "arm64": (Firmware.EFI_PXE, Arch.ARM64),
-    "http": (Firmware.HTTP_BOOT, Arch.EFI64),
-    "http-arm64": (Firmware.HTTP_BOOT, Arch.ARM64),
 }
 SAMPLE_SERVER = "192.0.2.1"
+
+
+class _Accepts(list):
+    """argparse choices that list (in usage, help and errors) the shared names, and accept more."""
+
+    def __init__(self, shown, accepted) -> None:
+        super().__init__(shown)
+        self.accepted = set(accepted)
+
+    def __contains__(self, value) -> bool:
+        return value in self.accepted
+
+
+def add_firmware_option(parser, *flags: str, accepted=FIRMWARE_NAMES, default: str | None = DEFAULT_FIRMWARE,
+                        help: str) -> None:
+    """`--firmware NAME` (and `flags`, its other spellings) as explain and try both take it: the
+    shared names, the former explain names mapped to them; `accepted`: what this command can use."""
+    parser.add_argument("--firmware", *flags, dest="firmware", metavar="{" + ",".join(FIRMWARE_NAMES) + "}",
+                        type=lambda name: FIRMWARE_ALIASES.get(name, name),
+                        choices=_Accepts(FIRMWARE_NAMES, accepted), default=default, help=help)
 
 
 def secure_boot_findings(settings: Settings, core: BootCore, machines):

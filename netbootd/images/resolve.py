@@ -65,6 +65,15 @@ def failure_kind(exc: RegistryError) -> str:
     return "unreachable" if exc.status >= 500 else "refused"
 
 
+# What the operator changes, by failure_kind() (a refused registry's message already names registry.allowed)
+_WHAT_TO_CHANGE = {
+    "no such image or tag": "; check the name and tag in boot.image",
+    "credentials": "; check this registry's credentials in registry.auth_file",
+    "unreachable": "; check that this host reaches the registry (DNS, firewall, proxy), or list a plain-HTTP "
+                   "registry in registry.insecure",
+}
+
+
 @attrs.frozen
 class Resolution:
     machine: str
@@ -116,8 +125,9 @@ def resolve_machines(client: RegistryClient, machines: Iterable[tuple[str, Image
             try:
                 out.append(Resolution(name, ref, client.resolve(ref, architecture=oci), arch=oci, required=required))
             except RegistryError as exc:
-                out.append(Resolution(name, ref, error=f"{exc.message} (HTTP {exc.status} to a client)",
-                                      kind=failure_kind(exc), arch=oci, required=required))
+                kind = failure_kind(exc)
+                out.append(Resolution(name, ref, error=exc.message + _WHAT_TO_CHANGE.get(kind, ""), kind=kind,
+                                      arch=oci, required=required))
     return out
 
 

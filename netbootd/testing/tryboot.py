@@ -30,23 +30,15 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import attrs
+
 from netbootd.config.settingsfile import DEFAULT_CONFIG
+from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES, add_firmware_option
 from netbootd.testing.firmware import FIRMWARES, firmware
 from netbootd.testing.results import DEFAULT_EXPECT, BootResult, PowerOn, describe, stage_names
 
-# the client each firmware kind presents on its first request
-_CLIENTS = {
-    "bios": ("BIOS_PXE", "BIOS"),
-    "uefi": ("EFI_PXE", "EFI64"),
-    "uefi-http": ("HTTP_BOOT", "EFI64"),
-    "uefi-secure": ("EFI_PXE", "EFI64"),
-    "uefi-http-secure": ("HTTP_BOOT", "EFI64"),
-    "arm64-uefi": ("EFI_PXE", "ARM64"),
-    "arm64-http": ("HTTP_BOOT", "ARM64"),
-    "arm64-secure": ("EFI_PXE", "ARM64"),
-    "uefi6": ("EFI_PXE", "EFI64"),
-    "uefi-http6": ("HTTP_BOOT", "EFI64"),
-}
+# the client each firmware kind presents on its first request (the names explain shares)
+_CLIENTS = {name: (fw.name, arch.name) for name, (fw, arch) in FIRMWARE_NAMES.items()}
 IPV6_DEFAULT = "uefi6"
 
 
@@ -54,9 +46,11 @@ class Refused(Exception):
     """The machine cannot boot in the lab; the message says why (before QEMU starts)."""
 
 
-def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str = "10.77.0.2") -> str:
+def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str = "10.77.0.2",
+              http_port: int | None = None) -> str:
     """What the configuration gives this machine, as one line; raises Refused when it cannot boot
-    in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach)."""
+    in a lab (held, ignored, unknown, or its artefacts are out of the lab's reach). `http_port`:
+    the port the lab's netbootd serves HTTP on (as the lab sets it), for the URLs in the line."""
     from netbootd.config.catalog import build_catalog
     from netbootd.config.discover import find_settings
     from netbootd.config.machines import BootKind
@@ -65,6 +59,8 @@ def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str =
     from netbootd.model import Arch, Client, Firmware
 
     settings = find_settings(config, required=True)
+    if http_port is not None:  # the lab's netbootd listens there, whatever the configuration says (Lab.settings)
+        settings = attrs.evolve(settings, http=attrs.evolve(settings.http, port=http_port, public_url=""))
     core = BootCore(settings, build_catalog(load_machines(settings)))  # a fresh daemon: no last good versions
     fw, arch = _CLIENTS.get(firmware_name, ("EFI_PXE", "EFI64"))
     decision = core.decide(Client(mac, Arch[arch], Firmware[fw]), server_ip)
@@ -92,6 +88,19 @@ def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str =
     return f"{machine.name}: {boot.kind.value}; {decision.offer.describe()}"
 
 
+def step(event: dict) -> str:
+    """A timeline event as try's stage stream says it. The firmware's REQUEST on 67 that takes the
+    site server's lease is a normal step (netbootd, a proxy, leaves it to that server), not a
+    refusal: said so, not as `answered=False reason=...`."""
+    from netbootd.dhcp.answer import SITE_REQUEST
+
+    if event.get("answered") is False and str(event.get("reason", "")).startswith(SITE_REQUEST):
+        server = str(event["reason"]).removeprefix(SITE_REQUEST).strip(" ()").removeprefix("server id ")
+        return (f"the firmware takes its address from the site's DHCP server ({server}): normal, that server's to "
+                f"answer (port={event.get('port', 67)} firmware={event.get('firmware', '')})")
+    return describe({k: v for k, v in event.items() if k not in ("mac", "power_on")})
+
+
 class Printer:
     """The terminal side: console text, and the timeline lines in between."""
 
@@ -113,7 +122,7 @@ class Printer:
         self.events.append(event)
         name = stage_names(self.events)[-1]
         at = event.get("time", time.time()) - self.started
-        self.say(f"+{at:6.2f} s  {name:<9} {describe({k: v for k, v in event.items() if k not in ('mac', 'power_on')})}")
+        self.say(f"+{at:6.2f} s  {name:<9} {step(event)}")
 
     def powered_on(self, power_on: PowerOn) -> None:
         self.say(f"+{power_on.started - self.started:6.2f} s  power-on {power_on.number} ({power_on.how})")
@@ -128,9 +137,9 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
         keep: bool, quiet: bool, out: TextIO = sys.stdout, ipv6: bool = False, disk: str | None = None,
         memory: str | None = None, reboots: int = 0) -> int:
     """The command; returns the exit status (0 booted, 1 did not, 2 cannot try here)."""
-    from netbootd.testing.lab import BOOT_IP, BOOT_IP6, PREFIX6, Lab, LabError, missing_requirements
+    from netbootd.testing.lab import BOOT_IP, BOOT_IP6, HTTP_PORT, PREFIX6, Lab, LabError, missing_requirements
 
-    firmware_name = firmware_name or (IPV6_DEFAULT if ipv6 else "bios")
+    firmware_name = firmware_name or (IPV6_DEFAULT if ipv6 else DEFAULT_FIRMWARE)
     if ipv6 and not firmware(firmware_name).ipv6:
         ipv6_kinds = ", ".join(name for name, kind in FIRMWARES.items() if kind.ipv6)
         print(f"netbootd try: --ipv6 makes the lab IPv6-only, which --firmware {firmware_name} cannot boot on: "
@@ -146,7 +155,7 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
         print(f"netbootd try: {problem}", file=sys.stderr)
         return 2
     try:
-        offered = preflight(config, mac, firmware_name, BOOT_IP6 if ipv6 else BOOT_IP)
+        offered = preflight(config, mac, firmware_name, BOOT_IP6 if ipv6 else BOOT_IP, HTTP_PORT)
     except Refused as exc:
         print(f"netbootd try: {exc}", file=sys.stderr)
         return 1
@@ -248,9 +257,10 @@ def report(printer: Printer, result: BootResult, expect: str | None) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("mac", help="the MAC the virtual machine gets (its machine file decides what it boots)")
     parser.add_argument("--config", help="netbootd.toml, or its directory (default: /etc/netbootd/netbootd.toml)")
-    parser.add_argument("--firmware", choices=sorted(FIRMWARES),
+    add_firmware_option(parser, default=None,
                         help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items())
-                        + f" (default bios; {IPV6_DEFAULT} with --ipv6)")
+                        + f" (default {DEFAULT_FIRMWARE}, the firmware current servers boot with; {IPV6_DEFAULT} "
+                          "with --ipv6). `netbootd explain --firmware` takes the same names")
     parser.add_argument("--ipv6", action="store_true",
                         help="an IPv6-only lab: no IPv4, the site's DHCPv6 server gives stateful addresses and iPXE its "
                              f"script URL, OVMF boots with IPv4 PXE off (firmware {IPV6_DEFAULT} or uefi-http6)")

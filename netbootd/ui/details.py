@@ -20,7 +20,8 @@ from netbootd.core.explain import explain_lines
 from netbootd.core.lifecycle import SnapshotStore, StateStore
 from netbootd.core.signing import UrlSigner
 
-# `netbootd explain --arch` keys, in the order the page offers them (the firmware seen first)
+# `netbootd explain --firmware` names (explain's former names, which it still takes), in the order the page
+# offers them (the firmware seen first)
 FIRMWARE_ARCH = {("bios-pxe", "bios"): "bios", ("efi-pxe", "efi32"): "efi32", ("efi-pxe", "efi64"): "efi64",
                  ("efi-pxe", "arm64"): "arm64", ("http-boot", "efi64"): "http", ("http-boot", "arm64"): "http-arm64"}
 MAX_FILE_SHOWN = 64 * 1024

@@ -71,9 +71,19 @@ def test_serve_says_what_to_do_when_the_port_is_taken(tmp_path, kind):
     cfg.write_text(f'machines_dir = "machines"\n[http]\nport = {port}\nlisten = "127.0.0.1"\n'
                    "[dhcp]\nenabled = false\n[tftp]\nenabled = false\n")
     out = netbootd("serve", "--config", str(cfg), check=False)
+    as_json = netbootd("serve", "--config", str(cfg), "--log-format", "json", check=False)
     holder.close()
     assert out.returncode == 1
     assert f"cannot bind TCP port {port}: another program holds it" in out.stderr
+    # said once: the log's critical line (the log goes to stderr), not printed again
+    assert out.stderr.count(f"cannot bind TCP port {port}") == 1, out.stderr
+    assert f' critical netbootd cannot start error="cannot bind TCP port {port}: ' in out.stderr, out.stderr
+    # a JSON log (journald) gets it as its critical line
+    assert as_json.returncode == 1 and as_json.stderr.count(f"cannot bind TCP port {port}") == 1, as_json.stderr
+    import json
+
+    (critical,) = [r for r in map(json.loads, as_json.stderr.splitlines()) if r["level"] == "critical"]
+    assert critical["error"].startswith(f"cannot bind TCP port {port}: another program holds it"), critical
 
 
 def test_serve_reports_settings_errors(tmp_path):
@@ -183,3 +193,74 @@ def test_no_quote_hint_for_other_toml_errors(tmp_path):
     assert template_quote_hint('kernel = "vmlinuz" x\n', 1) == ""
     assert "script = '#!ipxe {{ file(\"a b\") }}'" in template_quote_hint(
         'x = 1\nscript = "#!ipxe {{ file("a b") }}"\n', 2)
+
+
+def test_explain_takes_the_firmware_names_try_boots():
+    """`explain --firmware` takes try's names; each answers as the old `--arch` name it replaces."""
+    common = ("--config", str(EXAMPLE), "--server", "10.0.0.2")
+    for new, old in (("uefi-http", "http"), ("uefi", "efi64"), ("bios", "bios"), ("arm64-uefi", "arm64"),
+                     ("arm64-http", "http-arm64")):
+        by_name = netbootd("explain", "52:54:00:00:00:04", "--firmware", new, *common).stdout
+        assert by_name == netbootd("explain", "52:54:00:00:00:04", "--arch", old, *common).stdout, new
+        assert by_name == netbootd("explain", "52:54:00:00:00:04", "--firmware", old, *common).stdout, new
+    assert "DHCP      67 OFFER: http-efi http://10.0.0.2/boot/snponly.efi" in netbootd(
+        "explain", "52:54:00:00:00:04", "--firmware", "uefi-http", *common).stdout
+    # the default is uefi for both commands
+    assert netbootd("explain", "52:54:00:00:00:04", *common).stdout == netbootd(
+        "explain", "52:54:00:00:00:04", "--firmware", "uefi", *common).stdout
+    bad = netbootd("explain", "52:54:00:00:00:04", "--firmware", "nope", *common, check=False)
+    assert bad.returncode == 2 and "invalid choice: 'nope' (choose from 'bios', 'uefi'," in bad.stderr
+
+
+def test_explain_and_try_show_the_same_firmware_names_and_default():
+    import re
+
+    def firmware_option(command: str) -> tuple[str, str]:
+        text = " ".join(netbootd(command, "--help").stdout.split())
+        names = re.search(r"--firmware (\{[^}]*\})", text)
+        default = re.search(r"default (\S+?)[,;. )]", text[text.index("--firmware {", names.end()):])
+        assert names and default, text
+        return names.group(1), default.group(1)
+
+    assert firmware_option("explain") == firmware_option("try")
+    from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES
+    from netbootd.testing.firmware import FIRMWARES
+
+    assert firmware_option("try") == ("{" + ",".join(FIRMWARE_NAMES) + "}", DEFAULT_FIRMWARE)
+    assert set(FIRMWARE_NAMES) == set(FIRMWARES), "a lab firmware kind explain does not know"
+
+
+def _closed_pipe(*args: str) -> tuple[int, str]:
+    """Run netbootd with its stdout a pipe whose reader is gone before it writes (`... | true`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "netbootd", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(60), err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`netbootd explain ... | head -1`, `check ... | true`, `status | head -1`: no traceback."""
+    import http.server
+    import threading
+
+    class NotSeen(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotSeen)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for args in (("explain", "52:54:00:00:00:02", "--config", str(EXAMPLE)),
+                     ("check", "--config", str(EXAMPLE)),
+                     ("status", "52:54:00:00:00:02", "--url", f"http://127.0.0.1:{server.server_port}")):
+            code, err = _closed_pipe(*args)
+            assert "Traceback" not in err and "BrokenPipeError" not in err and err == "", (args, err)
+            assert code == 141, (args, code)  # 128 + SIGPIPE, as a shell reports a program a closed pipe ended
+    finally:
+        server.shutdown()

@@ -31,7 +31,10 @@ def test_resolve_machines(registry):
     assert out["52-54-00-00-00-03"].ok and "uki sha256:" in out["52-54-00-00-00-03"].line()
     assert boot_layers(out["52-54-00-00-00-04"].image).initramfs.digest == h.sha256(c.legacy_initrd)
     assert not out["52-54-00-00-00-05"].ok and "ERROR" in out["52-54-00-00-00-05"].line()
-    assert "HTTP 404" in out["52-54-00-00-00-05"].line()
+    # what happened and what to change, in the operator's words (not the HTTP status a client would get)
+    assert "not found" in out["52-54-00-00-00-05"].line(), out["52-54-00-00-00-05"].line()
+    assert out["52-54-00-00-00-05"].line().endswith("; check the name and tag in boot.image")
+    assert "to a client" not in out["52-54-00-00-00-05"].line()
     assert "linux/amd64" in out["52-54-00-00-00-06"].line()
     # what resolve() learnt is visible without I/O
     assert client.peek(parse_reference(refs["52-54-00-00-00-01"])) is out["52-54-00-00-00-01"].image

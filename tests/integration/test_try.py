@@ -117,7 +117,7 @@ def test_ipv6_refuses_an_ipv4_firmware(config):
 
 def test_a_panic_says_where_the_boot_stopped(config):
     need("bios")
-    code, out = finish(netbootd_try(PANICS, "--config", str(config)))
+    code, out = finish(netbootd_try(PANICS, "--config", str(config), "--firmware", "bios"))
     assert code == 1, out
     assert "==> DID NOT BOOT" in out and "the kernel panicked: Kernel panic - not syncing" in out, out
     assert "==> stopped after: beacon" in out, out  # netbootd delivered everything; the kernel had no root
@@ -130,7 +130,7 @@ def test_disk_follows_the_reboot(config):
     """`--disk 64M`: a qcow2 in the try's directory; the machine marks it and reboots, the run follows
     it to the second power-on (network first again), which reads the mark back from the disk."""
     need("bios")
-    code, out = finish(netbootd_try(DISK, "--config", str(config), "--disk", "64M", "--keep",
+    code, out = finish(netbootd_try(DISK, "--config", str(config), "--firmware", "bios", "--disk", "64M", "--keep",
                                     "--expect", r"NETBOOT-DISK found=\S+"), timeout=200)
     assert code == 0, out
     assert "==> a new 64M qcow2 disk in " in out and "1024 MiB; reboots are followed until --expect" in out, out
@@ -153,9 +153,10 @@ def test_disk_follows_the_reboot(config):
 
 def test_disk_argument_is_checked_before_a_lab(config, tmp_path):
     need("bios")
-    code, out = finish(netbootd_try(DISK, "--config", str(config), "--disk", str(tmp_path / "none.qcow2")), 60)
+    code, out = finish(netbootd_try(DISK, "--config", str(config), "--firmware", "bios", "--disk",
+                                    str(tmp_path / "none.qcow2")), 60)
     assert code == 2 and "neither a size (64M, 2G: a new qcow2) nor an existing disk image" in out, out
-    code, out = finish(netbootd_try(DISK, "--config", str(config), "--disk", "1G", "--memory", "lots"), 60)
+    code, out = finish(netbootd_try(DISK, "--config", str(config), "--firmware", "bios", "--disk", "1G", "--memory", "lots"), 60)
     assert code == 2 and "--memory: memory 'lots'" in out, out
     assert "==>" not in out, "a lab was started"
 
@@ -163,14 +164,15 @@ def test_disk_argument_is_checked_before_a_lab(config, tmp_path):
 @pytest.mark.parametrize(("mac", "why"), [(BROKEN, "held: "), (IGNORED, "boot.ignore = true")])
 def test_held_or_ignored_machine_is_refused_before_qemu(config, mac, why):
     need("bios")
-    code, out = finish(netbootd_try(mac, "--config", str(config)), timeout=60)
+    code, out = finish(netbootd_try(mac, "--config", str(config), "--firmware", "bios"), timeout=60)
     assert code == 1 and f"netbootd would not answer {mac}: " in out and why in out, out
     assert "==>" not in out, "a lab was started"
 
 
 def test_shipped_example_says_why_a_remote_kernel_cannot_be_tried():
     need("bios")
-    code, out = finish(netbootd_try("52:54:00:00:00:01", "--config", str(REPO / "etc/netbootd/netbootd.toml")), 60)
+    code, out = finish(netbootd_try("52:54:00:00:00:01", "--config", str(REPO / "etc/netbootd/netbootd.toml"), "--firmware",
+                                    "bios"), 60)
     assert code == 1, out
     assert "boots from outside the lab: https://stable.release.flatcar-linux.net/" in out
     assert "no route out" in out and "files_root" in out

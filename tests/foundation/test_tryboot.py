@@ -1,0 +1,49 @@
+"""`netbootd try`'s first line, before any lab: what the configuration offers the machine, with the
+URLs the lab's netbootd will serve (its HTTP port, not the configuration's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from netbootd.testing.lab import BOOT_IP, HTTP_PORT
+from netbootd.testing.tryboot import Refused, preflight
+
+MAC = "52:54:00:88:00:01"
+
+
+@pytest.fixture
+def config(tmp_path):
+    (tmp_path / "machines").mkdir()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "netbootd.toml").write_text('machines_dir = "machines"\nfiles_root = "files"\n[http]\nport = 80\n')
+    (tmp_path / "machines" / "52-54-00-88-00-01.toml").write_text('[boot]\nkernel = "vmlinuz"\n')
+    (tmp_path / "machines" / "52-54-00-88-00-04.toml").write_text("[boot]\nignore = true\n")
+    return str(tmp_path)
+
+
+def test_the_header_names_the_lab_port(config):
+    line = preflight(config, MAC, "uefi-http", BOOT_IP, HTTP_PORT)
+    assert f"http-efi http://{BOOT_IP}:{HTTP_PORT}/boot/snponly.efi" in line, line
+    assert f"http://{BOOT_IP}/" not in line, line
+    # without the lab's port: the configuration's (80, left out of a URL)
+    assert f"http-efi http://{BOOT_IP}/boot/snponly.efi" in preflight(config, MAC, "uefi-http", BOOT_IP)
+
+
+def test_an_ignored_machine_is_refused(config):
+    with pytest.raises(Refused, match=r"boot\.ignore = true"):
+        preflight(config, "52:54:00:88:00:04", "uefi", BOOT_IP, HTTP_PORT)
+
+
+def test_the_site_servers_lease_is_a_normal_step():
+    from netbootd.dhcp.answer import SITE_REQUEST
+    from netbootd.testing.tryboot import step
+
+    request = {"stage": "dhcp", "port": 67, "firmware": "bios-pxe", "arch": "bios", "answered": False,
+               "reason": f"{SITE_REQUEST} (server id 10.77.0.1)", "mac": MAC, "time": 0.0}
+    line = step(request)
+    assert line.startswith("the firmware takes its address from the site's DHCP server (10.77.0.1): normal"), line
+    assert "answered=False" not in line and "firmware=bios-pxe" in line
+    # a real refusal still reads as one
+    refused = {**request, "reason": "held: machines/x.toml:1: broken"}
+    assert "answered=False" in step(refused) and "held: " in step(refused)
