@@ -114,7 +114,7 @@ def test_is_ipxe_user_class():
 
 
 EXPECTED = {
-    # capture → firmware per vendor class + user class, as the README describes
+    # capture → firmware per vendor class + user class, as docs/firmware describes
     (b"PXEClient:Arch:00000:UNDI:002001", True): (Arch.BIOS, Firmware.IPXE),
     (b"PXEClient:Arch:00007:UNDI:003000", False): (Arch.EFI64, Firmware.EFI_PXE),
     (b"PXEClient:Arch:00007:UNDI:003010", True): (Arch.EFI64, Firmware.IPXE),

@@ -124,7 +124,7 @@ def grub_chain(shim: bool) -> list[str]:
 @pytest.fixture
 def grub_lab(tmp_path, assets, request) -> Iterator[ProjectLab]:
     """netbootd on its own host; the site server names it as next-server (Debian 12's signed GRUB
-    takes its TFTP server from the site's ACK: README, Secure Boot)."""
+    takes its TFTP server from the site's ACK: docs/firmware/secure-boot.md)."""
     yield from _lab(tmp_path, assets, request, host="own-host", site_next_server=True)
 
 

@@ -1,8 +1,9 @@
 """The container image network-boots a machine: the image's own netbootd (deploy/container/build.sh),
 started with its own ENTRYPOINT and CMD (JSON logs) and the lab's configuration directory at its
 /etc/netbootd, serves a BIOS QEMU machine to the NETBOOT-OK marker. Where `podman run` works it
-runs with README's flags (--network host, inside the lab's namespace); where it is refused (this
-project's sandbox) the image's mounted filesystem runs under chroot (tests/production/container.py)."""
+runs with the flags docs/production/container.md gives (--network host, inside the lab's namespace);
+where it is refused (this project's sandbox) the image's mounted filesystem runs under chroot
+(tests/production/container.py)."""
 
 from __future__ import annotations
 

@@ -190,7 +190,7 @@ def lab6_bare_stub(tmp_path, assets, request):
 
 
 def test_ipxe_through_the_bare_chain_stub(lab6_bare_stub):
-    """The README's `GET /ipxe` chain stub, fetched by real iPXE (Debian 12's): it must lead to the
+    """The `GET /ipxe` chain stub (docs/http-routes.md), fetched by real iPXE (Debian 12's): it must lead to the
     machine's own script. (The stub once asked `${mac:uristring}`, which formats the MAC's 6 raw bytes
     as text — 52:54:00:... → "RT", cut at the 00 byte: netbootd answered 400 and iPXE gave up.)"""
     need("uefi6")

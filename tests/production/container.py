@@ -3,7 +3,7 @@
 `podman run` is refused on some machines this project is tested on (cgroup v1, setrlimit denied
 inside the sandbox). There the image is run from its own filesystem: `podman image mount`, then
 its ENTRYPOINT and CMD under chroot with the image's environment, as podman would start them.
-Where `podman run` works (one cheap `--version` run tells), it is used instead, with README's
+Where `podman run` works (one cheap `--version` run tells), it is used instead, with the documented
 flags. `runner()` picks one; both give the argv of a command that runs the image with a host
 directory mounted over a path inside it.
 
@@ -158,7 +158,8 @@ class Chroot:
 
 @attrs.define
 class PodmanRun:
-    """Runs the image with podman run, with README's flags (host network, NET_BIND_SERVICE only)."""
+    """Runs the image with podman run, with the flags docs/production/container.md gives (host network,
+    NET_BIND_SERVICE only)."""
 
     image: str
     names: list[str] = attrs.Factory(list)

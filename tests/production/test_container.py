@@ -15,7 +15,7 @@ from netbootd import __version__
 from .container import SITE, VENV, ImageConfig, runner, this_checkouts_image
 
 REPO = Path(__file__).resolve().parents[2]
-# Generous: the image measured ~180 MB (README); 250 catches e.g. recommends or a build toolchain.
+# Generous: the image measured ~180 MB; 250 catches e.g. recommends or a build toolchain.
 MAX_SIZE = 250_000_000
 
 

@@ -93,8 +93,11 @@ def test_containerfile_references_exist():
     exposed = " ".join(i["value"] for i in instructions if i["instruction"] == "EXPOSE")
     for port in ("67/udp", "4011/udp", "69/udp", "80/tcp"):
         assert port in exposed
-    readme = (REPO / "README.md").read_text()
-    assert "--network host" in readme and "podman run" in readme
+    # the documented command runs the image with the host's network (DHCP broadcasts) and one capability
+    page = (REPO / "docs" / "production" / "container.md").read_text()
+    run_command = page[page.index("podman run"):].split("\n\n")[0]
+    for flag in ("--network host", "--cap-drop ALL", "--cap-add NET_BIND_SERVICE"):
+        assert flag in run_command, flag
 
 
 def _manifests() -> list[Path]:
