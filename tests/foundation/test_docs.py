@@ -67,6 +67,8 @@ def test_site_builds_strictly_with_every_page(site):
     for page in nav:
         built = site / ("index.html" if page == "index.md" else page.removesuffix(".md") + "/index.html")
         assert built.is_file(), f"{page} in the nav but {built} was not built"
+        # a fence Markdown did not take (inside a list item, say) shows its backticks on the page
+        assert "```" not in built.read_text(), f"{page}: a code block was not rendered"
     on_disk = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
     assert sorted(nav) == on_disk, "every page under docs/ is in the nav, and the nav names only pages that exist"
 
@@ -246,3 +248,34 @@ def test_machine_file_page_names_every_key_and_template_variable():
     assert _MACHINE_KEYS <= table_keys, f"machine-file keys missing from the key table: {_MACHINE_KEYS - table_keys}"
     for name in BUILTINS:
         assert f"`{name}`" in text, f"template variable {name} is not documented in configuration/machines.md"
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+def test_every_recipe_is_a_machine_file_netbootd_check_accepts(tmp_path):
+    """Each recipe's TOML, with stand-in files at the paths it names, loads cleanly (templates, keys,
+    quoting): a recipe can be untried on real hardware, never a configuration error."""
+    text = (DOCS / "recipes.md").read_text()
+    blocks = re.findall(r"```toml\n# machines/([^\n]+\.toml)\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 8, [name for name, _ in blocks]
+    marks = re.findall(r"^\*\*(Proven in CI|Not tried here)\.\*\*", text, flags=re.M)
+    assert len(marks) == len(blocks), "every recipe says whether it is proven in CI or not tried here"
+    machines, files = tmp_path / "machines", tmp_path / "files"
+    machines.mkdir()
+    (tmp_path / "netbootd.toml").write_text('machines_dir = "machines"\nfiles_root = "files"\n')
+    for name, body in blocks:
+        (machines / name).write_text(body)
+        data = tomllib.loads(body)
+        boot = data.get("boot", {})
+        wanted = [boot.get("kernel", ""), *boot.get("initrds", []), *re.findall(r'file\("([^"]+)"\)', body)]
+        for rel in filter(None, wanted):
+            (files / rel).parent.mkdir(parents=True, exist_ok=True)
+            (files / rel).write_bytes(b"stand-in")
+        if "file" in data.get("ignition", {}):
+            ignition = machines / data["ignition"]["file"]
+            ignition.parent.mkdir(parents=True, exist_ok=True)
+            ignition.write_text('{"ignition": {"version": "3.4.0"}}')
+    run = subprocess.run([sys.executable, "-m", "netbootd", "check", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(blocks)} machine files" in run.stdout, run.stdout
