@@ -1,0 +1,146 @@
+"""A unified kernel image (UKI) put together from a kernel, its initrds and a command line on
+systemd's EFI stub: what UEFI HTTP boot of a kernel machine runs when no iPXE serves its arch.
+
+Why a UKI and not a GRUB image with its http module: UEFI HTTP boot downloads ONE EFI binary and
+runs it. A UKI is that binary with the whole boot inside (kernel, initrd, command line): no second
+DHCP, no loader configuration to fetch, nothing more to go wrong on the network, and the same file
+for x86-64 and arm64. The stub is a small, stable file of Debian's systemd-boot-efi (both
+architectures, Multi-Arch: same); a GRUB image would need grub-mkimage and grub-efi-<arch>-bin
+modules of the target architecture on the boot host, and an embedded configuration naming this
+server. Neither runs under Secure Boot unsigned (see netbootd.core.loaders.uki).
+
+The sections are added with pefile, as systemd's own ukify (254 and later) does: Debian 12's
+systemd 252 has no ukify, and binutils' objcopy knows only the host's PE architecture (an arm64
+UKI on an amd64 host would need binutils-aarch64-linux-gnu). What is written here is only the
+layout: each section after the stub's last one, its data streamed from the files.
+
+The stub takes ONE initrd section, so several initrds are concatenated, each padded to 4 bytes
+(as GRUB and iPXE place them): the kernel unpacks concatenated cpio archives, compressed or not,
+one after another. An initrd that is not a cpio archive (a raw disk image) cannot be one of several.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import attrs
+import pefile
+
+from netbootd.model import Arch
+
+SECTION_ALIGN = 0x10000  # 64 KiB between sections (what the project's tested UKIs use); virtual only
+INITRD_ALIGN = 4  # each initrd of several starts at a 4-byte boundary (GRUB's and iPXE's placement)
+MACHINE = {Arch.EFI64: 0x8664, Arch.ARM64: 0xAA64}  # IMAGE_FILE_MACHINE_AMD64, _ARM64
+_SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
+_READ_ONLY_DATA = 0x40000040  # IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ
+_SECURITY = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]
+
+
+class UkiError(Exception):
+    """The parts cannot make a UKI; the message names the file and what is wrong with it."""
+
+
+@attrs.frozen
+class Part:
+    """One section: its name and where its bytes come from (files, concatenated; or bytes)."""
+
+    name: bytes
+    files: tuple[Path, ...] = ()
+    data: bytes = b""
+    pad_each: int = 1  # each file padded to this many bytes (initrds: 4)
+
+    def size(self) -> int:
+        if not self.files:
+            return len(self.data)
+        sizes = [p.stat().st_size for p in self.files]
+        return sum(_round_up(s, self.pad_each) for s in sizes[:-1]) + sizes[-1]
+
+    def write(self, out: BinaryIO) -> None:
+        if not self.files:
+            out.write(self.data)
+            return
+        for i, path in enumerate(self.files):
+            with path.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+                size = f.tell()
+            if i < len(self.files) - 1:
+                out.write(b"\0" * (_round_up(size, self.pad_each) - size))
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def osrel(name: str) -> bytes:
+    """The .osrel section: how boot menus (systemd-boot) name this UKI."""
+    return f'ID=netbootd\nNAME=netbootd\nPRETTY_NAME="{name} (netbootd)"\n'.encode()
+
+
+def check_kernel(kernel: Path) -> None:
+    """The kernel must be an EFI-stub kernel (a PE: bzImage, arm64 Image with EFI stub): the stub
+    hands it to the firmware as an EFI image."""
+    with kernel.open("rb") as f:
+        if f.read(2) != b"MZ":
+            raise UkiError(f"{kernel}: not an EFI-stub kernel (no PE header): a UKI needs a kernel built with "
+                           "CONFIG_EFI_STUB (every Debian kernel is)")
+
+
+def assemble(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], cmdline: str, out: BinaryIO,
+             name: str = "") -> int:
+    """Write the UKI of `kernel`, `initrds` (concatenated) and `cmdline` on `stub` to `out`;
+    returns its size. Raises UkiError (a stub of the wrong architecture, one with no room for
+    four more section headers, a kernel that is not a PE) and OSError."""
+    try:
+        pe = pefile.PE(str(stub), fast_load=True)
+    except pefile.PEFormatError as exc:
+        raise UkiError(f"{stub}: not a PE file ({exc}): expected systemd-boot-efi's {stub.name}") from None
+    machine = MACHINE[arch]
+    if pe.FILE_HEADER.Machine != machine:
+        raise UkiError(f"{stub}: a stub for machine type {pe.FILE_HEADER.Machine:#x}, not {arch.value} "
+                       f"({machine:#x})")
+    if any(s.Name.rstrip(b"\0") == b".linux" for s in pe.sections):
+        raise UkiError(f"{stub}: already a UKI (it has a .linux section), not systemd's bare stub")
+    check_kernel(kernel)
+    parts = [Part(b".osrel", data=osrel(name or kernel.name)), Part(b".cmdline", data=cmdline.encode()),
+             *([Part(b".initrd", tuple(initrds), pad_each=INITRD_ALIGN)] if initrds else []),
+             Part(b".linux", (kernel,))]  # last, as ukify places it: the largest
+    opt = pe.OPTIONAL_HEADER
+    table_end = pe.sections[-1].get_file_offset() + _SECTION_HEADER.size
+    first_data = min((s.PointerToRawData for s in pe.sections if s.SizeOfRawData), default=opt.SizeOfHeaders)
+    if table_end + len(parts) * _SECTION_HEADER.size > min(opt.SizeOfHeaders, first_data):
+        raise UkiError(f"{stub}: no room in its headers for {len(parts)} more section headers")
+    file_align, section_align = opt.FileAlignment, max(opt.SectionAlignment, SECTION_ALIGN)
+    raw_end = _round_up(max(s.PointerToRawData + s.SizeOfRawData for s in pe.sections), file_align)
+    va = _round_up(max(s.VirtualAddress + max(s.Misc_VirtualSize, s.SizeOfRawData) for s in pe.sections),
+                   section_align)
+    headers, layout = [], []
+    for part in parts:
+        size = part.size()
+        raw = _round_up(size + 1, file_align)  # +1: the command line is followed by a NUL in memory
+        headers.append(_SECTION_HEADER.pack(part.name, size, va, raw, raw_end, 0, 0, 0, 0, _READ_ONLY_DATA))
+        layout.append((part, raw_end, raw))
+        raw_end += raw
+        va = _round_up(va + raw, section_align)
+        opt.SizeOfInitializedData += raw
+    pe.FILE_HEADER.NumberOfSections += len(parts)
+    pe.FILE_HEADER.PointerToSymbolTable = pe.FILE_HEADER.NumberOfSymbols = 0  # the stub's debug symbols: dropped
+    opt.SizeOfImage = va
+    opt.CheckSum = 0  # UEFI firmware does not check it (nor does Authenticode hash it)
+    if len(opt.DATA_DIRECTORY) > _SECURITY:  # a signed stub's signature does not cover the UKI
+        opt.DATA_DIRECTORY[_SECURITY].VirtualAddress = opt.DATA_DIRECTORY[_SECURITY].Size = 0
+    head = bytearray(pe.write())
+    del head[layout[0][1]:]  # the stub's sections only: no trailing symbols or signature
+    head[len(head):] = b"\0" * (layout[0][1] - len(head))
+    # Over the headers' padding (zeros; NOPs in Debian's arm64 stub, as its linker filled it)
+    head[table_end:table_end + len(headers) * _SECTION_HEADER.size] = b"".join(headers)
+    out.write(head)
+    for part, offset, raw in layout:
+        start = out.tell()
+        assert start == offset, (start, offset)
+        part.write(out)
+        out.write(b"\0" * (offset + raw - out.tell()))
+    return out.tell()
