@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from netbootd.config.machines import BootKind, Catalog, Machine
 from netbootd.config.settings import Settings
@@ -37,7 +38,7 @@ from netbootd.core import files
 from netbootd.core.loaders.base import Events, Fetch, Rendering, TftpRequest
 from netbootd.core.plan import FILE, Artefact, BootPlan
 from netbootd.core.secureboot import OfferedBinary
-from netbootd.core.uki import UkiError, assemble
+from netbootd.core.uki import assemble
 from netbootd.health import problem
 from netbootd.logs import get_logger
 from netbootd.model import Arch, Firmware
@@ -53,9 +54,10 @@ STUB_PACKAGE = {Arch.EFI64: "systemd-boot-efi:amd64", Arch.ARM64: "systemd-boot-
 def stub_missing(settings: Settings, arch: Arch) -> str:
     """What to do when `arch`'s stub is not on this host: the setting and the package."""
     stub = settings.uki.for_arch(arch.value)
+    other_arch = f"dpkg --add-architecture {arch.oci} && apt-get update && apt-get install {STUB_PACKAGE[arch]}"
     return (f"systemd's EFI stub for {arch.value} is not at uki.{arch.value}_stub = {stub}: install it "
-            f"(on a Debian host of that arch: apt-get install systemd-boot-efi; on another: dpkg --add-architecture "
-            f"{arch.oci} && apt-get update && apt-get install {STUB_PACKAGE[arch]}), or set uki.{arch.value}_stub")
+            f"(on a Debian host of that arch: apt-get install systemd-boot-efi; on another: {other_arch}), "
+            f"or set uki.{arch.value}_stub")
 
 
 class UkiCache:
@@ -195,7 +197,7 @@ class UkiLoader:
             raise files.FileNotFound(stub_missing(self.settings, plan.arch))
         cmdline = self.cmdline(rendering)
         parts = defer.gatherResults([self._local(a) for a in (plan.kernel, *plan.initrds)], consumeErrors=True)
-        parts.addErrback(lambda f: f.value.subFailure)  # the part's own error, not gatherResults' wrapper
+        parts.addErrback(_first_error)
 
         def build(paths: list[Path]):
             reactor = self._reactor or _global_reactor()
@@ -258,6 +260,11 @@ class UkiLoader:
         return [problem("loader_missing", str(self.stub(arch)), names,
                         f"UEFI HTTP boot of these machines needs an assembled UKI: {stub_missing(self.settings, arch)}")
                 for arch, names in needy.items() if not self.installed(arch)]
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The part's own error, not gatherResults' wrapper (FirstError)."""
+    return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
 
 
 def _global_reactor():
