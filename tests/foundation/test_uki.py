@@ -1,0 +1,251 @@
+"""The UKI netbootd assembles for UEFI HTTP boot of a kernel machine without iPXE
+(netbootd.core.uki, netbootd.core.loaders.uki): its sections, the cache, the plan that picks it,
+the messages when the stub is missing, and /uki/<mac>/<arch>.efi over real HTTP.
+
+The stubs are Debian's systemd-boot-efi files (the host's; the arm64 one from the integration
+assets when assets.sh has built them). The "kernels" are a PE signature and random bytes: the
+assembly copies them, and only their bytes are checked here (the QEMU tests boot real ones)."""
+
+from __future__ import annotations
+
+import io
+import os
+import textwrap
+from pathlib import Path
+
+import httpx
+import pefile
+import pytest
+
+from netbootd.config.catalog import build_catalog
+from netbootd.config.machinesdir import load_machines
+from netbootd.config.settings import IpxeBinaries, Settings, UkiStubs
+from netbootd.core.decide import BootCore
+from netbootd.core.explain import explain_lines
+from netbootd.core.loaders.uki import UkiCache
+from netbootd.core.uki import UkiError, assemble
+from netbootd.model import Arch, Client, Firmware
+
+X86_STUB = UkiStubs().efi64_stub
+ARM64_STUB = Path(__file__).parents[1] / "integration" / ".assets" / "arm64" / "linuxaa64.efi.stub"
+MAC, X86_MAC, SB_MAC = "52:54:00:00:0a:01", "52:54:00:00:0a:02", "52:54:00:00:0a:03"
+
+
+def need_stub(path: Path) -> Path:
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing (CI installs systemd-boot-efi and builds the arm64 assets)")
+        pytest.skip(f"{path} is missing: apt-get install systemd-boot-efi (arm64: tests/integration/assets.sh)")
+    return path
+
+
+def sections(data: bytes) -> dict[str, bytes]:
+    """Each section's bytes as the firmware maps them: VirtualSize bytes from its raw data."""
+    pe = pefile.PE(data=data)
+    return {s.Name.rstrip(b"\0").decode(): data[s.PointerToRawData:s.PointerToRawData + s.Misc_VirtualSize]
+            for s in pe.sections}
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Path, Path, Path]:
+    kernel, first, second = tmp_path / "vmlinuz", tmp_path / "a.cpio.gz", tmp_path / "b.cpio"
+    kernel.write_bytes(b"MZ" + os.urandom(300_001))
+    first.write_bytes(os.urandom(10_007))  # not a multiple of 4: the next initrd starts after padding
+    second.write_bytes(os.urandom(5_000))
+    return kernel, first, second
+
+
+@pytest.mark.parametrize("arch", [Arch.EFI64, Arch.ARM64])
+def test_sections_cmdline_and_concatenated_initrds(parts, arch):
+    stub = need_stub(X86_STUB if arch is Arch.EFI64 else ARM64_STUB)
+    kernel, first, second = parts
+    cmdline = "console=ttyS0 nbd_ign=http://10.0.0.1/ignition?mac=52-54-00-00-0a-01&exp=1&sig=ab"
+    out = io.BytesIO()
+    size = assemble(stub, arch, kernel, [first, second], cmdline, out, "m1")
+    data = out.getvalue()
+    assert size == len(data)
+    pe = pefile.PE(data=data)
+    assert pe.FILE_HEADER.Machine == {Arch.EFI64: 0x8664, Arch.ARM64: 0xAA64}[arch]
+    found = sections(data)
+    stub_sections = {s.Name.rstrip(b"\0").decode() for s in pefile.PE(str(stub), fast_load=True).sections}
+    assert set(found) == stub_sections | {".osrel", ".cmdline", ".initrd", ".linux"}
+    assert found[".cmdline"] == cmdline.encode(), "the command line, exactly: no NUL, no newline, no initrd="
+    assert found[".linux"] == kernel.read_bytes()
+    padded = first.read_bytes() + b"\0" * (-first.stat().st_size % 4)
+    assert found[".initrd"] == padded + second.read_bytes(), "initrds concatenated, each starting 4-byte aligned"
+    assert b"PRETTY_NAME=\"m1 (netbootd)\"" in found[".osrel"]
+    # The image maps: sections in order, none overlapping, SizeOfImage covering them, aligned as the PE says
+    opt = pe.OPTIONAL_HEADER
+    spans = sorted((s.VirtualAddress, s.VirtualAddress + max(s.Misc_VirtualSize, s.SizeOfRawData)) for s in pe.sections)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+    assert opt.SizeOfImage >= spans[-1][1] and opt.SizeOfImage % opt.SectionAlignment == 0
+    assert all(s.PointerToRawData % opt.FileAlignment == 0 for s in pe.sections)
+    assert pe.FILE_HEADER.PointerToSymbolTable == 0
+
+
+def test_one_initrd_is_not_padded(parts):
+    kernel, first, _ = parts
+    out = io.BytesIO()
+    assemble(need_stub(X86_STUB), Arch.EFI64, kernel, [first], "", out)
+    assert sections(out.getvalue())[".initrd"] == first.read_bytes()
+
+
+def test_refusals_name_the_file(parts, tmp_path):
+    kernel, first, _ = parts
+    stub = need_stub(X86_STUB)
+    with pytest.raises(UkiError, match=r"linuxx64\.efi\.stub: a stub for machine type 0x8664, not arm64"):
+        assemble(stub, Arch.ARM64, kernel, [first], "", io.BytesIO())
+    bzimage_less = tmp_path / "Image.gz"
+    bzimage_less.write_bytes(b"\x1f\x8b" + os.urandom(100))
+    with pytest.raises(UkiError, match=r"Image\.gz: not an EFI-stub kernel"):
+        assemble(stub, Arch.EFI64, bzimage_less, [first], "", io.BytesIO())
+    uki = tmp_path / "uki.efi"
+    with uki.open("wb") as out:
+        assemble(stub, Arch.EFI64, kernel, [first], "", out)
+    with pytest.raises(UkiError, match="already a UKI"):
+        assemble(uki, Arch.EFI64, kernel, [first], "", io.BytesIO())
+    with pytest.raises(UkiError, match="not a PE file"):
+        assemble(first, Arch.EFI64, kernel, [first], "", io.BytesIO())
+
+
+def test_cache_hits_and_misses(parts, tmp_path):
+    """Same inputs: the cached file. A changed command line, kernel or initrd: a new UKI. A file
+    touched but not changed: still the cached one (keyed by content, not by mtime)."""
+    stub = need_stub(X86_STUB)
+    kernel, first, second = parts
+    cache = UkiCache(tmp_path / "cache")
+    path, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m")
+    assert built and path.is_file() and path.parent == tmp_path / "cache"
+    again, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m")
+    assert (again, built) == (path, False)
+    other, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=2", "m")
+    assert built and other != path
+    two, built = cache.build(stub, Arch.EFI64, kernel, [first, second], "a=1", "m")
+    assert built and two not in (path, other)
+    os.utime(kernel, (1, 1))  # touched: same bytes
+    assert cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m") == (path, False)
+    kernel.write_bytes(b"MZ" + os.urandom(1000))  # a new kernel
+    fresh, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m")
+    assert built and fresh not in (path, other, two)
+    assert sections(fresh.read_bytes())[".linux"] == kernel.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(p.name for p in (path, other, two, fresh))
+
+
+# ---------------------------------------------------------------------------------- the plan
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    machines, files = tmp_path / "machines", tmp_path / "files"
+    machines.mkdir()
+    files.mkdir()
+    (files / "vmlinuz").write_bytes(b"MZ" + os.urandom(50_000))
+    (files / "initrd.img").write_bytes(os.urandom(20_000))
+    boot = ('[boot]\nkernel = "vmlinuz"\ninitrds = ["initrd.img"]\n'
+            'cmdline = "console=ttyAMA0 ign={{ ignition_url }}"\n')
+    (machines / f"{MAC.replace(':', '-')}.toml").write_text(boot)
+    (machines / f"{X86_MAC.replace(':', '-')}.toml").write_text('loader = "uki"\n' + boot)
+    (machines / f"{SB_MAC.replace(':', '-')}.toml").write_text("secure_boot = true\n" + boot)
+    return tmp_path
+
+
+def core_for(conf: Path, **settings) -> BootCore:
+    s = Settings(machines_dir=conf / "machines", files_root=conf / "files", cache_dir=conf / "cache", **settings)
+    result = load_machines(s)
+    assert result.errors == []
+    return BootCore(s, build_catalog(result))
+
+
+def offered(core: BootCore, mac: str, arch: Arch, firmware: Firmware = Firmware.HTTP_BOOT) -> str:
+    decision = core.decide(Client(mac, arch, firmware, None), "10.0.0.1")
+    return decision.offer.bootfile if decision.offer else f"no answer: {decision.reason}"
+
+
+def test_http_boot_picks_the_assembled_uki(conf):
+    stubs = UkiStubs(efi64_stub=need_stub(X86_STUB), arm64_stub=conf / "files" / "vmlinuz")  # present is enough here
+    core = core_for(conf, uki=stubs)
+    # arm64: no iPXE on the defaults → the UKI; x86: iPXE stays the default, loader = "uki" chooses the UKI
+    assert offered(core, MAC, Arch.ARM64) == "http://10.0.0.1/uki/52-54-00-00-0a-01/arm64.efi"
+    assert offered(core, MAC, Arch.EFI64) == "http://10.0.0.1/boot/snponly.efi"
+    assert offered(core, X86_MAC, Arch.EFI64) == "http://10.0.0.1/uki/52-54-00-00-0a-02/efi64.efi"
+    # over PXE a loader = "uki" machine boots through iPXE (its fallback)
+    assert offered(core, X86_MAC, Arch.EFI64, Firmware.EFI_PXE) == "snponly.efi"
+    # an arm64 iPXE configured: iPXE, as before
+    with_ipxe = core_for(conf, uki=stubs, ipxe=IpxeBinaries(arm64="ipxe-arm64.efi"))
+    assert offered(with_ipxe, MAC, Arch.ARM64) == "http://10.0.0.1/boot/ipxe-arm64.efi"
+    # Secure Boot: the assembled UKI is not signed, so never offered
+    refused = offered(core, SB_MAC, Arch.ARM64)
+    assert refused.startswith("no answer: ") and "neither is the UKI netbootd would assemble" in refused
+
+
+def test_a_missing_stub_says_which_setting_and_package(conf):
+    missing = conf / "no-such-stub.efi"
+    core = core_for(conf, uki=UkiStubs(efi64_stub=missing, arm64_stub=missing))
+    why = offered(core, MAC, Arch.ARM64)
+    assert why.startswith("no answer: ")
+    for needed in (f"uki.arm64_stub = {missing}", "apt-get install systemd-boot-efi:arm64",
+                   "dpkg --add-architecture arm64", "ipxe.arm64", "deploy/ipxe-arm64.sh"):
+        assert needed in why, why
+    lines = "\n".join(explain_lines(core, MAC, "arm64-http", "10.0.0.1"))
+    assert "DHCP      no answer:" in lines and "uki.arm64_stub" in lines
+    problems = core.loaders["uki"].problems(core.catalog)
+    assert [p["machines"] for p in problems] == [[X86_MAC.replace(":", "-")]]  # loader = "uki", x86 by default
+    assert "uki.efi64_stub" in problems[0]["message"]
+
+
+def test_explain_shows_the_uki(conf):
+    core = core_for(conf, uki=UkiStubs(arm64_stub=conf / "files" / "vmlinuz"))
+    lines = explain_lines(core, MAC, "arm64-http", "10.0.0.1")
+    text = "\n".join(lines)
+    assert "DHCP      67 OFFER: http-efi http://10.0.0.1/uki/52-54-00-00-0a-01/arm64.efi" in text
+    assert "--- assembled UKI" in text and "iPXE script" not in text
+    assert any(line.startswith("cmdline   console=ttyAMA0 ign=http://10.0.0.1/ignition?mac=") for line in lines), text
+
+
+# ---------------------------------------------------------------------------------- over HTTP
+
+
+def test_uki_route_serves_the_assembled_uki(daemon_factory):
+    """`netbootd serve` on loopback: GET /uki/<mac>/efi64.efi builds the UKI of the machine's files
+    and its command line rendered for this request; a second GET of a fixed command line is the
+    cached file; unknown machines and names are 404s that say why."""
+    stub = need_stub(X86_STUB)
+    d = daemon_factory()
+    kernel = b"MZ" + os.urandom(200_000)
+    initrd = os.urandom(30_000)
+    (d.files / "vmlinuz").write_bytes(kernel)
+    (d.files / "initrd.img").write_bytes(initrd)
+    (d.machines / "52-54-00-00-0a-02.toml").write_text(textwrap.dedent("""\
+        loader = "uki"
+        [boot]
+        kernel = "vmlinuz"
+        initrds = ["initrd.img"]
+        cmdline = "console=ttyS0 host={{ machine }} ign={{ ignition_url }}"
+        """))
+    (d.machines / "52-54-00-00-0a-04.toml").write_text(textwrap.dedent("""\
+        loader = "uki"
+        signed_urls = false
+        [boot]
+        kernel = "vmlinuz"
+        initrds = ["initrd.img"]
+        cmdline = "console=ttyS0 ign={{ ignition_url }}"
+        """))
+    d.write_settings(f'[uki]\nefi64_stub = "{stub}"\n')
+    d.start()
+    got = httpx.get(f"{d.url}/uki/52-54-00-00-0a-02/efi64.efi", timeout=30)
+    assert got.status_code == 200, got.text
+    assert got.headers["content-type"] == "application/efi"
+    found = sections(got.content)
+    assert found[".linux"] == kernel and found[".initrd"] == initrd
+    cmdline = found[".cmdline"].decode()
+    assert cmdline.startswith(f"console=ttyS0 host=52-54-00-00-0a-02 ign={d.url}/ignition?mac=52-54-00-00-0a-02&exp=")
+    assert httpx.get(cmdline.split("ign=")[1], timeout=10).status_code == 404  # signed and valid; no Ignition here
+    fixed = [httpx.get(f"{d.url}/uki/52-54-00-00-0a-04/efi64.efi", timeout=30) for _ in range(2)]
+    assert [r.status_code for r in fixed] == [200, 200] and fixed[0].content == fixed[1].content
+    log = d.log()
+    assert log.count("uki cached") == 1 and "machine=52-54-00-00-0a-04" in log
+    for path, status, says in (("/uki/52-54-00-00-0a-09/efi64.efi", 404, "no UKI for this machine"),
+                               ("/uki/52-54-00-00-0a-02/bios.efi", 404, "/uki/<mac>/efi64.efi"),
+                               ("/uki/not-a-mac/efi64.efi", 400, "neither a MAC")):
+        r = httpx.get(d.url + path, timeout=10)
+        assert (r.status_code, says in r.text) == (status, True), (path, r.status_code, r.text)
