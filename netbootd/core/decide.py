@@ -299,7 +299,7 @@ class BootCore:
 
     def uki(self, mac: str, arch: Arch, host: str) -> Deferred:
         """The UKI assembled of the machine's kernel, initrds and command line for UEFI HTTP boot
-        (netbootd.core.loaders.uki): Deferred[(Path, built now)]. Raises NoScript when the machine
+        (netbootd.core.loaders.uki): Deferred[Uki]. Raises NoScript when the machine
         gets none (its plan says why), TemplateError, FileError; errbacks FileError, UkiError, OSError."""
         machine = self.find(mac, None)
         if machine is None:

@@ -89,7 +89,7 @@ class HttpCore(Protocol):
         ...
 
     def uki(self, mac: str, arch: Arch, host: str) -> Deferred:
-        """The UKI netbootd assembles for the machine's UEFI HTTP boot: Deferred[(Path, built now)];
+        """The UKI netbootd assembles for the machine's UEFI HTTP boot: Deferred[netbootd.core.loaders.uki.Uki];
         raises NoScript, TemplateError, FileError; errbacks FileError, UkiError, OSError."""
         ...
 

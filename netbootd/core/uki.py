@@ -14,6 +14,11 @@ systemd 252 has no ukify, and binutils' objcopy knows only the host's PE archite
 UKI on an amd64 host would need binutils-aarch64-linux-gnu). What is written here is only the
 layout: each section after the stub's last one, its data streamed from the files.
 
+The command line is the last section and is not in the file on disk (`Body`): the kernel and
+initrds are written once per (stub, kernel, initrds) and shared by every machine and request that
+boots them; each request's command line (signed URLs carry their expiry: one per request) is a
+section header and a few hundred bytes added as the UKI is sent.
+
 The stub takes ONE initrd section, so several initrds are concatenated, each padded to 4 bytes
 (as GRUB and iPXE place them): the kernel unpacks concatenated cpio archives, compressed or not,
 one after another. An initrd that is not a cpio archive (a raw disk image) cannot be one of several.
@@ -21,6 +26,7 @@ one after another. An initrd that is not a cpio archive (a raw disk image) canno
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 from collections.abc import Sequence
@@ -89,11 +95,11 @@ def check_kernel(kernel: Path) -> None:
                            "CONFIG_EFI_STUB (every Debian kernel is)")
 
 
-def assemble(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], cmdline: str, out: BinaryIO,
-             name: str = "") -> int:
-    """Write the UKI of `kernel`, `initrds` (concatenated) and `cmdline` on `stub` to `out`;
-    returns its size. Raises UkiError (a stub of the wrong architecture, one with no room for
-    four more section headers, a kernel that is not a PE) and OSError."""
+def write_body(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], out: BinaryIO, name: str = "") -> None:
+    """Write the UKI of `kernel` and `initrds` (concatenated) on `stub` to `out`, without its command
+    line: a `Body` that every command line shares (`Body.with_cmdline` adds it as the last section).
+    Raises UkiError (a stub of the wrong architecture, one with no room for four more section
+    headers, a kernel that is not a PE) and OSError."""
     try:
         pe = pefile.PE(str(stub), fast_load=True)
     except pefile.PEFormatError as exc:
@@ -105,42 +111,92 @@ def assemble(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], cmdl
     if any(s.Name.rstrip(b"\0") == b".linux" for s in pe.sections):
         raise UkiError(f"{stub}: already a UKI (it has a .linux section), not systemd's bare stub")
     check_kernel(kernel)
-    parts = [Part(b".osrel", data=osrel(name or kernel.name)), Part(b".cmdline", data=cmdline.encode()),
+    parts = [Part(b".osrel", data=osrel(name or kernel.name)),
              *([Part(b".initrd", tuple(initrds), pad_each=INITRD_ALIGN)] if initrds else []),
-             Part(b".linux", (kernel,))]  # last, as ukify places it: the largest
+             Part(b".linux", (kernel,))]
     opt = pe.OPTIONAL_HEADER
     table_end = pe.sections[-1].get_file_offset() + _SECTION_HEADER.size
     first_data = min((s.PointerToRawData for s in pe.sections if s.SizeOfRawData), default=opt.SizeOfHeaders)
-    if table_end + len(parts) * _SECTION_HEADER.size > min(opt.SizeOfHeaders, first_data):
-        raise UkiError(f"{stub}: no room in its headers for {len(parts)} more section headers")
-    file_align, section_align = opt.FileAlignment, max(opt.SectionAlignment, SECTION_ALIGN)
-    raw_end = _round_up(max(s.PointerToRawData + s.SizeOfRawData for s in pe.sections), file_align)
-    va = _round_up(max(s.VirtualAddress + max(s.Misc_VirtualSize, s.SizeOfRawData) for s in pe.sections),
-                   section_align)
-    headers, layout = [], []
+    if table_end + (len(parts) + 1) * _SECTION_HEADER.size > min(opt.SizeOfHeaders, first_data):  # +1: .cmdline
+        raise UkiError(f"{stub}: no room in its headers for {len(parts) + 1} more section headers")
+    raw_end = _round_up(max(s.PointerToRawData + s.SizeOfRawData for s in pe.sections), opt.FileAlignment)
+    headers, layout, spans = [], [], _spans(pe)
     for part in parts:
-        size = part.size()
-        raw = _round_up(size + 1, file_align)  # +1: the command line is followed by a NUL in memory
+        va, size = _next_va(spans, opt.SectionAlignment), part.size()
+        raw = _round_up(size, opt.FileAlignment)
         headers.append(_SECTION_HEADER.pack(part.name, size, va, raw, raw_end, 0, 0, 0, 0, _READ_ONLY_DATA))
-        layout.append((part, raw_end, raw))
+        spans.append(va + raw)
+        layout.append((raw_end, raw))
         raw_end += raw
-        va = _round_up(va + raw, section_align)
         opt.SizeOfInitializedData += raw
     pe.FILE_HEADER.NumberOfSections += len(parts)
     pe.FILE_HEADER.PointerToSymbolTable = pe.FILE_HEADER.NumberOfSymbols = 0  # the stub's debug symbols: dropped
-    opt.SizeOfImage = va
+    opt.SizeOfImage = _next_va(spans, opt.SectionAlignment)
     opt.CheckSum = 0  # UEFI firmware does not check it (nor does Authenticode hash it)
     if len(opt.DATA_DIRECTORY) > _SECURITY:  # a signed stub's signature does not cover the UKI
         opt.DATA_DIRECTORY[_SECURITY].VirtualAddress = opt.DATA_DIRECTORY[_SECURITY].Size = 0
     head = bytearray(pe.write())
-    del head[layout[0][1]:]  # the stub's sections only: no trailing symbols or signature
-    head[len(head):] = b"\0" * (layout[0][1] - len(head))
+    del head[layout[0][0]:]  # the stub's sections only: no trailing symbols or signature
+    head[len(head):] = b"\0" * (layout[0][0] - len(head))
     # Over the headers' padding (zeros; NOPs in Debian's arm64 stub, as its linker filled it)
     head[table_end:table_end + len(headers) * _SECTION_HEADER.size] = b"".join(headers)
     out.write(head)
-    for part, offset, raw in layout:
+    for part, (offset, raw) in zip(parts, layout, strict=True):
         start = out.tell()
         assert start == offset, (start, offset)
         part.write(out)
         out.write(b"\0" * (offset + raw - out.tell()))
-    return out.tell()
+
+
+def _spans(pe: pefile.PE) -> list[int]:
+    """Where each section's memory ends."""
+    return [s.VirtualAddress + max(s.Misc_VirtualSize, s.SizeOfRawData) for s in pe.sections]
+
+
+def _next_va(spans: list[int], section_alignment: int) -> int:
+    """Where the next section may start: after every section, at SECTION_ALIGN (or the PE's own, if larger)."""
+    return _round_up(max(spans), max(section_alignment, SECTION_ALIGN))
+
+
+@attrs.frozen
+class Body:
+    """A UKI without its command line, on disk (`write_body`): the file is a valid PE; a machine's
+    UKI is `head` + the file from `data_start` on + `tail` (`with_cmdline`), so a per-request
+    command line (signed URLs) costs a few KiB, not a copy of the kernel."""
+
+    path: Path
+    header: bytes  # the file's first data_start bytes: headers and section table
+    data_start: int  # where the first section's data begins
+    size: int
+
+    @classmethod
+    def read(cls, path: Path) -> Body:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            probe = pefile.PE(data=f.read(65536), fast_load=True)
+            start = min(s.PointerToRawData for s in probe.sections if s.SizeOfRawData)
+            f.seek(0)
+            return cls(path, f.read(start), start, size)
+
+    def with_cmdline(self, cmdline: str) -> tuple[bytes, bytes]:
+        """(the headers with a .cmdline section after the body's last one, the section's bytes):
+        sent before and after the file's data. Parses only the headers (a few KiB): fit for the
+        reactor."""
+        pe = pefile.PE(data=self.header, fast_load=True)
+        opt = pe.OPTIONAL_HEADER
+        data = cmdline.encode()
+        raw = _round_up(len(data) + 1, opt.FileAlignment)  # +1: a NUL after it in memory
+        va = _next_va(_spans(pe), opt.SectionAlignment)
+        table_end = pe.sections[-1].get_file_offset() + _SECTION_HEADER.size
+        pe.FILE_HEADER.NumberOfSections += 1
+        opt.SizeOfImage = _next_va([va + raw], opt.SectionAlignment)
+        opt.SizeOfInitializedData += raw
+        head = bytearray(pe.write())
+        head[table_end:table_end + _SECTION_HEADER.size] = _SECTION_HEADER.pack(
+            b".cmdline", len(data), va, raw, self.size, 0, 0, 0, 0, _READ_ONLY_DATA)
+        return bytes(head), data + b"\0" * (raw - len(data))
+
+    def whole(self, cmdline: str) -> bytes:
+        """The machine's UKI as one bytes object (for tests and small tools; the daemon streams it)."""
+        head, tail = self.with_cmdline(cmdline)
+        return head + self.path.read_bytes()[self.data_start:] + tail

@@ -26,7 +26,7 @@ from netbootd.core.interfaces import CallbackRefused, Denied, HttpCore, NoScript
 from netbootd.core.lifecycle import StoreUnavailable
 from netbootd.core.timeline import Timeline
 from netbootd.http import limits, metrics
-from netbootd.http.files import FileResource
+from netbootd.http.files import CONTENT_TYPES, FileResource, PartsResource
 from netbootd.http.guard import GuardedResource
 from netbootd.http.hot import HotRoutes
 from netbootd.logs import RateLimiter, get_logger
@@ -320,7 +320,10 @@ class BootApp:
             log.error("uki failed", mac=mac, arch=arch_text, error=str(failure.value))
             raise HttpError(500, f"cannot assemble this machine's UKI: {failure.value}")
 
-        return d.addCallbacks(lambda built: FileResource(built[0]), failed)
+        def serve(uki):
+            return PartsResource(uki.head, uki.body.path, uki.body.data_start, uki.tail, CONTENT_TYPES[".efi"])
+
+        return d.addCallbacks(serve, failed)
 
     @app.route("/boot/<path:name>", methods=["GET"])
     def binaries(self, request, name: str):

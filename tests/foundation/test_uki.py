@@ -9,6 +9,7 @@ assembly copies them, and only their bytes are checked here (the QEMU tests boot
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import textwrap
 from pathlib import Path
@@ -23,7 +24,7 @@ from netbootd.config.settings import IpxeBinaries, Settings, UkiStubs
 from netbootd.core.decide import BootCore
 from netbootd.core.explain import explain_lines
 from netbootd.core.loaders.uki import UkiCache
-from netbootd.core.uki import UkiError, assemble
+from netbootd.core.uki import Body, UkiError, write_body
 from netbootd.model import Arch, Client, Firmware
 
 X86_STUB = UkiStubs().efi64_stub
@@ -37,6 +38,17 @@ def need_stub(path: Path) -> Path:
             pytest.fail(f"{path} is missing (CI installs systemd-boot-efi and builds the arm64 assets)")
         pytest.skip(f"{path} is missing: apt-get install systemd-boot-efi (arm64: tests/integration/assets.sh)")
     return path
+
+
+def assemble(stub: Path, arch: Arch, kernel: Path, initrds: list[Path], cmdline: str, tmp: Path,
+             name: str = "") -> bytes:
+    """The whole UKI as sent: the body on disk, the command line added."""
+    path = tmp / "body.efi"
+    with path.open("wb") as out:
+        write_body(stub, arch, kernel, initrds, out, name)
+    body = Body.read(path)
+    assert pefile.PE(str(path)).sections[-1].Name.rstrip(b"\0") == b".linux", "the body alone is a valid PE"
+    return body.whole(cmdline)
 
 
 def sections(data: bytes) -> dict[str, bytes]:
@@ -56,14 +68,11 @@ def parts(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 @pytest.mark.parametrize("arch", [Arch.EFI64, Arch.ARM64])
-def test_sections_cmdline_and_concatenated_initrds(parts, arch):
+def test_sections_cmdline_and_concatenated_initrds(parts, arch, tmp_path):
     stub = need_stub(X86_STUB if arch is Arch.EFI64 else ARM64_STUB)
     kernel, first, second = parts
     cmdline = "console=ttyS0 nbd_ign=http://10.0.0.1/ignition?mac=52-54-00-00-0a-01&exp=1&sig=ab"
-    out = io.BytesIO()
-    size = assemble(stub, arch, kernel, [first, second], cmdline, out, "m1")
-    data = out.getvalue()
-    assert size == len(data)
+    data = assemble(stub, arch, kernel, [first, second], cmdline, tmp_path, "m1")
     pe = pefile.PE(data=data)
     assert pe.FILE_HEADER.Machine == {Arch.EFI64: 0x8664, Arch.ARM64: 0xAA64}[arch]
     found = sections(data)
@@ -77,58 +86,57 @@ def test_sections_cmdline_and_concatenated_initrds(parts, arch):
     # The image maps: sections in order, none overlapping, SizeOfImage covering them, aligned as the PE says
     opt = pe.OPTIONAL_HEADER
     spans = sorted((s.VirtualAddress, s.VirtualAddress + s.Misc_VirtualSize) for s in pe.sections)
-    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
     assert opt.SizeOfImage >= spans[-1][1] and opt.SizeOfImage % opt.SectionAlignment == 0
     assert all(s.PointerToRawData % opt.FileAlignment == 0 for s in pe.sections)
     assert pe.FILE_HEADER.PointerToSymbolTable == 0
 
 
-def test_one_initrd_is_not_padded(parts):
+def test_one_initrd_is_not_padded(parts, tmp_path):
     kernel, first, _ = parts
-    out = io.BytesIO()
-    assemble(need_stub(X86_STUB), Arch.EFI64, kernel, [first], "", out)
-    assert sections(out.getvalue())[".initrd"] == first.read_bytes()
+    assert sections(assemble(need_stub(X86_STUB), Arch.EFI64, kernel, [first], "", tmp_path))[".initrd"] == \
+        first.read_bytes()
 
 
 def test_refusals_name_the_file(parts, tmp_path):
     kernel, first, _ = parts
     stub = need_stub(X86_STUB)
     with pytest.raises(UkiError, match=r"linuxx64\.efi\.stub: a stub for machine type 0x8664, not arm64"):
-        assemble(stub, Arch.ARM64, kernel, [first], "", io.BytesIO())
+        write_body(stub, Arch.ARM64, kernel, [first], io.BytesIO())
     bzimage_less = tmp_path / "Image.gz"
     bzimage_less.write_bytes(b"\x1f\x8b" + os.urandom(100))
     with pytest.raises(UkiError, match=r"Image\.gz: not an EFI-stub kernel"):
-        assemble(stub, Arch.EFI64, bzimage_less, [first], "", io.BytesIO())
+        write_body(stub, Arch.EFI64, bzimage_less, [first], io.BytesIO())
     uki = tmp_path / "uki.efi"
-    with uki.open("wb") as out:
-        assemble(stub, Arch.EFI64, kernel, [first], "", out)
+    uki.write_bytes(assemble(stub, Arch.EFI64, kernel, [first], "", tmp_path))
     with pytest.raises(UkiError, match="already a UKI"):
-        assemble(uki, Arch.EFI64, kernel, [first], "", io.BytesIO())
+        write_body(uki, Arch.EFI64, kernel, [first], io.BytesIO())
     with pytest.raises(UkiError, match="not a PE file"):
-        assemble(first, Arch.EFI64, kernel, [first], "", io.BytesIO())
+        write_body(first, Arch.EFI64, kernel, [first], io.BytesIO())
 
 
 def test_cache_hits_and_misses(parts, tmp_path):
-    """Same inputs: the cached file. A changed command line, kernel or initrd: a new UKI. A file
-    touched but not changed: still the cached one (keyed by content, not by mtime)."""
+    """Same stub, kernel and initrds: the cached body, whatever the command line (added per
+    request). A changed kernel or initrd list: a new body. A file touched but not changed: still
+    the cached one (keyed by content, not by mtime)."""
     stub = need_stub(X86_STUB)
     kernel, first, second = parts
     cache = UkiCache(tmp_path / "cache")
-    path, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m")
-    assert built and path.is_file() and path.parent == tmp_path / "cache"
-    again, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m")
-    assert (again, built) == (path, False)
-    other, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=2", "m")
-    assert built and other != path
-    two, built = cache.build(stub, Arch.EFI64, kernel, [first, second], "a=1", "m")
-    assert built and two not in (path, other)
+    body, built = cache.build(stub, Arch.EFI64, kernel, [first], "m1")
+    assert built and body.path.is_file() and body.path.parent == tmp_path / "cache"
+    again, built = cache.build(stub, Arch.EFI64, kernel, [first], "m2")
+    assert (again.path, built) == (body.path, False)
+    one, other = sections(body.whole("a=1")), sections(body.whole("a=22"))
+    assert (one[".cmdline"], other[".cmdline"]) == (b"a=1", b"a=22") and one[".linux"] == other[".linux"]
+    two, built = cache.build(stub, Arch.EFI64, kernel, [first, second], "m")
+    assert built and two.path != body.path
     os.utime(kernel, (1, 1))  # touched: same bytes
-    assert cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m") == (path, False)
+    assert cache.build(stub, Arch.EFI64, kernel, [first], "m")[0].path == body.path
     kernel.write_bytes(b"MZ" + os.urandom(1000))  # a new kernel
-    fresh, built = cache.build(stub, Arch.EFI64, kernel, [first], "a=1", "m")
-    assert built and fresh not in (path, other, two)
-    assert sections(fresh.read_bytes())[".linux"] == kernel.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(p.name for p in (path, other, two, fresh))
+    fresh, built = cache.build(stub, Arch.EFI64, kernel, [first], "m")
+    assert built and fresh.path not in (body.path, two.path)
+    assert sections(fresh.whole(""))[".linux"] == kernel.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(p.path.name for p in (body, two, fresh))
 
 
 # ---------------------------------------------------------------------------------- the plan
@@ -207,8 +215,9 @@ def test_explain_shows_the_uki(conf):
 
 def test_uki_route_serves_the_assembled_uki(daemon_factory):
     """`netbootd serve` on loopback: GET /uki/<mac>/efi64.efi builds the UKI of the machine's files
-    and its command line rendered for this request; a second GET of a fixed command line is the
-    cached file; unknown machines and names are 404s that say why."""
+    and its command line rendered for this request; another machine with the same files shares
+    the cached body, with its own command line; HEAD says the length GET sends; unknown machines
+    and names are 404s that say why."""
     need_stub(X86_STUB)
     d = daemon_factory()
     kernel = b"MZ" + os.urandom(200_000)
@@ -241,8 +250,12 @@ def test_uki_route_serves_the_assembled_uki(daemon_factory):
     assert httpx.get(cmdline.split("ign=")[1], timeout=10).status_code == 404  # signed and valid; no Ignition here
     fixed = [httpx.get(f"{d.url}/uki/52-54-00-00-0a-04/efi64.efi", timeout=30) for _ in range(2)]
     assert [r.status_code for r in fixed] == [200, 200] and fixed[0].content == fixed[1].content
+    assert sections(fixed[0].content)[".cmdline"] == f"console=ttyS0 ign={d.url}/ignition?mac=52-54-00-00-0a-04".encode()
+    head = httpx.head(f"{d.url}/uki/52-54-00-00-0a-04/efi64.efi", timeout=30)
+    assert (head.status_code, int(head.headers["content-length"])) == (200, len(fixed[0].content))
     log = d.log()
-    assert log.count("uki cached") == 1 and "machine=52-54-00-00-0a-04" in log
+    assert log.count("uki assembled") == 1 and log.count("uki cached") == 3, log
+    assert len(list((d.root / "cache" / "uki").glob("*.efi"))) == 1, "one body for both machines' kernel + initrd"
     for path, status, says in (("/uki/52-54-00-00-0a-09/efi64.efi", 404, "no UKI for this machine"),
                                ("/uki/52-54-00-00-0a-02/bios.efi", 404, "/uki/<mac>/efi64.efi"),
                                ("/uki/not-a-mac/efi64.efi", 400, "neither a MAC")):

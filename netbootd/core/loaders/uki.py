@@ -6,13 +6,13 @@ Used over UEFI HTTP boot when no iPXE is configured for the arch (arm64 on Debia
 or when the machine's file says `loader = "uki"` (x86-64 too). Over PXE such a machine boots as
 iPXE's machines do (its fallback): a UKI of tens of MiB over TFTP would be slow.
 
-Cache: the UKI is built in a thread (never on the reactor) under cache_dir/uki, named by the
-SHA-256 of what went into it: the stub's, kernel's and initrds' contents (each file hashed once
-per (device, inode, size, mtime)), the command line and the arch. A changed kernel, initrd or
-command line is a new name; the old file ages out. A command line with per-request values
-(`{{ ignition_url }}` and the other signed URLs carry their expiry; a machine with
-signed_urls = false has none) differs on every boot: such a machine gets a UKI built for that
-request (a copy of its files: tens of milliseconds), and the cache keeps the newest few.
+Cache: the UKI without its command line (netbootd.core.uki.Body) is built in a thread (never on
+the reactor) under cache_dir/uki, named by the SHA-256 of what went into it: the stub's, kernel's
+and initrds' contents (each file hashed once per (device, inode, size, mtime)) and the arch. A
+changed stub, kernel or initrd is a new name; the old file ages out. Every machine booting the
+same kernel and initrds shares one file. The command line is rendered per request, as for an
+iPXE script (`{{ ignition_url }}` and the other signed URLs carry their expiry), and added as
+the UKI's last section while it is sent: a few hundred bytes, no copy of the kernel.
 
 Secure Boot: the assembled UKI is not signed (netbootd holds no Secure Boot key), so firmware with
 Secure Boot on refuses it; a `secure_boot = true` machine is never offered one (netbootd.core.plan).
@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import attrs
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
@@ -38,7 +39,7 @@ from netbootd.core import files
 from netbootd.core.loaders.base import Events, Fetch, Rendering, TftpRequest
 from netbootd.core.plan import FILE, Artefact, BootPlan
 from netbootd.core.secureboot import OfferedBinary
-from netbootd.core.uki import assemble
+from netbootd.core.uki import Body, write_body
 from netbootd.health import problem
 from netbootd.logs import get_logger
 from netbootd.model import Arch, Firmware
@@ -60,6 +61,20 @@ def stub_missing(settings: Settings, arch: Arch) -> str:
             f"or set uki.{arch.value}_stub")
 
 
+@attrs.frozen
+class Uki:
+    """One machine's UKI as sent: `head`, then `body`'s file from its data_start, then `tail`."""
+
+    body: Body
+    head: bytes
+    tail: bytes
+    built: bool  # the body was assembled for this request (False: from the cache)
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + self.body.size - self.body.data_start + len(self.tail)
+
+
 class UkiCache:
     """UKIs under `root`, built in threads. `build` runs in a thread; `_digest` memoises file hashes."""
 
@@ -68,6 +83,7 @@ class UkiCache:
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
         self._digests: dict[tuple[int, int, int, int], bytes] = {}
+        self._bodies: dict[Path, tuple[tuple[int, int, int], Body]] = {}  # headers read once per file
 
     def _digest(self, path: Path) -> bytes:
         st = path.stat()
@@ -81,17 +97,17 @@ class UkiCache:
             self._digests[ident] = hit
         return hit
 
-    def key(self, stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], cmdline: str) -> str:
+    def key(self, stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path]) -> str:
         h = hashlib.sha256(FORMAT + b"\0" + arch.value.encode() + b"\0")
         for path in (stub, kernel, *initrds):
             h.update(self._digest(path))
-        h.update(len(initrds).to_bytes(4, "little") + cmdline.encode())
+        h.update(len(initrds).to_bytes(4, "little"))
         return h.hexdigest()
 
-    def build(self, stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], cmdline: str,
-              name: str) -> tuple[Path, bool]:
-        """The UKI's path, and whether it was built now (False: cached). Runs in a thread."""
-        key = self.key(stub, arch, kernel, initrds, cmdline)
+    def build(self, stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], name: str) -> tuple[Body, bool]:
+        """The UKI without its command line, and whether it was built now (False: cached). Runs in a
+        thread. `name`: what its .osrel calls it (the first machine that asked; not in the key)."""
+        key = self.key(stub, arch, kernel, initrds)
         path = self.root / f"{key}.efi"
         with self._lock:
             lock = self._building.setdefault(key, threading.Lock())
@@ -99,12 +115,12 @@ class UkiCache:
             try:
                 if path.is_file():
                     os.utime(path)  # recently used: kept by `_evict`
-                    return path, False
+                    return self._body(path), False
                 self.root.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
                 try:
                     with tmp.open("wb") as out:
-                        assemble(stub, arch, kernel, initrds, cmdline, out, name)
+                        write_body(stub, arch, kernel, initrds, out, name)
                     os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)
@@ -112,7 +128,19 @@ class UkiCache:
                 with self._lock:
                     self._building.pop(key, None)
         self._evict(keep=path)
-        return path, True
+        return self._body(path), True
+
+    def _body(self, path: Path) -> Body:
+        st = path.stat()
+        hit = self._bodies.get(path)
+        if hit is None or hit[0] != (st.st_ino, st.st_size, st.st_mtime_ns):
+            body = Body.read(path)
+            with self._lock:
+                if len(self._bodies) > 256:
+                    self._bodies.clear()
+                self._bodies[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), body)
+            return body
+        return hit[1]
 
     def _evict(self, keep: Path) -> None:
         """Remove the least recently used UKIs beyond KEEP, never one used in the last KEEP_SECONDS."""
@@ -187,8 +215,8 @@ class UkiLoader:
         return render(machine.boot.cmdline, rendering.context, rendering.file_url).strip() if machine.boot.cmdline else ""
 
     def uki(self, rendering: Rendering) -> defer.Deferred:
-        """Deferred[(Path, built)]: the machine's UKI, assembled in a thread (or from the cache).
-        Raises TemplateError, FileError; errbacks FileError, UkiError, OSError."""
+        """Deferred[Uki]: the machine's UKI, its shared part assembled in a thread (or from the
+        cache). Raises TemplateError, FileError; errbacks FileError, UkiError, OSError."""
         plan = rendering.plan
         stub = self.stub(plan.arch)
         if plan.kernel is None or stub is None:
@@ -206,13 +234,14 @@ class UkiLoader:
 
         return parts.addCallback(build)
 
-    def _build_logged(self, stub: Path, plan: BootPlan, kernel: Path, initrds: list[Path],
-                      cmdline: str) -> tuple[Path, bool]:
+    def _build_logged(self, stub: Path, plan: BootPlan, kernel: Path, initrds: list[Path], cmdline: str) -> Uki:
         start = time.perf_counter()
-        path, built = self.cache.build(stub, plan.arch, kernel, initrds, cmdline, plan.machine.name)
+        body, built = self.cache.build(stub, plan.arch, kernel, initrds, plan.machine.name)
+        head, tail = body.with_cmdline(cmdline)
+        uki = Uki(body, head, tail, built)
         log.info("uki assembled" if built else "uki cached", machine=plan.machine.name, arch=plan.arch.value,
-                 size=path.stat().st_size, seconds=round(time.perf_counter() - start, 3), file=path.name)
-        return path, built
+                 size=uki.size, seconds=round(time.perf_counter() - start, 3), file=body.path.name)
+        return uki
 
     def _local(self, artefact: Artefact) -> defer.Deferred:
         """A kernel or initrd as a local file: under files_root, else fetched into the cache."""
@@ -236,8 +265,8 @@ class UkiLoader:
         if len(plan.initrds) > 1:
             lines.append("          (concatenated into the UKI's one .initrd section: cpio archives only)")
         lines.append(f"cmdline   {self.cmdline(rendering)}")
-        lines.append("          assembled on the first request and cached under cache_dir/uki; a command line with "
-                     "signed URLs differs per request, so it is assembled per boot. Not signed: Secure Boot refuses it")
+        lines.append("          kernel and initrds assembled once (cached under cache_dir/uki, shared by every machine "
+                     "that boots them); the command line rendered per request. Not signed: Secure Boot refuses it")
         return lines
 
     def secure_boot_binaries(self, machine: Machine) -> Iterable[OfferedBinary]:
