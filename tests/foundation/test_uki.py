@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -199,6 +201,15 @@ def test_a_missing_stub_says_which_setting_and_package(conf):
     problems = core.loaders["uki"].problems(core.catalog)
     assert [p["machines"] for p in problems] == [[X86_MAC.replace(":", "-")]]  # loader = "uki", x86 by default
     assert "uki.efi64_stub" in problems[0]["message"]
+    # `netbootd check` says it too, as a warning: the files are right, this host lacks a package
+    (conf / "netbootd.toml").write_text(f'machines_dir = "machines"\nfiles_root = "files"\n[uki]\n'
+                                        f'efi64_stub = "{missing}"\narm64_stub = "{missing}"\n')
+    checked = subprocess.run([sys.executable, "-m", "netbootd", "check", "--config", str(conf / "netbootd.toml")],
+                             capture_output=True, text=True, timeout=60)
+    # (exit 1: the secure_boot machine's test "kernel" is unsigned; the missing stub is no error)
+    assert "0 error(s)" in checked.stderr and "uki" not in checked.stdout, checked
+    assert f"uki.efi64_stub = {missing}" in checked.stderr and "apt-get install systemd-boot-efi" in checked.stderr
+    assert "(machines: 52-54-00-00-0a-02)" in checked.stderr, checked.stderr
 
 
 def test_explain_shows_the_uki(conf):
