@@ -22,7 +22,7 @@ import pytest
 
 from netbootd.config.catalog import build_catalog
 from netbootd.config.machinesdir import load_machines
-from netbootd.config.settings import IpxeBinaries, Settings, UkiStubs
+from netbootd.config.settings import IpxeBinaries, RegistrySettings, Settings, UkiStubs
 from netbootd.core.decide import BootCore
 from netbootd.core.explain import explain_lines
 from netbootd.core.loaders.uki import UkiCache
@@ -31,7 +31,8 @@ from netbootd.model import Arch, Client, Firmware
 
 X86_STUB = UkiStubs().efi64_stub
 ARM64_STUB = Path(__file__).parents[1] / "integration" / ".assets" / "arm64" / "linuxaa64.efi.stub"
-MAC, X86_MAC, SB_MAC = "52:54:00:00:0a:01", "52:54:00:00:0a:02", "52:54:00:00:0a:03"
+MAC, X86_MAC, SB_MAC, IMAGE_MAC = "52:54:00:00:0a:01", "52:54:00:00:0a:02", "52:54:00:00:0a:03", "52:54:00:00:0a:05"
+REF = "ghcr.io/lab/os:v1"
 
 
 def need_stub(path: Path) -> Path:
@@ -156,11 +157,13 @@ def conf(tmp_path: Path) -> Path:
     (machines / f"{MAC.replace(':', '-')}.toml").write_text(boot)
     (machines / f"{X86_MAC.replace(':', '-')}.toml").write_text('loader = "uki"\n' + boot)
     (machines / f"{SB_MAC.replace(':', '-')}.toml").write_text("secure_boot = true\n" + boot)
+    (machines / f"{IMAGE_MAC.replace(':', '-')}.toml").write_text(f'[boot]\nimage = "{REF}"\n')
     return tmp_path
 
 
 def core_for(conf: Path, **settings) -> BootCore:
-    s = Settings(machines_dir=conf / "machines", files_root=conf / "files", cache_dir=conf / "cache", **settings)
+    s = Settings(machines_dir=conf / "machines", files_root=conf / "files", cache_dir=conf / "cache",
+                 registry=RegistrySettings(allowed=("ghcr.io",)), **settings)
     result = load_machines(s)
     assert result.errors == []
     return BootCore(s, build_catalog(result))
@@ -186,6 +189,11 @@ def test_http_boot_picks_the_assembled_uki(conf):
     # Secure Boot: the assembled UKI is not signed, so never offered
     refused = offered(core, SB_MAC, Arch.ARM64)
     assert refused.startswith("no answer: ") and "neither is the UKI netbootd would assemble" in refused
+    # an image's kernel + initramfs layers: assembled as well; an image with a UKI layer: that UKI itself
+    assert offered(core, IMAGE_MAC, Arch.ARM64) == "http://10.0.0.1/uki/52-54-00-00-0a-05/arm64.efi"
+    core.image_resolved(REF, "arm64", frozenset({"uki"}))
+    assert offered(core, IMAGE_MAC, Arch.ARM64).startswith("http://10.0.0.1/image?") and "uki" in \
+        offered(core, IMAGE_MAC, Arch.ARM64)
 
 
 def test_a_missing_stub_says_which_setting_and_package(conf):

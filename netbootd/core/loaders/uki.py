@@ -276,16 +276,14 @@ class UkiLoader:
         pass
 
     def problems(self, catalog: Catalog) -> list[dict[str, Any]]:
-        """A stub missing for machines that need it: `loader = "uki"` ones, and kernel machines of an
-        arch (by their file's `arch`) that has no iPXE."""
+        """The stub missing for `loader = "uki"` machines (of their file's arch, else x86-64). A
+        machine that would get a UKI only because its arch has no iPXE is not listed: it may well
+        PXE-boot (GRUB) only; its HTTP boot's refusal says what to install (DHCP log, explain)."""
         needy: dict[Arch, list[str]] = {}
         for machine in catalog.files.values():
-            arch = Arch(machine.arch) if machine.arch else None
-            no_ipxe = arch is not None and not self.settings.ipxe.for_arch(arch.value)
-            if machine.boot.kind in self.kinds and (machine.loader == self.name or no_ipxe):
-                a = arch or Arch.EFI64  # what netbootd assumes of a machine whose file says no arch
-                if self.stub(a) is not None:
-                    needy.setdefault(a, []).append(machine.name)
+            arch = Arch(machine.arch) if machine.arch else Arch.EFI64
+            if machine.loader == self.name and machine.answers and self.stub(arch) is not None:
+                needy.setdefault(arch, []).append(machine.name)
         return [problem("loader_missing", str(self.stub(arch)), names,
                         f"UEFI HTTP boot of these machines needs an assembled UKI: {stub_missing(self.settings, arch)}")
                 for arch, names in needy.items() if not self.installed(arch)]
