@@ -9,7 +9,7 @@ architectures, Multi-Arch: same); a GRUB image would need grub-mkimage and grub-
 modules of the target architecture on the boot host, and an embedded configuration naming this
 server. Neither runs under Secure Boot unsigned (see netbootd.core.loaders.uki).
 
-The sections are added with pefile, as systemd's own ukify (254 and later) does: Debian 12's
+The sections are added with pefile, as later releases of systemd's own ukify do: Debian 12's
 systemd 252 has no ukify, and binutils' objcopy knows only the host's PE architecture (an arm64
 UKI on an amd64 host would need binutils-aarch64-linux-gnu). What is written here is only the
 layout: each section after the stub's last one, its data streamed from the files.
@@ -83,7 +83,8 @@ def _round_up(n: int, to: int) -> int:
 
 def osrel(name: str) -> bytes:
     """The .osrel section: how boot menus (systemd-boot) name this UKI."""
-    return f'ID=netbootd\nNAME=netbootd\nPRETTY_NAME="{name} (netbootd)"\n'.encode()
+    shown = "".join(c for c in name if c.isprintable() and c not in '"\\$`')  # os-release quoting
+    return f'ID=netbootd\nNAME=netbootd\nPRETTY_NAME="{shown} (netbootd)"\n'.encode()
 
 
 def check_kernel(kernel: Path) -> None:
@@ -142,9 +143,9 @@ def write_body(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], ou
     head[table_end:table_end + len(headers) * _SECTION_HEADER.size] = b"".join(headers)
     out.write(head)
     for part, (offset, raw) in zip(parts, layout, strict=True):
-        start = out.tell()
-        assert start == offset, (start, offset)
         part.write(out)
+        if out.tell() != offset + part.size() or part.size() > raw:  # a file replaced while it was copied
+            raise UkiError(f"{', '.join(map(str, part.files))}: changed while the UKI was assembled; ask again")
         out.write(b"\0" * (offset + raw - out.tell()))
 
 
