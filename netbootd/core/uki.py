@@ -26,6 +26,7 @@ one after another. An initrd that is not a cpio archive (a raw disk image) canno
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import struct
@@ -58,10 +59,15 @@ class Part:
     files: tuple[Path, ...] = ()
     data: bytes = b""
     pad_each: int = 1  # each file padded to this many bytes (initrds: 4)
+    gunzip: bool = False  # the one file is gzip-compressed: its contents go in (a kernel's Image.gz)
 
     def size(self) -> int:
         if not self.files:
             return len(self.data)
+        if self.gunzip:
+            with self.files[0].open("rb") as f:
+                f.seek(-4, os.SEEK_END)
+                return int.from_bytes(f.read(4), "little")  # gzip's ISIZE: a kernel is < 4 GiB
         sizes = [p.stat().st_size for p in self.files]
         return sum(_round_up(s, self.pad_each) for s in sizes[:-1]) + sizes[-1]
 
@@ -70,11 +76,12 @@ class Part:
             out.write(self.data)
             return
         for i, path in enumerate(self.files):
-            with path.open("rb") as f:
+            with gzip.open(path, "rb") if self.gunzip else path.open("rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
-                size = f.tell()
+                size = f.tell()  # a GzipFile's: the uncompressed bytes
             if i < len(self.files) - 1:
                 out.write(b"\0" * (_round_up(size, self.pad_each) - size))
+
 
 
 def _round_up(n: int, to: int) -> int:
@@ -87,13 +94,23 @@ def osrel(name: str) -> bytes:
     return f'ID=netbootd\nNAME=netbootd\nPRETTY_NAME="{shown} (netbootd)"\n'.encode()
 
 
-def check_kernel(kernel: Path) -> None:
-    """The kernel must be an EFI-stub kernel (a PE: bzImage, arm64 Image with EFI stub): the stub
-    hands it to the firmware as an EFI image."""
+def kernel_is_gzip(kernel: Path) -> bool:
+    """Whether the kernel is a gzip-compressed EFI-stub kernel (an arm64 Image.gz, as some
+    distributions ship their vmlinuz; Debian's arm64 vmlinuz is not: it is signed). Raises UkiError
+    when it is no EFI-stub kernel at all: the stub hands it to the firmware as an EFI image."""
     with kernel.open("rb") as f:
-        if f.read(2) != b"MZ":
-            raise UkiError(f"{kernel}: not an EFI-stub kernel (no PE header): a UKI needs a kernel built with "
-                           "CONFIG_EFI_STUB (every Debian kernel is)")
+        magic = f.read(2)
+    compressed = magic == b"\x1f\x8b"
+    if compressed:
+        try:
+            with gzip.open(kernel, "rb") as z:
+                magic = z.read(2)
+        except (OSError, EOFError) as exc:
+            raise UkiError(f"{kernel}: a broken gzip file ({exc})") from None
+    if magic != b"MZ":
+        raise UkiError(f"{kernel}: not an EFI-stub kernel (no PE header{' inside its gzip' if compressed else ''}): "
+                       "a UKI needs a kernel built with CONFIG_EFI_STUB (every Debian kernel is)")
+    return compressed
 
 
 def write_body(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], out: BinaryIO, name: str = "") -> None:
@@ -111,10 +128,9 @@ def write_body(stub: Path, arch: Arch, kernel: Path, initrds: Sequence[Path], ou
                        f"({machine:#x})")
     if any(s.Name.rstrip(b"\0") == b".linux" for s in pe.sections):
         raise UkiError(f"{stub}: already a UKI (it has a .linux section), not systemd's bare stub")
-    check_kernel(kernel)
     parts = [Part(b".osrel", data=osrel(name or kernel.name)),
              *([Part(b".initrd", tuple(initrds), pad_each=INITRD_ALIGN)] if initrds else []),
-             Part(b".linux", (kernel,))]
+             Part(b".linux", (kernel,), gunzip=kernel_is_gzip(kernel))]
     opt = pe.OPTIONAL_HEADER
     table_end = pe.sections[-1].get_file_offset() + _SECTION_HEADER.size
     first_data = min((s.PointerToRawData for s in pe.sections if s.SizeOfRawData), default=opt.SizeOfHeaders)

@@ -8,6 +8,7 @@ assembly copies them, and only their bytes are checked here (the QEMU tests boot
 
 from __future__ import annotations
 
+import gzip
 import io
 import itertools
 import os
@@ -101,6 +102,16 @@ def test_one_initrd_is_not_padded(parts, tmp_path):
         first.read_bytes()
 
 
+def test_a_gzip_compressed_kernel_goes_in_uncompressed(parts, tmp_path):
+    """An arm64 Image.gz (some distributions' vmlinuz): systemd's stub does not decompress, so the
+    .linux section holds the Image itself."""
+    kernel, first, _ = parts
+    packed = tmp_path / "Image.gz"
+    packed.write_bytes(gzip.compress(kernel.read_bytes()))
+    found = sections(assemble(need_stub(X86_STUB), Arch.EFI64, packed, [first], "", tmp_path))
+    assert found[".linux"] == kernel.read_bytes()
+
+
 def test_refusals_name_the_file(parts, tmp_path):
     kernel, first, _ = parts
     stub = need_stub(X86_STUB)
@@ -108,7 +119,10 @@ def test_refusals_name_the_file(parts, tmp_path):
         write_body(stub, Arch.ARM64, kernel, [first], io.BytesIO())
     bzimage_less = tmp_path / "Image.gz"
     bzimage_less.write_bytes(b"\x1f\x8b" + os.urandom(100))
-    with pytest.raises(UkiError, match=r"Image\.gz: not an EFI-stub kernel"):
+    with pytest.raises(UkiError, match=r"Image\.gz: a broken gzip file"):
+        write_body(stub, Arch.EFI64, bzimage_less, [first], io.BytesIO())
+    bzimage_less.write_bytes(gzip.compress(b"\x7fELF" + os.urandom(100)))
+    with pytest.raises(UkiError, match=r"Image\.gz: not an EFI-stub kernel \(no PE header inside its gzip\)"):
         write_body(stub, Arch.EFI64, bzimage_less, [first], io.BytesIO())
     uki = tmp_path / "uki.efi"
     uki.write_bytes(assemble(stub, Arch.EFI64, kernel, [first], "", tmp_path))
