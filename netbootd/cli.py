@@ -65,6 +65,8 @@ def cmd_check(args) -> int:
         finally:
             client.close()
     refused = _check_secure_boot(settings, result.machines.values())
+    for missing in _loader_problems(settings, result):
+        print(f"warning: {missing['message']} (machines: {', '.join(missing['machines'])})", file=sys.stderr)
     default = "default" in result.machines
     count = machine_count(len(result.machines) - default, default)
     if result.errors or unresolved or refused:
@@ -87,6 +89,15 @@ def _check_secure_boot(settings: Settings, machines) -> int:
         print(finding.line())
         refused += finding.refused
     return refused
+
+
+def _loader_problems(settings: Settings, result) -> list[dict]:
+    """What this host lacks for these machines' loaders (an iPXE binary, shim/GRUB, systemd's EFI
+    stub): what /healthz would report once the daemon runs; not an error of the files."""
+    from netbootd.core.decide import BootCore
+
+    core = BootCore(settings, build_catalog(result))
+    return [p for loader in core.loaders.values() for p in loader.problems(core.catalog)]
 
 
 def cmd_explain(args) -> int:

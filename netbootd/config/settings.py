@@ -53,6 +53,21 @@ class GrubBinaries:
 
 
 @attrs.frozen
+class UkiStubs:
+    """systemd's EFI stub per UEFI architecture, on which netbootd assembles a UKI for UEFI HTTP boot
+    of a kernel machine when no iPXE serves its arch (netbootd.core.uki). Defaults: where Debian's
+    systemd-boot-efi package puts them (it installs the host's; the other arch's is
+    systemd-boot-efi:<arch>, Multi-Arch: same, after `dpkg --add-architecture <arch>`)."""
+
+    efi64_stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    arm64_stub: Path = Path("/usr/lib/systemd/boot/efi/linuxaa64.efi.stub")
+
+    def for_arch(self, arch: str) -> Path | None:
+        """The stub for an arch name, None where systemd has none netbootd uses (BIOS, 32-bit)."""
+        return getattr(self, f"{arch}_stub", None)
+
+
+@attrs.frozen
 class DhcpSettings:
     enabled: bool = True
     port: int = 67
@@ -204,6 +219,7 @@ class Settings:
     cache_dir: Path = Path("/var/cache/netbootd")
     ipxe: IpxeBinaries = IpxeBinaries()
     grub: GrubBinaries = GrubBinaries()
+    uki: UkiStubs = UkiStubs()
     dhcp: DhcpSettings = DhcpSettings()
     tftp: TftpSettings = TftpSettings()
     http: HttpSettings = HttpSettings()

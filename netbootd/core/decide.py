@@ -156,8 +156,14 @@ class BootCore:
         if plan.refusal is not None:
             return Decision(None, plan.refusal, machine)
         if client.firmware is Firmware.HTTP_BOOT:
-            # UEFI HTTP boot takes the EFI binary or UKI directly, else iPXE over HTTP
-            url = plan.efi.url(base) if not plan.loader and plan.efi is not None else urls.binary_url(base, plan.bootfile)
+            # UEFI HTTP boot takes the EFI binary or UKI directly, else the UKI netbootd assembles
+            # of the kernel, else iPXE over HTTP
+            if not plan.loader and plan.efi is not None:
+                url = plan.efi.url(base)
+            elif plan.loader == "uki":
+                url = urls.uki_url(base, client.mac, plan.arch.value)
+            else:
+                url = urls.binary_url(base, plan.bootfile)
             return self._offer(OfferKind.HTTP_EFI, url, machine)
         return self._offer(OfferKind.TFTP, plan.bootfile, machine)
 
@@ -279,8 +285,8 @@ class BootCore:
         if path == "/image":
             role = layer_role((parse_qs(parts.query).get("layerName") or [""])[0])
             return {"role": role} if role else {}
-        if path.startswith("/httpboot/") and path.endswith(".efi"):
-            return {"role": "efi"}  # an image's UKI layer
+        if path.startswith(("/httpboot/", "/uki/")) and path.endswith(".efi"):
+            return {"role": "efi"}  # an image's UKI layer, or the UKI netbootd assembled
         if not path.startswith("/files/") or mac is None:
             return {}
         machine = self.find(mac, None)
@@ -290,6 +296,21 @@ class BootCore:
         if hit is None or hit[0] is not machine:
             hit = self._downloads[id(machine)] = (machine, download_names(machine))
         return hit[1].get(unquote(path[len("/files/"):]), {})
+
+    def uki(self, mac: str, arch: Arch, host: str) -> Deferred:
+        """The UKI assembled of the machine's kernel, initrds and command line for UEFI HTTP boot
+        (netbootd.core.loaders.uki): Deferred[Uki]. Raises NoScript when the machine
+        gets none (its plan says why), TemplateError, FileError; errbacks FileError, UkiError, OSError."""
+        machine = self.find(mac, None)
+        if machine is None:
+            raise NoScript(self.held(mac) or self.no_machine_reason())
+        plan = self.plan(machine, arch, Firmware.HTTP_BOOT, mac)
+        if plan.refusal is not None:
+            raise NoScript(plan.refusal)
+        if plan.loader != "uki":
+            raise NoScript(f"{machine.name}: UEFI HTTP boot on {arch.value} is not offered an assembled UKI "
+                           f"({plan.loader or 'it boots its EFI binary / UKI'})")
+        return self.loaders["uki"].uki(self.rendering(plan, mac, None, host))  # type: ignore[attr-defined]
 
     def chain_stub(self, host: str) -> str:
         return chain_stub(self.base_url(host))

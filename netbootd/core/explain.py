@@ -118,6 +118,10 @@ def explain_lines(core: BootCore, mac: str, firmware_key: str, server: str, *, s
     plan = core.plan(machine, arch, firmware)
     if decision.offer is not None and not plan.loader and firmware is Firmware.HTTP_BOOT:
         emit("          UEFI HTTP boot runs that EFI binary / UKI itself: no iPXE, no script")
+    elif decision.offer is not None and plan.loader == "uki":
+        emit("          UEFI HTTP boot runs that UKI, which netbootd assembles of the machine's kernel, initrds and "
+             "command line: no iPXE, no script")
+        out += core.loaders["uki"].explain(plan, core.rendering(plan, mac, None, server))
     elif decision.offer is not None and plan.loader and firmware is not Firmware.HTTP_BOOT and plan.loader != "ipxe":
         loader = core.loaders[plan.loader]
         render_plan = core.plan(machine, loader.config_arch(machine), Firmware.EFI_PXE)

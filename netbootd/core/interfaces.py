@@ -88,6 +88,11 @@ class HttpCore(Protocol):
         """The machine's iPXE script; raises NoScript, TemplateError, FileError."""
         ...
 
+    def uki(self, mac: str, arch: Arch, host: str) -> Deferred:
+        """The UKI netbootd assembles for the machine's UEFI HTTP boot: Deferred[netbootd.core.loaders.uki.Uki];
+        raises NoScript, TemplateError, FileError; errbacks FileError, UkiError, OSError."""
+        ...
+
     def chain_stub(self, host: str) -> str:
         """What a bare /ipxe returns: iPXE asks again with its own identity."""
         ...

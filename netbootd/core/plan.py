@@ -62,8 +62,8 @@ class BootPlan:
     machine: Machine
     arch: Arch
     firmware: Firmware
-    # "ipxe", "grub" (a module in netbootd.core.loaders), or "" when no loader runs: UEFI HTTP boot
-    # of an EFI binary / UKI, or a refusal.
+    # "ipxe", "grub", "uki" (a module in netbootd.core.loaders), or "" when no loader runs: UEFI HTTP
+    # boot of an EFI binary / UKI, or a refusal.
     loader: str = ""
     bootfile: str = ""  # what the loader hands this firmware first (an iPXE binary, shim, GRUB)
     kernel: Artefact | None = None
@@ -222,9 +222,10 @@ def build_plan(machine: Machine, arch: Arch, firmware: Firmware, layers: frozens
         if machine.secure_boot:
             return attrs.evolve(plan, refusal=(
                 f"{machine.name}: secure_boot = true and a kernel boot: over UEFI HTTP boot Secure Boot firmware "
-                "runs only signed binaries, and Debian's signed GRUB has no HTTP; PXE-boot this machine (shim + "
-                "GRUB over TFTP) or boot a signed UKI (boot.efi, or an image with a UKI layer)"))
-        return _with_loader(plan, loaders["ipxe"])
+                "runs only signed binaries, and Debian's signed GRUB has no HTTP, iPXE is not signed and neither is "
+                "the UKI netbootd would assemble; PXE-boot this machine (shim + GRUB over TFTP) or boot a signed UKI "
+                "(boot.efi, or an image with a UKI layer)"))
+        return _with_loader(plan, loaders[_http_loader(machine, arch, loaders)])
     chosen = loaders[machine.loader]
     if not chosen.bootfile(machine, arch, firmware)[0] and chosen.fallback:
         # A loader with nothing for this arch (Debian 12 ships no arm64 iPXE) gives way to its
@@ -233,6 +234,17 @@ def build_plan(machine: Machine, arch: Arch, firmware: Firmware, layers: frozens
         if kind in other.kinds and other.installed(arch) and other.bootfile(machine, arch, firmware)[0]:
             return _with_loader(plan, other)
     return _with_loader(plan, chosen)
+
+
+def _http_loader(machine: Machine, arch: Arch, loaders: Mapping[str, LoaderFacts]) -> str:
+    """What carries a kernel boot over UEFI HTTP boot: iPXE, unless the machine's file says
+    `loader = "uki"` or no iPXE is configured for its arch (arm64 on Debian 12): then a UKI netbootd
+    assembles (netbootd.core.loaders.uki), whose refusal says what to install when it cannot."""
+    if "uki" not in loaders:
+        return "ipxe"
+    if machine.loader == "uki" or not loaders["ipxe"].bootfile(machine, arch, Firmware.HTTP_BOOT)[0]:
+        return "uki"
+    return "ipxe"
 
 
 def _local_loader(machine: Machine, arch: Arch, firmware: Firmware, loaders: Mapping[str, LoaderFacts]) -> str:

@@ -93,6 +93,12 @@ def binary_url(base: str, name: str) -> str:
     return f"{base}/boot/{quote(name)}"
 
 
+def uki_url(base: str, mac: str, arch: str) -> str:
+    """The UKI netbootd assembles for this machine (netbootd.core.loaders.uki). The path ends in
+    .efi: EDK2's HTTP boot takes the image type from it (or the Content-Type)."""
+    return f"{base}/uki/{mac.replace(':', '-')}/{arch}.efi"
+
+
 def location_url(base: str, location: str) -> str:
     """A config location: URLs pass through, paths under the files root become /files URLs."""
     return location if "://" in location else file_url(base, location)

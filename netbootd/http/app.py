@@ -1,7 +1,8 @@
 """The HTTP edge: Klein routes that translate requests into calls on the boot core.
 
 Routes (see README.md): /ipxe, /ipxe/<mac-or-uuid>, /ignition, /ignition/<mac-or-uuid>,
-/httpboot, /booty/<mac>.bty, /files/<path>, /boot/<ipxe binary>, /beacon, /healthz, /metrics.
+/httpboot, /booty/<mac>.bty, /files/<path>, /boot/<ipxe binary>, /uki/<mac>/<arch>.efi, /beacon,
+/healthz, /metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from netbootd.core.interfaces import CallbackRefused, Denied, HttpCore, NoScript
 from netbootd.core.lifecycle import StoreUnavailable
 from netbootd.core.timeline import Timeline
 from netbootd.http import limits, metrics
-from netbootd.http.files import FileResource
+from netbootd.http.files import CONTENT_TYPES, FileResource, PartsResource
 from netbootd.http.guard import GuardedResource
 from netbootd.http.hot import HotRoutes
 from netbootd.logs import RateLimiter, get_logger
@@ -300,6 +301,30 @@ class BootApp:
             raise HttpError(404, f"no file {rel!r} under the files root") from None
         return FileResource(path)
 
+    @app.route("/uki/<ident>/<name>", methods=["GET"])
+    def uki(self, request, ident: str, name: str):
+        """The UKI netbootd assembles of a kernel machine's files for UEFI HTTP boot (`<arch>.efi`)."""
+        mac, _ = _identity(ident)
+        arch_text = name[: -len(".efi")] if name.endswith(".efi") else ""
+        if mac is None or arch_text not in ("efi64", "arm64"):
+            raise HttpError(404, "assembled UKIs are /uki/<mac>/efi64.efi or /uki/<mac>/arm64.efi")
+        try:
+            d = self.core.uki(mac, Arch(arch_text), self.host(request))
+        except NoScript as exc:
+            raise HttpError(404, f"no UKI for this machine: {exc}") from None
+        except (TemplateError, core_files.FileError) as exc:
+            log.error("uki failed", mac=mac, arch=arch_text, error=str(exc))
+            raise HttpError(500, f"cannot assemble this machine's UKI: {exc}") from None
+
+        def failed(failure):
+            log.error("uki failed", mac=mac, arch=arch_text, error=str(failure.value))
+            raise HttpError(500, f"cannot assemble this machine's UKI: {failure.value}")
+
+        def serve(uki):
+            return PartsResource(uki.head, uki.body.path, uki.body.data_start, uki.tail, CONTENT_TYPES[".efi"])
+
+        return d.addCallbacks(serve, failed)
+
     @app.route("/boot/<path:name>", methods=["GET"])
     def binaries(self, request, name: str):
         try:
@@ -376,8 +401,8 @@ class BootApp:
 
 
 _ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines",
-           "lifecycle"}
-_TRANSFER_ROUTES = {"files", "boot", "image", "httpboot"}  # downloads that go into the boot timeline
+           "lifecycle", "uki"}
+_TRANSFER_ROUTES = {"files", "boot", "image", "httpboot", "uki"}  # downloads that go into the boot timeline
 _MISSING_ROUTES = frozenset({"files", "boot"})  # a 404 here is a file a machine wanted and did not get
 MISSING_CLIENTS = 4096  # clients whose "file not found" lines are rate-limited apart
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress

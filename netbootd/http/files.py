@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from twisted.protocols.basic import FileSender
 from twisted.web import http, server, static
 from twisted.web.resource import Resource
 
@@ -87,4 +88,52 @@ class FileResource(Resource):
             send_whole_file(request, self._path, st.st_size, lambda _err: request.loseConnection())
         except OSError:  # removed since the stat
             return _disappeared(request)
+        return server.NOT_DONE_YET
+
+
+class PartsResource(Resource):
+    """Bytes, a file from `offset` to its end, then bytes, as one response (GET and HEAD; no Range):
+    a UKI whose kernel and initrds stay one shared file on disk while its headers and command line
+    are this request's (netbootd.core.loaders.uki). The file part goes through FileSender (64 KiB
+    reads): a UKI is fetched once per boot, not worth a sendfile path of its own."""
+
+    isLeaf = True
+
+    def __init__(self, head: bytes, path: Path, offset: int, tail: bytes, content_type: str = DEFAULT_TYPE) -> None:
+        super().__init__()
+        self._head, self._path, self._offset, self._tail = head, path, offset, tail
+        self._type = content_type
+
+    def render(self, request):
+        try:
+            f = self._path.open("rb")
+        except OSError:
+            return _disappeared(request)
+        size = os.fstat(f.fileno()).st_size
+        request.setHeader(b"content-type", self._type.encode())
+        request.setHeader(b"content-length", b"%d" % (len(self._head) + size - self._offset + len(self._tail)))
+        if request.method == b"HEAD":
+            f.close()
+            return b""
+        request.write(self._head)
+        f.seek(self._offset)
+        sender = FileSender()
+        gone: list[bool] = []
+
+        def lost(_failure) -> None:
+            gone.append(True)
+            sender.stopProducing()
+
+        request.notifyFinish().addErrback(lost)
+
+        def sent(_last) -> None:
+            f.close()
+            if not gone:
+                request.write(self._tail)
+                request.finish()
+
+        def failed(_failure) -> None:  # the client went away (stopProducing)
+            f.close()
+
+        sender.beginFileTransfer(f, request).addCallbacks(sent, failed)
         return server.NOT_DONE_YET

@@ -1,9 +1,10 @@
 """arm64 machines network-boot from netbootd: AAVMF (QEMU's arm64 UEFI) under TCG, on Debian's arm64
 kernel with the same busybox /init as the x86 guest (assets.sh builds both; arm64 in .assets/arm64).
 
-- (a) `arm64-uefi`: AAVMF's PXE → netbootd's GRUB path (`loader = "grub"`): grubaa64 → grub.cfg →
-  the machine's own grub.cfg → kernel + initramfs over TFTP;
-- (b) `arm64-http`: UEFI HTTP boot of an arm64 UKI (`efi = ...`);
+- (a) `arm64-uefi`: AAVMF's PXE → netbootd's GRUB path (on the defaults: no arm64 iPXE, so GRUB):
+  grubaa64 → grub.cfg → the machine's own grub.cfg → kernel + initramfs over TFTP;
+- (b) `arm64-http`: UEFI HTTP boot of an arm64 UKI (`efi = ...`), and of a kernel machine on the
+  defaults: a UKI netbootd assembles of its kernel, initramfs and command line;
 - (c) `arm64-secure` (Microsoft's keys, Secure Boot enforced) + `secure_boot = true`: shimaa64 →
   grubaa64 → Debian's signed arm64 kernel;
 - (d) `arm64-uefi` → Debian 13's arm64 iPXE (deploy/ipxe-arm64.sh) → netbootd's iPXE script → kernel
@@ -133,11 +134,13 @@ def grub_lab(tmp_path, assets, request) -> Iterator[ProjectLab]:
 
 def test_pxe_grub_path(grub_lab, arm64):
     """AAVMF PXE (arch 11) → 4011 → grubaa64.efi → grub.cfg → this machine's grub.cfg → the arm64
-    kernel and initramfs over TFTP → the marker with this machine's value."""
+    kernel and initramfs over TFTP → the marker with this machine's value. On the defaults: the
+    machine file names no loader and ipxe.arm64 is unset, so GRUB (iPXE's fallback) carries it."""
     need_arm64("arm64-uefi")
     lab = grub_lab
     serve_arm64(lab, arm64)
-    kernel_machine(lab, "arm-grub-7", 'loader = "grub"')
+    assert lab.settings.ipxe.arm64 == "", "not the default settings: an arm64 iPXE is configured"
+    kernel_machine(lab, "arm-grub-7", "")
     lab.start_netbootd()
     marker = lab.booted(MAC, "arm64-uefi")
     check_marker(marker, "arm-grub-7")
@@ -167,6 +170,35 @@ def test_http_boot_uki(lab, arm64):
     size = arm64.uki.stat().st_size
     assert any(e["stage"] == "http" and e.get("path") == "/files/arm64/uki.efi" and e.get("bytes") == size for e in events), \
         "the UKI was not served whole"
+
+
+def test_http_boot_assembled_uki(lab, arm64):
+    """AAVMF HTTP boot (arch 19) of a kernel machine on the defaults (no arm64 iPXE): netbootd
+    offers /uki/<mac>/arm64.efi, assembles the UKI of the machine's kernel, initramfs and rendered
+    command line on systemd's arm64 stub, and the firmware runs it: the marker carries the
+    machine's value and the Ignition its signed URL (made for this request) fetched.
+
+    The stub: uki.arm64_stub names assets.sh's copy, the amd64 host's one step (an arm64 host
+    has it at the default path from systemd-boot-efi)."""
+    need_arm64("arm64-http")
+    serve_arm64(lab, arm64)
+    s = lab.settings
+    assert s.ipxe.arm64 == "", "not the default settings: an arm64 iPXE is configured"
+    lab.write_settings(attrs.evolve(s, uki=attrs.evolve(s.uki, arm64_stub=ARM64 / "linuxaa64.efi.stub")))
+    kernel_machine(lab, "arm-uki-9", "")
+    path = f"/uki/{MAC.replace(':', '-')}/arm64.efi"
+    url = f"http://{BOOT_IP}:{HTTP_PORT}{path}"
+    assert f"http-efi {url}" in preflight(str(lab.settings_path), MAC, "arm64-http"), "not offered the assembled UKI"
+    lab.start_netbootd()
+    marker = lab.booted(MAC, "arm64-http")
+    check_marker(marker, "arm-uki-9")
+    assert "initrd=" not in marker.cmdline, "the stub passes the initrd itself: no initrd= on the command line"
+    log = lab.netbootd_log()
+    assert f'arch=arm64 firmware=http-boot offered="http-efi {url}"' in log, "arm64 HTTP boot was not offered the UKI"
+    assert "uki assembled" in log and "arch=arm64" in log, "netbootd did not assemble the UKI"
+    served = [e.get("bytes", 0) for e in lab.get_json(f"/machines/{MAC}")["events"]
+              if e["stage"] == "http" and e.get("path") == path]  # EDK2 asks HEAD (0 bytes), then GET
+    assert max(served, default=0) > arm64.kernel.stat().st_size + arm64.initrd.stat().st_size, served
 
 
 # ---------------------------------------------------------------------------------- (c) Secure Boot

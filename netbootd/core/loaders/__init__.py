@@ -10,9 +10,10 @@ from netbootd.config.settings import Settings
 from netbootd.core.loaders.base import Events, Fetch, Loader, Rendering, TftpRequest
 from netbootd.core.loaders.grub import GrubLoader
 from netbootd.core.loaders.ipxe import IpxeLoader
+from netbootd.core.loaders.uki import UkiLoader
 
 # The value of `loader = "..."` in a machine file → its class, made with (settings, events, fetch).
-LOADERS: Mapping[str, type[Loader]] = {cls.name: cls for cls in (IpxeLoader, GrubLoader)}
+LOADERS: Mapping[str, type[Loader]] = {cls.name: cls for cls in (IpxeLoader, GrubLoader, UkiLoader)}
 
 __all__ = ["LOADERS", "Loader", "Rendering", "TftpRequest", "make_loaders"]
 
