@@ -27,7 +27,7 @@ def _unit_with_real_binary(tmp_path: Path) -> Path:
     (verify insists that the binary exists)."""
     binary = Path(sys.executable).parent / "netbootd"
     assert binary.exists(), "netbootd console script not installed (pip install -e .)"
-    text = UNIT.read_text().replace("/usr/local/bin/netbootd", str(binary))
+    text = UNIT.read_text().replace("/opt/netbootd/bin/netbootd", str(binary))
     out = tmp_path / "netbootd.service"
     out.write_text(text)
     return out
