@@ -137,5 +137,7 @@ def test_daemonset_shape():
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert "subPath" not in mounts["machines"], "subPath mounts never see ConfigMap updates"
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["machines"]["configMap"]["name"] == "netbootd-machines"
+    sources = [s["configMap"]["name"] for s in volumes["machines"]["projected"]["sources"]]
+    assert sources == ["netbootd-machines", "netbootd-profiles", "netbootd-ignition"]
+    assert volumes["signing-key"]["secret"]["defaultMode"] == 0o400
     assert "hostPath" in volumes["cache"] or "emptyDir" in volumes["cache"]

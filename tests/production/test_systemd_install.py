@@ -27,6 +27,7 @@ import pytest
 
 from netbootd.core.signing import key_id
 from tests.conftest import wait_for
+from tests.production.namespace import Namespace
 
 pytestmark = [
     pytest.mark.netns,
@@ -45,47 +46,10 @@ MAC = "52-54-00-00-25-01"
 DYNAMIC_UIDS = range(61184, 65520)
 
 
-class Namespace:
-    """A process holding the private mount + network namespace; commands run in it with nsenter, and
-    the test reads its files through /proc/PID/root."""
-
-    def __init__(self, base: Path) -> None:
-        mounts = "; ".join(
-            f"mkdir -p {base}/{d}/upper {base}/{d}/work && "
-            f"mount -t overlay overlay -o lowerdir=/{d},upperdir={base}/{d}/upper,workdir={base}/{d}/work /{d}"
-            for d in OVERLAID)
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--propagation", "private", "bash", "-c",
-             f"set -e; ip link set lo up; {mounts}; echo ready; exec sleep infinity"],
-            stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line == "ready\n", f"the namespace was not set up (overlayfs?): {line!r}"
-        self.root = Path(f"/proc/{self.proc.pid}/root")
-
-    def prefix(self, net: bool = True) -> list[str]:
-        """nsenter into the namespace's files, and its network unless `net` is False (pip, which
-        needs the host's)."""
-        return ["nsenter", f"--target={self.proc.pid}", "--mount", *(["--net"] if net else []), "--"]
-
-    def run(self, *argv: str, check: bool = True, net: bool = True, **kw) -> subprocess.CompletedProcess:
-        out = subprocess.run([*self.prefix(net), *argv], capture_output=True, text=True, timeout=600, **kw)
-        if check:
-            assert out.returncode == 0, f"{argv} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
-        return out
-
-    def path(self, inside: str) -> Path:
-        return self.root / inside.lstrip("/")
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def installed() -> Iterator[tuple[Namespace, str]]:
     base = Path(tempfile.mkdtemp(prefix="netbootd-systemd-"))
-    ns = Namespace(base)
+    ns = Namespace(base, OVERLAID)
     try:
         out = ns.run("bash", str(REPO / "deploy/systemd/install.sh"), cwd=REPO, net=False)
         yield ns, out.stdout
@@ -162,13 +126,6 @@ def _as_systemd_would(ns: Namespace, uid: int) -> dict[str, str]:
     return {"CREDENTIALS_DIRECTORY": "/run/credentials/netbootd.service"}
 
 
-def _curl(ns: Namespace, url: str, *args: str) -> tuple[str, str]:
-    """(status code, body) of a GET inside the namespace."""
-    out = ns.run("curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args, url, check=False)
-    body, _, code = out.stdout.rpartition("\n")
-    return code, body
-
-
 def test_execstart_as_the_units_dynamic_user(installed, tmp_path):
     ns, _ = installed
     uid = _dynamic_uid()
@@ -212,17 +169,17 @@ def test_execstart_as_the_units_dynamic_user(installed, tmp_path):
         assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s+{uid}\s+{uid}$", status, re.M), status
         assert re.search(r"^CapEff:\s+0*400$", status, re.M), status  # CAP_NET_BIND_SERVICE (bit 10) only
 
-        code, body = _curl(ns, "http://127.0.0.1/healthz")
+        code, body = ns.curl("http://127.0.0.1/healthz")
         assert code == "200", body
-        code, body = _curl(ns, f"http://127.0.0.1/ipxe?mac={MAC}&arch=efi64")
+        code, body = ns.curl(f"http://127.0.0.1/ipxe?mac={MAC}&arch=efi64")
         assert code == "200" and "/files/vmlinuz" in body, body
         # the URL-signing key is the credential's: the log names that key's fingerprint
         key = ns.path("/etc/netbootd/credentials/signing.key").read_bytes()
         assert key_id(key) in log.read_text(), log.read_text()
         # the dashboard's credentials come from the ui-auth credential
         token = ns.path("/etc/netbootd/credentials/ui-auth").read_text().split("\n")[1].strip()
-        assert _curl(ns, "http://127.0.0.1:9180/")[0] == "401"
-        assert _curl(ns, "http://127.0.0.1:9180/", "-H", f"Authorization: Bearer {token}")[0] == "200"
+        assert ns.curl("http://127.0.0.1:9180/")[0] == "401"
+        assert ns.curl("http://127.0.0.1:9180/", "-H", f"Authorization: Bearer {token}")[0] == "200"
         # its state is written where StateDirectory= put it, as the dynamic user
         owned = [p for p in ns.path("/var/lib/netbootd").iterdir() if p.stat().st_uid == uid]
         assert owned, list(ns.path("/var/lib/netbootd").iterdir())
