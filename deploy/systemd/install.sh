@@ -76,6 +76,6 @@ fi
 cat <<EOT
 == done. Next:
    put machine files into $root/etc/netbootd/machines (and boot files into $root/srv/netbootd/files), then
-   $venv/bin/netbootd check /etc/netbootd/machines
+   $venv/bin/netbootd check --config /etc/netbootd/netbootd.toml
    systemctl enable --now netbootd && systemctl status netbootd
 EOT

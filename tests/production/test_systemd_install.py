@@ -30,6 +30,7 @@ from tests.conftest import wait_for
 from tests.production.namespace import Namespace
 
 pytestmark = [
+    pytest.mark.xdist_group("systemd-install"),  # one install for the module, on one worker
     pytest.mark.netns,
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount and network namespaces, setpriv)"),
@@ -94,6 +95,26 @@ def test_installed_unit_verifies_and_exposure_at_most_2(installed):
     assert match, out.stdout + out.stderr
     print(f"systemd-analyze security --offline=yes: exposure {match.group(1)}")
     assert float(match.group(1)) <= 2.0, out.stdout
+
+
+def test_check_of_the_installed_settings_before_the_first_start(installed):
+    """The credentials exist only while the service runs: check says so and checks the rest."""
+    ns, _ = installed
+    ns.path("/srv/netbootd/files/vmlinuz").write_bytes(b"kernel")
+    ns.path(f"/etc/netbootd/machines/{MAC}.toml").write_text('[boot]\nkernel = "vmlinuz"\n')
+    check = ["/opt/netbootd/bin/netbootd", "check", "--config", "/etc/netbootd/netbootd.toml"]
+    out = ns.run(*check, check=False)
+    assert out.returncode == 0 and "OK: 1 machine file" in out.stdout, out.stdout + out.stderr
+    for setting in ("http.signing_key_file", "ui.auth_file"):
+        assert f"{setting} /run/credentials/netbootd.service/" in out.stderr, out.stderr
+    # a kernel missing from files_root (/srv/netbootd/files, from the settings) is an error
+    ns.path("/srv/netbootd/files/vmlinuz").unlink()
+    out = ns.run(*check, check=False)
+    assert out.returncode == 1 and "vmlinuz" in out.stdout, out.stdout + out.stderr
+    # inside the service ($CREDENTIALS_DIRECTORY set), a missing credential is an error
+    out = ns.run("env", "CREDENTIALS_DIRECTORY=/run/credentials/netbootd.service", *check, check=False)
+    assert out.returncode == 1 and "signing.key does not exist" in out.stdout + out.stderr, out.stdout + out.stderr
+    ns.path(f"/etc/netbootd/machines/{MAC}.toml").unlink()
 
 
 def _dynamic_uid() -> int:
@@ -193,4 +214,5 @@ def test_execstart_as_the_units_dynamic_user(installed, tmp_path):
             raise
         notify.close()
         shutil.rmtree(notify_dir, ignore_errors=True)
+        shutil.rmtree(ns.path("/run/credentials"))  # systemd removes them when the service stops
     assert rc == 0, log.read_text()
