@@ -25,40 +25,17 @@ import yaml
 
 from tests.conftest import wait_for
 from tests.production import kubelet
+from tests.production.kustomize import K8S, KUBECTL, by_kind_name, kustomization_copy, pod_spec, render
 
 REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "deploy" / "kubernetes"
-KUBECTL = shutil.which("kubectl")
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl missing (apt-get install kubernetes-client)")
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    out = subprocess.run([str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-
-
-def kustomization_copy(tmp: Path) -> Path:
-    """deploy/kubernetes with the signing.key an operator makes before the first apply."""
-    copy = tmp / "kubernetes"
-    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("signing.key"))
-    (copy / "signing.key").write_bytes(os.urandom(32))
-    return copy
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
     copy = kustomization_copy(tmp_path_factory.mktemp("k8s"))
     return copy, render(copy)
-
-
-def by_kind_name(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
-
-
-def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return by_kind_name(objects)[("DaemonSet", "netbootd")]["spec"]["template"]["spec"]
 
 
 def test_render_without_signing_key_names_the_file(tmp_path):
