@@ -52,7 +52,13 @@ def installed() -> Iterator[tuple[Namespace, str]]:
     base = Path(tempfile.mkdtemp(prefix="netbootd-systemd-"))
     ns = Namespace(base, OVERLAID)
     try:
-        out = ns.run("bash", str(REPO / "deploy/systemd/install.sh"), cwd=REPO, net=False)
+        # a copy of the sources (what the Containerfile copies too): pip builds in the tree it is given,
+        # and two test workers must not build in the same one
+        source = base / "src"
+        shutil.copytree(REPO / "netbootd", source / "netbootd", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("setup.cfg", "pyproject.toml", "README.md"):
+            shutil.copy(REPO / name, source / name)
+        out = ns.run("bash", str(REPO / "deploy/systemd/install.sh"), str(source), cwd=REPO, net=False)
         yield ns, out.stdout
     finally:
         ns.close()
