@@ -39,7 +39,10 @@ fail() { echo "install.sh: $*" >&2; exit 1; }
 echo "== venv $root$venv: pip install $source"
 # An existing venv is kept and netbootd upgraded in it, unless another interpreter made it (another
 # python3, or Debian's of an older release): a venv works only with the one that made it.
-made_by=$(sed -n 's/^home = //p; s/^version[_a-z]* = \([0-9]*\.[0-9]*\).*/\1/p' "$root$venv/pyvenv.cfg" 2>/dev/null | paste -sd' ')
+made_by=
+if [ -f "$root$venv/pyvenv.cfg" ]; then
+    made_by=$(sed -n 's/^home = //p; s/^version[_a-z]* = \([0-9]*\.[0-9]*\).*/\1/p' "$root$venv/pyvenv.cfg" | paste -sd' ')
+fi
 if [ "$made_by" != "$(dirname "$python") $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ]; then
     "$python" -m venv --clear "$root$venv"
 fi
