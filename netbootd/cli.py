@@ -14,6 +14,7 @@ from netbootd.config.discover import NoConfig, find_settings
 from netbootd.config.errors import ConfigInvalid
 from netbootd.config.machines import machine_count
 from netbootd.config.machinesdir import load_machines
+from netbootd.config.preflight import unit_credentials_absent
 from netbootd.config.settings import Settings
 from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_ALIASES, FIRMWARES, add_firmware_option
@@ -47,6 +48,9 @@ def cmd_check(args) -> int:
             print(err)
         print(f"{len(exc.errors)} error(s) in the settings file", file=sys.stderr)
         return 1
+    for setting, path in unit_credentials_absent(settings):
+        print(f"netbootd check: {setting} {path} not read: a systemd credential (LoadCredential=), there only while "
+              f"{path.parent.name} runs", file=sys.stderr)
     result = load_machines(settings)
     for err in result.errors:
         print(err)

@@ -4,10 +4,16 @@ dashboard is on) and state.password_file (the state database's password, when st
 `netbootd check` and every settings load see their errors through preflight(); the daemon's start
 reads what it uses through signing_key(), ui_credentials() and state_password(), with the same
 words. What makes each file fit is its owner's (netbootd.core.signing, netbootd.ui.auth,
-netbootd.state.password), all reading through netbootd.secretfile."""
+netbootd.state.password), all reading through netbootd.secretfile.
+
+A file under /run/credentials/UNIT/ is a systemd credential (LoadCredential=): systemd makes it for the
+service's run only. Outside that service (no $CREDENTIALS_DIRECTORY) and while that directory is
+absent, it is not read here, so `netbootd check` of the service's settings works before its first
+start (unit_credentials_absent names them); the daemon's own start still reads it, and fails."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,6 +24,7 @@ from netbootd.config.settings import Settings
 if TYPE_CHECKING:
     from netbootd.ui.auth import Credentials
 
+SYSTEMD_CREDENTIALS = Path("/run/credentials")
 SIGNING_KEY_FILE = "http.signing_key_file"
 AUTH_FILE = "ui.auth_file"
 STATE_PASSWORD_FILE = "state.password_file"  # noqa: S105 - a setting's name
@@ -73,17 +80,34 @@ def _read(setting: str, path: Path | None, read: Callable[[Path], T], error: typ
         raise SecretFileError(setting, str(exc), f"{setting}: {exc}" if named_at_start else str(exc)) from None
 
 
+def _in_use(settings: Settings) -> list[tuple[str, Path, Callable[[Settings], object]]]:
+    """(setting, path, reader) of each secret file `settings` use: ui.auth_file only with a
+    dashboard, state.password_file only with a state.url."""
+    used: list[tuple[str, Path | None, Callable[[Settings], object]]] = [
+        (SIGNING_KEY_FILE, settings.http.signing_key_file, signing_key),
+        (AUTH_FILE, settings.ui.auth_file if settings.ui.listen else None, ui_credentials),
+        (STATE_PASSWORD_FILE, settings.state.password_file if settings.state.url else None, state_password),
+    ]
+    return [(setting, path, read) for setting, path, read in used if path is not None]
+
+
+def _absent_unit_credential(path: Path) -> bool:
+    if "CREDENTIALS_DIRECTORY" in os.environ or path.parent.parent != SYSTEMD_CREDENTIALS:
+        return False
+    return not path.parent.exists()
+
+
+def unit_credentials_absent(settings: Settings) -> list[tuple[str, Path]]:
+    """(setting, path) of each secret file that is the credential of a systemd service not running
+    (not read by preflight)."""
+    return [(setting, path) for setting, path, _ in _in_use(settings) if _absent_unit_credential(path)]
+
+
 def preflight(settings: Settings, locate: Callable[[str], int] | None = None) -> list[ConfigError]:
     """Every secret file `settings` name that cannot be used, as errors of the settings file
     (`locate`: a setting's line in it; without it, line 0). ui.auth_file counts only with a dashboard,
-    state.password_file only with a state.url."""
-    readers: list[Callable[[Settings], object]] = []
-    if settings.http.signing_key_file is not None:
-        readers.append(signing_key)
-    if settings.ui.listen and settings.ui.auth_file is not None:
-        readers.append(ui_credentials)
-    if settings.state.url and settings.state.password_file is not None:
-        readers.append(state_password)
+    state.password_file only with a state.url; a systemd service's credential only where it exists."""
+    readers = [read for _, path, read in _in_use(settings) if not _absent_unit_credential(path)]
     errors = []
     for read in readers:
         try:

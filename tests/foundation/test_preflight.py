@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from netbootd.config.errors import ConfigInvalid
-from netbootd.config.preflight import SecretFileError, preflight, signing_key, ui_credentials
+from netbootd.config.preflight import SecretFileError, preflight, signing_key, ui_credentials, unit_credentials_absent
 from netbootd.config.settings import HttpSettings, Settings, UiSettings
 from netbootd.config.settingsfile import load_settings
 
@@ -80,3 +80,24 @@ def test_load_settings_reports_them_with_the_line_and_skips_them_when_asked(tmp_
     assert (error.file, error.line, error.key) == (config, 4, "http.signing_key_file")
     assert error.message.startswith(f"signing key file {key} holds 5 bytes; a key needs at least 32 random bytes")
     assert load_settings(config, signing_key=False).http.signing_key_file == key
+
+
+def test_credentials_of_a_systemd_service_not_running_are_left_to_its_start(tmp_path, monkeypatch):
+    """/run/credentials/UNIT/ exists only while UNIT runs (LoadCredential=): outside it, check reads
+    the rest and names what it left; inside a service ($CREDENTIALS_DIRECTORY), missing is an error."""
+    unit = Path("/run/credentials/netbootd-preflight-test.service")
+    assert not unit.exists()
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    s = settings(tmp_path, unit / "signing.key", unit / "ui-auth")
+    assert preflight(s) == []
+    assert unit_credentials_absent(s) == [("http.signing_key_file", unit / "signing.key"),
+                                          ("ui.auth_file", unit / "ui-auth")]
+    with pytest.raises(SecretFileError, match="does not exist"):
+        signing_key(s)  # the daemon's start still reads it
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(unit))
+    assert [e.key for e in preflight(s)] == ["http.signing_key_file", "ui.auth_file"]
+    assert unit_credentials_absent(s) == []
+    # a file of another place under /run is read as always
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert [e.key for e in preflight(settings(tmp_path, Path("/run/netbootd-nosuch.key"), None))] == [
+        "http.signing_key_file"]

@@ -27,7 +27,7 @@ def _unit_with_real_binary(tmp_path: Path) -> Path:
     (verify insists that the binary exists)."""
     binary = Path(sys.executable).parent / "netbootd"
     assert binary.exists(), "netbootd console script not installed (pip install -e .)"
-    text = UNIT.read_text().replace("/usr/local/bin/netbootd", str(binary))
+    text = UNIT.read_text().replace("/opt/netbootd/bin/netbootd", str(binary))
     out = tmp_path / "netbootd.service"
     out.write_text(text)
     return out
@@ -140,5 +140,7 @@ def test_daemonset_shape():
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert "subPath" not in mounts["machines"], "subPath mounts never see ConfigMap updates"
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["machines"]["configMap"]["name"] == "netbootd-machines"
+    sources = [s["configMap"]["name"] for s in volumes["machines"]["projected"]["sources"]]
+    assert sources == ["netbootd-machines", "netbootd-profiles", "netbootd-ignition"]
+    assert volumes["signing-key"]["secret"]["defaultMode"] == 0o400
     assert "hostPath" in volumes["cache"] or "emptyDir" in volumes["cache"]

@@ -183,7 +183,10 @@ def test_kubernetes_daemonset_mounts_the_key_where_the_settings_expect_it():
     assert "subPath" not in mounts["signing-key"]
     secret = volumes["signing-key"]["secret"]
     assert secret["defaultMode"] == 0o400  # netbootd refuses the default 0644
-    assert secret["secretName"] == "netbootd-signing-key" and secret["optional"] is True
+    # made in the same apply (secretGenerator), so the pods need not start without it
+    assert secret["secretName"] == "netbootd-signing-key" and not secret.get("optional", False)
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert {"name": "netbootd-signing-key", "files": ["signing.key"]} in kustomization["secretGenerator"]
 
 
 def test_explain_needs_no_key(daemon_factory):
