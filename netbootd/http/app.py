@@ -325,6 +325,16 @@ class BootApp:
 
         return d.addCallbacks(serve, failed)
 
+    @app.route("/host/<path:name>", methods=["GET"])
+    def host_files(self, request, name: str):
+        try:
+            path = self.core.host_path(name)
+        except core_files.AccessDenied as exc:
+            raise HttpError(403, f"refused: {exc}") from None
+        except core_files.FileNotFound:
+            raise HttpError(404, f"no machine file names /{name}") from None
+        return FileResource(path)
+
     @app.route("/boot/<path:name>", methods=["GET"])
     def binaries(self, request, name: str):
         try:
@@ -400,10 +410,10 @@ class BootApp:
         return generate_latest()
 
 
-_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines",
-           "lifecycle", "uki"}
-_TRANSFER_ROUTES = {"files", "boot", "image", "httpboot", "uki"}  # downloads that go into the boot timeline
-_MISSING_ROUTES = frozenset({"files", "boot"})  # a 404 here is a file a machine wanted and did not get
+_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "host", "boot", "beacon", "healthz", "metrics", "image",
+           "machines", "lifecycle", "uki"}
+_TRANSFER_ROUTES = {"files", "host", "boot", "image", "httpboot", "uki"}  # downloads that go into the boot timeline
+_MISSING_ROUTES = frozenset({"files", "host", "boot"})  # a 404 here is a file a machine wanted and did not get
 MISSING_CLIENTS = 4096  # clients whose "file not found" lines are rate-limited apart
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
 _route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes
