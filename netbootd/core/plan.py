@@ -149,9 +149,10 @@ def files_for(machine: Machine, arch: Arch, layers: frozenset[str] | None) -> di
 
 
 def download_names(machine: Machine) -> dict[str, dict[str, str]]:
-    """What each file a machine may fetch from /files is, by its files_root path: its role in the
-    plan ({"role": "kernel"}, "initrd", "efi") for any architecture (a host file: by its absolute path), else the file its command line
-    (or script, or chain) names with `file("...")` ({"file": "d-i/preseed.cfg"}). The timeline
+    """What each file a machine may fetch from /files (or /host) is, by its files_root path (or
+    absolute host path): its role in the plan ({"role": "kernel"}, "initrd", "efi") for any
+    architecture, else the file its command line (or script, or chain) names with `file("...")`
+    ({"file": "d-i/preseed.cfg"}). The timeline
     files a download with this, so it reads as what was fetched, not as the n-th download."""
     names: dict[str, dict[str, str]] = {}
     boot = machine.boot
