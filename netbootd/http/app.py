@@ -370,9 +370,15 @@ class BootApp:
     @app.route("/machines/<ident>", methods=["GET"])
     def machine(self, request, ident: str):
         entry = self.timeline.machine(ident)
+        try:
+            downloads = self._downloads_of(normalize_mac(ident))
+        except ValueError:
+            downloads = []
+        if entry is None and downloads:  # a download that has no event yet (one is filed when it ends)
+            entry = {"mac": normalize_mac(ident), "events": []}
         if entry is None:
             raise HttpError(404, f"netbootd has seen nothing of {ident}")
-        return _json(request, {**entry, "downloads": self._downloads_of(entry["mac"])})
+        return _json(request, {**entry, "downloads": downloads})
 
     def _downloads_of(self, mac: str) -> list[dict[str, Any]]:
         """The machine's downloads still running: path, bytes sent, size, seconds so far (what

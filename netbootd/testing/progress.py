@@ -27,19 +27,20 @@ def megabytes(n: float) -> str:
 
 
 def running_line(download: dict[str, Any]) -> str:
-    """'initrd.gz  12.0/40.8 MB  (29%)  35.2 Mbit/s' for a download still running."""
+    """'initrd.gz  12.0/40.8 MB  (29%)  35.2 MB/s' for a download still running."""
     sent, total, seconds = download.get("sent") or 0, download.get("total"), download.get("seconds") or 0.0
     size = f"{megabytes(sent)}/{megabytes(total)} MB  ({100 * sent / total:.0f}%)" if total else f"{megabytes(sent)} MB"
-    rate = f"  {sent * 8 / seconds / 1e6:.1f} Mbit/s" if seconds > 0 else ""
+    rate = f"  {sent / seconds / 1e6:.1f} MB/s" if seconds > 0 else ""
     return f"{file_name(str(download.get('path', '')))}  {size}{rate}"
 
 
 def done_line(event: dict[str, Any]) -> str:
-    """'initrd.gz  40.8 MB in 1.09 s (37.4 Mbit/s)' for a finished download (a timeline event)."""
+    """'initrd.gz  40.8 MB in 1.09 s (37.4 MB/s)' for a finished download (a timeline event, whose
+    `mbps` is megabytes a second)."""
     size = event.get("bytes") or 0
     seconds = event.get("seconds")
     took = f" in {seconds:.2f} s" if isinstance(seconds, (int, float)) else ""
-    rate = f" ({event['mbps']} Mbit/s)" if event.get("mbps") is not None else ""
+    rate = f" ({event['mbps']} MB/s)" if event.get("mbps") is not None else ""
     return f"{file_name(str(event.get('path', '')))}  {megabytes(size)} MB{took}{rate}"
 
 
