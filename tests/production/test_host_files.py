@@ -69,3 +69,18 @@ def test_a_reload_that_drops_the_machine_stops_serving_its_files(daemon, host_di
     assert daemon.get(f"/host{host_dir}/linux").status_code == 200
     (daemon.machines / f"{DASHED}.toml").write_text("[boot]\nlocal = true\n")
     wait_for(lambda: daemon.get(f"/host{host_dir}/linux").status_code == 404, timeout=15, interval=0.2)
+
+
+def test_a_grub_machine_gets_its_host_files_over_tftp(daemon_factory, host_dir, tmp_path):
+    """GRUB has no HTTP: the GRUB loader opens the host files its plan names, over TFTP."""
+    import tftpy
+
+    d = daemon_factory(tftp=True)
+    (d.machines / f"{DASHED}.toml").write_text(
+        f'loader = "grub"\n[boot]\nkernel = "{host_dir}/linux"\ninitrds = ["{host_dir}/initrd.gz"]\n'
+        'cmdline = "console=ttyS0"\n')
+    d.start()
+    client = tftpy.TftpClient("127.0.0.1", d.tftp_port, options={"blksize": 1024})
+    for name, body in (("kernel", b"K" * 5000), ("initrd0", b"I" * 7000)):
+        client.download(f"/grub/m/{DASHED}/x86_64/{name}", str(tmp_path / name), timeout=10)
+        assert (tmp_path / name).read_bytes() == body
