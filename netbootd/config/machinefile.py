@@ -469,6 +469,9 @@ class MachineParser:
             self.errors.append(src.file.error(where, f"unsupported URL scheme in {value!r}; use http(s)://"))
             return ""
         found = self._local(value)
+        if ".." in value.split("/"):
+            self.errors.append(src.file.error(where, f"{value!r}: '..' is not allowed in a file location"))
+            return ""
         if found is None:
             why = (hostfiles.missing(value) if value.startswith("/")
                    else f"{value!r} is not a URL and not a file under {self.settings.files_root}")
