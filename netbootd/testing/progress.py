@@ -26,6 +26,11 @@ def megabytes(n: float) -> str:
     return f"{n / 1e6:.1f}"
 
 
+def size(n: float) -> str:
+    """A finished download's size: MB, or kB for a small file (a preseed, a cloud-config)."""
+    return f"{megabytes(n)} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def running_line(download: dict[str, Any]) -> str:
     """'initrd.gz  12.0/40.8 MB  (29%)  35.2 MB/s' for a download still running."""
     sent, total, seconds = download.get("sent") or 0, download.get("total"), download.get("seconds") or 0.0
@@ -37,11 +42,10 @@ def running_line(download: dict[str, Any]) -> str:
 def done_line(event: dict[str, Any]) -> str:
     """'initrd.gz  40.8 MB in 1.09 s (37.4 MB/s)' for a finished download (a timeline event, whose
     `mbps` is megabytes a second)."""
-    size = event.get("bytes") or 0
     seconds = event.get("seconds")
     took = f" in {seconds:.2f} s" if isinstance(seconds, (int, float)) else ""
     rate = f" ({event['mbps']} MB/s)" if event.get("mbps") is not None else ""
-    return f"{file_name(str(event.get('path', '')))}  {megabytes(size)} MB{took}{rate}"
+    return f"{file_name(str(event.get('path', '')))}  {size(event.get('bytes') or 0)}{took}{rate}"
 
 
 class ProgressLines:

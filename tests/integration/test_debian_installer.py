@@ -140,19 +140,3 @@ def test_progress_of_a_large_download_through_the_lab(lab):
     (done,) = [e for e in events if e.get("bytes") == size]
     assert progress.done_line(done).startswith("layer.img  40.0 MB in "), done
 
-
-def test_progress_lines_say_size_share_and_rate():
-    """The formatter alone (the lab test above shows it on a real download)."""
-    running = {"path": "/host/usr/lib/x/initrd.gz", "sent": 12_000_000, "total": 32_100_000, "seconds": 2.0}
-    assert progress.running_line(running) == "initrd.gz  12.0/32.1 MB  (37%)  6.0 MB/s"
-    assert progress.running_line({**running, "total": None}) == "initrd.gz  12.0 MB  6.0 MB/s"
-    layer = {"path": "/image?imageName=ghcr.io/org/os&layerName=application/vnd.ironcore.image.squashfs",
-             "bytes": 45_000_000, "seconds": 1.5, "mbps": 30.0}
-    assert progress.done_line(layer) == "squashfs  45.0 MB in 1.50 s (30.0 MB/s)"
-    said: list[str] = []
-    now = [0.0]
-    lines = progress.ProgressLines(said.append, clock=lambda: now[0])
-    for t in (0.0, 0.5, 1.0, 1.5, 3.0, 3.5):
-        now[0] = t
-        lines.update([{**running, "seconds": t}])
-    assert len(said) == 2  # not before a second has passed, then every two seconds
