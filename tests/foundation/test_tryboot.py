@@ -1,5 +1,5 @@
 """`netbootd try`'s first line, before any lab: what the configuration offers the machine, with the
-URLs the lab's netbootd will serve (its HTTP port, not the configuration's)."""
+URLs the lab's netbootd will serve (its HTTP port, not the configuration's); and its download lines."""
 
 from __future__ import annotations
 
