@@ -375,7 +375,7 @@ class BootApp:
         except ValueError:
             downloads = []
         if entry is None and downloads:  # a download that has no event yet (one is filed when it ends)
-            entry = {"mac": normalize_mac(ident), "events": []}
+            entry = {"mac": normalize_mac(ident), "ip": "", "stage": "", "last_seen": None, "events": []}
         if entry is None:
             raise HttpError(404, f"netbootd has seen nothing of {ident}")
         return _json(request, {**entry, "downloads": downloads})
