@@ -90,13 +90,12 @@ def test_try_names_the_package_when_the_installer_is_missing(tmp_path):
     assert (f"52-54-00-00-00-08.toml:2: boot.kernel: {images}/linux does not exist on this host: install "
             "debian-installer-99-netboot-amd64 (apt-get install debian-installer-99-netboot-amd64)") in check.stdout
     need("bios")
-    started = time.monotonic()
     tried = subprocess.run([sys.executable, "-m", "netbootd", "try", INSTALLER, "--config", str(conf), "--firmware",
                             "bios"], capture_output=True, text=True, timeout=120, env=this_checkout())
     assert tried.returncode == 1, tried.stdout + tried.stderr
     assert "netbootd would not answer 52:54:00:00:00:08: held: " in tried.stderr, tried.stderr
+    # refused before any lab or QEMU (no "==>" stage lines), not a boot that waits for its timeout
     assert "install debian-installer-99-netboot-amd64" in tried.stderr and "==>" not in tried.stdout, tried.stdout
-    assert time.monotonic() - started < 120  # refused, not a boot that hangs until its timeout
 
 
 def test_progress_of_a_large_download_through_the_lab(lab):
