@@ -84,3 +84,25 @@ def test_a_grub_machine_gets_its_host_files_over_tftp(daemon_factory, host_dir, 
     for name, body in (("kernel", b"K" * 5000), ("initrd0", b"I" * 7000)):
         client.download(f"/grub/m/{DASHED}/x86_64/{name}", str(tmp_path / name), timeout=10)
         assert (tmp_path / name).read_bytes() == body
+
+
+def test_an_assembled_uki_takes_its_kernel_and_initrd_from_the_host_paths(daemon_factory, tmp_path):
+    """loader = "uki" (UEFI HTTP boot without iPXE): the UKI is built of the host files the machine names."""
+    import os
+
+    from tests.foundation.test_uki import X86_STUB, need_stub, sections
+
+    need_stub(X86_STUB)
+    kernel, initrd = b"MZ" + os.urandom(100_000), os.urandom(20_000)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "linux").write_bytes(kernel)
+    (tmp_path / "pkg" / "initrd.gz").write_bytes(initrd)
+    d = daemon_factory()
+    (d.machines / f"{DASHED}.toml").write_text(
+        f'loader = "uki"\n[boot]\nkernel = "{tmp_path}/pkg/linux"\ninitrds = ["{tmp_path}/pkg/initrd.gz"]\n'
+        'cmdline = "console=ttyS0"\n')
+    d.start()
+    got = httpx.get(f"{d.url}/uki/{DASHED}/efi64.efi", timeout=30)
+    assert got.status_code == 200, got.text
+    found = sections(got.content)
+    assert found[".linux"] == kernel and found[".initrd"] == initrd
