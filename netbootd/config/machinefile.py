@@ -6,12 +6,14 @@ its file, line and key, never a surprise at boot time."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from netbootd.config import hostfiles
 from netbootd.config.errors import ConfigError
 from netbootd.config.machines import (
     KIND_KEYS,
@@ -281,10 +283,12 @@ class MachineParser:
                     self.errors.append(src.file.error(where, f"{exc} (a file location may use only arch and buildarch)"))
                     return None
                 rendered.append(text.strip())
-            missing = [r for r in rendered if r and "://" not in r and not self._file_exists(r)]
+            local = {r: self._local(r) for r in rendered if r and "://" not in r}
+            missing = [r for r, found in local.items() if found is None]
             if missing:
                 tried.append(f"{candidate.value}: {', '.join(missing)} missing")
                 continue
+            rendered = [local.get(r) or r for r in rendered]
             found[candidate.value] = BootFiles(rendered[0], tuple(rendered[1:-1]), rendered[-1])
         if len(self.errors) != errors_before:
             return None
@@ -294,10 +298,6 @@ class MachineParser:
                                                      f"{self.settings.files_root} ({'; '.join(tried)})"))
             return None
         return attrs.evolve(boot, by_arch=found)
-
-    def _file_exists(self, rel: str) -> bool:
-        parts = rel.lstrip("/").split("/")
-        return ".." not in parts and (self.settings.files_root / rel.lstrip("/")).is_file()
 
     def _loader(self, layers: list[_Source], secure_boot: bool, boot: Boot | None) -> str:
         """The machine's loader (netbootd.core.loaders); secure_boot implies a signed one."""
@@ -449,7 +449,8 @@ class MachineParser:
             return None
 
     def _location(self, value: Any, src: _Source, where: str, check: bool = True) -> str:
-        """A URL, or a path that must exist under the files root. A location with {{ arch }} or
+        """A URL, a path that must exist under the files root, or an absolute path of a file on this
+        host. A location with {{ arch }} or
         {{ buildarch }} is checked per architecture by _by_arch, once the machine's arch is known."""
         if not isinstance(value, str) or not value.strip():
             self.errors.append(src.file.error(where, "expected a URL or a path under the files root"))
@@ -467,15 +468,30 @@ class MachineParser:
         if "://" in value:
             self.errors.append(src.file.error(where, f"unsupported URL scheme in {value!r}; use http(s)://"))
             return ""
-        rel = value.lstrip("/")
-        parts = rel.split("/")
-        target = self.settings.files_root / rel
-        if ".." in parts or not target.is_file():
-            self.errors.append(
-                src.file.error(where, f"{value!r} is not a URL and not a file under {self.settings.files_root}")
-            )
+        found = self._local(value)
+        if ".." in value.split("/"):
+            self.errors.append(src.file.error(where, f"{value!r}: '..' is not allowed in a file location"))
             return ""
-        return rel
+        if found is None:
+            why = (hostfiles.missing(value) if value.startswith("/")
+                   else f"{value!r} is not a URL and not a file under {self.settings.files_root}")
+            self.errors.append(src.file.error(where, why))
+            return ""
+        return found
+
+    def _local(self, value: str) -> str | None:
+        """A location that is not a URL, as the plan keeps it: a path under the files root
+        (relative), else an absolute path of a regular file on this host (served at /host, only
+        because a machine file names it); None if it is neither. A leading / that names a file
+        under the files root keeps meaning that file, as it always did."""
+        rel = value.lstrip("/")
+        if ".." in rel.split("/"):
+            return None
+        if (self.settings.files_root / rel).is_file():
+            return rel
+        if value.startswith("/") and Path(value).is_file():
+            return os.path.normpath(value)
+        return None
 
     def _image(self, value: Any, src: _Source, where: str):
         if not isinstance(value, str):

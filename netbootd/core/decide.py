@@ -38,7 +38,7 @@ from netbootd.core.lifecycle import (
 )
 from netbootd.core.loaders import Fetch, Loader, Rendering, make_loaders
 from netbootd.core.loaders.ipxe import chain_stub
-from netbootd.core.plan import BootPlan, PlanBook, download_names, layer_role
+from netbootd.core.plan import BootPlan, PlanBook, download_names, host_files, layer_role
 from netbootd.core.signing import UrlSigner
 from netbootd.core.timeline import Timeline
 from netbootd.model import Arch, Client, Firmware, Offer, OfferKind, normalize_mac
@@ -65,11 +65,13 @@ class BootCore:
         self.states.on_change(self._state_changed)  # this node's transitions and other nodes' alike
         self.plans = PlanBook(self.loaders, self._layers_of, lambda: self.states.status().reason)
         self._downloads: dict[int, tuple[Machine, dict[str, dict[str, str]]]] = {}  # id(machine) → names
+        self._host_files: tuple[Catalog, frozenset[str]] | None = None  # what /host serves, per catalog
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix
         self.plans.forget()
         self._downloads = {}
+        self._host_files = None
 
     def image_resolved(self, ref: str, oci_arch: str, kinds: frozenset[str]) -> None:
         """The service learned (in the background, off the reactor) which boot layers an image has."""
@@ -276,6 +278,12 @@ class BootCore:
     def file_path(self, rel: str) -> Path:
         return files.resolve_under(self.settings.files_root, rel)
 
+    def host_path(self, name: str) -> Path:
+        catalog = self.catalog
+        if self._host_files is None or self._host_files[0] is not catalog:
+            self._host_files = (catalog, host_files(catalog.files.values()))
+        return files.host_file(name, self._host_files[1])
+
     def download(self, mac: str | None, uri: str) -> dict[str, str]:
         """What a download (`uri`: path and query) is for the machine `mac`: {"role": ...} for an
         artefact of its plan (kernel, initrd, efi; an image layer: also squashfs), {"file": ...}
@@ -287,7 +295,7 @@ class BootCore:
             return {"role": role} if role else {}
         if path.startswith(("/httpboot/", "/uki/")) and path.endswith(".efi"):
             return {"role": "efi"}  # an image's UKI layer, or the UKI netbootd assembled
-        if not path.startswith("/files/") or mac is None:
+        if not path.startswith(("/files/", "/host/")) or mac is None:
             return {}
         machine = self.find(mac, None)
         if machine is None:
@@ -295,7 +303,8 @@ class BootCore:
         hit = self._downloads.get(id(machine))
         if hit is None or hit[0] is not machine:
             hit = self._downloads[id(machine)] = (machine, download_names(machine))
-        return hit[1].get(unquote(path[len("/files/"):]), {})
+        name = unquote(path[len("/files/"):] if path.startswith("/files/") else path[len("/host"):])
+        return hit[1].get(name, {})
 
     def uki(self, mac: str, arch: Arch, host: str) -> Deferred:
         """The UKI assembled of the machine's kernel, initrds and command line for UEFI HTTP boot

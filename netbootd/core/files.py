@@ -2,6 +2,7 @@
 
 Shared by TFTP and HTTP `/files`: whatever a client sends, the result is a regular file
 inside one of the roots, or an error. Symlinks are allowed only when they stay inside the root.
+HTTP `/host` serves exactly the host paths machine files name (`host_file`), nothing else.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 
@@ -114,6 +116,42 @@ def open_under(root: Path, name: str):
         raise FileNotFound(name) from None
     except OSError:
         raise AccessDenied(name) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AccessDenied("not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def host_file(name: str, named: Collection[str]) -> Path:
+    """The regular file a client asks for as `name` under /host: a file a machine file names by
+    its absolute path on this host (a distribution's installer kernel, say). Only the paths the
+    operator wrote (`named`) are served; the client picks among them and never names a path of its
+    own, so nothing it sends reads outside the roots and those files."""
+    path = "/" + clean_name(name)
+    if path not in named:
+        raise FileNotFound(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise FileNotFound(path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AccessDenied("not a regular file")
+    return Path(path)
+
+
+def open_host(path: str):
+    """Open a file the plan names by its absolute host path (operator-written, never a client's
+    name), for binary reading: regular files only, and never blocking on a FIFO swapped in."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFound(path) from None
+    except OSError:
+        raise AccessDenied(path) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise AccessDenied("not a regular file")

@@ -107,6 +107,11 @@ class HttpCore(Protocol):
         """A file under files_root, resolved safely; raises FileError."""
         ...
 
+    def host_path(self, name: str) -> Any:
+        """A file a machine file names by its absolute path on this host (/host/<path>), and only
+        such a file; raises FileError."""
+        ...
+
     def binary_path(self, name: str) -> Any:
         """A loader binary served over HTTP (/boot/<name>); raises FileError."""
         ...

@@ -13,7 +13,7 @@ catalog generation (and per image-layer change), so a DHCP decision stays a dict
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import attrs
@@ -24,7 +24,9 @@ from netbootd.core import urls
 from netbootd.imageref import ImageRef
 from netbootd.model import Arch, Firmware
 
-FILE, URL, LAYER = "file", "url", "layer"  # where an artefact comes from
+# Where an artefact comes from: a file under files_root, a file a machine file names by its absolute
+# path on this host (served at /host), a URL, an OCI image layer.
+FILE, HOST, URL, LAYER = "file", "host", "url", "layer"
 
 
 @attrs.frozen
@@ -32,7 +34,7 @@ class Artefact:
     """One boot file and its source. `role`: kernel, initrd, efi (an EFI binary or UKI), squashfs."""
 
     role: str
-    source: str  # FILE (files_root-relative path), URL, LAYER (an OCI image layer)
+    source: str  # FILE (files_root-relative path), HOST (absolute path), URL, LAYER (an OCI image layer)
     location: str = ""  # the path or URL; "" for a layer
     image: ImageRef | None = None
     media_type: str = ""
@@ -50,7 +52,7 @@ class Artefact:
 
 
 def _located(role: str, location: str) -> Artefact:
-    return Artefact(role, URL if "://" in location else FILE, location)
+    return Artefact(role, URL if "://" in location else HOST if location.startswith("/") else FILE, location)
 
 
 def _layer(role: str, image: ImageRef, media_type: str, arch: Arch) -> Artefact:
@@ -147,9 +149,10 @@ def files_for(machine: Machine, arch: Arch, layers: frozenset[str] | None) -> di
 
 
 def download_names(machine: Machine) -> dict[str, dict[str, str]]:
-    """What each file a machine may fetch from /files is, by its files_root path: its role in the
-    plan ({"role": "kernel"}, "initrd", "efi") for any architecture, else the file its command line
-    (or script, or chain) names with `file("...")` ({"file": "d-i/preseed.cfg"}). The timeline
+    """What each file a machine may fetch from /files (or /host) is, by its files_root path (or
+    absolute host path): its role in the plan ({"role": "kernel"}, "initrd", "efi") for any
+    architecture, else the file its command line (or script, or chain) names with `file("...")`
+    ({"file": "d-i/preseed.cfg"}). The timeline
     files a download with this, so it reads as what was fetched, not as the n-th download."""
     names: dict[str, dict[str, str]] = {}
     boot = machine.boot
@@ -165,8 +168,22 @@ def download_names(machine: Machine) -> dict[str, dict[str, str]]:
             located = [("kernel", found.kernel), *(("initrd", loc) for loc in found.initrds), ("efi", found.efi)]
             for role, loc in located:
                 if loc and "://" not in loc:
-                    names[loc.lstrip("/")] = {"role": role}
+                    names[loc] = {"role": role}  # relative: under files_root; absolute: a host file
     return names
+
+
+def host_files(machines: Iterable[Machine]) -> frozenset[str]:
+    """Every absolute host path the machines' files name as a kernel, initrd or EFI binary: all
+    that /host may serve."""
+    paths: set[str] = set()
+    for machine in machines:
+        boot = machine.boot
+        if boot.kind not in (BootKind.KERNEL, BootKind.EFI):
+            continue
+        for found in [boot.files(arch.value) for arch in Arch] if boot.per_arch else [boot.files("")]:
+            if found is not None:
+                paths.update(loc for loc in (found.kernel, *found.initrds, found.efi) if loc.startswith("/"))
+    return frozenset(paths)
 
 
 def layer_role(media_type: str) -> str:

@@ -57,9 +57,12 @@ def shown_path(settings: Settings, path: Path) -> str:
 
 
 def local_or_remote(settings: Settings, role: str, location: str) -> OfferedBinary:
-    """A boot location as the machine file gives it: a URL, or a path under files_root."""
+    """A boot location as the machine file gives it: a URL, a path under files_root, or an
+    absolute path on this host."""
     if "://" in location:
         return OfferedBinary(role, location, None)
+    if location.startswith("/"):
+        return OfferedBinary(role, location, Path(location))
     path = settings.files_root / location.lstrip("/")
     return OfferedBinary(role, shown_path(settings, path), path)
 

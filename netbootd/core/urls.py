@@ -100,8 +100,16 @@ def uki_url(base: str, mac: str, arch: str) -> str:
 
 
 def location_url(base: str, location: str) -> str:
-    """A config location: URLs pass through, paths under the files root become /files URLs."""
-    return location if "://" in location else file_url(base, location)
+    """A config location: URLs pass through, paths under the files root become /files URLs, and
+    absolute paths of files on this host /host URLs."""
+    if "://" in location:
+        return location
+    return host_url(base, location) if location.startswith("/") else file_url(base, location)
+
+
+def host_url(base: str, path: str) -> str:
+    """A file a machine file names by its absolute path on this host."""
+    return f"{base}/host{path}" if _UNRESERVED_PATH(path) else f"{base}/host{quote(path)}"
 
 
 def image_layer_url(base: str, ref: ImageRef, media_type: str, arch: str = "") -> str:

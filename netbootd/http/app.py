@@ -129,6 +129,8 @@ class BootApp:
     images: Any = None  # netbootd.images.proxy.ImageProxy: /image and /httpboot/<repo>/sha256-<hex>.efi
     # None: /metrics is served here; else why not (it moved to the management listener, ui.listen)
     metrics_elsewhere: str | None = None
+    # the downloads still running (request → start time), shared with the MetricsSite that keeps it
+    active: dict = attrs.field(factory=dict)
 
     app: ClassVar[Klein] = Klein()
 
@@ -325,6 +327,16 @@ class BootApp:
 
         return d.addCallbacks(serve, failed)
 
+    @app.route("/host/<path:name>", methods=["GET"])
+    def host_files(self, request, name: str):
+        try:
+            path = self.core.host_path(name)
+        except core_files.AccessDenied as exc:
+            raise HttpError(403, f"refused: {exc}") from None
+        except core_files.FileNotFound:
+            raise HttpError(404, f"no machine file names /{name}") from None
+        return FileResource(path)
+
     @app.route("/boot/<path:name>", methods=["GET"])
     def binaries(self, request, name: str):
         try:
@@ -358,9 +370,30 @@ class BootApp:
     @app.route("/machines/<ident>", methods=["GET"])
     def machine(self, request, ident: str):
         entry = self.timeline.machine(ident)
+        try:
+            downloads = self._downloads_of(normalize_mac(ident))
+        except ValueError:
+            downloads = []
+        if entry is None and downloads:  # a download that has no event yet (one is filed when it ends)
+            entry = {"mac": normalize_mac(ident), "ip": "", "stage": "", "last_seen": None, "events": []}
         if entry is None:
             raise HttpError(404, f"netbootd has seen nothing of {ident}")
-        return _json(request, entry)
+        return _json(request, {**entry, "downloads": downloads})
+
+    def _downloads_of(self, mac: str) -> list[dict[str, Any]]:
+        """The machine's downloads still running: path, bytes sent, size, seconds so far (what
+        `netbootd try` shows as progress)."""
+        now = self.timeline.clock()
+        running = []
+        for request, started in list(self.active.items()):
+            path = request.path.decode("latin-1", "replace")
+            if (mac_in_path(path) or self.timeline.mac_for(request.getClientAddress().host)) != mac:
+                continue
+            length = (request.responseHeaders.getRawHeaders(b"content-length") or [b""])[0]
+            running.append({"path": path[:200], "sent": request.sentLength or 0,
+                            "total": int(length) if length.isdigit() else None,
+                            "seconds": round(max(now - started, 0.0), 3)})
+        return running
 
     # -------------------------------------------------------------- OCI image layers (netbootd.images)
 
@@ -400,10 +433,10 @@ class BootApp:
         return generate_latest()
 
 
-_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "healthz", "metrics", "image", "machines",
-           "lifecycle", "uki"}
-_TRANSFER_ROUTES = {"files", "boot", "image", "httpboot", "uki"}  # downloads that go into the boot timeline
-_MISSING_ROUTES = frozenset({"files", "boot"})  # a 404 here is a file a machine wanted and did not get
+_ROUTES = {"ipxe", "ignition", "httpboot", "booty", "files", "host", "boot", "beacon", "healthz", "metrics", "image",
+           "machines", "lifecycle", "uki"}
+_TRANSFER_ROUTES = {"files", "host", "boot", "image", "httpboot", "uki"}  # downloads that go into the boot timeline
+_MISSING_ROUTES = frozenset({"files", "host", "boot"})  # a 404 here is a file a machine wanted and did not get
 MISSING_CLIENTS = 4096  # clients whose "file not found" lines are rate-limited apart
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # downloads larger than this log their progress
 _route_counters: dict[tuple[str, int], tuple[Any, Any]] = {}  # bounded: _ROUTES (+ other) x status codes
@@ -416,11 +449,12 @@ class MetricsSite(server.Site):
     /boot), with a log line rate-limited per client. It knows which requests are still running
     (graceful shutdown waits for them; large ones log their progress)."""
 
-    def __init__(self, resource, timeline: Timeline | None = None, core: HttpCore | None = None, **kwargs) -> None:
+    def __init__(self, resource, timeline: Timeline | None = None, core: HttpCore | None = None,
+                 active: dict | None = None, **kwargs) -> None:
         super().__init__(resource, **kwargs)
         self.timeline = timeline
         self.core = core
-        self.active: dict = {}  # request -> start time
+        self.active: dict = active if active is not None else {}  # request -> start time
         self.missing_lines = RateLimiter(burst=5, period=60.0, clock=lambda: self.reactor.seconds())
 
     def getResourceFor(self, request):
@@ -513,8 +547,10 @@ class MetricsSite(server.Site):
 def make_site(core: HttpCore, timeline: Timeline, settings: HttpSettings, health: Callable[[], dict[str, Any]],
               images: Any = None, metrics_elsewhere: str | None = None) -> MetricsSite:
     """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this."""
-    app = BootApp(core, timeline, health, images, metrics_elsewhere)
-    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline, core=core)
+    active: dict = {}  # the downloads still running: the site keeps it, /machines/<mac> shows them
+    app = BootApp(core, timeline, health, images, metrics_elsewhere, active)
+    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline, core=core,
+                       active=active)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, settings, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

@@ -1,4 +1,4 @@
-"""The hot routes without Klein: /ipxe, /ipxe/<mac-or-uuid>, /files/<path>, /boot/<name>.
+"""The hot routes without Klein: /ipxe, /ipxe/<mac-or-uuid>, /files/<path>, /host/<path>, /boot/<name>.
 
 Every booting machine asks for these; Klein spends about a fifth of such a request binding a
 werkzeug URL map, matching it and running a chain of Deferreds (py-spy, bench/http_bench.py).
@@ -65,7 +65,7 @@ class HotRoutes(Resource):
         if head == b"ipxe":
             if count > 2:
                 return None
-        elif head not in (b"files", b"boot") or count < 2:
+        elif head not in (b"files", b"host", b"boot") or count < 2:
             return None
         if b"%" in request.path or any(segment in _DOT_SEGMENTS for segment in post):
             return None  # Klein's URL decoding and werkzeug's slash handling decide these
@@ -77,4 +77,5 @@ class HotRoutes(Resource):
                 return functools.partial(app.ipxe_stub_or_query, request)
             return functools.partial(app.ipxe_by_id, request, post[1].decode("utf-8"))
         rel = b"/".join(post[1:]).decode("utf-8")
-        return functools.partial(app.files if head == b"files" else app.binaries, request, rel)
+        serve = app.files if head == b"files" else app.host_files if head == b"host" else app.binaries
+        return functools.partial(serve, request, rel)

@@ -2,7 +2,7 @@
 
 - Each client IP gets `http.rate_limit` requests a second (token bucket, `http.rate_burst` at once);
   beyond that: 429 with `Retry-After` and a one-line reason (`netbootd_http_rate_limited_total`).
-- At most `http.max_transfers` downloads (/files, /boot, /image, /httpboot/...) run at once;
+- At most `http.max_transfers` downloads (/files, /host, /boot, /image, /httpboot/...) run at once;
   more wait their turn in a FIFO queue (`netbootd_http_queued_transfers`) for up to
   `http.queue_timeout` seconds, because firmware does not retry a refused download: a 503 to a
   booting machine is a failed boot. Beyond `http.max_queued` waiting, or after the timeout: 503
@@ -62,7 +62,7 @@ class HttpLimits:
         self,
         settings: HttpSettings,
         reactor: Any,
-        transfer_routes: Iterable[str] = ("files", "boot", "image", "httpboot"),
+        transfer_routes: Iterable[str] = ("files", "host", "boot", "image", "httpboot"),
     ) -> None:
         self.settings = settings
         self.reactor = reactor

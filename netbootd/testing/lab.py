@@ -564,25 +564,30 @@ class Lab:
              *, fail: str | None = None, disk: Disk | Path | str | None = None, memory: int | str | None = None,
              reboots: int = 0, follow_reboots: bool | None = None, qemu_args: Sequence[str] = (),
              on_event: Callable[[dict], None] | None = None, on_console: Callable[[str], None] | None = None,
-             on_power_on: Callable[[PowerOn], None] | None = None) -> BootResult:
+             on_power_on: Callable[[PowerOn], None] | None = None,
+             on_downloads: Callable[[list[dict]], None] | None = None) -> BootResult:
         """Power on one machine and wait for it: the result says whether `expect` (a regular
         expression on its console; default: the kernel started the initramfs' init) matched.
-        `disk`, `memory`, `reboots`, `follow_reboots`, `qemu_args`: see `launch`."""
+        `disk`, `memory`, `reboots`, `follow_reboots`, `qemu_args`: see `launch`; the callbacks:
+        `boot_many`."""
         return self.boot_many([(mac, firmware)], expect, timeout, fail=fail, disk=disk, memory=memory,
                               reboots=reboots, follow_reboots=follow_reboots, qemu_args=qemu_args,
-                              on_event=on_event, on_console=on_console, on_power_on=on_power_on)[0]
+                              on_event=on_event, on_console=on_console, on_power_on=on_power_on,
+                              on_downloads=on_downloads)[0]
 
     def boot_many(self, machines: Sequence[tuple[str, str]], expect: str | None = None, timeout: float | None = None,
                   *, fail: str | None = None, disk: Disk | Path | str | None = None, memory: int | str | None = None,
                   reboots: int = 0, follow_reboots: bool | None = None, qemu_args: Sequence[str] = (),
                   on_event: Callable[[dict], None] | None = None, on_console: Callable[[str], None] | None = None,
-                  on_power_on: Callable[[PowerOn], None] | None = None) -> list[BootResult]:
+                  on_power_on: Callable[[PowerOn], None] | None = None,
+                  on_downloads: Callable[[list[dict]], None] | None = None) -> list[BootResult]:
         """Power on machines at the same time (each its own (mac, firmware)) and wait for all.
         `disk` etc. apply to each (see `launch`): a size gives each machine a new disk of its own; an
         existing image can serve one machine only. `on_event` gets netbootd's timeline events as
         they happen (with "mac" and "power_on", its number, added), `on_console` each new piece of
         console output (one machine at a time: for a terminal), `on_power_on` each power-on after
-        the first as the lab sees it begin (a machine that follows its reboots)."""
+        the first as the lab sees it begin (a machine that follows its reboots), `on_downloads` a
+        machine's downloads still running (path, sent, total, seconds; with "mac"), at each poll."""
         if disk is not None and not (isinstance(disk, str) and SIZE.match(disk)) and len(machines) > 1:
             raise LabError(f"disk={disk}: one existing image cannot serve {len(machines)} machines (a size gives "
                            "each a disk of its own)")
@@ -612,7 +617,10 @@ class Lab:
                 power_ons = announce(boot) if boot.follow else []
                 if on_event is not None:
                     on_event({**event, "mac": boot.mac, "power_on": poweron.number_of(power_ons, event)})
-            watch = TimelineWatch(client, f"http://127.0.0.1:{self.http_port}", boot.mac, forward)
+            def downloads(running: list[dict], boot: Boot = boot) -> None:
+                if on_downloads is not None:
+                    on_downloads([{**d, "mac": boot.mac} for d in running])
+            watch = TimelineWatch(client, f"http://127.0.0.1:{self.http_port}", boot.mac, forward, downloads)
             boot.events = watch.events  # the power-ons are told apart with them
             watches.append(watch)
         offsets = [0] * len(boots)

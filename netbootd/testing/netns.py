@@ -296,10 +296,13 @@ class NetnsClient:
 
 
 class TimelineWatch:
-    """Polls one machine's /machines/<mac> and hands each new event to `on_event`."""
+    """Polls one machine's /machines/<mac> and hands each new event to `on_event` (and its
+    downloads still running to `on_downloads`)."""
 
-    def __init__(self, client: NetnsClient, base_url: str, mac: str, on_event: Callable[[dict], None]) -> None:
+    def __init__(self, client: NetnsClient, base_url: str, mac: str, on_event: Callable[[dict], None],
+                 on_downloads: Callable[[list[dict]], None] | None = None) -> None:
         self.client, self.url, self.on_event = client, f"{base_url}/machines/{mac}", on_event
+        self.on_downloads = on_downloads  # the machine's downloads still running, at each poll
         self.events: list[dict] = []
 
     def poll(self) -> None:
@@ -309,10 +312,13 @@ class TimelineWatch:
             return  # netbootd not up yet, or busy: the next poll catches up
         if r.status_code != 200:
             return
-        events = r.json().get("events", [])
+        doc = r.json()
+        events = doc.get("events", [])
         # the timeline keeps the last 64 events per machine: match the new ones by time and stage
         seen = {(e.get("time"), e.get("stage")) for e in self.events}
         for event in events:
             if (event.get("time"), event.get("stage")) not in seen:
                 self.events.append(event)
                 self.on_event(event)
+        if self.on_downloads is not None:
+            self.on_downloads(doc.get("downloads", []))

@@ -3,7 +3,8 @@
 Everything happens in a private lab (netbootd.testing.lab): a network namespace with a bridge, a
 tap, an address-only dnsmasq as the site's DHCP server and a private netbootd on the same
 configuration with its own state and cache. The console streams to the terminal, netbootd's
-timeline for the machine is printed as stages complete, and the exit status says whether it booted.
+timeline for the machine is printed as stages complete (a large download also while it runs:
+netbootd.testing.progress), and the exit status says whether it booted.
 
 Before QEMU starts, the configuration is asked what the machine would get: a held, ignored or
 unknown machine, or one whose kernel is a remote URL the isolated lab cannot reach, is reported
@@ -34,6 +35,7 @@ import attrs
 
 from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES, add_firmware_option
+from netbootd.testing import progress
 from netbootd.testing.firmware import FIRMWARES, firmware
 from netbootd.testing.results import DEFAULT_EXPECT, BootResult, PowerOn, describe, stage_names
 
@@ -94,6 +96,9 @@ def step(event: dict) -> str:
     refusal: said so, not as `answered=False reason=...`."""
     from netbootd.dhcp.answer import SITE_REQUEST
 
+    if event.get("bytes") and event.get("path"):  # a download: its size and time first
+        rest = {k: v for k, v in event.items() if k not in ("mac", "power_on", "bytes", "seconds", "mbps")}
+        return f"{progress.done_line(event)}  {describe(rest)}"
     if event.get("answered") is False and str(event.get("reason", "")).startswith(SITE_REQUEST):
         server = str(event["reason"]).removeprefix(SITE_REQUEST).strip(" ()").removeprefix("server id ")
         return (f"the firmware takes its address from the site's DHCP server ({server}): normal, that server's to "
@@ -110,6 +115,8 @@ class Printer:
         self.started = time.time()
         self.events: list[dict] = []  # the current power-on's
         self.power_on = 1
+        self.progress = progress.ProgressLines(lambda line: self.say(f"+{time.time() - self.started:6.2f} s  "
+                                                                     f"{'download':<9} {line}"))
 
     def console(self, text: str) -> None:
         if not self.quiet:
@@ -177,7 +184,8 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
             printer.say(_following(lab, disk, memory, reboots, expect))
         printer.started = time.time()
         result = lab.boot(mac, kind.name, expect, timeout, disk=disk, memory=memory, reboots=reboots,
-                          on_event=printer.event, on_console=printer.console, on_power_on=printer.powered_on)
+                          on_event=printer.event, on_console=printer.console, on_power_on=printer.powered_on,
+                          on_downloads=printer.progress.update)
     except LabError as exc:
         print(f"netbootd try: the lab could not be set up: {exc}", file=sys.stderr)
         return 2

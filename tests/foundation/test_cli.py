@@ -98,9 +98,9 @@ def test_every_command_finds_the_configuration_the_same_way(tmp_path):
     """--config takes netbootd.toml or its directory, for check, explain and serve alike."""
     directory = REPO / "etc" / "netbootd"
     for config in (str(EXAMPLE), str(directory)):
-        assert netbootd("check", "--config", config).stdout == "OK: 7 machine files + default\n"
+        assert netbootd("check", "--config", config).stdout == "OK: 8 machine files + default\n"
         assert "52-54-00-00-00-02.toml" in netbootd("explain", "52:54:00:00:00:02", "--config", config).stdout
-    assert netbootd("check", str(directory)).stdout == "OK: 7 machine files + default\n"  # positional, as before
+    assert netbootd("check", str(directory)).stdout == "OK: 8 machine files + default\n"  # positional, as before
     # serve --config DIR: a directory with netbootd.toml is what serve reads too (ports taken: it reaches binding)
     out = netbootd("serve", "--config", str(tmp_path / "nosuch"), check=False)
     assert out.returncode == 2 and "no such file or directory" in out.stderr and "--config takes" in out.stderr

@@ -84,7 +84,7 @@ def test_example_configuration_checks_clean():
         text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "OK: 7 machine files + default" in out.stdout
+    assert "OK: 8 machine files + default" in out.stdout
 
 
 def test_mac_file_names_any_case_colon_or_dash(conf):

@@ -1,10 +1,11 @@
 """`netbootd try`'s first line, before any lab: what the configuration offers the machine, with the
-URLs the lab's netbootd will serve (its HTTP port, not the configuration's)."""
+URLs the lab's netbootd will serve (its HTTP port, not the configuration's); and its download lines."""
 
 from __future__ import annotations
 
 import pytest
 
+from netbootd.testing import progress
 from netbootd.testing.lab import BOOT_IP, HTTP_PORT
 from netbootd.testing.tryboot import Refused, preflight
 
@@ -47,3 +48,22 @@ def test_the_site_servers_lease_is_a_normal_step():
     # a real refusal still reads as one
     refused = {**request, "reason": "held: machines/x.toml:1: broken"}
     assert "answered=False" in step(refused) and "held: " in step(refused)
+
+
+def test_progress_lines_say_size_share_and_rate():
+    """try's download lines (tests/integration/test_debian_installer.py shows them on a real download)."""
+    running = {"path": "/host/usr/lib/x/initrd.gz", "sent": 12_000_000, "total": 32_100_000, "seconds": 2.0}
+    assert progress.running_line(running) == "initrd.gz  12.0/32.1 MB  (37%)  6.0 MB/s"
+    assert progress.running_line({**running, "total": None}) == "initrd.gz  12.0 MB  6.0 MB/s"
+    layer = {"path": "/image?imageName=ghcr.io/org/os&layerName=application/vnd.ironcore.image.squashfs",
+             "bytes": 45_000_000, "seconds": 1.5, "mbps": 30.0}
+    assert progress.done_line(layer) == "squashfs  45.0 MB in 1.50 s (30.0 MB/s)"
+    assert progress.done_line({"path": "/files/d-i/preseed.cfg", "bytes": 2036, "seconds": 0.001, "mbps": 2.0}) == \
+        "preseed.cfg  2.0 kB in 0.00 s (2.0 MB/s)"
+    said: list[str] = []
+    now = [0.0]
+    lines = progress.ProgressLines(said.append, clock=lambda: now[0])
+    for t in (0.0, 0.5, 1.0, 1.5, 3.0, 3.5):
+        now[0] = t
+        lines.update([{**running, "seconds": t}])
+    assert len(said) == 2  # not before a second has passed, then every two seconds

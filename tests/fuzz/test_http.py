@@ -27,7 +27,7 @@ from netbootd.http.app import make_site
 from tests.fuzz.conftest import EXAMPLE_CONFIG, EXAMPLES, corpus_lines, fuzz
 
 SEEDS = corpus_lines("http")
-ROUTES = ["ipxe", "ignition", "httpboot", "booty", "files", "boot", "beacon", "machines", "image", "healthz", "metrics",
+ROUTES = ["ipxe", "ignition", "httpboot", "booty", "files", "host", "boot", "beacon", "machines", "image", "healthz", "metrics",
           "", "nosuch", "IPXE", "ipxe/", "files/", "booty/x"]
 PARAMS = ["mac", "uuid", "arch", "platform", "buildarch", "exp", "sig", "stage", "imageName", "version", "layerName",
           "layerDigest", "x"]
@@ -156,7 +156,7 @@ def test_seeds_reach_the_routes(stub):
 
 # ------------------------------------------------------------------ the hot routes answer as Klein does
 
-HOT_ROUTES = ["ipxe", "files", "boot"]
+HOT_ROUTES = ["ipxe", "files", "host", "boot"]
 _SIGNATURE = re.compile(rb"exp=\d+&sig=[0-9a-f]+|booty/\d+-[0-9a-f]+")
 
 

@@ -66,7 +66,7 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
             return [line for line in log.read_text().splitlines() if "image not resolvable" in line]
 
         doc = wait_for(health, timeout=30, interval=0.5)
-        assert doc["status"] == "degraded" and doc["summary"] == "7 machine files + default"
+        assert doc["status"] == "degraded" and doc["summary"] == "8 machine files + default"
         assert doc["problems"] == [{
             "kind": "image_unresolved",
             "what": "ghcr.io/gardenlinux/gardenlinux:1592.4",

@@ -66,7 +66,7 @@ def test_what_each_boot_kind_offers(conf):
     files = conf.files_root
     assert list(boot_binaries(conf, machine(MAC, kernel="vmlinuz", initrds=("initrd.img",)))) == [
         OfferedBinary("kernel", "files/vmlinuz", files / "vmlinuz")]  # initrds: Secure Boot does not check them
-    assert list(boot_binaries(conf, machine(MAC, efi="/uki/os.efi"))) == [
+    assert list(boot_binaries(conf, machine(MAC, efi="uki/os.efi"))) == [
         OfferedBinary("uki", "files/uki/os.efi", files / "uki" / "os.efi")]
     assert list(boot_binaries(conf, machine(MAC, kernel="https://mirror.example/vmlinuz"))) == [
         OfferedBinary("kernel", "https://mirror.example/vmlinuz", None)]

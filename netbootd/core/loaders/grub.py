@@ -38,7 +38,7 @@ from netbootd.config.settings import Settings
 from netbootd.config.templates import render
 from netbootd.core import files
 from netbootd.core.loaders.base import Events, Fetch, Rendering, TftpRequest
-from netbootd.core.plan import FILE, Artefact, BootPlan
+from netbootd.core.plan import FILE, HOST, Artefact, BootPlan
 from netbootd.core.secureboot import OfferedBinary, shown_path
 from netbootd.health import problem
 from netbootd.logs import get_logger
@@ -291,6 +291,8 @@ class GrubLoader:
     def _open_artefact(self, artefact: Artefact) -> BinaryIO | Deferred:
         if artefact.source == FILE:
             return files.open_under(self.settings.files_root, artefact.location)
+        if artefact.source == HOST:
+            return files.open_host(artefact.location)  # a path the machine file names, not the client
         if self.fetch is None:
             raise files.FileNotFound(f"{artefact.describe()}: this netbootd cannot fetch remote files")
         d = self.fetch(artefact)
@@ -302,7 +304,7 @@ class GrubLoader:
         if self.fetch is None:
             return
         for artefact in plan.artefacts().values():
-            if artefact.source != FILE:
+            if artefact.source not in (FILE, HOST):
                 self.fetch(artefact).addErrback(lambda _f: None)  # the TFTP request reports a failure
 
     # ------------------------------------------------------------------ rendering and explaining

@@ -37,7 +37,7 @@ from netbootd.config.settings import Settings
 from netbootd.config.templates import render
 from netbootd.core import files
 from netbootd.core.loaders.base import Events, Fetch, Rendering, TftpRequest
-from netbootd.core.plan import FILE, Artefact, BootPlan
+from netbootd.core.plan import FILE, HOST, Artefact, BootPlan
 from netbootd.core.secureboot import OfferedBinary
 from netbootd.core.uki import Body, write_body
 from netbootd.health import problem
@@ -244,9 +244,11 @@ class UkiLoader:
         return uki
 
     def _local(self, artefact: Artefact) -> defer.Deferred:
-        """A kernel or initrd as a local file: under files_root, else fetched into the cache."""
+        """A kernel or initrd as a local file: under files_root or on this host, else fetched into the cache."""
         if artefact.source == FILE:
             return defer.maybeDeferred(files.resolve_under, self.settings.files_root, artefact.location)
+        if artefact.source == HOST:  # a path the machine file names (a package's installer kernel)
+            return defer.maybeDeferred(files.host_file, artefact.location, {artefact.location})
         if self.fetch is None:
             return defer.fail(files.FileNotFound(f"{artefact.describe()}: this netbootd cannot fetch remote files"))
         return self.fetch(artefact)
