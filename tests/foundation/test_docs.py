@@ -264,14 +264,22 @@ def test_every_recipe_is_a_machine_file_netbootd_check_accepts(tmp_path):
     machines, files = tmp_path / "machines", tmp_path / "files"
     machines.mkdir()
     (tmp_path / "netbootd.toml").write_text('machines_dir = "machines"\nfiles_root = "files"\n')
-    for name, body in blocks:
-        (machines / name).write_text(body)
+    host = tmp_path / "host"  # a recipe's absolute host paths (a Debian package's files) moved under here:
+    for name, body in blocks:  # never write stand-ins over the real ones
         data = tomllib.loads(body)
         boot = data.get("boot", {})
+        for location in {boot.get("kernel", ""), *boot.get("initrds", [])}:
+            if location.startswith("/"):
+                body = body.replace(f'"{location}"', f'"{host}{location}"')
+        (machines / name).write_text(body)
+        boot = tomllib.loads(body).get("boot", {})
         wanted = [boot.get("kernel", ""), *boot.get("initrds", []), *re.findall(r'file\("([^"]+)"\)', body)]
-        for rel in filter(None, wanted):
-            (files / rel).parent.mkdir(parents=True, exist_ok=True)
-            (files / rel).write_bytes(b"stand-in")
+        for location in filter(None, wanted):
+            path = Path(location) if location.startswith("/") else files / location
+            if "://" in location:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"stand-in")
         if "file" in data.get("ignition", {}):
             ignition = machines / data["ignition"]["file"]
             ignition.parent.mkdir(parents=True, exist_ok=True)
