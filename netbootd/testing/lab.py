@@ -276,7 +276,7 @@ class Lab:
         else:
             from netbootd.config.discover import find_settings
 
-            base = find_settings(str(config), required=True)
+            base = find_settings(str(config))
             if not base.machines_dir.is_dir():
                 raise LabError(f"the machines directory {base.machines_dir} of {config} does not exist")
             # a snapshot: what the lab (or a test) writes never lands in the operator's directory
