@@ -19,7 +19,7 @@ from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_ALIASES, FIRMWARES,
 from netbootd.model import normalize_mac
 
 
-def _config_arg(command: str, args) -> str | None | int:
+def _config_arg(command: str, args) -> str | int | None:
     """The configuration a command was given: its CONFIG argument (check, serve) or --config, once."""
     given = [c for c in (getattr(args, "dir", None), args.config) if c]
     if len(given) > 1:
@@ -167,6 +167,7 @@ def cmd_serve(args) -> int:
     except StartupError as exc:
         fatal(str(exc))
         return 1
+    daemon.log_format_override = args.log_format
 
     def failed(failure) -> None:
         error = failure.value if failure.check(StartupError) else failure.getTraceback()

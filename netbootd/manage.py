@@ -36,6 +36,15 @@ def _auth(user: str | None) -> dict[str, str] | tuple[str, str] | None:
     return None
 
 
+def auth_kwargs(user: str | None) -> dict[str, Any]:
+    """httpx keyword arguments carrying the credentials (NETBOOTD_TOKEN, or --user's), for
+    commands that only read (status, check --diff-running)."""
+    auth = _auth(user)
+    if isinstance(auth, dict):
+        return {"headers": auth}
+    return {"auth": auth} if auth is not None else {}
+
+
 def _call(method: str, url: str, user: str | None, json: Any = None) -> Any:
     auth = _auth(user)
     headers = {"accept": "application/json"}

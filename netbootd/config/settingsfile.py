@@ -4,8 +4,8 @@ each error with the file, the line and the key (and every secret file it names, 
 from __future__ import annotations
 
 import ipaddress
-import os
 import math
+import os
 import re
 from pathlib import Path
 
