@@ -92,7 +92,8 @@ def cmd_check(args) -> int:
         return 1
     print(f"OK: {count}")
     if not default:
-        print(f"unknown machines get no answer (no default.toml in {settings.machines_dir}); {UNKNOWN_OPT_IN}")
+        print(f"note: unknown machines get no answer (no default.toml in {settings.machines_dir}); {UNKNOWN_OPT_IN}",
+              file=sys.stderr)
     return 0
 
 
