@@ -324,3 +324,24 @@ def test_relative_state_and_cache_go_where_the_service_manager_says(tmp_path, mo
     assert (s.state_dir, s.cache_dir) == (Path("/var/lib/netbootd/state"), Path("/var/cache/netbootd/cache"))
     cfg.write_text('state_dir = "/srv/nb"\n')  # an absolute path is the operator's word
     assert load_settings(cfg).state_dir == Path("/srv/nb")
+
+
+def test_shipped_settings_file_marks_exactly_the_settings_a_reload_cannot_apply():
+    """"(restart)" in etc/netbootd/netbootd.toml is netbootd.config.live's word, key by key: a
+    setting made live (or no longer live) cannot keep a stale mark."""
+    from netbootd.config.live import is_live
+
+    table, table_restart, marks = "", False, {}
+    for line in (REPO / "etc" / "netbootd" / "netbootd.toml").read_text().splitlines():
+        header = re.match(r"^\[(\w+)\]", line)
+        if header:
+            table, table_restart = header.group(1), "(restart: every key)" in line
+            continue
+        key = re.match(r"^#? ?(\w+) = ", line)
+        if key:
+            name = f"{table}.{key.group(1)}" if table else key.group(1)
+            marks[name] = table_restart or "(restart)" in line
+    assert len(marks) == len(_schema(Settings))
+    wrong = {k: ("marked (restart) but live" if marked else "needs a restart, not marked")
+             for k, marked in marks.items() if marked == is_live(k)}
+    assert not wrong, wrong
