@@ -138,3 +138,13 @@ def test_a_broken_settings_file_changes_nothing_and_says_where(daemon):
     assert daemon.proc.poll() is None and _siaddr(_answer(daemon, KNOWN)) == "10.25.0.1"
     out = _diff_running(daemon)
     assert out.returncode == 1 and f"{daemon.config}:{line}" in out.stdout
+
+
+def test_a_new_loader_binary_is_offered_after_a_reload(daemon):
+    """[ipxe] is live: the loaders are made again from the reread settings, and the next real answer
+    offers the new binary (the file need not exist for the offer: the firmware asks for it next)."""
+    assert _answer(daemon, KNOWN).file.rstrip(b"\0") == b"snponly.efi"
+    _edit(daemon, '[log]\n', '[ipxe]\nefi64 = "ipxe.efi"\n[log]\n')
+    log = _reload(daemon)
+    assert re.search(r"changed=ipxe\.efi64$", log, re.M), log
+    assert _answer(daemon, KNOWN).file.rstrip(b"\0") == b"ipxe.efi"
