@@ -231,16 +231,14 @@ def _ui_url(command: str, args) -> str | int:
 
 
 def ui_url(command: str, settings: Settings) -> str | int:
-    """http://HOST:PORT of ui.listen, as a client on this host reaches it."""
-    if not settings.ui.listen:
-        print(f"netbootd {command}: ui.listen is off in {settings.source or 'the built-in defaults'}: the management "
-              "API lives there (set ui.listen, or pass --url)", file=sys.stderr)
-        return 2
-    from netbootd.config.settings import parse_listen
+    """http://HOST:PORT of ui.listen, as a client on this host reaches it; 2 when it is off."""
+    from netbootd.manage import ManageError, listener_url
 
-    host, port = parse_listen(settings.ui.listen)
-    host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        return listener_url(settings)
+    except ManageError as exc:
+        print(f"netbootd {command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _macs(command: str, texts: list[str]) -> list[str] | int:

@@ -28,12 +28,13 @@ def diff_lines(running: dict[str, Any], in_file: dict[str, Any]) -> list[str]:
 
 def diff_running(settings: Settings, url: str | None, user: str | None) -> int:
     """0: the daemon runs what the file says; 1: it differs (the lines say how); 2: cannot ask."""
-    from netbootd.cli import ui_url
-    from netbootd.manage import ManageError, auth_kwargs
+    from netbootd.manage import ManageError, auth_kwargs, listener_url
 
-    base = url.rstrip("/") if url else ui_url("check", settings)
-    if isinstance(base, int):
-        return base
+    try:
+        base = url.rstrip("/") if url else listener_url(settings)
+    except ManageError as exc:
+        print(f"netbootd check: {exc}", file=sys.stderr)
+        return 2
     try:
         r = httpx.get(f"{base}/api/settings", timeout=5, **auth_kwargs(user))
     except (httpx.HTTPError, ManageError) as exc:
