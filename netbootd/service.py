@@ -67,8 +67,10 @@ class StartupError(Exception):
     """A listener could not start; the message says what to do."""
 
 
-def bind_error(proto: str, port: int, setting: str, exc: Exception) -> StartupError:
-    return StartupError(bind_message(f"cannot bind {proto} port {port}", exc, port=port, setting=setting))
+def bind_error(proto: str, port: int, setting: str, exc: Exception, listen_setting: str = "") -> StartupError:
+    """`listen_setting`: the setting of the address (http.listen), named when the address is not on this host."""
+    kw = {"not_here": f"the listen address is not on this host (check {listen_setting})"} if listen_setting else {}
+    return StartupError(bind_message(f"cannot bind {proto} port {port}", exc, port=port, setting=setting, **kw))
 
 
 def url_signer(settings: Settings) -> UrlSigner:
@@ -532,7 +534,7 @@ class Netbootd(service.MultiService):
             # machine a 1 s SYN retry
             return listen_http(self.reactor, s.http.port, self.site, s.http.listen)
         except CannotListenError as exc:
-            raise bind_error("TCP", s.http.port, "http.port", exc) from None
+            raise bind_error("TCP", s.http.port, "http.port", exc, "http.listen") from None
 
     def _listen_tftp(self) -> list[Any]:
         from netbootd.tftp import listen_tftp_all

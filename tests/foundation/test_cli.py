@@ -315,3 +315,13 @@ def test_a_closed_pipe_ends_quietly():
             assert code == 141, (args, code)  # 128 + SIGPIPE, as a shell reports a program a closed pipe ended
     finally:
         server.shutdown()
+
+
+def test_serve_names_http_listen_when_its_address_is_not_on_this_host(tmp_path):
+    (tmp_path / "machines").mkdir()
+    cfg = tmp_path / "netbootd.toml"
+    cfg.write_text('machines_dir = "machines"\nstate_dir = "state"\ncache_dir = "cache"\n[http]\nport = 8080\n'
+                   'listen = "192.0.2.77"\n[ui]\nlisten = ""\n[dhcp]\nenabled = false\n[tftp]\nenabled = false\n')
+    out = netbootd("serve", "--config", str(cfg), check=False)
+    assert out.returncode == 1
+    assert "cannot bind TCP port 8080: the listen address is not on this host (check http.listen)" in out.stderr
