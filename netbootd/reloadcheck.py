@@ -5,6 +5,7 @@ running settings come from the management API (GET /api/settings on ui.listen)."
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -17,10 +18,13 @@ def _show(value: Any) -> str:
     return repr(value) if not isinstance(value, str) or value else '""'
 
 
-def diff_lines(running: dict[str, Any], in_file: dict[str, Any]) -> list[str]:
-    """One line per setting that differs: `reload  key: old → new`, or `restart key: ...`."""
+def diff_lines(running: dict[str, Any], in_file: dict[str, Any], command_line: Iterable[str] = ()) -> list[str]:
+    """One line per setting that differs: `reload  key: old → new`, or `restart key: ...`;
+    `command_line`: keys the daemon's command line set (serve --log-format), whatever the file says."""
     lines = []
     for key in changed_keys(running, in_file):
+        if key in command_line:
+            continue
         when = "reload " if is_live(key) else "restart"
         lines.append(f"{when}  {key}: {_show(running.get(key))} → {_show(in_file.get(key))}")
     return lines
@@ -45,7 +49,7 @@ def diff_running(settings: Settings, url: str | None, user: str | None) -> int:
         print(f"netbootd check: {base}/api/settings answered {r.status_code}: {r.text.strip()[:200]}", file=sys.stderr)
         return 2
     doc = r.json()
-    lines = diff_lines(doc["settings"], flatten(settings))
+    lines = diff_lines(doc["settings"], flatten(settings), doc.get("command_line", ()))
     running_from = doc.get("source") or "built-in defaults"
     if not lines:
         print(f"the running daemon ({running_from}) runs these settings: a reload changes no setting")

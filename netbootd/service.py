@@ -293,7 +293,9 @@ class Netbootd(service.MultiService):
     def settings_doc(self) -> dict[str, Any]:
         """/api/settings on ui.listen: what runs, and what the file changed that waits for a restart."""
         return {"source": str(self.settings.source or ""), "settings": flatten(self.settings),
-                "needs_restart": self.pending_restart, "live": sorted(LIVE)}
+                "needs_restart": self.pending_restart, "live": sorted(LIVE),
+                # set on the command line (serve --log-format), over the file's: not a difference to report
+                "command_line": ["log.format"] if self.log_format_override else []}
 
     def _log_changes(self, why: str, previous, catalog, settings_changed: list[str] | None = None) -> None:
         """Log what changed, not everything again: new and fixed errors, and which machine files
