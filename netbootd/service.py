@@ -274,17 +274,14 @@ class Netbootd(service.MultiService):
         for port in self.ports("dhcp6"):
             port.protocol.advertise6 = settings.advertise6
         tftp = settings.tftp
-        rate = PerClientLimiter(tftp.rate_limit, tftp.rate_burst, self.reactor.seconds)
-        for port in self.ports("tftp"):  # one shared limiter, as TftpServer.sibling shares it
-            port.protocol.settings = tftp
-            if {"tftp.rate_limit", "tftp.rate_burst"} & set(keys):
-                port.protocol._rate = rate
+        rate = (PerClientLimiter(tftp.rate_limit, tftp.rate_burst, self.reactor.seconds)
+                if {"tftp.rate_limit", "tftp.rate_burst"} & set(keys) else None)
+        for port in self.ports("tftp"):  # one limiter for both, as TftpServer.sibling shares it
+            port.protocol.reconfigure(tftp, rate)
         if self.site is not None:
-            limits = self.site.limits
-            limits.settings = settings.http
-            self.site.protocol.settings = settings.http  # the channel class: new connections' header limits
-            if {"http.rate_limit", "http.rate_burst"} & set(keys):
-                limits.rate = PerClientLimiter(settings.http.rate_limit, settings.http.rate_burst, self.reactor.seconds)
+            from netbootd.http import limits
+
+            limits.reconfigure(self.site, settings.http)
         if self.ui is not None:
             self.ui.settings = settings
         if self.images is not None:

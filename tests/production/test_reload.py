@@ -148,3 +148,12 @@ def test_a_new_loader_binary_is_offered_after_a_reload(daemon):
     log = _reload(daemon)
     assert re.search(r"changed=ipxe\.efi64$", log, re.M), log
     assert _answer(daemon, KNOWN).file.rstrip(b"\0") == b"ipxe.efi"
+
+
+def test_a_new_http_rate_limit_applies_after_a_reload(daemon):
+    assert all(daemon.get("/ipxe").status_code == 200 for _ in range(10))  # 50/s, burst 200: no 429
+    _edit(daemon, "[ui]\n", "rate_limit = 0.1\nrate_burst = 2\n[ui]\n")  # the end of [http]
+    log = _reload(daemon)
+    assert re.search(r"changed=\"?http\.rate_limit,http\.rate_burst", log), log
+    codes = [daemon.get("/ipxe").status_code for _ in range(5)]
+    assert codes[:2] == [200, 200] and 429 in codes[2:], codes
