@@ -10,20 +10,33 @@ import attrs
 
 from netbootd import __version__
 from netbootd.config.catalog import build_catalog
-from netbootd.config.discover import NoConfig, find_settings
+from netbootd.config.discover import ENV, SEARCHED, NoConfig, find_settings
 from netbootd.config.errors import ConfigInvalid
 from netbootd.config.machines import machine_count
 from netbootd.config.machinesdir import load_machines
 from netbootd.config.preflight import unit_credentials_absent
 from netbootd.config.settings import Settings
-from netbootd.config.settingsfile import DEFAULT_CONFIG
 from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_ALIASES, FIRMWARES, add_firmware_option
 from netbootd.model import normalize_mac
 
 
-def _settings_or_exit(command: str, config: str | None, required: bool, signing_key: bool = True) -> Settings | int:
+def _config_arg(command: str, args) -> str | int | None:
+    """The configuration a command was given: its CONFIG argument (check, serve) or --config, once."""
+    given = [c for c in (getattr(args, "dir", None), args.config) if c]
+    if len(given) > 1:
+        print(f"netbootd {command}: give the configuration once (a path or --config)", file=sys.stderr)
+        return 2
+    return given[0] if given else None
+
+
+def _settings_or_exit(command: str, args, signing_key: bool = True) -> Settings | int:
+    """Every subcommand's configuration, found one way (netbootd.config.discover), or its exit status
+    (2) after one line saying what was missing or wrong."""
+    config = _config_arg(command, args)
+    if isinstance(config, int):
+        return config
     try:
-        return find_settings(config, required=required, signing_key=signing_key)
+        return find_settings(config, signing_key=signing_key)
     except NoConfig as exc:
         print(f"netbootd {command}: {exc}", file=sys.stderr)
         return 2
@@ -35,11 +48,11 @@ def _settings_or_exit(command: str, config: str | None, required: bool, signing_
 
 
 def cmd_check(args) -> int:
-    if args.dir and args.config:
-        print("netbootd check: give the configuration once (a path or --config)", file=sys.stderr)
-        return 2
+    config = _config_arg("check", args)
+    if isinstance(config, int):
+        return config
     try:
-        settings = find_settings(args.dir or args.config, required=True)
+        settings = find_settings(config)
     except NoConfig as exc:
         print(f"netbootd check: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +64,10 @@ def cmd_check(args) -> int:
     for setting, path in unit_credentials_absent(settings):
         print(f"netbootd check: {setting} {path} not read: a systemd credential (LoadCredential=), there only while "
               f"{path.parent.name} runs", file=sys.stderr)
+    if args.diff_running:
+        from netbootd.reloadcheck import diff_running
+
+        return diff_running(settings, args.url, args.user)
     result = load_machines(settings)
     for err in result.errors:
         print(err)
@@ -80,6 +97,9 @@ def cmd_check(args) -> int:
               file=sys.stderr)
         return 1
     print(f"OK: {count}")
+    if not default:
+        print(f"note: unknown machines get no answer (no default.toml in {settings.machines_dir}); {UNKNOWN_OPT_IN}",
+              file=sys.stderr)
     return 0
 
 
@@ -114,7 +134,7 @@ def cmd_explain(args) -> int:
     except ValueError as exc:
         print(f"netbootd explain: {exc}", file=sys.stderr)
         return 2
-    settings = _settings_or_exit("explain", args.config, required=True, signing_key=False)
+    settings = _settings_or_exit("explain", args, signing_key=False)
     if isinstance(settings, int):
         return settings
     if not settings.machines_dir.is_dir():
@@ -132,6 +152,8 @@ def cmd_explain(args) -> int:
     server = args.server or settings.advertise or SAMPLE_SERVER
     for line in explain_lines(core, mac, args.firmware, server, show_secrets=args.show_secrets):
         print(line)
+    if core.find(mac) is None and catalog.default is None and not catalog.held_for(mac):
+        print(f"unknown   {UNKNOWN_OPT_IN}")
     return 0
 
 
@@ -141,7 +163,7 @@ def cmd_serve(args) -> int:
     from netbootd.logs import get_logger, logs_to_stderr, start_logging
     from netbootd.service import Netbootd, StartupError
 
-    settings = _settings_or_exit("serve", args.config, required=False)
+    settings = _settings_or_exit("serve", args)
     if isinstance(settings, int):
         return settings
     if args.log_format:
@@ -161,6 +183,7 @@ def cmd_serve(args) -> int:
     except StartupError as exc:
         fatal(str(exc))
         return 1
+    daemon.log_format_override = args.log_format
 
     def failed(failure) -> None:
         error = failure.value if failure.check(StartupError) else failure.getTraceback()
@@ -200,30 +223,37 @@ def cmd_status(args) -> int:
 
     url = args.url
     if not url:
-        settings = _settings_or_exit("status", args.config, required=False, signing_key=False)
-        if isinstance(settings, int):
-            return settings
-        host = settings.http.listen if settings.http.listen not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        url = f"http://{host}:{settings.http.port}"
-    return status(url, args.mac, args.watch)
+        url = _ui_url("status", args)
+        if isinstance(url, int):
+            return url
+    from netbootd.manage import ManageError
+
+    try:
+        return status(url, args.mac, args.watch, args.user)
+    except ManageError as exc:
+        print(f"netbootd status: {exc}", file=sys.stderr)
+        return 2
 
 
 def _ui_url(command: str, args) -> str | int:
     """The management listener's URL: --url, else ui.listen from the configuration."""
     if args.url:
         return args.url.rstrip("/")
-    settings = _settings_or_exit(command, args.config, required=False, signing_key=False)
+    settings = _settings_or_exit(command, args, signing_key=False)
     if isinstance(settings, int):
         return settings
-    if not settings.ui.listen:
-        print(f"netbootd {command}: ui.listen is off in {settings.source or 'the built-in defaults'}: the management "
-              "API lives there (set ui.listen, or pass --url)", file=sys.stderr)
-        return 2
-    from netbootd.config.settings import parse_listen
+    return ui_url(command, settings)
 
-    host, port = parse_listen(settings.ui.listen)
-    host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+def ui_url(command: str, settings: Settings) -> str | int:
+    """http://HOST:PORT of ui.listen, as a client on this host reaches it; 2 when it is off."""
+    from netbootd.manage import ManageError, listener_url
+
+    try:
+        return listener_url(settings)
+    except ManageError as exc:
+        print(f"netbootd {command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _macs(command: str, texts: list[str]) -> list[str] | int:
@@ -273,7 +303,10 @@ def cmd_reprovision(args) -> int:
     return _manage("reprovision", args, call)
 
 
-CONFIG_HELP = f"netbootd.toml, or its directory (default: {DEFAULT_CONFIG})"
+CONFIG_HELP = (f"netbootd.toml, or its directory (default: ${ENV}, else the first of "
+               + ", ".join(str(p) for p in SEARCHED) + ")")
+UNKNOWN_OPT_IN = ("to answer them, create machines/default.toml (the example ships default.toml.example) and set "
+                  "dhcp.interfaces to the boot network's interface(s)")
 FIRMWARE_HELP = (f"the firmware asking, by the names `netbootd try` boots: bios (BIOS PXE), uefi (UEFI PXE), uefi-http "
                  f"(UEFI HTTP boot), arm64-uefi, arm64-http, and their -secure and IPv6 kinds, each asking as its plain "
                  f"kind does; default {DEFAULT_FIRMWARE} (UEFI PXE on x86_64: what current servers boot with). Also "
@@ -291,7 +324,8 @@ def parser() -> argparse.ArgumentParser:
                                 "`netbootd COMMAND --help` for its options")
 
     serve = sub.add_parser("serve", help="run the daemon")
-    serve.add_argument("--config", help=CONFIG_HELP + "; without one, built-in defaults")
+    serve.add_argument("dir", nargs="?", metavar="CONFIG", help="the same as --config")
+    serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--log-format", choices=["text", "json"], help="override log.format")
     serve.set_defaults(func=cmd_serve)
 
@@ -302,6 +336,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help=CONFIG_HELP)
     check.add_argument("--resolve", action="store_true",
                        help="also resolve every boot.image in its registry and show the layers it boots")
+    check.add_argument("--diff-running", action="store_true",
+                       help="compare the settings file with the running daemon's (read from ui.listen): what "
+                            "`systemctl reload` (SIGHUP) would apply, and what needs a restart; exit 1 when they differ")
+    check.add_argument("--url", help="with --diff-running: the management listener (default: ui.listen)")
+    check.add_argument("--user", help="with --diff-running: a ui.auth_file user (as for `netbootd state`)")
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser("explain", help="show what a machine would be offered and the script it gets")
@@ -323,8 +362,10 @@ def parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="problems and the boot timeline of a running netbootd (all machines, or one)")
     st.add_argument("mac", nargs="?", help="one machine's timeline instead of the summary")
-    st.add_argument("--url", help="netbootd's HTTP address (default: from the configuration)")
+    st.add_argument("--url", help="the management listener (default: ui.listen from the configuration)")
     st.add_argument("--config", help=CONFIG_HELP)
+    st.add_argument("--user", help="a ui.auth_file user (password from NETBOOTD_PASSWORD, or asked); "
+                                   "NETBOOTD_TOKEN: a bearer token")
     st.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                     help="refresh every SECONDS (default 2)")
     st.set_defaults(func=cmd_status)

@@ -188,12 +188,13 @@ class LineObserver:
 
 
 _destination: IO[str] | None = None  # where start_logging sent the log
+_predicate: LogLevelFilterPredicate | None = None  # its level filter (set_level changes it)
 
 
 def start_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None = None) -> None:
-    global _destination
+    global _destination, _predicate
     _destination = stream or sys.stderr
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    predicate = _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     filtered = FilteringLogObserver(LineObserver(_destination, fmt), [predicate])
 
     @implementer(ILogObserver)
@@ -201,6 +202,12 @@ def start_logging(fmt: str = "text", level: str = "info", stream: IO[str] | None
         filtered(_demoted(event))
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+
+
+def set_level(level: str) -> None:
+    """log.level, changed on a running daemon (a reload): the next event is filtered by it."""
+    if _predicate is not None:
+        _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(level))
 
 
 def logs_to_stderr() -> bool:

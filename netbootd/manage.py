@@ -36,6 +36,27 @@ def _auth(user: str | None) -> dict[str, str] | tuple[str, str] | None:
     return None
 
 
+def listener_url(settings) -> str:
+    """http://HOST:PORT of ui.listen, as a client on this host reaches it; ManageError when it is off."""
+    from netbootd.config.settings import parse_listen
+
+    if not settings.ui.listen:
+        raise ManageError(f"ui.listen is off in {settings.source or 'the built-in defaults'}: the management API "
+                          "lives there (set ui.listen, or pass --url)")
+    host, port = parse_listen(settings.ui.listen)
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def auth_kwargs(user: str | None) -> dict[str, Any]:
+    """httpx keyword arguments carrying the credentials (NETBOOTD_TOKEN, or --user's), for
+    commands that only read (status, check --diff-running)."""
+    auth = _auth(user)
+    if isinstance(auth, dict):
+        return {"headers": auth}
+    return {"auth": auth} if auth is not None else {}
+
+
 def _call(method: str, url: str, user: str | None, json: Any = None) -> Any:
     auth = _auth(user)
     headers = {"accept": "application/json"}

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application import internet, service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
@@ -23,10 +24,13 @@ from twisted.internet.error import CannotListenError
 from netbootd import health, metrics
 from netbootd.binderrors import bind_message
 from netbootd.config.catalog import build_catalog
+from netbootd.config.errors import ConfigInvalid
 from netbootd.config.lastgood import LastGoodStore
+from netbootd.config.live import LIVE, flatten, plan_reload
 from netbootd.config.machinesdir import is_ignored_name, load_machines
 from netbootd.config.preflight import SecretFileError, signing_key, ui_credentials
 from netbootd.config.settings import Settings
+from netbootd.config.settingsfile import load_settings
 from netbootd.config.watch import DirectoryWatcher
 from netbootd.core import files
 from netbootd.core.decide import BootCore
@@ -63,8 +67,10 @@ class StartupError(Exception):
     """A listener could not start; the message says what to do."""
 
 
-def bind_error(proto: str, port: int, setting: str, exc: Exception) -> StartupError:
-    return StartupError(bind_message(f"cannot bind {proto} port {port}", exc, port=port, setting=setting))
+def bind_error(proto: str, port: int, setting: str, exc: Exception, listen_setting: str = "") -> StartupError:
+    """`listen_setting`: the setting of the address (http.listen), named when the address is not on this host."""
+    kw = {"not_here": f"the listen address is not on this host (check {listen_setting})"} if listen_setting else {}
+    return StartupError(bind_message(f"cannot bind {proto} port {port}", exc, port=port, setting=setting, **kw))
 
 
 def url_signer(settings: Settings) -> UrlSigner:
@@ -186,6 +192,9 @@ class Netbootd(service.MultiService):
         self.last_good = LastGoodStore(settings.state_dir)
         self.problems: list[dict[str, Any]] = []
         self.last_reload = 0.0
+        self.log_format_override: str | None = None  # serve --log-format: kept over the file's on reload
+        self.pending_restart: dict[str, Any] = {}  # settings the file changed that wait for a restart
+        self._open_default_warned = False
         self.started = time.time()
         self.reload("start")
 
@@ -194,8 +203,12 @@ class Netbootd(service.MultiService):
     def reload(self, why: str = "") -> None:
         if self.running:
             self.notifier.reloading()
-        if why == "SIGHUP" and self.ui is not None:
-            self._reload_ui_auth()
+        settings_changed: list[str] = []
+        if why == "SIGHUP":
+            had_auth_file = self.settings.ui.auth_file is not None
+            settings_changed = self._reload_settings()
+            if self.ui is not None and (had_auth_file or self.settings.ui.auth_file is not None):
+                self._reload_ui_auth()
         previous = self.core.catalog if self.last_reload else None
         result = load_machines(self.settings)
         catalog = build_catalog(result, previous, self.last_good)
@@ -207,8 +220,9 @@ class Netbootd(service.MultiService):
         metrics.config_errors.set(len(result.errors))
         metrics.machines.set(len(catalog.files))
         metrics.config_reloads.labels("errors" if result.errors else "ok").inc()
-        self._log_changes(why, previous, catalog)
+        self._log_changes(why, previous, catalog, settings_changed)
         if self.running:
+            self._warn_open_default()
             self.notifier.ready(self.status_line())
         self.images_watch.configured(image_machines(catalog.files.values()))
         self.refresh_problems()
@@ -221,7 +235,66 @@ class Netbootd(service.MultiService):
         except OSError:
             return []
 
-    def _log_changes(self, why: str, previous, catalog) -> None:
+    def _reload_settings(self) -> list[str]:
+        """Read netbootd.toml again (SIGHUP) and apply what can change without a restart
+        (netbootd.config.live); returns the keys applied. A file with errors changes nothing."""
+        source = self.settings.source
+        if source is None or not source.is_file():  # built-in defaults, or a machines directory: no file
+            return []
+        try:
+            new = load_settings(source)
+        except ConfigInvalid as exc:
+            for err in exc.errors:
+                log.error("settings file has errors: nothing changed, the running settings stay", file=str(err.file),
+                          line=err.line, key=err.key, error=err.message)
+            return []
+        if self.log_format_override:
+            new = attrs.evolve(new, log=attrs.evolve(new.log, format=self.log_format_override))
+        plan = plan_reload(self.settings, new)
+        self.pending_restart = {k: v for k, v in flatten(new).items() if k in plan.restart}
+        if plan.restart:
+            log.warn("settings changed that need a restart; they keep their running values until then",
+                     needs_restart=",".join(plan.restart))
+        if plan.applied:
+            self._apply_settings(plan.settings, plan.applied)
+        return list(plan.applied)
+
+    def _apply_settings(self, settings: Settings, keys: tuple[str, ...]) -> None:
+        """Hand every part that reads a live setting its new value (netbootd.config.live.LIVE)."""
+        from netbootd.logs import set_level
+        from netbootd.ratelimit import PerClientLimiter
+
+        self.settings = settings
+        tables = {k.split(".", 1)[0] for k in keys}
+        self.core.replace_settings(settings, loaders=bool(tables & {"ipxe", "grub", "uki"}))
+        if "log.level" in keys:
+            set_level(settings.log.level)
+        for port in self.ports("dhcp"):
+            port.protocol.set_advertise(settings.advertise)
+        for port in self.ports("dhcp6"):
+            port.protocol.advertise6 = settings.advertise6
+        tftp = settings.tftp
+        rate = (PerClientLimiter(tftp.rate_limit, tftp.rate_burst, self.reactor.seconds)
+                if {"tftp.rate_limit", "tftp.rate_burst"} & set(keys) else None)
+        for port in self.ports("tftp"):  # one limiter for both, as TftpServer.sibling shares it
+            port.protocol.reconfigure(tftp, rate)
+        if self.site is not None:
+            from netbootd.http import limits
+
+            limits.reconfigure(self.site, settings.http)
+        if self.ui is not None:
+            self.ui.settings = settings
+        if self.images is not None:
+            self.images.settings = settings
+
+    def settings_doc(self) -> dict[str, Any]:
+        """/api/settings on ui.listen: what runs, and what the file changed that waits for a restart."""
+        return {"source": str(self.settings.source or ""), "settings": flatten(self.settings),
+                "needs_restart": self.pending_restart, "live": sorted(LIVE),
+                # set on the command line (serve --log-format), over the file's: not a difference to report
+                "command_line": ["log.format"] if self.log_format_override else []}
+
+    def _log_changes(self, why: str, previous, catalog, settings_changed: list[str] | None = None) -> None:
         """Log what changed, not everything again: new and fixed errors, and which machine files
         were added, changed, removed, broken or held (never an editor's temp file name)."""
         before = set(previous.errors) if previous is not None else set()
@@ -247,6 +320,8 @@ class Netbootd(service.MultiService):
                 change = ""
             if change:
                 changes.append(f"{name}.toml {change}")
+        if settings_changed:
+            changes.insert(0, ",".join(settings_changed))
         if previous is None:
             log.info("configuration loaded", trigger=why, machines=catalog.count_line(), errors=len(catalog.errors),
                      held=len(catalog.held), kept_last_good=",".join(sorted(catalog.stale)))
@@ -381,12 +456,16 @@ class Netbootd(service.MultiService):
     # ------------------------------------------------------------------ dashboard
 
     def _reload_ui_auth(self) -> None:
+        """ui.auth_file read again: set now, or set until this reload (then the dashboard is open)."""
         try:
             now = self.ui.reload_auth()
         except SecretFileError as exc:
             log.error("ui.auth_file unusable; the dashboard keeps the credentials it had", error=str(exc))
         else:
-            log.info("dashboard credentials reloaded", credentials=now)
+            if self.settings.ui.auth_file is None:
+                log.warn("dashboard authentication off: ui.auth_file is no longer set", listen=self.settings.ui.listen)
+            else:
+                log.info("dashboard credentials reloaded", credentials=now, auth_file=str(self.settings.ui.auth_file))
 
     def _image_states(self) -> list[dict[str, Any]]:
         return [{"ref": st.ref, "ok": st.ok, "digest": st.digest, "error": st.error, "kind": st.kind,
@@ -426,9 +505,10 @@ class Netbootd(service.MultiService):
         except SecretFileError as exc:
             raise StartupError(exc.at_start) from None
         assert isinstance(self.timeline, WatchedTimeline)  # made so in __init__ when ui.listen is set
-        self.ui = Dashboard(self.core, self.timeline, s, self.reactor, health=self.health,
+        self.ui = Dashboard(self.core, self.timeline, s, self.reactor, health=self.health, settings_doc=self.settings_doc,
                             problems=lambda: self.problems, images=self._image_states, cache=self._cache_usage,
-                            credentials=credentials)
+                            credentials=credentials,
+                            downloads=lambda mac: self.site.downloads_of(mac) if self.site is not None else [])
         try:
             port_ = self.reactor.listenTCP(port, self.ui.site(), interface=host)
         except CannotListenError as exc:
@@ -447,14 +527,14 @@ class Netbootd(service.MultiService):
         s = self.settings
         self.images = ImageProxy(s, self.reactor, on_resolved=self._image_resolved)
         self.site = make_site(self.core, self.timeline, s.http, self.health, images=self.images,
-                              metrics_elsewhere=self._metrics_elsewhere())
+                              metrics_elsewhere=self._metrics_elsewhere(), management=s.ui.listen)
         transfer.configure(s.http.sendfile_thread_count(), self.reactor)
         try:
             # a large backlog (the kernel caps it at net.core.somaxconn): each overflow in a storm costs a
             # machine a 1 s SYN retry
             return listen_http(self.reactor, s.http.port, self.site, s.http.listen)
         except CannotListenError as exc:
-            raise bind_error("TCP", s.http.port, "http.port", exc) from None
+            raise bind_error("TCP", s.http.port, "http.port", exc, "http.listen") from None
 
     def _listen_tftp(self) -> list[Any]:
         from netbootd.tftp import listen_tftp_all
@@ -578,7 +658,30 @@ class Netbootd(service.MultiService):
             dhcp6=f"{s.dhcp.port6},{s.dhcp.proxy_port}" if self.ports("dhcp6") else "off",
             machines_dir=str(s.machines_dir),
         )
+        if s.dhcp.enabled:
+            log.info("answering PXE", interfaces=",".join(s.dhcp.interfaces) or "every interface (dhcp.interfaces = [])",
+                     unknown_machines=self._unknown_answer())
+        self._warn_open_default()
         self.notifier.ready(self.status_line())
+
+    def _unknown_answer(self) -> str:
+        default = self.core.catalog.default
+        if default is None:
+            return "not answered (no default.toml)"
+        return "not answered (default.toml: boot.ignore = true)" if not default.answers else "answered by default.toml"
+
+    def _warn_open_default(self) -> None:
+        """Every interface and a default.toml that answers: any machine that network-boots on any
+        network this host is on (an office LAN, a laptop's Wi-Fi) is offered it. Said at start and
+        whenever a reload makes it so."""
+        s = self.settings
+        default = self.core.catalog.default
+        open_now = s.dhcp.enabled and not s.dhcp.interfaces and default is not None and default.answers
+        if open_now and not self._open_default_warned:
+            log.warn("answering PXE on every interface, and default.toml answers every unknown machine: set "
+                     "dhcp.interfaces to the boot network's interface(s), or remove default.toml",
+                     default=str(default.source) if default is not None else "")
+        self._open_default_warned = bool(open_now)
 
     def _busy(self) -> tuple[int, int]:
         http = len(self.site.active) if self.site is not None else 0

@@ -86,16 +86,24 @@ def render_machine(doc: dict[str, Any], now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def status(url: str, mac: str | None, watch: float | None) -> int:
+def status(url: str, mac: str | None, watch: float | None, user: str | None = None) -> int:
+    """`url`: the management listener (ui.listen), where the timeline and /healthz are."""
+    from netbootd.manage import auth_kwargs
+
+    auth = auth_kwargs(user)
     while True:
         path = f"/machines/{mac}" if mac else "/machines"
         try:
-            r = httpx.get(url.rstrip("/") + path, timeout=5)
+            r = httpx.get(url.rstrip("/") + path, timeout=5, **auth)
         except httpx.HTTPError as exc:
             print(f"netbootd status: cannot reach {url}: {exc} (is netbootd running? pass --url)", file=sys.stderr)
             return 2
-        if r.status_code == 404 and mac:
+        if r.status_code == 404 and mac and "ui.listen" not in r.text:  # not the boot port's "not here"
             text = f"netbootd has seen nothing of {mac} yet\n"
+        elif r.status_code == 401:
+            print(f"netbootd status: {url} asks for credentials (ui.auth_file): set NETBOOTD_TOKEN, or pass --user "
+                  "with NETBOOTD_PASSWORD", file=sys.stderr)
+            return 2
         elif r.status_code != 200:
             print(f"netbootd status: {url}{path} answered {r.status_code}: {r.text.strip()}", file=sys.stderr)
             return 2
@@ -103,7 +111,7 @@ def status(url: str, mac: str | None, watch: float | None) -> int:
             text = render_machine(r.json(), time.time()) if mac else render_summary(r.json(), time.time())
         if not mac:
             try:
-                text = render_health(httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()) + "\n" + text
+                text = render_health(httpx.get(url.rstrip("/") + "/healthz", timeout=5, **auth).json()) + "\n" + text
             except (httpx.HTTPError, ValueError) as exc:
                 text = f"netbootd health: cannot read {url}/healthz: {exc}\n\n" + text
         if watch is None:

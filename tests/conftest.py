@@ -108,7 +108,12 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str, **kw) -> httpx.Response:
+        """GET on the boot network's HTTP port (what machines reach)."""
         return httpx.get(self.url + path, timeout=10, **kw)
+
+    def ui_get(self, path: str, **kw) -> httpx.Response:
+        """GET on the management listener (ui.listen): the timeline, /healthz, /api/settings."""
+        return httpx.get(self.ui_url + path, timeout=10, **kw)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from pathlib import Path
 
@@ -36,11 +37,27 @@ def load_settings(path: Path | None, *, signing_key: bool = True) -> Settings:
         raise ConfigInvalid([toml])
     errors: list[ConfigError] = []
     settings = build(Settings, toml.data, "", path, toml.line, errors)
-    settings = attrs.evolve(settings, source=path)
+    settings = attrs.evolve(settings, source=path, **_service_directories(toml.data))
     errors += _check_settings(settings, toml, signing_key)
     if errors:
         raise ConfigInvalid(errors)
     return settings
+
+
+# A relative state_dir / cache_dir goes where the service manager keeps this service's state and
+# cache when it says so (systemd's StateDirectory= / CacheDirectory= set these; so does the
+# container image), else beside the settings file: the example's "state" and "cache" keep a demo
+# from a checkout inside the checkout, and the same file copied to /etc/netbootd writes nothing there.
+SERVICE_DIRECTORIES = {"state_dir": "STATE_DIRECTORY", "cache_dir": "CACHE_DIRECTORY"}
+
+
+def _service_directories(data: dict) -> dict[str, Path]:
+    out = {}
+    for key, variable in SERVICE_DIRECTORIES.items():
+        value, base = data.get(key), os.environ.get(variable, "").split(":")[0]
+        if isinstance(value, str) and value and not Path(value).is_absolute() and base:
+            out[key] = Path(base) / value
+    return out
 
 
 def _check_settings(s: Settings, toml: TomlFile, signing_key: bool = True) -> list[ConfigError]:

@@ -60,12 +60,25 @@ class BootCore:
         # Boot layers each OCI image is known to have ({"kernel", "initramfs", "squashfs", "uki"}),
         # filled in the background by the service; plans read it, never the network.
         self.image_layers: dict[tuple[str, str], frozenset[str]] = {}  # (image, OCI arch) → boot layers
+        self._fetch = fetch
         self.loaders: dict[str, Loader] = make_loaders(settings, self.timeline, fetch)
         self.states: StateStore = states if states is not None else MemoryStore()
         self.states.on_change(self._state_changed)  # this node's transitions and other nodes' alike
         self.plans = PlanBook(self.loaders, self._layers_of, lambda: self.states.status().reason)
         self._downloads: dict[int, tuple[Machine, dict[str, dict[str, str]]]] = {}  # id(machine) → names
         self._host_files: tuple[Catalog, frozenset[str]] | None = None  # what /host serves, per catalog
+
+    def replace_settings(self, settings: Settings, loaders: bool) -> None:
+        """Settings a reload changed (netbootd.config.live: the live ones). `loaders`: the loader
+        binaries ([ipxe], [grub]) changed, so the loaders are made again from the new settings."""
+        self.settings = settings
+        self.signer.ttl = settings.http.signed_url_ttl
+        if loaders:
+            self.loaders = make_loaders(settings, self.timeline, self._fetch)
+            self.plans = PlanBook(self.loaders, self._layers_of, lambda: self.states.status().reason)
+        else:
+            self.plans.forget()  # plans carry URLs built from settings (public_url)
+        self._downloads = {}
 
     def replace_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: readers see the old or the new, never a mix

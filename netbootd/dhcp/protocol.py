@@ -112,6 +112,11 @@ class DhcpProtocol(DatagramProtocol):
         self._bound_ip = ""
         self._advertise_is_local = bool(advertise)  # until sendmsg says otherwise
 
+    def set_advertise(self, advertise: str) -> None:
+        """`advertise` changed by a reload: the next answer carries it."""
+        self.advertise = advertise
+        self._advertise_is_local = bool(advertise)
+
     def startProtocol(self) -> None:
         host = getattr(self.transport, "getHost", None)
         address = host() if host is not None else None

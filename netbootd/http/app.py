@@ -1,8 +1,9 @@
 """The HTTP edge: Klein routes that translate requests into calls on the boot core.
 
 Routes (see README.md): /ipxe, /ipxe/<mac-or-uuid>, /ignition, /ignition/<mac-or-uuid>,
-/httpboot, /booty/<mac>.bty, /files/<path>, /boot/<ipxe binary>, /uki/<mac>/<arch>.efi, /beacon,
-/healthz, /metrics.
+/httpboot, /booty/<mac>.bty, /files/<path>, /host/<path>, /boot/<ipxe binary>, /uki/<mac>/<arch>.efi,
+/beacon, /healthz, /metrics (while ui.metrics_on_http_port lasts). Nothing of the operator's:
+/machines (the timeline) answers 404 naming ui.listen, where it is served.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import attrs
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import server
+from werkzeug.exceptions import NotFound
 
 from netbootd import metrics as core_metrics
 from netbootd.config.settings import HttpSettings
@@ -129,8 +131,7 @@ class BootApp:
     images: Any = None  # netbootd.images.proxy.ImageProxy: /image and /httpboot/<repo>/sha256-<hex>.efi
     # None: /metrics is served here; else why not (it moved to the management listener, ui.listen)
     metrics_elsewhere: str | None = None
-    # the downloads still running (request → start time), shared with the MetricsSite that keeps it
-    active: dict = attrs.field(factory=dict)
+    management: str = ""  # ui.listen as HOST:PORT a client on this host reaches ("": off), named by 404s
 
     app: ClassVar[Klein] = Klein()
 
@@ -362,38 +363,32 @@ class BootApp:
                  machine=machine.name if machine else "")
         return self._done_on(request, mac, uuid, f"beacon:{stage}", _text(request, "ok\n"))
 
+    # -------------------------------------------------------------- what is not here
+
     @app.route("/machines", methods=["GET"])
-    def machines(self, request):
-        timeline = self.timeline
-        return _json(request, {"machines": timeline.summary(), "unattributed": timeline.unattributed()})
+    @app.route("/machines/<path:rest>", methods=["GET"])
+    def machines(self, request, rest: str = ""):
+        """Every MAC, address and error this daemon has seen is the operator's, not the boot
+        network's: the timeline is served on the management listener only."""
+        raise HttpError(404, self._managed_elsewhere("the boot timeline (/machines)"))
 
-    @app.route("/machines/<ident>", methods=["GET"])
-    def machine(self, request, ident: str):
-        entry = self.timeline.machine(ident)
-        try:
-            downloads = self._downloads_of(normalize_mac(ident))
-        except ValueError:
-            downloads = []
-        if entry is None and downloads:  # a download that has no event yet (one is filed when it ends)
-            entry = {"mac": normalize_mac(ident), "ip": "", "stage": "", "last_seen": None, "events": []}
-        if entry is None:
-            raise HttpError(404, f"netbootd has seen nothing of {ident}")
-        return _json(request, {**entry, "downloads": downloads})
+    def _managed_elsewhere(self, what: str) -> str:
+        if self.management:
+            return f"{what} is served on the management listener, ui.listen ({self.management}), not on this port"
+        return f"{what} is served on the management listener, which is off (set ui.listen)"
 
-    def _downloads_of(self, mac: str) -> list[dict[str, Any]]:
-        """The machine's downloads still running: path, bytes sent, size, seconds so far (what
-        `netbootd try` shows as progress)."""
-        now = self.timeline.clock()
-        running = []
-        for request, started in list(self.active.items()):
-            path = request.path.decode("latin-1", "replace")
-            if (mac_in_path(path) or self.timeline.mac_for(request.getClientAddress().host)) != mac:
-                continue
-            length = (request.responseHeaders.getRawHeaders(b"content-length") or [b""])[0]
-            running.append({"path": path[:200], "sent": request.sentLength or 0,
-                            "total": int(length) if length.isdigit() else None,
-                            "seconds": round(max(now - started, 0.0), 3)})
-        return running
+    @app.route("/", methods=["GET"])
+    def root(self, request):
+        where = (f"the dashboard, the boot timeline and the management API are on ui.listen ({self.management})"
+                 if self.management else "the dashboard is off (ui.listen)")
+        return _text(request, "netbootd: network-boot server. This port serves machines as they boot (scripts, "
+                              f"files, Ignition, callbacks); {where}\n")
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request, failure):
+        request.setResponseCode(404)
+        path = request.path.decode("latin-1", "replace")[:200]
+        return _text(request, f"404: netbootd serves nothing at {path} (GET / says what this port is)\n")
 
     # -------------------------------------------------------------- OCI image layers (netbootd.images)
 
@@ -461,6 +456,23 @@ class MetricsSite(server.Site):
         self.active[request] = self.reactor.seconds()
         request.notifyFinish().addBoth(lambda _: self.active.pop(request, None))
         return super().getResourceFor(request)
+
+    def downloads_of(self, mac: str) -> list[dict[str, Any]]:
+        """The machine's downloads still running: path, bytes sent, size, seconds so far (the
+        management listener's /machines/<mac> lists them; `netbootd try` shows them as progress)."""
+        now = self.reactor.seconds()
+        running = []
+        for request, started in list(self.active.items()):
+            path = request.path.decode("latin-1", "replace")
+            owner = mac_in_path(path) or (self.timeline.mac_for(request.getClientAddress().host)
+                                          if self.timeline is not None else None)
+            if owner != mac:
+                continue
+            length = (request.responseHeaders.getRawHeaders(b"content-length") or [b""])[0]
+            running.append({"path": path[:200], "sent": request.sentLength or 0,
+                            "total": int(length) if length.isdigit() else None,
+                            "seconds": round(max(now - started, 0.0), 3)})
+        return running
 
     @staticmethod
     def route_of(request) -> str:
@@ -545,12 +557,11 @@ class MetricsSite(server.Site):
 
 
 def make_site(core: HttpCore, timeline: Timeline, settings: HttpSettings, health: Callable[[], dict[str, Any]],
-              images: Any = None, metrics_elsewhere: str | None = None) -> MetricsSite:
-    """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this."""
-    active: dict = {}  # the downloads still running: the site keeps it, /machines/<mac> shows them
-    app = BootApp(core, timeline, health, images, metrics_elsewhere, active)
-    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline, core=core,
-                       active=active)
+              images: Any = None, metrics_elsewhere: str | None = None, management: str = "") -> MetricsSite:
+    """`metrics_elsewhere`: /metrics is not served on this port, and the 404 says this.
+    `management`: ui.listen (HOST:PORT), where the timeline is (named by this port's 404 for it)."""
+    app = BootApp(core, timeline, health, images, metrics_elsewhere, management)
+    site = MetricsSite(GuardedResource(HotRoutes(app, app.app.resource(), HttpError)), timeline=timeline, core=core)
     site.displayTracebacks = False  # never show internals to a client
     limits.install(site, settings, _TRANSFER_ROUTES)  # rate limit, download cap, size limits
     return site

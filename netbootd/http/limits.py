@@ -403,6 +403,16 @@ class LimitedChannel(http.HTTPChannel):
         return self.transport
 
 
+def reconfigure(site: server.Site, settings: HttpSettings) -> None:
+    """New limits for a site `install` gave limits (a reload): running downloads and open
+    connections keep theirs; a changed rate starts every client with a full bucket."""
+    limits: HttpLimits = site.limits  # type: ignore[attr-defined]
+    if (settings.rate_limit, settings.rate_burst) != (limits.settings.rate_limit, limits.settings.rate_burst):
+        limits.rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, site.reactor.seconds)
+    limits.settings = settings
+    site.protocol.settings = settings  # type: ignore[attr-defined]  # the site's channel class: new connections
+
+
 def install(site: server.Site, settings: HttpSettings, transfer_routes: Iterable[str] | None = None) -> HttpLimits:
     """Give `site` the limits of `settings`: its requests are LimitedRequests, its channels
     LimitedChannels, and `site.limits` holds the state."""

@@ -75,6 +75,7 @@ BRIDGE_MAC6 = "02:77:00:00:00:01"
 # settings in its filename, so the URL names the machine itself and needs no chain stub.
 IPXE_SCRIPT_PATH = "/ipxe?mac=${mac:hexhyp}&buildarch=${buildarch}&platform=${platform}"
 HTTP_PORT = 8080
+UI_PORT = 9180  # the management listener, on loopback in netbootd's namespace
 
 
 class LabError(RuntimeError):
@@ -276,7 +277,7 @@ class Lab:
         else:
             from netbootd.config.discover import find_settings
 
-            base = find_settings(str(config), required=True)
+            base = find_settings(str(config))
             if not base.machines_dir.is_dir():
                 raise LabError(f"the machines directory {base.machines_dir} of {config} does not exist")
             # a snapshot: what the lab (or a test) writes never lands in the operator's directory
@@ -297,6 +298,9 @@ class Lab:
                               ipv6=True if self.ipv6 else base.dhcp.ipv6, port6=547),
             tftp=attrs.evolve(base.tftp, enabled=True, port=69, listen=""),
             http=http,
+            # the timeline (/machines) is on the management listener only: the lab reads it there,
+            # on loopback inside netbootd's namespace, without the operator's credentials
+            ui=attrs.evolve(base.ui, listen=f"127.0.0.1:{UI_PORT}", auth_file=None),
             log=LogSettings(format="text", level=log_level),
             source=None,
         )
@@ -431,11 +435,16 @@ class Lab:
         self.wait_until(lambda: re.search(r"\blistening\b", netbootd.text()), netbootd, 30, "netbootd to listen")
         return netbootd
 
+    @property
+    def ui_url(self) -> str:
+        """netbootd's management listener (the timeline, /healthz), as reached inside its namespace."""
+        return f"http://127.0.0.1:{UI_PORT}"
+
     def get_json(self, path: str) -> Any:
-        """GET netbootd's <url><path> from inside its namespace, as JSON."""
+        """GET <path> on netbootd's management listener (ui.listen) from inside its namespace, as JSON."""
         client = NetnsClient(self.boot_ns)
         try:
-            r = client.get(f"http://127.0.0.1:{self.http_port}{path}")
+            r = client.get(f"{self.ui_url}{path}")
         finally:
             client.close()
         r.raise_for_status()
@@ -620,7 +629,7 @@ class Lab:
             def downloads(running: list[dict], boot: Boot = boot) -> None:
                 if on_downloads is not None:
                     on_downloads([{**d, "mac": boot.mac} for d in running])
-            watch = TimelineWatch(client, f"http://127.0.0.1:{self.http_port}", boot.mac, forward, downloads)
+            watch = TimelineWatch(client, self.ui_url, boot.mac, forward, downloads)
             boot.events = watch.events  # the power-ons are told apart with them
             watches.append(watch)
         offsets = [0] * len(boots)

@@ -33,7 +33,7 @@ from typing import TextIO
 
 import attrs
 
-from netbootd.config.settingsfile import DEFAULT_CONFIG
+from netbootd.config.discover import config_path
 from netbootd.core.explain import DEFAULT_FIRMWARE, FIRMWARE_NAMES, add_firmware_option
 from netbootd.testing import progress
 from netbootd.testing.firmware import FIRMWARES, firmware
@@ -60,7 +60,7 @@ def preflight(config: str | None, mac: str, firmware_name: str, server_ip: str =
     from netbootd.core.decide import BootCore
     from netbootd.model import Arch, Client, Firmware
 
-    settings = find_settings(config, required=True)
+    settings = find_settings(config)
     if http_port is not None:  # the lab's netbootd listens there, whatever the configuration says (Lab.settings)
         settings = attrs.evolve(settings, http=attrs.evolve(settings.http, port=http_port, public_url=""))
     core = BootCore(settings, build_catalog(load_machines(settings)))  # a fresh daemon: no last good versions
@@ -169,7 +169,7 @@ def run(mac: str, config: str | None, firmware_name: str | None, expect: str | N
     kind = firmware(firmware_name)
     printer = Printer(out, quiet)
     root = Path(tempfile.mkdtemp(prefix="netbootd-try-"))
-    lab = Lab(root, config=Path(config) if config else DEFAULT_CONFIG, log_level="debug", ipv6=ipv6)
+    lab = Lab(root, config=Path(config) if config else config_path(), log_level="debug", ipv6=ipv6)
     result: BootResult | None = None
     try:
         lab.up()
@@ -264,7 +264,8 @@ def report(printer: Printer, result: BootResult, expect: str | None) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("mac", help="the MAC the virtual machine gets (its machine file decides what it boots)")
-    parser.add_argument("--config", help="netbootd.toml, or its directory (default: /etc/netbootd/netbootd.toml)")
+    parser.add_argument("--config", help="netbootd.toml, or its directory (found as every subcommand finds it: "
+                                          "$NETBOOTD_CONFIG, ./netbootd.toml, ./etc/netbootd, /etc/netbootd)")
     add_firmware_option(parser, default=None,
                         help="; ".join(f"{k}: {v.description}" for k, v in FIRMWARES.items())
                         + f" (default {DEFAULT_FIRMWARE}, the firmware current servers boot with; {IPV6_DEFAULT} "

@@ -63,6 +63,13 @@ class TftpServer(DatagramProtocol):
         self._rate = PerClientLimiter(settings.rate_limit, settings.rate_burst, reactor.seconds)
         self._rate_replies = PerClientLimiter(1.0, 1, reactor.seconds)
 
+    def reconfigure(self, settings: TftpSettings, rate: PerClientLimiter | None) -> None:
+        """New settings from a reload: new transfers use them, running ones keep what they agreed.
+        `rate`: a new per-client limiter (shared with the sibling), or None to keep this one."""
+        self.settings = settings
+        if rate is not None:
+            self._rate = rate
+
     def sibling(self) -> TftpServer:
         """A server for another port (IPv6 beside IPv4) sharing this one's transfers, in-memory
         copies and rate limits: tftp.max_transfers and the per-client limits count both."""

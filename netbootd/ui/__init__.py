@@ -45,12 +45,16 @@ class Dashboard:
                  health: Callable[[], dict[str, Any]],
                  problems: Callable[[], object], images: Callable[[], list[dict[str, Any]]],
                  cache: Callable[[], dict[str, Any] | None], credentials: Credentials | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 settings_doc: Callable[[], dict[str, Any]] | None = None,
+                 downloads: Callable[[str], list[dict[str, Any]]] = lambda mac: []) -> None:
         self.core = core  # read-only here: the catalog, and image layers for explanations
         self.timeline = timeline  # the one the edges record into (watched: it says which machines changed)
         self.settings = settings
         self.reactor = reactor
         self.health = health
+        self._settings_doc = settings_doc  # the daemon's running settings (/api/settings)
+        self.downloads = downloads  # a machine's downloads still running on the boot network's HTTP port
         self.images = images
         self.cache = cache
         self.clock = clock
@@ -62,6 +66,14 @@ class Dashboard:
         from netbootd.ui.app import make_ui_site
 
         return make_ui_site(self, self.auth)
+
+    def settings_doc(self) -> dict[str, Any]:
+        if self._settings_doc is not None:
+            return self._settings_doc()
+        from netbootd.config.live import LIVE, flatten
+
+        return {"source": str(self.settings.source or ""), "settings": flatten(self.settings), "needs_restart": {},
+                "live": sorted(LIVE)}
 
     def reload_auth(self) -> str:
         """Read ui.auth_file again (SIGHUP); raises SecretFileError and keeps the old credentials."""

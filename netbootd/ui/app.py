@@ -4,7 +4,9 @@ are the lifecycle actions (POST /api/lifecycle).
 Pages (static HTML + vanilla JS from netbootd/ui/static, shipped in the package: no CDN, boot
 networks are often offline): / (fleet), /machine/<mac>, /health. Their data: /api/fleet,
 /api/events (Server-Sent Events, netbootd.ui.live), /api/machine/<mac>, /api/health; and
-/metrics (Prometheus). Every request passes the gate first: credentials when ui.auth_file is set,
+/metrics (Prometheus). For scripts and `netbootd status`: /machines, /machines/<mac> (the boot
+timeline: never on the boot network's port), /healthz, /api/settings (the running settings).
+Every request passes the gate first: credentials when ui.auth_file is set,
 and without them a Host header that names the listener by address or localhost (a web page the
 operator visits cannot turn a name of its own into 127.0.0.1 and read an unauthenticated dashboard:
 DNS rebinding).
@@ -133,6 +135,38 @@ class DashboardApp:
     @app.route("/api/health", methods=["GET"])
     def health(self, request):
         return _json(request, self.dashboard.health_doc())
+
+    # -------------------------------------------------------------- for scripts and `netbootd status`
+
+    @app.route("/machines", methods=["GET"])
+    def timeline(self, request):
+        """The boot timeline: every machine seen, and what no machine could be found for."""
+        timeline = self.dashboard.timeline
+        return _json(request, {"machines": timeline.summary(), "unattributed": timeline.unattributed()})
+
+    @app.route("/machines/<ident>", methods=["GET"])
+    def timeline_machine(self, request, ident: str):
+        """A machine's timeline, and its downloads still running (what `netbootd try` shows as progress)."""
+        entry = self.dashboard.timeline.machine(ident)
+        try:
+            downloads = self.dashboard.downloads(normalize_mac(ident))
+        except ValueError:
+            downloads = []
+        if entry is None and downloads:  # a download that has no event yet (one is filed when it ends)
+            entry = {"mac": normalize_mac(ident), "ip": "", "stage": "", "last_seen": None, "events": []}
+        if entry is None:
+            raise UiError(404, f"netbootd has seen nothing of {ident}")
+        return _json(request, {**entry, "downloads": downloads})
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request):
+        return _json(request, self.dashboard.health())
+
+    @app.route("/api/settings", methods=["GET"])
+    def settings(self, request):
+        """The settings the daemon runs with, and those changed in its file that wait for a restart
+        (`netbootd check --diff-running`)."""
+        return _json(request, self.dashboard.settings_doc())
 
     # -------------------------------------------------------------- lifecycle (the management API)
 

@@ -59,7 +59,7 @@ def test_pxe_solicit_and_4011_request(daemon):
     reply, _ = ask(daemon.proxy_port, request)
     assert reply.msg_type == codec.REPLY and reply.bootfile_url == "tftp://[::1]/snponly.efi"
     # the timeline: a DHCPv6 answer on each port, under the machine's MAC (from its DUID)
-    events = daemon.get(f"/machines/{MAC}").json()["events"]
+    events = daemon.ui_get(f"/machines/{MAC}").json()["events"]
     assert [(e["port"], e["offered"]) for e in events if e["stage"] == "dhcp"] == [
         (daemon.dhcp6_port, "tftp snponly.efi"), (daemon.proxy_port, "tftp snponly.efi")]
     assert 'netbootd_dhcp6_answers_total{firmware="efi-pxe",offer="tftp"} 2.0' in daemon.get("/metrics").text

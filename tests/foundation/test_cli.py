@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,8 +49,23 @@ def test_explain_http_boot_client_and_unknown_machine():
     out = netbootd("explain", "52:54:00:00:00:04", "--arch", "http", "--config", str(EXAMPLE), "--server", "10.0.0.2").stdout
     assert "DHCP      67 OFFER: http-efi http://10.0.0.2/boot/snponly.efi" in out
     assert "config_url=http://10.0.0.2/files/kairos/cloud-config.yaml" in out
+
+
+def test_example_answers_unknown_machines_only_when_the_operator_opts_in(tmp_path):
+    """The shipped example answers no unknown machine; explain says so, and how to opt in. With
+    default.toml.example copied to default.toml the unknown machine gets the netboot.xyz chain."""
     out = netbootd("explain", "aa:bb:cc:dd:ee:ff", "--arch", "bios", "--config", str(EXAMPLE), "--server", "10.0.0.2").stdout
+    assert "unknown machine and no default.toml → netbootd does not answer" in out, out
+    assert "create machines/default.toml (the example ships default.toml.example)" in out and "OFFER" not in out
+    check = netbootd("check", str(EXAMPLE.parent)).stderr
+    assert "unknown machines get no answer" in check and "default.toml.example" in check
+    conf = tmp_path / "netbootd"
+    shutil.copytree(EXAMPLE.parent, conf)
+    shutil.copy(conf / "machines" / "default.toml.example", conf / "machines" / "default.toml")
+    out = netbootd("explain", "aa:bb:cc:dd:ee:ff", "--arch", "bios", "--config", str(conf), "--server", "10.0.0.2").stdout
     assert "default.toml" in out and "chain --replace --autofree https://boot.netboot.xyz" in out
+    assert "unknown   " not in out
+    assert "unknown machines get no answer" not in netbootd("check", str(conf)).stderr
 
 
 def test_explain_local_and_bad_mac():
@@ -98,12 +115,12 @@ def test_every_command_finds_the_configuration_the_same_way(tmp_path):
     """--config takes netbootd.toml or its directory, for check, explain and serve alike."""
     directory = REPO / "etc" / "netbootd"
     for config in (str(EXAMPLE), str(directory)):
-        assert netbootd("check", "--config", config).stdout == "OK: 8 machine files + default\n"
+        assert netbootd("check", "--config", config).stdout == "OK: 8 machine files, no default\n"
         assert "52-54-00-00-00-02.toml" in netbootd("explain", "52:54:00:00:00:02", "--config", config).stdout
-    assert netbootd("check", str(directory)).stdout == "OK: 8 machine files + default\n"  # positional, as before
+    assert netbootd("check", str(directory)).stdout == "OK: 8 machine files, no default\n"  # positional, as before
     # serve --config DIR: a directory with netbootd.toml is what serve reads too (ports taken: it reaches binding)
     out = netbootd("serve", "--config", str(tmp_path / "nosuch"), check=False)
-    assert out.returncode == 2 and "no such file or directory" in out.stderr and "--config takes" in out.stderr
+    assert out.returncode == 2 and "no such file or directory" in out.stderr and "a configuration is" in out.stderr
 
 
 def test_serve_accepts_a_directory(tmp_path):
@@ -134,12 +151,46 @@ def test_serve_accepts_a_directory(tmp_path):
         proc.wait(10)
 
 
+def netbootd_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """netbootd run from `cwd` (this checkout's package, whatever the directory), NETBOOTD_CONFIG unset."""
+    environ = {k: v for k, v in os.environ.items() if k != "NETBOOTD_CONFIG"}
+    environ.update({"PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "netbootd", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env=environ)
+
+
 @pytest.mark.skipif(Path("/etc/netbootd/netbootd.toml").exists(), reason="this host has a real configuration")
-def test_explain_and_check_without_a_configuration_say_what_to_do():
-    for args in (("explain", "52:54:00:00:00:02"), ("check",)):
-        out = netbootd(*args, check=False)
-        assert out.returncode == 2, out
-        assert "no configuration at /etc/netbootd/netbootd.toml: pass --config" in out.stderr
+def test_every_subcommand_says_the_same_when_no_configuration_is_found(tmp_path):
+    """serve, check, explain, status, state and reprovision look in the same places (none here) and
+    say the same thing, exit 2: none goes on with built-in defaults."""
+    said = set()
+    for args in (("serve",), ("check",), ("explain", "52:54:00:00:00:02"), ("status",), ("state",),
+                 ("reprovision", "52:54:00:00:00:02")):
+        out = netbootd_in(tmp_path, *args)
+        assert out.returncode == 2, (args, out)
+        line = out.stderr.strip().split(": ", 1)[1]
+        assert line.startswith("no configuration found (looked at $NETBOOTD_CONFIG (unset), ./netbootd.toml, "
+                               "./etc/netbootd/netbootd.toml, /etc/netbootd/netbootd.toml): pass --config"), out.stderr
+        said.add(line)
+    assert len(said) == 1, said
+
+
+def test_the_configuration_is_found_in_the_same_order_by_every_subcommand(tmp_path):
+    """./etc/netbootd (a checkout), then ./netbootd.toml before it, then NETBOOTD_CONFIG before both."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(EXAMPLE.parent, checkout / "etc" / "netbootd")
+    assert netbootd_in(checkout, "check").stdout == "OK: 8 machine files, no default\n"
+    assert "52-54-00-00-00-02.toml" in netbootd_in(checkout, "explain", "52:54:00:00:00:02").stdout
+    (checkout / "netbootd.toml").write_text('machines_dir = "mine"\n')
+    (checkout / "mine").mkdir()
+    assert netbootd_in(checkout, "check").stdout == "OK: 0 machine files, no default\n"
+    env = {"NETBOOTD_CONFIG": str(checkout / "etc" / "netbootd")}
+    assert netbootd_in(checkout, "check", env=env).stdout == "OK: 8 machine files, no default\n"
+    out = netbootd_in(checkout, "explain", "52:54:00:00:00:02", env={"NETBOOTD_CONFIG": str(tmp_path / "nosuch")})
+    assert out.returncode == 2 and f"$NETBOOTD_CONFIG={tmp_path / 'nosuch'}: no such file or directory" in out.stderr
+    # serve takes its configuration as an argument too, as check does; given twice is refused
+    out = netbootd_in(checkout, "serve", "etc/netbootd", "--config", "etc/netbootd")
+    assert out.returncode == 2 and "give the configuration once" in out.stderr
 
 
 def test_explain_says_what_http_boot_firmware_gets_for_a_kernel_machine():
@@ -264,3 +315,13 @@ def test_a_closed_pipe_ends_quietly():
             assert code == 141, (args, code)  # 128 + SIGPIPE, as a shell reports a program a closed pipe ended
     finally:
         server.shutdown()
+
+
+def test_serve_names_http_listen_when_its_address_is_not_on_this_host(tmp_path):
+    (tmp_path / "machines").mkdir()
+    cfg = tmp_path / "netbootd.toml"
+    cfg.write_text('machines_dir = "machines"\nstate_dir = "state"\ncache_dir = "cache"\n[http]\nport = 8080\n'
+                   'listen = "192.0.2.77"\n[ui]\nlisten = ""\n[dhcp]\nenabled = false\n[tftp]\nenabled = false\n')
+    out = netbootd("serve", "--config", str(cfg), check=False)
+    assert out.returncode == 1
+    assert "cannot bind TCP port 8080: the listen address is not on this host (check http.listen)" in out.stderr

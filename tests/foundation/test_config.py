@@ -84,7 +84,7 @@ def test_example_configuration_checks_clean():
         text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "OK: 8 machine files + default" in out.stdout
+    assert "OK: 8 machine files, no default" in out.stdout
 
 
 def test_mac_file_names_any_case_colon_or_dash(conf):
@@ -290,7 +290,8 @@ def test_shipped_settings_file_lists_every_setting_with_its_default():
         f"missing from the file: {sorted(set(schema) - set(documented))}; "
         f"not settings: {sorted(set(documented) - set(schema))}"
     )
-    example_only = {"machines_dir", "files_root"}  # the example points at its own directories
+    # the example points at its own directories, and keeps a demo's state and cache beside itself
+    example_only = {"machines_dir", "files_root", "state_dir", "cache_dir"}
     loaded = tomllib.loads(text)
     for key, default in schema.items():
         table, _, name = key.rpartition(".")
@@ -304,3 +305,43 @@ def test_shipped_settings_file_lists_every_setting_with_its_default():
         want = list(default) if isinstance(default, tuple) else (str(default) if isinstance(default, Path) else default)
         assert value == want, f"{key}: the file says {value!r}, the default is {want!r}"
     assert "registry.auth_file" in documented
+
+
+def test_relative_state_and_cache_go_where_the_service_manager_says(tmp_path, monkeypatch):
+    """The example's state_dir = "state": beside the file from a checkout; under systemd's
+    StateDirectory= (or the container's ENV) inside $STATE_DIRECTORY, never into /etc/netbootd."""
+    from netbootd.config.settingsfile import load_settings
+
+    cfg = tmp_path / "netbootd.toml"
+    cfg.write_text('state_dir = "state"\ncache_dir = "cache"\n')
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    s = load_settings(cfg)
+    assert (s.state_dir, s.cache_dir) == (tmp_path / "state", tmp_path / "cache")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/netbootd")
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/netbootd")
+    s = load_settings(cfg)
+    assert (s.state_dir, s.cache_dir) == (Path("/var/lib/netbootd/state"), Path("/var/cache/netbootd/cache"))
+    cfg.write_text('state_dir = "/srv/nb"\n')  # an absolute path is the operator's word
+    assert load_settings(cfg).state_dir == Path("/srv/nb")
+
+
+def test_shipped_settings_file_marks_exactly_the_settings_a_reload_cannot_apply():
+    """"(restart)" in etc/netbootd/netbootd.toml is netbootd.config.live's word, key by key: a
+    setting made live (or no longer live) cannot keep a stale mark."""
+    from netbootd.config.live import is_live
+
+    table, table_restart, marks = "", False, {}
+    for line in (REPO / "etc" / "netbootd" / "netbootd.toml").read_text().splitlines():
+        header = re.match(r"^\[(\w+)\]", line)
+        if header:
+            table, table_restart = header.group(1), "(restart: every key)" in line
+            continue
+        key = re.match(r"^#? ?(\w+) = ", line)
+        if key:
+            name = f"{table}.{key.group(1)}" if table else key.group(1)
+            marks[name] = table_restart or "(restart)" in line
+    assert len(marks) == len(_schema(Settings))
+    wrong = {k: ("marked (restart) but live" if marked else "needs a restart, not marked")
+             for k, marked in marks.items() if marked == is_live(k)}
+    assert not wrong, wrong

@@ -468,3 +468,23 @@ def test_json_logs(daemon_factory):
     lines = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
     sent = [rec for rec in lines if rec["msg"] == "script sent"]
     assert sent and sent[0]["mac"] == "52:54:00:12:34:57" and sent[0]["component"] == "http"
+
+
+def test_the_boot_port_says_what_it_is_and_keeps_the_operators_data_off_it(daemon):
+    """Port 80 is the boot network's: / says what this is and where the dashboard is, an unknown
+    path is a plain 404 naming it (not Werkzeug's page), and the timeline is only on ui.listen."""
+    listen = f"127.0.0.1:{daemon.ui_port}"
+    r = daemon.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "netbootd: network-boot server" in r.text and f"ui.listen ({listen})" in r.text
+    r = daemon.get("/nosuch/thing")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/plain")
+    assert r.text == "404: netbootd serves nothing at /nosuch/thing (GET / says what this port is)\n"
+    assert "spelling" not in r.text
+    daemon.get("/ipxe?mac=52-54-00-12-34-56&arch=efi64")  # a machine the timeline now knows
+    r = daemon.get("/machines")
+    assert r.status_code == 404 and f"served on the management listener, ui.listen ({listen})" in r.text
+    assert "52:54:00:12:34:56" not in r.text
+    doc = daemon.ui_get("/machines").json()
+    assert "52:54:00:12:34:56" in [m["mac"] for m in doc["machines"]]
+    assert daemon.ui_get("/healthz").json()["status"] in ("ok", "degraded")

@@ -83,6 +83,6 @@ def test_kernel_and_initrd_over_tftp_from_an_image_and_a_url(fresh_registry, dae
     assert reply[:2] == b"\x00\x05" and b"fetch failed: " in reply and b"/missing: 404" in reply, reply
     assert "tftp file could not be fetched" in d.log() and "/missing: 404" in d.log()
     # the timeline files each transfer under its machine (the MAC is in the path)
-    events = d.get(f"/machines/{IMAGE_MAC}").json()["events"]
+    events = d.ui_get(f"/machines/{IMAGE_MAC}").json()["events"]
     assert [e["file"] for e in events if e["stage"] == "tftp"][-2:] == [
         f"/grub/m/{IMAGE_MAC}/x86_64/kernel", f"/grub/m/{IMAGE_MAC}/x86_64/initrd0"]

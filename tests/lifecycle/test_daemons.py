@@ -78,13 +78,13 @@ def test_sqlite_state_survives_a_restart_and_forged_urls_change_nothing(daemon_f
     assert r.status_code == 200 and "provisioned" in r.text, r.text
     assert local(d, ONCE) and installing(d, OTHER)
     assert httpx.get(done, timeout=10).status_code == 200  # again: idempotent
-    events = d.get(f"/machines/{ONCE}").json()["events"]
+    events = d.ui_get(f"/machines/{ONCE}").json()["events"]
     assert [e["by"] for e in events if e["stage"] == "lifecycle"] == ["done_url"]
     d.stop()
     d.start()  # the same state_dir: SQLite kept it
     assert local(d, ONCE) and installing(d, OTHER)
     assert "lifecycle" in d.get("/healthz").json() and d.get("/healthz").json()["lifecycle"]["states"]["provisioned"] == 1
-    status = subprocess.run([sys.executable, "-m", "netbootd", "status", "--url", d.url], capture_output=True, text=True,
+    status = subprocess.run([sys.executable, "-m", "netbootd", "status", "--url", d.ui_url], capture_output=True, text=True,
                             timeout=60)
     assert "provision once: 1 provisioning, 1 provisioned" in status.stdout, status.stdout + status.stderr
     explain = subprocess.run([sys.executable, "-m", "netbootd", "explain", ONCE, "--config", str(d.config)],
@@ -188,7 +188,7 @@ def test_two_netbootd_share_the_state_through_postgresql(daemon_factory, postgre
     wait_for(lambda: local(b, ONCE), timeout=5)
     delay = time.monotonic() - began
     print(f"\nB answered {ONCE} with its local boot {delay * 1000:.0f} ms after A stored done")
-    events = b.get(f"/machines/{ONCE}").json()["events"]
+    events = b.ui_get(f"/machines/{ONCE}").json()["events"]
     assert any(e["stage"] == "lifecycle" and e["state"] == "provisioned" for e in events)
 
     # PostgreSQL stops mid-run: nothing reinstalls, reports are refused (503), nothing stored is lost

@@ -27,7 +27,7 @@ def _get(daemon, path: str, source: str = SOURCE) -> httpx.Response:
 
 def _events(daemon, count: int) -> list[dict]:
     def doc():
-        r = daemon.get(f"/machines/{MAC}")
+        r = daemon.ui_get(f"/machines/{MAC}")
         return r.json()["events"] if r.status_code == 200 and len(r.json()["events"]) >= count else None
 
     return wait_for(doc, timeout=10)
@@ -55,9 +55,9 @@ def test_downloads_are_named_by_what_they_are(daemon):
     assert [(e.get("role"), e.get("file")) for e in downloads] == [
         ("kernel", None), ("initrd", None), ("initrd", None), (None, "rootfs.squashfs"), (None, "d-i/preseed.cfg")]
     # the stage and its rank are as before: every download is an `http` event
-    assert daemon.get(f"/machines/{MAC}").json()["stage"] == "http"
+    assert daemon.ui_get(f"/machines/{MAC}").json()["stage"] == "http"
     assert stage_names(events) == ["script", "kernel", "initrd", "initrd2", "rootfs.squashfs", "preseed.cfg"]
-    out = subprocess.run([sys.executable, "-m", "netbootd", "status", MAC, "--url", daemon.url],
+    out = subprocess.run([sys.executable, "-m", "netbootd", "status", MAC, "--url", daemon.ui_url],
                          capture_output=True, text=True, check=True).stdout
     for name in ("kernel  path=/files/vmlinuz", "initrd  path=/files/firmware.img",
                  "rootfs.squashfs  path=/files/rootfs.squashfs", "preseed.cfg  path=/files/d-i/preseed.cfg"):
@@ -75,10 +75,10 @@ def test_a_missing_file_is_in_the_timeline_the_row_and_the_log(daemon):
     assert last["error"] == "not found" and last["ip"] == SOURCE
     assert stage_names(events)[-1] == "missing:nosuch.cfg"
     # the dashboard's row: an error, and the boot failed there
-    doc = daemon.get(f"/machines/{MAC}").json()
+    doc = daemon.ui_get(f"/machines/{MAC}").json()
     row = machine_row(MAC, doc, Catalog())
     assert row is not None and row["state"] == "failed" and row["error"] == "http: not found: /files/d-i/nosuch.cfg"
-    out = subprocess.run([sys.executable, "-m", "netbootd", "status", MAC, "--url", daemon.url],
+    out = subprocess.run([sys.executable, "-m", "netbootd", "status", MAC, "--url", daemon.ui_url],
                          capture_output=True, text=True, check=True).stdout
     assert "MISSING  path=/files/d-i/nosuch.cfg status=404 error=not found" in out, out
     # a missing file under /boot, from an address nobody claimed but naming the machine in its path
@@ -108,5 +108,5 @@ def test_a_missing_file_is_in_the_timeline_the_row_and_the_log(daemon):
 
 def test_a_missing_file_from_nobody_is_unattributed(daemon):
     assert _get(daemon, "/files/nosuch", source="127.0.0.77").status_code == 404
-    doc = wait_for(lambda: daemon.get("/machines").json()["unattributed"] or None, timeout=10)
+    doc = wait_for(lambda: daemon.ui_get("/machines").json()["unattributed"] or None, timeout=10)
     assert doc[-1]["path"] == "/files/nosuch" and doc[-1]["status"] == 404 and doc[-1]["ip"] == "127.0.0.77"

@@ -36,13 +36,11 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
         pytest.skip("Debian's ipxe package is not installed")
     conf = tmp_path / "netbootd"
     shutil.copytree(EXAMPLE, conf)
-    settings = conf / "netbootd.toml"
-    # the example as shipped, except that its state and cache stay in this test's directory
-    text = re.sub(r'(?m)^state_dir = .*$', 'state_dir = "state"', settings.read_text())
-    settings.write_text(re.sub(r'(?m)^cache_dir = .*$', 'cache_dir = "cache"', text))
+    settings = conf / "netbootd.toml"  # the example as shipped: its state and cache stay beside it
     log = tmp_path / "netbootd.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "CACHE_DIRECTORY")}
     proc = offline_ns.start("netbootd", [sys.executable, "-m", "netbootd", "serve", "--config", str(settings)], log,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         def get(path: str) -> str | None:
             """netbootd's answer on port 80, from inside the namespace (it has only loopback)."""
@@ -66,7 +64,11 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
             return [line for line in log.read_text().splitlines() if "image not resolvable" in line]
 
         doc = wait_for(health, timeout=30, interval=0.5)
-        assert doc["status"] == "degraded" and doc["summary"] == "8 machine files + default"
+        assert doc["status"] == "degraded" and doc["summary"] == "8 machine files, no default"
+        # safe by default: it says where it answers PXE, and that unknown machines get nothing
+        assert re.search(r'answering PXE interfaces="every interface \(dhcp.interfaces = \[\]\)" '
+                         r'unknown_machines="not answered \(no default.toml\)"', log.read_text()), log.read_text()
+        assert (conf / "state" / "state.sqlite3").is_file()  # the demo's state is in its own directory
         assert doc["problems"] == [{
             "kind": "image_unresolved",
             "what": "ghcr.io/gardenlinux/gardenlinux:1592.4",
@@ -86,6 +88,11 @@ def test_shipped_example_starts_cleanly_offline(offline_ns, tmp_path):
         assert "Traceback" not in text and " critical " not in text and " error " not in text, text
         assert len(failures()) == 3, text
         assert all("machines=52-54-00-00-00-05" in line and "registry.allowed" in line for line in failures())
+        assert "answers every unknown machine" not in text
+        # the operator opts in to answering unknown machines, on every interface: said at once
+        shutil.copy(conf / "machines" / "default.toml.example", conf / "machines" / "default.toml")
+        wait_for(lambda: re.search(r" warn service answering PXE on every interface, and default.toml answers every "
+                                   r"unknown machine: set dhcp.interfaces", log.read_text()), timeout=30, interval=0.2)
     finally:
         proc.stop(grace=10)
     print(log.read_text())  # the closing note quotes what a new user sees

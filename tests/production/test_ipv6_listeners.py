@@ -25,7 +25,7 @@ def test_http_and_tftp_on_both_families(tmp_path):
     (tmp_path / "tftp").mkdir()
     (tmp_path / "tftp" / "hello.bin").write_bytes(b"x" * 5000)
     (tmp_path / "machines" / "52-54-00-00-00-61.toml").write_text('[boot]\nchain = "http://x.example/"\n')
-    http, tftp = free_port(), free_port(socket.SOCK_DGRAM)
+    http, tftp, ui = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     (tmp_path / "netbootd.toml").write_text(textwrap.dedent(f"""
         machines_dir = "machines"
         state_dir = "state"
@@ -37,6 +37,8 @@ def test_http_and_tftp_on_both_families(tmp_path):
         root = "tftp"
         [dhcp]
         enabled = false
+        [ui]
+        listen = "127.0.0.1:{ui}"
         """))
     log = open(tmp_path / "log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "netbootd", "serve", "--config", str(tmp_path / "netbootd.toml")],
@@ -60,7 +62,7 @@ def test_http_and_tftp_on_both_families(tmp_path):
         stub = httpx.get(f"http://[::1]:{http}/ipxe", timeout=5).text
         assert f"chain --replace --autofree http://[::1]:{http}/ipxe?mac=" in stub
         # each family's client is itself: the script event of the IPv6 request carries ::1
-        events = httpx.get(f"http://127.0.0.1:{http}/machines/52-54-00-00-00-61", timeout=5).json()["events"]
+        events = httpx.get(f"http://127.0.0.1:{ui}/machines/52-54-00-00-00-61", timeout=5).json()["events"]
         assert {e["ip"] for e in events if e["stage"] == "script"} == {"127.0.0.1", "::1"}, events
     finally:
         proc.terminate()

@@ -76,7 +76,7 @@ def test_held_machine_gets_nothing_anywhere_and_health_says_why(site, tmp_path):
     assert r.status_code == 404 and f"held: {held_file}:3: boot.cmdline: 'hostnmae' is undefined" in r.text
     assert "wipe-disks" not in r.text
     # the timeline
-    events = site.get(f"/machines/{HELD}").json()["events"]
+    events = site.ui_get(f"/machines/{HELD}").json()["events"]
     assert any(e["stage"] == "held" and e["error"].startswith(f"{held_file}:3:") for e in events), events
     # /healthz: degraded, with the problems named and the machines they touch
     health = site.get("/healthz").json()
@@ -87,7 +87,7 @@ def test_held_machine_gets_nothing_anywhere_and_health_says_why(site, tmp_path):
     # explain and status say the same
     out = netbootd("explain", HELD, "--config", str(site.config)).stdout
     assert f"config    HELD: {held_file}:3: boot.cmdline" in out and "never the default" in out
-    out = netbootd("status", "--url", site.url).stdout
+    out = netbootd("status", "--url", site.ui_url).stdout
     assert "netbootd degraded" in out and "held" in out and str(held_file) in out
 
     # fixing the file: it boots, health is ok again

@@ -54,7 +54,7 @@ def _machine_with(daemon, mac: str, events: int) -> dict:
     """/machines/<mac> once it has `events` events (TFTP transfers are reported as they end)."""
 
     def doc():
-        r = daemon.get(f"/machines/{mac}")
+        r = daemon.ui_get(f"/machines/{mac}")
         return r.json() if r.status_code == 200 and len(r.json()["events"]) >= events else None
 
     return wait_for(doc, timeout=10)
@@ -97,7 +97,7 @@ def test_timeline_of_a_scripted_boot(daemon, tmp_path):
     assert daemon.get("/beacon?mac=52-54-00-77-00-10&stage=loaded").status_code == 200
 
     def timeline():
-        doc = daemon.get(f"/machines/{MAC}").json()
+        doc = daemon.ui_get(f"/machines/{MAC}").json()
         return doc if len(doc["events"]) >= 5 else None
 
     doc = wait_for(timeline)
@@ -113,18 +113,23 @@ def test_timeline_of_a_scripted_boot(daemon, tmp_path):
     assert times == sorted(times)
     assert doc["ip"] == "127.0.0.1" and doc["stage"] == "beacon:loaded"
 
-    doc = daemon.get("/machines").json()
+    doc = daemon.ui_get("/machines").json()
     assert [m["mac"] for m in doc["machines"]] == [MAC]
     assert doc["unattributed"] == []  # every request here came from the machine's own address
-    assert daemon.get("/machines/52-54-00-99-99-99").status_code == 404
+    assert daemon.ui_get("/machines/52-54-00-99-99-99").status_code == 404
+    # none of it on the boot network's port: a 404 that names where it is
+    for path in ("/machines", f"/machines/{MAC}"):
+        r = daemon.get(path)
+        assert r.status_code == 404 and f"ui.listen (127.0.0.1:{daemon.ui_port})" in r.text, r.text
+        assert MAC not in r.text
     metrics = daemon.get("/metrics").text
     assert "netbootd_boot_duration_seconds_count 1.0" in metrics
 
-    # the terminal view
-    out = subprocess.run([sys.executable, "-m", "netbootd", "status", "--url", daemon.url],
+    # the terminal view: `status` reads ui.listen from the configuration
+    out = subprocess.run([sys.executable, "-m", "netbootd", "status", "--config", str(daemon.config)],
                          capture_output=True, text=True, check=True).stdout
     assert MAC in out and "beacon:loaded" in out and out.endswith("\nunattributed: none\n"), out
-    out = subprocess.run([sys.executable, "-m", "netbootd", "status", MAC, "--url", daemon.url],
+    out = subprocess.run([sys.executable, "-m", "netbootd", "status", MAC, "--url", daemon.ui_url],
                          capture_output=True, text=True, check=True).stdout
     for stage in ("dhcp", "tftp", "script", "http", "beacon"):
         assert f" {stage} " in out, out
@@ -236,7 +241,7 @@ def test_attribution_and_unattributed_events(daemon_factory, tmp_path):
     for mac in ("52:54:00:77:00:36", "52:54:00:77:00:37"):
         assert [e["stage"] for e in _machine_with(daemon, mac, 1)["events"]] == ["dhcp"]
 
-    unattributed = wait_for(lambda: len(u := daemon.get("/machines").json()["unattributed"]) >= 2 and u, timeout=10)
+    unattributed = wait_for(lambda: len(u := daemon.ui_get("/machines").json()["unattributed"]) >= 2 and u, timeout=10)
     assert [(e["stage"], e["ip"]) for e in unattributed] == [("http", "127.0.0.35"), ("tftp", "127.0.0.36")]
     http, tftp = unattributed
     assert http["path"] == "/files/vmlinuz" and http["bytes"] == 300_000 and "no machine claimed" in http["why"]
@@ -244,7 +249,7 @@ def test_attribution_and_unattributed_events(daemon_factory, tmp_path):
         "ambiguous: claimed by both 52:54:00:77:00:36 and 52:54:00:77:00:37"
     )
 
-    out = subprocess.run([sys.executable, "-m", "netbootd", "status", "--url", daemon.url],
+    out = subprocess.run([sys.executable, "-m", "netbootd", "status", "--url", daemon.ui_url],
                          capture_output=True, text=True, check=True).stdout
     table, section = out.split("\nunattributed: ")
     assert "52:54:00:77:00:34" in table and "beacon:loaded" in table

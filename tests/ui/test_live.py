@@ -191,6 +191,7 @@ def test_auth_file_basic_and_bearer(daemon_factory, tmp_path):
     d.signal(__import__("signal").SIGHUP)
     wait_for(lambda: httpx.get(d.ui_url + "/", headers={"authorization": f"Bearer {token}"}).status_code == 200,
              timeout=10)
+    assert "dashboard credentials reloaded" in d.log()
     r = httpx.get(d.ui_url + "/", auth=("alice", "s3cret-pass"))
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer realm=")
     assert httpx.get(d.ui_url + "/", headers={"authorization": "Bearer " + "x" * 32}).status_code == 401
