@@ -152,16 +152,21 @@ def _quote(word: str) -> str:
 # On to the disk. Debian 12's GRUB (2.06) exits to the firmware with EFI_SUCCESS whatever `exit` is
 # given, and UEFI firmware answers a boot entry that returned success with its boot manager's menu
 # (EDK2's BdsDxe; Dell, Lenovo), not the next entry. So GRUB boots the disk's removable-media loader
-# itself (its signed shim under Secure Boot: shim verifies what it chainloads), and exits only when
-# no disk has one.
+# itself (its signed shim under Secure Boot: shim verifies what GRUB chainloads), and exits only when
+# no disk has one. Its `chainloader` gives the loaded image the device of $root, not the device its
+# path names (Debian's 2.06 lacks the fix other distributions carry): with $root still the network,
+# the disk's loader finds no file system on its own device ("Unable to open root directory:
+# Unsupported" from systemd-boot, then GRUB's "unknown error"). So `search` (built into the signed
+# image, as are part_gpt, part_msdos and fat) makes the disk holding the loader $root first.
 LOCAL_CFG = (
     'echo "netbootd: booting from local disk"\n'
     'if [ "$grub_cpu" = "arm64" ]; then set nbd_efi=/EFI/BOOT/BOOTAA64.EFI; else set nbd_efi=/EFI/BOOT/BOOTX64.EFI; fi\n'
-    # the first partitions of the first disks (GRUB's `search` trips over the network device)
-    "for nbd_disk in (hd0,gpt1) (hd0,msdos1) (hd1,gpt1) (hd1,msdos1) (hd0,gpt2) (hd1,gpt2); do\n"
-    '  if [ -f $nbd_disk$nbd_efi ]; then chainloader $nbd_disk$nbd_efi; boot; fi\n'
-    "done\n"
-    'echo "netbootd: no $nbd_efi on any disk; back to the firmware"\n'
+    "if search --no-floppy --file --set=root $nbd_efi; then\n"
+    '  echo "netbootd: chainloading ($root)$nbd_efi"\n'
+    "  chainloader $nbd_efi\n"
+    "  boot\n"
+    "fi\n"
+    'echo "netbootd: no $nbd_efi booted from any disk; back to the firmware"\n'
     "exit\n"
 )
 
