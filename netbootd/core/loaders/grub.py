@@ -163,8 +163,8 @@ LOCAL_CFG = (
     'if [ "$grub_cpu" = "arm64" ]; then set nbd_efi=/EFI/BOOT/BOOTAA64.EFI; else set nbd_efi=/EFI/BOOT/BOOTX64.EFI; fi\n'
     "if search --no-floppy --file --set=root $nbd_efi; then\n"
     '  echo "netbootd: chainloading ($root)$nbd_efi"\n'
-    "  chainloader $nbd_efi\n"
-    "  boot\n"
+    # under Secure Boot shim verifies the loader: an unsigned one is "bad shim signature", not booted
+    "  if chainloader $nbd_efi; then boot; fi\n"
     "fi\n"
     'echo "netbootd: no $nbd_efi booted from any disk; back to the firmware"\n'
     "exit\n"
