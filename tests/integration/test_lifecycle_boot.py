@@ -129,11 +129,26 @@ def test_grub_machine_installs_once_then_boots_the_disk_then_reprovisions(grub_l
     need(firmware)
     signed_disk_image(grub_lab) if firmware == "uefi-secure" else disk_image(grub_lab)
     result = install_boot_the_disk_reprovision(grub_lab, firmware, mac, extra, grub=True)
-    assert f"disk_marker={loader}" in result.match
     last = result.power_ons[-1].console
+    assert f"{result.match} disk_marker={loader}" in last, last
     assert "netbootd: chainloading (hd0,msdos1)/EFI/BOOT/BOOTX64.EFI" in last, last
     if firmware == "uefi-secure":
         assert "secureboot: Secure boot enabled" in last  # the disk's kernel, under Secure Boot
+
+
+def test_secure_boot_refuses_an_unsigned_disk_loader(grub_lab):
+    """Under Secure Boot shim verifies what GRUB chainloads: the test disk's own loader (systemd-boot,
+    unsigned) is refused, GRUB says so and returns to the firmware (which would refuse that loader too)."""
+    need("uefi-secure")
+    mac = "52:54:00:43:00:06"
+    grub_lab.machine(mac, "secure_boot = true\n[boot]\nlocal = true\n")
+    result = grub_lab.boot(mac, "uefi-secure", r"netbootd: no \S+ booted from any disk", 180,
+                           disk=unpacked_disk(grub_lab))
+    assert result.booted, f"{result.reason}\n" + "\n".join(result.paths())
+    console = result.power_ons[-1].console
+    assert "netbootd: chainloading (hd0,msdos1)/EFI/BOOT/BOOTX64.EFI" in console, console
+    assert "error: bad shim signature" in console, console
+    assert "disk: not bootable" in result.power_ons[-1].path, result.paths()
 
 
 def install_boot_the_disk_reprovision(lab, firmware: str, mac: str, extra: str, grub: bool = False):
