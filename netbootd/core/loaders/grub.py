@@ -15,6 +15,8 @@ What the firmware and the signed binaries ask for (../shared/captures, *securebo
   at once; URLs and OCI image layers are fetched into netbootd's cache first (`fetch`, given at
   construction), and a machine's grub.cfg starts those fetches so its kernel is usually cached
   before GRUB asks.
+- A local boot (a provisioned machine, `local = true`) cannot go back to the firmware: GRUB's
+  grub.cfg chainloads the disk's removable-media loader (LOCAL_CFG: why, and what Secure Boot does).
 
 It also notices the one way this chain fails silently: GRUB loaded from netbootd, but its grub.cfg
 never asked for. Debian's signed GRUB takes its TFTP server from the site DHCP server's answer
@@ -149,8 +151,8 @@ def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-# On to the disk. Debian 12's GRUB (2.06) exits to the firmware with EFI_SUCCESS whatever `exit` is
-# given, and UEFI firmware answers a boot entry that returned success with its boot manager's menu
+# On to the disk. Debian 12's GRUB (2.06) exits to the firmware with EFI_SUCCESS (its `exit` takes no
+# status), and UEFI firmware answers a boot entry that returned success with its boot manager's menu
 # (EDK2's BdsDxe; Dell, Lenovo), not the next entry. So GRUB boots the disk's removable-media loader
 # itself (its signed shim under Secure Boot: shim verifies what GRUB chainloads), and exits only when
 # no disk has one. Its `chainloader` gives the loaded image the device of $root, not the device its
