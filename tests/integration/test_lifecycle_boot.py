@@ -8,8 +8,8 @@ same VM install again; an installer that reports failure does not loop.
 SeaBIOS + iPXE, OVMF PXE and OVMF HTTP boot, and OVMF PXE with netbootd's GRUB loader, without and
 with Secure Boot; each prints the seconds from the second power-on to the disk's own system. A GRUB
 machine's local boot is GRUB chainloading the disk's EFI/BOOT/BOOTX64.EFI: under Secure Boot shim
-verifies it, so the Secure Boot disk carries Debian's signed chain (shim, GRUB, kernel) as an
-installed Debian does, and a disk whose loader is unsigned is refused (the last test).
+verifies it, so the Secure Boot disk carries Debian's signed chain (shim as BOOTX64.EFI, GRUB,
+kernel), and a disk whose loader is unsigned is refused (test_secure_boot_refuses_...).
 
 GRUB machines need the lab where the site's DHCP server names netbootd as next-server: Debian's
 signed GRUB asks that server for its grub.cfg (README: Secure Boot)."""
