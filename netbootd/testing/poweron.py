@@ -23,7 +23,8 @@ A power-on's path: `network` when netbootd saw it or its console shows a network
 `Booting from ROM`, iPXE, OVMF's `>>Start PXE`/`>>Start HTTP Boot`), then netbootd's stages as
 `stage_names` names them (a repeat once; a beacon by its name: `local` is `local boot`), then
 `disk` when the console shows the firmware booting the disk (SeaBIOS `Booting from Hard Disk`,
-OVMF/AAVMF loading a boot entry that is not PXE or HTTP) — `disk (no network boot)` when it went
+OVMF/AAVMF loading a boot entry that is not PXE or HTTP, netbootd's GRUB chainloading the disk's
+loader) — `disk (no network boot)` when it went
 there without trying the network — and how it ended: `reboot`, `power off`, `kernel panic`.
 """
 
@@ -41,8 +42,11 @@ from netbootd.testing.results import ANSI, PANIC, PowerOn, stage_names
 _UEFI_NET = r"\"UEFI (?:PXE|HTTP)"
 NETWORK = re.compile(rf"Booting from ROM|iPXE initialising devices|>>Start (?:PXE|HTTP Boot) over|"
                      rf"BdsDxe: (?:loading|starting) Boot[0-9A-Fa-f]+ {_UEFI_NET}")
-DISK = re.compile(r"Booting from Hard Disk|BdsDxe: loading Boot[0-9A-Fa-f]+ \"(?!UEFI (?:PXE|HTTP)|EFI Internal Shell)")
-NOT_BOOTABLE = re.compile(r"Boot failed: not a bootable disk|failed to (?:load|start) Boot[0-9A-Fa-f]+ \"(?!UEFI (?:PXE|HTTP))")
+# netbootd's GRUB says so as it chainloads the disk's loader, and when none booted (loaders/grub.py)
+DISK = re.compile(r"Booting from Hard Disk|BdsDxe: loading Boot[0-9A-Fa-f]+ \"(?!UEFI (?:PXE|HTTP)|EFI Internal Shell)|"
+                  r"netbootd: chainloading \(")
+NOT_BOOTABLE = re.compile(r"Boot failed: not a bootable disk|failed to (?:load|start) Boot[0-9A-Fa-f]+ \"(?!UEFI (?:PXE|HTTP))|"
+                          r"netbootd: no \S+ booted from any disk")
 NO_DEVICE = re.compile(r"No bootable device")
 RESTART = re.compile(r"reboot: (?:Restarting system|machine restart)|Rebooting in \d+ seconds")
 POWER_DOWN = re.compile(r"reboot: (?:Power down|System halted)")

@@ -194,3 +194,14 @@ def test_grub_cfg_is_what_explain_prints(core):
     lines = explain_lines(core, PLAIN, "efi64", "10.0.0.2")
     shown = lines[lines.index(f"--- /grub/machines/{PLAIN}.cfg " + "-" * 30) + 1:]
     assert "\n".join(shown[:len(served.rstrip().split("\n"))]) == served.rstrip()
+
+
+def test_a_local_boot_makes_the_disk_root_before_chainloading(core):
+    """Debian's GRUB 2.06 hands a chainloaded image $root's device: the disk holding the loader must
+    be $root first (loaders/grub.py, LOCAL_CFG); QEMU runs it in test_lifecycle_boot.py."""
+    write(core.settings.machines_dir / "52-54-00-99-00-05.toml", "secure_boot = true\n[boot]\nlocal = true\n")
+    core.replace_catalog(build_catalog(load_machines(core.settings)))
+    cfg = read(core.open_tftp("/grub/machines/52:54:00:99:00:05.cfg", "10.0.0.62", "10.0.0.2")).decode()
+    search = cfg.index("search --no-floppy --file --set=root $nbd_efi")
+    assert search < cfg.index("chainloader $nbd_efi") < cfg.rindex("exit")
+    assert "linux" not in cfg

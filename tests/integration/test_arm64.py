@@ -149,6 +149,41 @@ def test_pxe_grub_path(grub_lab, arm64):
     assert 'arch=arm64 firmware=efi-pxe offered="tftp boot/aa64/grubaa64.efi"' in log, "not offered arm64 GRUB"
 
 
+def test_provisioned_once_then_grub_boots_the_disk(grub_lab, arm64):
+    """Provision once on arm64: the installer (GRUB → arm64 kernel and initramfs) writes the arm64
+    test disk (assets.sh: systemd-boot as EFI/BOOT/BOOTAA64.EFI) and calls its done URL; on the next
+    power-on the machine's grub.cfg chainloads the disk's loader, whose own system prints the marker."""
+    need_arm64("arm64-uefi")
+    image = ARM64 / "disk.img.gz"
+    if not image.is_file():
+        skip_or_fail(f"{ASSETS_SCRIPT} ran but left out {image}")
+    lab = grub_lab
+    serve_arm64(lab, arm64)
+    shutil.copy(image, lab.files / "arm64" / "disk.img.gz")
+    lab.machine(MAC, """\
+        loader = "grub"
+        [lifecycle]
+        once = true
+        [boot]
+        kernel = "arm64/vmlinuz"
+        initrds = ["arm64/initrd.cpio.gz"]
+        cmdline = 'console=ttyAMA0 panic=-1 nbd_install={{ file("arm64/disk.img.gz") }} nbd_done={{ done_url }}'
+        """)
+    lab.start_netbootd()
+    result = lab.boot(MAC, "arm64-uefi", r"NETBOOTD-DISK-OK firmware=\S+", 900, disk="96M", reboots=1)
+    assert result.booted, f"{result.reason}\n" + "\n".join(result.paths())
+    assert "NETBOOTD-INSTALL-DONE" in result.console
+    last = result.power_ons[-1]
+    assert "netbootd: chainloading (hd0,msdos1)/EFI/BOOT/BOOTAA64.EFI" in last.console, last.console
+    assert f"{result.match} disk_marker=systemd-boot" in last.console
+    assert [(e["state"], e["by"]) for e in result.timeline if e["stage"] == "lifecycle"] == [("provisioned", "done_url")]
+    kernels = [e for e in result.timeline if e["stage"] == "tftp" and str(e.get("file", "")).endswith("/arm64/kernel")
+               and "bytes" in e]
+    assert len(kernels) == 1, "the installer ran again"
+    seconds = round(lab.boots[-1].proc.started_wall + result.seconds - last.started, 1)
+    print("\n  " + "\n  ".join(result.paths()) + f"\n  power-on {last.number} to the disk's own system: {seconds} s")
+
+
 # ---------------------------------------------------------------------------------- (b) HTTP boot
 
 

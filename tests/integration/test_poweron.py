@@ -155,6 +155,15 @@ def test_a_panic_and_a_device_that_does_not_boot():
     assert poweron.path("", [], last=True) == ("no boot seen",)
 
 
+def test_grub_chainloading_the_disk():
+    """netbootd's GRUB (a provisioned machine's grub.cfg) says when it hands over to the disk's loader."""
+    grub = [{"stage": "dhcp", "offered": "x"}, {"stage": "tftp", "file": "grub/machines/m.cfg"}]
+    ok = "netbootd: booting from local disk\nnetbootd: chainloading (hd0,msdos1)/EFI/BOOT/BOOTX64.EFI\n"
+    assert poweron.path(ok, grub, last=False) == ("network", "dhcp", "grub.cfg", "disk", "reboot")
+    refused = ok + "error: bad shim signature.\nnetbootd: no /EFI/BOOT/BOOTX64.EFI booted from any disk; back to\n"
+    assert poweron.path(refused, grub, last=True) == ("network", "dhcp", "grub.cfg", "disk: not bootable")
+
+
 def test_ended_goes_before_the_end():
     _, second = split("bios-reboot")
     assert poweron.ended(second, "expect matched").path[-3:] == ("beacon", "expect matched", "power off")

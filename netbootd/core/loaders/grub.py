@@ -15,6 +15,8 @@ What the firmware and the signed binaries ask for (../shared/captures, *securebo
   at once; URLs and OCI image layers are fetched into netbootd's cache first (`fetch`, given at
   construction), and a machine's grub.cfg starts those fetches so its kernel is usually cached
   before GRUB asks.
+- A local boot (a provisioned machine, `local = true`) cannot go back to the firmware: GRUB's
+  grub.cfg chainloads the disk's removable-media loader (LOCAL_CFG: why, and what Secure Boot does).
 
 It also notices the one way this chain fails silently: GRUB loaded from netbootd, but its grub.cfg
 never asked for. Debian's signed GRUB takes its TFTP server from the site DHCP server's answer
@@ -149,19 +151,24 @@ def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-# On to the disk. Debian 12's GRUB (2.06) exits to the firmware with EFI_SUCCESS whatever `exit` is
-# given, and UEFI firmware answers a boot entry that returned success with its boot manager's menu
+# On to the disk. Debian 12's GRUB (2.06) exits to the firmware with EFI_SUCCESS (its `exit` takes no
+# status), and UEFI firmware answers a boot entry that returned success with its boot manager's menu
 # (EDK2's BdsDxe; Dell, Lenovo), not the next entry. So GRUB boots the disk's removable-media loader
-# itself (its signed shim under Secure Boot: shim verifies what it chainloads), and exits only when
-# no disk has one.
+# itself (its signed shim under Secure Boot: shim verifies what GRUB chainloads), and exits only when
+# no disk has one. Its `chainloader` gives the loaded image the device of $root, not the device its
+# path names (Debian's 2.06 lacks the fix other distributions carry): with $root still the network,
+# the disk's loader finds no file system on its own device ("Unable to open root directory:
+# Unsupported" from systemd-boot, then GRUB's "unknown error"). So `search` (built into the signed
+# image, as are part_gpt, part_msdos and fat) makes the disk holding the loader $root first.
 LOCAL_CFG = (
     'echo "netbootd: booting from local disk"\n'
     'if [ "$grub_cpu" = "arm64" ]; then set nbd_efi=/EFI/BOOT/BOOTAA64.EFI; else set nbd_efi=/EFI/BOOT/BOOTX64.EFI; fi\n'
-    # the first partitions of the first disks (GRUB's `search` trips over the network device)
-    "for nbd_disk in (hd0,gpt1) (hd0,msdos1) (hd1,gpt1) (hd1,msdos1) (hd0,gpt2) (hd1,gpt2); do\n"
-    '  if [ -f $nbd_disk$nbd_efi ]; then chainloader $nbd_disk$nbd_efi; boot; fi\n'
-    "done\n"
-    'echo "netbootd: no $nbd_efi on any disk; back to the firmware"\n'
+    "if search --no-floppy --file --set=root $nbd_efi; then\n"
+    '  echo "netbootd: chainloading ($root)$nbd_efi"\n'
+    # under Secure Boot shim verifies the loader: an unsigned one is "bad shim signature", not booted
+    "  if chainloader $nbd_efi; then boot; fi\n"
+    "fi\n"
+    'echo "netbootd: no $nbd_efi booted from any disk; back to the firmware"\n'
     "exit\n"
 )
 
