@@ -10,8 +10,12 @@ daemon's 4011 port, fed the same, stays up.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import socket
 import struct
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -61,7 +65,13 @@ class RecordingTransport:
 
 
 def _core() -> BootCore:
-    settings = load_settings(EXAMPLE_CONFIG / "netbootd.toml")
+    """The shipped example with its opt-in default.toml taken (a copy): the captures' MACs are
+    machines the example does not know, and they must get an answer to be worth fuzzing."""
+    copy = Path(tempfile.mkdtemp(prefix="netbootd-fuzz-")) / "netbootd"
+    shutil.copytree(EXAMPLE_CONFIG, copy, ignore=shutil.ignore_patterns("state", "cache"))
+    atexit.register(shutil.rmtree, copy.parent, True)
+    (copy / "machines" / "default.toml.example").rename(copy / "machines" / "default.toml")
+    settings = load_settings(copy / "netbootd.toml")
     result = load_machines(settings)
     assert not result.errors, result.errors
     return BootCore(settings, build_catalog(result))

@@ -42,7 +42,7 @@ def test_named_host_files_are_served_and_named_by_role(daemon, host_dir):
     assert daemon.get(f"/host{host_dir}/initrd.gz").content == b"I" * 7000
 
     def events():
-        doc = daemon.get(f"/machines/{MAC}").json()
+        doc = daemon.ui_get(f"/machines/{MAC}").json()
         return [e for e in doc["events"] if e["stage"] == "http"] or None
 
     assert [(e["path"], e.get("role")) for e in wait_for(events, timeout=10)][:1] == [(f"/host{host_dir}/linux", "kernel")]
