@@ -22,8 +22,8 @@
 # and util-linux (unshare).
 #
 # Cached and idempotent: the two mmdebstrap trees are kept as tarballs in OUT/.cache, each rebuilt
-# only when its stamp (this script's content + the candidate versions of the packages it installs)
-# changes; the outputs are rebuilt only when their stamp changes. A second run is seconds. Without
+# only when its packages' candidate versions or its mmdebstrap options change; the outputs only when
+# those or this script change (a stamp of both beside each). A second run is seconds. Without
 # an answer from apt (offline) the outputs already built are kept.
 #
 # Usage: deploy/os/build-live.sh [--force] [OUT]
@@ -141,7 +141,6 @@ else
 fi
 
 # ---------------------------------------------------------------- kernel and initramfs images
-# >>> initramfs
 # dracut's `network` module picks its handler from the modules already included; Debian's ignition
 # dracut module (30ignition) pulls network in at 30, before 35network-legacy, so systemd-networkd
 # would be chosen, and dracut 059 with it never fetches root=live:http://. So: network-legacy first,
@@ -167,8 +166,7 @@ install() { inst_hook pre-mount 10 "$moddir/overlay-dirs.sh"; }'
 # and it fails ("failed to handle relabeling"): a no-op one in the Ignition image.
 SETFILES_NOOP='#!/bin/sh
 exit 0'
-# <<< initramfs
-initrd_stamp="$({ echo "$boot_stamp"; sed -n '/^# >>> initramfs$/,/^# <<< initramfs$/p' "$SELF"; } | sha256sum | cut -d' ' -f1)"
+initrd_stamp="$({ echo "$boot_stamp"; cat "$SELF"; } | sha256sum | cut -d' ' -f1)"
 if fresh "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/initrd-ignition.img" "$OUT/initrd.stamp" "$initrd_stamp"; then
     say "kernel and initramfs images: cached"
 else
@@ -182,6 +180,7 @@ else
     chmod 755 "$mods/90nbd-live/"*
     [ -d "$mods/30ignition" ] || die "the ignition package has no dracut module 30ignition"
     printf '%s\n' "$SETFILES_NOOP" > "$tree/setfiles-noop"
+    chmod 755 "$tree/setfiles-noop"
     kver="$(ls "$tree/lib/modules")"
     [ "$(echo "$kver" | wc -l)" = 1 ] || die "expected one kernel in the build tree, found: $kver"
     # dracut in the tree, /proc /sys /dev bound in a mount namespace of its own (gone when it ends)
@@ -192,12 +191,13 @@ else
             exec chroot "$tree" "$@"' sh "$tree" "$@"
     }
     say "dracut: initrd.img (kernel $kver)"
-    in_tree dracut --force --no-hostonly --no-hostonly-cmdline /initrd.img "$kver" >"$CACHE/dracut.log" 2>&1 \
+    # not /initrd.img: the kernel's package made that a link into /boot
+    in_tree dracut --force --no-hostonly --no-hostonly-cmdline /nbd-initrd.img "$kver" >"$CACHE/dracut.log" 2>&1 \
         || { tail -20 "$CACHE/dracut.log" >&2; die "dracut failed: $CACHE/dracut.log"; }
     say "dracut: initrd-ignition.img"
     ln -sfn 30ignition "$mods/95ignition-late"
     in_tree dracut --force --no-hostonly --no-hostonly-cmdline -a ignition-late \
-        --include /setfiles-noop /usr/sbin/setfiles /initrd-ignition.img "$kver" >"$CACHE/dracut-ignition.log" 2>&1 \
+        --include /setfiles-noop /usr/sbin/setfiles /nbd-initrd-ignition.img "$kver" >"$CACHE/dracut-ignition.log" 2>&1 \
         || { tail -20 "$CACHE/dracut-ignition.log" >&2; die "dracut (Ignition) failed: $CACHE/dracut-ignition.log"; }
     included() { grep -q "Including module: $1 \*\*\*" "$2"; }
     for m in dmsquash-live livenet network-legacy nbd-live; do
@@ -207,9 +207,9 @@ else
     ! included 'ignition[-a-z]*' "$CACHE/dracut.log" || die "the generic initrd.img includes Ignition: $CACHE/dracut.log"
     included ignition-late "$CACHE/dracut-ignition.log" || die "dracut left Ignition out of initrd-ignition.img: $CACHE/dracut-ignition.log"
     cp "$tree/boot/vmlinuz-$kver" "$OUT/vmlinuz.tmp"
-    mv "$tree/initrd.img" "$OUT/initrd.img.tmp"
-    mv "$tree/initrd-ignition.img" "$OUT/initrd-ignition.img.tmp"
-    for f in vmlinuz initrd.img initrd-ignition.img; do mv "$OUT/$f.tmp" "$OUT/$f"; done
+    mv "$tree/nbd-initrd.img" "$OUT/initrd.img.tmp"
+    mv "$tree/nbd-initrd-ignition.img" "$OUT/initrd-ignition.img.tmp"
+    for f in vmlinuz initrd.img initrd-ignition.img; do chmod 644 "$OUT/$f.tmp"; mv -T "$OUT/$f.tmp" "$OUT/$f"; done
     chroot "$tree" dpkg-query -W -f '${Package} ${Version}\n' > "$CACHE/boot.packages"
     echo "$initrd_stamp" > "$OUT/initrd.stamp"
     rm -rf "$tree"
@@ -229,7 +229,6 @@ else
     echo "$root_stamp" > "$CACHE/root.stamp"
 fi
 
-# >>> squashfs
 NBD_LIVE_SERVICE='[Unit]
 Description=netbootd live system: its marker, or the installer (nbd_install=)
 After=systemd-user-sessions.service
@@ -289,8 +288,7 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 # Debian's Ignition relabels written files for SELinux unless the root says it is disabled
 SELINUX_CONFIG='SELINUX=disabled
 SELINUXTYPE=default'
-# <<< squashfs
-squash_stamp="$({ echo "$root_stamp"; sed -n '/^# >>> squashfs$/,/^# <<< squashfs$/p' "$SELF"; } | sha256sum | cut -d' ' -f1)"
+squash_stamp="$({ echo "$root_stamp"; cat "$SELF"; } | sha256sum | cut -d' ' -f1)"
 if fresh "$OUT/rootfs.squashfs" "$OUT/rootfs.stamp" "$squash_stamp"; then
     say "rootfs.squashfs: cached"
 else
@@ -305,6 +303,9 @@ else
     printf '%s\n' "$AUTOLOGIN" > "$tree/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"
     printf '%s\n' "$SELINUX_CONFIG" > "$tree/etc/selinux/config"
     echo netbootd-live > "$tree/etc/hostname"
+    # every boot of a live system is its first: systemd makes a new machine id and applies the
+    # presets (enabling only), as Ignition's `"enabled": true` units expect
+    echo uninitialized > "$tree/etc/machine-id"
     passwd -R "$tree" -d root >/dev/null  # autologin; a live test system, no password
     rm -rf "$tree/var/cache/apt/"* "$tree/var/lib/apt/lists/"*
     chroot "$tree" dpkg-query -W -f '${Package} ${Version}\n' > "$CACHE/root.packages"

@@ -29,7 +29,8 @@ import pytest
 from .conftest import ASSETS, ProjectLab, need
 from .test_lifecycle_boot import DISK_OK, disk_image, disk_seconds
 
-pytestmark = pytest.mark.integration
+# a cold build of the live system (minutes) runs in the first test that needs it, when .ci/run has not
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 BUILDER = Path(__file__).resolve().parents[2] / "deploy" / "os" / "build-live.sh"
 LIVE = ASSETS / "live"
@@ -129,11 +130,15 @@ def ignition_config(value: str) -> str:
     })
 
 
+# Ignition's arguments; journald forwarded to the console: Ignition's own log (what it fetched and
+# wrote, or why it failed) is then in the serial log a failed test reports
+IGNITION_ARGS = ("ignition.firstboot=1 ignition.platform.id=metal ignition.config.url={{ ignition_url }} "
+                 "systemd.journald.forward_to_console=1")
 IGNITION_MACHINE = """\
 [boot]
 kernel = "vmlinuz"
 initrds = ["initrd-ignition.img"]
-cmdline = '{cmdline} ignition.firstboot=1 ignition.platform.id=metal ignition.config.url={{{{ ignition_url }}}}'
+cmdline = '{cmdline} {ignition}'
 [ignition]
 inline = {inline}
 """
@@ -153,7 +158,8 @@ def test_ignition_gives_each_machine_its_own_files_and_unit(lab, live_assets):
     serve(lab, live_assets, "vmlinuz", "initrd-ignition.img", "rootfs.squashfs")
     machines = {"52:54:00:24:01:01": "ign-alpha", "52:54:00:24:01:02": "ign-bravo"}
     for mac, value in machines.items():
-        lab.machine(mac, IGNITION_MACHINE.format(cmdline=LIVE_CMDLINE, inline=json.dumps(ignition_config(value))))
+        inline = json.dumps(ignition_config(value))  # a TOML basic string: JSON's string escapes are TOML's
+        lab.machine(mac, IGNITION_MACHINE.format(cmdline=LIVE_CMDLINE, ignition=IGNITION_ARGS, inline=inline))
     # both at once: one boot's time for two machines
     results = lab.boot_many([(mac, "bios") for mac in machines], IGNITION_OK, TIMEOUT, fail=BROKEN, memory="1G")
     for result in results:
