@@ -36,8 +36,9 @@ SELF="$(readlink -f "$0")"
 STARTED=$SECONDS
 
 # What each tree installs (--variant=minbase plus these). The initramfs build: the kernel, dracut and
-# what its network-legacy module runs (dhclient, arping, pgrep), curl (url-lib: livenet, Ignition), systemd-sysv (reboot/poweroff in the
-# initramfs), zstd (its compression), ignition (its dracut module 30ignition).
+# what its network-legacy module runs (dhclient, arping, pgrep), curl (url-lib, which livenet and
+# Ignition need), systemd-sysv (reboot/poweroff in the initramfs), zstd (its compression), ignition
+# (its dracut module 30ignition).
 BOOT_PACKAGES="linux-image-amd64 dracut dracut-live dracut-network isc-dhcp-client iputils-arping procps curl zstd systemd-sysv ignition"
 # The live root: systemd as init, udev, curl and gzip for the installer, iproute2 to look at the network.
 ROOT_PACKAGES="systemd-sysv udev curl iproute2 gzip"
@@ -71,8 +72,8 @@ versions() {
     # shellcheck disable=SC2086
     apt-cache show --no-all-versions $1 2>/dev/null | awk '/^Package:/ {p=$2} /^Version:/ {print p, $2}' | sort
 }
-# stamp PART PACKAGES: a hash of PART of this script (the lines between `# >>> PART` and `# <<< PART`),
-# the package list and their versions.
+# stamp PART PACKAGES: a hash of PART of this script (the lines between `# >>> PART` and `# <<< PART`:
+# a tree's mmdebstrap options), the package list and their versions; status 1 when apt has no version.
 stamp() {
     local vers
     vers="$(versions "$2")"
@@ -306,6 +307,10 @@ else
     # every boot of a live system is its first: systemd makes a new machine id and applies the
     # presets (enabling only), as Ignition's `"enabled": true` units expect
     echo uninitialized > "$tree/etc/machine-id"
+    # ...but not systemd-networkd's: the initramfs configured the network (dhclient), it stays up
+    mkdir -p "$tree/etc/systemd/system-preset"
+    printf 'disable systemd-networkd.*\ndisable systemd-network-generator.service\n' \
+        > "$tree/etc/systemd/system-preset/10-netbootd-live.preset"
     passwd -R "$tree" -d root >/dev/null  # autologin; a live test system, no password
     rm -rf "$tree/var/cache/apt/"* "$tree/var/lib/apt/lists/"*
     chroot "$tree" dpkg-query -W -f '${Package} ${Version}\n' > "$CACHE/root.packages"
