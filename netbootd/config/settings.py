@@ -130,7 +130,7 @@ class HttpSettings:
 
     def sendfile_thread_count(self) -> int:
         """"auto": one per core beyond the reactor's, none on a host of one or two cores (measured on
-        2 cores, README "Using every core": the threads' hand-offs cost more CPU than they free)."""
+        2 cores, docs/performance.md: the threads' hand-offs cost more CPU than they free)."""
         import os
 
         if self.sendfile_threads != "auto":

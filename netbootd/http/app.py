@@ -1,6 +1,6 @@
 """The HTTP edge: Klein routes that translate requests into calls on the boot core.
 
-Routes (see README.md): /ipxe, /ipxe/<mac-or-uuid>, /ignition, /ignition/<mac-or-uuid>,
+Routes (docs/http-routes.md): /ipxe, /ipxe/<mac-or-uuid>, /ignition, /ignition/<mac-or-uuid>,
 /httpboot, /booty/<mac>.bty, /files/<path>, /host/<path>, /boot/<ipxe binary>, /uki/<mac>/<arch>.efi,
 /beacon, /healthz, /metrics (while ui.metrics_on_http_port lasts). Nothing of the operator's:
 /machines (the timeline) answers 404 naming ui.listen, where it is served.

@@ -6,7 +6,7 @@ producer; it has no ETag, and guesses types for boot files poorly, so both are a
 A whole-file GET on plain TCP (what every booting machine sends for its kernel and initrd)
 goes out with sendfile(2) through netbootd.transfer's TailReader instead: static.File reads
 64 KiB chunks into Python and copies them to the socket, for every byte of every kernel and
-initrd of a boot storm (bench/storm.py; README, "Boot storms").
+initrd of a boot storm (bench/storm.py; docs/performance.md, "Boot storms").
 """
 
 from __future__ import annotations

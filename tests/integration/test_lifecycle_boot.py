@@ -12,7 +12,7 @@ verifies it, so the Secure Boot disk carries Debian's signed chain (shim as BOOT
 kernel), and a disk whose loader is unsigned is refused (test_secure_boot_refuses_...).
 
 GRUB machines need the lab where the site's DHCP server names netbootd as next-server: Debian's
-signed GRUB asks that server for its grub.cfg (README: Secure Boot)."""
+signed GRUB asks that server for its grub.cfg (docs/firmware/secure-boot.md)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ everything served by netbootd over TFTP.
 
 netbootd runs on a host of its own beside the site's DHCP server, which names it as next-server
 (BOOTP siaddr): Debian 12's signed GRUB takes its TFTP server from the site server's answer, not
-from a proxy's (README: Secure Boot). Without that, netbootd says what happened.
+from a proxy's (docs/firmware/secure-boot.md). Without that, netbootd says what happened.
 """
 
 from __future__ import annotations
@@ -116,5 +116,5 @@ def test_grub_asking_the_wrong_server_is_reported(tmp_path, assets, request):
         assert "mac=52:54:00:99:00:01" in found.group(0) and "next-server" in found.group(0), found.group(0)
         events = lab.get_json(f"/machines/{SB_A}")["events"]
         missing = [e for e in events if e["stage"] == "grub-config-missing"]
-        assert missing and "README: Secure Boot" in missing[0]["hint"], events
+        assert missing and "docs/firmware/secure-boot.md" in missing[0]["hint"], events
         assert not any("grub.cfg" in str(e.get("file", "")) for e in events), "GRUB did reach netbootd"

@@ -326,7 +326,7 @@ class GrubLoader:
         return [
             "GRUB      " + " → ".join([*steps, GENERIC_CFG, machine_cfg_name(mac)]) + " (all over TFTP)",
             "          Debian's signed GRUB asks the TFTP server in the site DHCP server's answer (next-server), "
-            "not the proxy's: run netbootd on the DHCP server's host, or point next-server at it (README: Secure Boot)",
+            "not the proxy's: run netbootd on the DHCP server's host, or point next-server at it (docs/firmware/secure-boot.md)",
             f"--- /{machine_cfg_name(mac)} " + "-" * 30,
             *self.render(rendering).rstrip().split("\n"),
         ]
@@ -370,7 +370,7 @@ class GrubLoader:
             hint = ("GRUB was sent but never asked netbootd for /grub/grub.cfg: Debian's signed GRUB asks the TFTP "
                     "server named in the site DHCP server's answer (next-server, siaddr), not the proxy's. Run "
                     "netbootd on the DHCP server's host, or set next-server on the site DHCP server to this "
-                    "netbootd (README: Secure Boot)")
+                    "netbootd (docs/firmware/secure-boot.md)")
             self.events.record("grub-config-missing", mac=mac, ip=ip, hint=hint)
             log.warn("GRUB never asked for its configuration", mac=mac or "", client=ip, hint=hint)
         return late
