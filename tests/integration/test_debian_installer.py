@@ -115,7 +115,7 @@ def test_progress_of_a_large_download_through_the_lab(lab):
     events: list[dict] = []
     shown = progress.ProgressLines(lines.append)
     client = NetnsClient(lab.boot_ns)
-    watch = TimelineWatch(client, f"http://127.0.0.1:{lab.http_port}", mac, events.append, shown.update)
+    watch = TimelineWatch(client, lab.ui_url, mac, events.append, shown.update)
     curl = lab.start("curl", ["curl", "-sS", "--fail", "--limit-rate", "5M", "-o", "/dev/null",
                               f"{lab.url}/files/{mac.replace(':', '-')}/layer.img"])
     try:
