@@ -29,11 +29,18 @@ def image_run() -> Iterator[Chroot | PodmanRun]:
         yield run
 
 
-def test_bios_boot_from_the_image(image_run, lab):
-    """(image_run before lab: the lab, and netbootd with it, stops before the image is unmounted.)"""
+def test_bios_boot_from_the_image(image_run, lab, tmp_path):
+    """(image_run before lab: the lab, and netbootd with it, stops before the image is unmounted.)
+    The state and cache volumes are mounted as the documented `podman run` mounts them: the
+    configuration's relative state_dir and cache_dir go there (the image's STATE_DIRECTORY and
+    CACHE_DIRECTORY), never into the mounted /etc/netbootd."""
     need("bios")
     lab.kernel_machine(MAC, "vm-image", "image-secret")
-    lab.start_netbootd(argv=image_run.argv(binds={"/etc/netbootd": lab.conf}))
+    state, cache = tmp_path / "state-volume", tmp_path / "cache-volume"
+    state.mkdir()
+    cache.mkdir()
+    lab.start_netbootd(argv=image_run.argv(binds={"/etc/netbootd": lab.conf, "/var/lib/netbootd": state,
+                                                  "/var/cache/netbootd": cache}))
     marker = lab.booted(MAC, "bios")
     assert_booted(marker, MAC, "vm-image", "image-secret")
 
@@ -45,3 +52,4 @@ def test_bios_boot_from_the_image(image_run, lab):
     answered = [r for r in records if r["msg"] == "answered" and r.get("mac") == MAC]
     assert answered and answered[0]["firmware"] == "ipxe" and answered[0]["arch"] == "bios", answered
     assert any(r["msg"] == "script sent" and r.get("mac") == MAC for r in records)
+    assert list(state.glob("*/state.sqlite3")), "the lifecycle state is not in the state volume"
