@@ -247,4 +247,5 @@ def test_unsigned_uki_for_a_secure_boot_machine(tmp_path, assets):
     code, out = finish(netbootd_try("52:54:00:88:00:20", "--config", str(conf), "--firmware", "uefi-http-secure"))
     assert code == 1, out
     assert "==> DID NOT BOOT" in out and "Access Denied" in out, out
-    assert re.search(r"==> \+ *[\d.]+ s  efi +path=/files/uki.efi .*role=efi", out), out  # it was offered and downloaded; the firmware refused to run it
+    # it was offered and downloaded; the firmware refused to run it
+    assert re.search(r"==> \+ *[\d.]+ s  efi +path=/files/uki.efi .*role=efi", out), out
