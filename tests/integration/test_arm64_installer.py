@@ -67,7 +67,8 @@ def test_http_boot_of_the_installer_applies_netbootds_preseed(lab):
         "not offered the assembled UKI"
     lab.start_netbootd()
     # 2 GiB: the firmware holds the whole UKI (73 MB) in a RAM disk while the kernel unpacks the initrd
-    (result,) = lab.boot_many([(MAC, "arm64-http")], expect="Bad archive mirror", timeout=1500, memory="2G")
+    (result,) = lab.boot_many([(MAC, "arm64-http")], expect="Bad archive mirror", timeout=1500,
+                              fail="Kernel panic - not syncing", memory="2G")
     assert result.booted, f"{result.reason}; stopped after {result.stopped_at()}\n{result.console[-4000:]}"
 
     log = lab.netbootd_log()
