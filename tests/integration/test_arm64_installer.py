@@ -66,7 +66,7 @@ def test_http_boot_of_the_installer_applies_netbootds_preseed(lab):
     assert f"http-efi http://{BOOT_IP}:{HTTP_PORT}{path}" in preflight(str(lab.settings_path), MAC, "arm64-http"), \
         "not offered the assembled UKI"
     lab.start_netbootd()
-    # 2 GiB: the firmware holds the whole UKI (73 MB) in a RAM disk while the kernel unpacks the initrd
+    # 2 GiB: room for the firmware's copy of the whole UKI (73 MB) beside the installer's unpacked initrd
     (result,) = lab.boot_many([(MAC, "arm64-http")], expect="Bad archive mirror", timeout=1500,
                               fail="Kernel panic - not syncing", memory="2G")
     assert result.booted, f"{result.reason}; stopped after {result.stopped_at()}\n{result.console[-4000:]}"
