@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -248,8 +248,26 @@ def markers_of(item: pytest.Item) -> set[str]:
     return found
 
 
+# `slow`: a long boot kept out of the default run (the representative amd64 one runs in CI); these
+# run with --run-slow or NETBOOTD_SLOW=1, and skip otherwise, saying so.
+SLOW_ENV = "NETBOOTD_SLOW"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help=f"run the `slow` tests too (or set {SLOW_ENV}=1)")
+
+
+def slow_wanted(run_slow: bool, environ: Mapping[str, str]) -> bool:
+    return run_slow or environ.get(SLOW_ENV) == "1"
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not slow_wanted(config.getoption("--run-slow"), os.environ):
+        skip = pytest.mark.skip(reason=f"slow: a long boot, run with --run-slow or {SLOW_ENV}=1")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip)
     for item in items:
         have = {m.name for m in item.iter_markers()}
         for name in sorted(_implied(markers_of(item) | have) - have):

@@ -4,9 +4,23 @@ and the check that fails a test starting a resource without its marker recognise
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import DIRECTORY_MARKERS, IMPLIES, ORDER, RESOURCE_FIXTURES, XDIST_GROUPS, markers_needed, markers_of
+from tests.conftest import (
+    DIRECTORY_MARKERS,
+    IMPLIES,
+    ORDER,
+    RESOURCE_FIXTURES,
+    TESTS,
+    XDIST_GROUPS,
+    markers_needed,
+    markers_of,
+    slow_wanted,
+)
 
 
 def test_every_collected_test_carries_the_markers_of_its_fixtures_and_directory(request):
@@ -50,3 +64,22 @@ def test_the_markers_are_registered(pytestconfig):
 )
 def test_the_resource_check_recognises_resources(argv, needed):
     assert markers_needed(argv) == needed
+
+
+def test_slow_tests_run_only_when_asked(pytestconfig):
+    assert "slow" in {line.split(":")[0].strip() for line in pytestconfig.getini("markers")}
+    assert not slow_wanted(False, {})
+    assert not slow_wanted(False, {"NETBOOTD_SLOW": "0"})
+    assert slow_wanted(False, {"NETBOOTD_SLOW": "1"})
+    assert slow_wanted(True, {})
+
+
+def test_a_slow_test_is_skipped_by_default_and_says_how_to_run_it():
+    """A real pytest run of a `slow` test file without --run-slow or NETBOOTD_SLOW=1: skipped at
+    setup (nothing of it runs: no lab, no QEMU), with the reason saying how to run it."""
+    env = {k: v for k, v in os.environ.items() if k != "NETBOOTD_SLOW"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-rs", "-q", str(TESTS / "integration" / "test_arm64_installer.py")],
+        capture_output=True, text=True, timeout=120, cwd=TESTS.parent, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "1 skipped" in run.stdout and "slow: a long boot, run with --run-slow or NETBOOTD_SLOW=1" in run.stdout, run.stdout

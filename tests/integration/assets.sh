@@ -11,7 +11,8 @@
 # systemd-boot-efi.
 # arm64: Debian's arm64 packages (kernel, busybox-static, systemd-boot-efi's stub, shim-signed,
 # grub-efi-arm64-signed) are downloaded, not installed, through package lists of their own in
-# .assets/arm64/apt (the host's apt sources, arm64 only: the host needs no `dpkg --add-architecture`);
+# .assets/arm64/apt (the host's apt sources, arm64 only: the host needs no `dpkg --add-architecture`),
+# and so is debian-installer-12-netboot-arm64 (the installer's netboot kernel and initrd);
 # the arm64 UKI needs binutils-aarch64-linux-gnu; the arm64 iPXE comes from deploy/ipxe-arm64.sh
 # (Debian 13's ipxe package). When arm64 cannot be built only the arm64 tests skip (under CI they
 # fail): .assets/arm64/unavailable says why.
@@ -567,13 +568,49 @@ fi
 # In .assets/arm64: vmlinuz (Debian's signed kernel), modules/, initrd.cpio.gz (the same /init),
 # uki.efi (unsigned, in linuxaa64.efi.stub), shimaa64.efi.signed and grubnetaa64.efi.signed (for
 # netbootd's grub.arm64_shim / arm64_grub), ipxe/ipxe-arm64.efi (deploy/ipxe-arm64.sh), disk.img.gz
-# (the test disk, UEFI only: systemd-bootaa64.efi from systemd-boot-efi).
+# (the test disk, UEFI only: systemd-bootaa64.efi from systemd-boot-efi), d-i/linux and d-i/initrd.gz
+# (the Debian installer's netboot kernel and initrd, below).
 ARM64_UKI_CMDLINE="console=ttyAMA0 panic=-1 nbd_uki=1"
 ARM64_LOADERS="busybox-static systemd-boot-efi shim-signed grub-efi-arm64-signed"
 # package:path of each file taken from them
 ARM64_FILES="busybox-static:bin/busybox systemd-boot-efi:usr/lib/systemd/boot/efi/linuxaa64.efi.stub
 shim-signed:usr/lib/shim/shimaa64.efi.signed grub-efi-arm64-signed:usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed
 systemd-boot-efi:usr/lib/systemd/boot/efi/systemd-bootaa64.efi"
+
+# The Debian installer's arm64 netboot kernel and initrd (text frontend), as the package installs
+# them on an arm64 host (its files are arch "all": an amd64 host could install it, but the tests need
+# no root-owned install). In $ARM64/d-i, with d-i/package ("package version"); downloaded again only
+# when apt's candidate version differs (the .deb is 128 MB). A failure here leaves the other arm64
+# assets standing: d-i.unavailable says why, and only the installer test skips.
+ARM64_DI_PACKAGE=debian-installer-12-netboot-arm64
+ARM64_DI_PATH=usr/lib/debian-installer/images/12/arm64/text/debian-installer/arm64
+di_assets() {
+    temps=()
+    trap 'rm -rf "${temps[@]}"' EXIT  # a subshell (below)
+    local dir="$ARM64/d-i" version work deb
+    version="$(apt-cache "${APT_OPTS[@]}" policy "$ARM64_DI_PACKAGE" 2>/dev/null | awk '/Candidate:/ {print $2}')"
+    [ "$version" != "(none)" ] || version=""
+    if [ "$FORCE" = 0 ] && [ -s "$dir/linux" ] && [ -s "$dir/initrd.gz" ] && [ -s "$dir/package" ] \
+            && { [ -z "$version" ] || [ "$(cat "$dir/package")" = "$ARM64_DI_PACKAGE $version" ]; }; then
+        return 0  # current, or apt knows no version (offline lists): the cached files serve
+    fi
+    [ -n "$version" ] || die "apt knows no $ARM64_DI_PACKAGE in the arm64 package lists ($ARM64/apt/update.log)"
+    echo "assets.sh: fetching $ARM64_DI_PACKAGE $version"
+    work="$(mktemp -d "$ARM64/.d-i.XXXXXX")"
+    temps+=("$work")
+    apt_download "$work" "$ARM64_DI_PACKAGE"
+    deb="$(ls "$work"/*.deb)"
+    mkdir "$work/x"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/x" "./$ARM64_DI_PATH/linux" "./$ARM64_DI_PATH/initrd.gz" \
+        || die "$ARM64_DI_PACKAGE $version has no /$ARM64_DI_PATH/linux and initrd.gz"
+    [ "$(pe_machine "$work/x/$ARM64_DI_PATH/linux")" = aa64 ] || die "$ARM64_DI_PACKAGE's linux is not an arm64 EFI PE image"
+    rm -rf "$dir"
+    mkdir "$work/d-i"
+    mv "$work/x/$ARM64_DI_PATH/linux" "$work/x/$ARM64_DI_PATH/initrd.gz" "$work/d-i/"
+    echo "$ARM64_DI_PACKAGE $version" > "$work/d-i/package"
+    mv "$work/d-i" "$dir"
+    echo "assets.sh: arm64 installer $ARM64_DI_PACKAGE $version: linux $(du -h "$dir/linux" | cut -f1), initrd.gz $(du -h "$dir/initrd.gz" | cut -f1)"
+}
 
 arm64_assets() {
     temps=()
@@ -645,6 +682,20 @@ arm64_assets() {
         echo "assets.sh: no arm64 test disk (the arm64 disk tests skip): apt-get install$missing"
     else
         disk_assets "$ARM64" "$ARM64/busybox" ttyAMA0 "$ARM64/systemd-bootaa64.efi" BOOTAA64.EFI ""
+    fi
+
+    # The installer (its own subshell: its `die` stops only it).
+    set +e
+    (set -e; di_assets) 2>"$ARM64/d-i.err"
+    local di_status=$?
+    set -e
+    cat "$ARM64/d-i.err" >&2
+    if [ "$di_status" = 0 ]; then
+        rm -f "$ARM64/d-i.unavailable"
+    else
+        { grep '^assets.sh: ' "$ARM64/d-i.err" | tail -1 | sed 's/^assets.sh: //'; } > "$ARM64/d-i.unavailable" || true
+        [ -s "$ARM64/d-i.unavailable" ] || echo "exit $di_status: $(tail -1 "$ARM64/d-i.err")" > "$ARM64/d-i.unavailable"
+        echo "assets.sh: no arm64 installer (its test skips): $(cat "$ARM64/d-i.unavailable")"
     fi
 
     # The arm64 iPXE, as an operator gets it: Debian 12 has none.
