@@ -70,7 +70,9 @@ def test_shipped_config_is_in_the_image(root):
     repo_files = {str(p.relative_to(REPO / "etc/netbootd")) for p in (REPO / "etc/netbootd").rglob("*")
                   if p.is_file() and not str(p.relative_to(REPO / "etc/netbootd")).startswith(demo)}
     image_files = {str(p.relative_to(root / "etc/netbootd")) for p in (root / "etc/netbootd").rglob("*") if p.is_file()}
-    assert repo_files and repo_files == image_files
+    # ...but the Debian installer's machine: its kernel is the package's, which the image does not carry
+    left_out = {"machines/52-54-00-00-00-08.toml"}
+    assert left_out <= repo_files and repo_files - left_out == image_files
     # and the iPXE binaries its [ipxe] section names, from Debian's ipxe package
     for name in ("undionly.kpxe", "snponly.efi", "ipxe.efi"):
         assert (root / "usr/lib/ipxe" / name).is_file(), name
